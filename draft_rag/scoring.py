@@ -1,0 +1,121 @@
+"""Draft pass: one prefill (+ lookahead tokens) with window attention captured -> a score per token."""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from .attention import observe, window_probs
+from .config import SpecPCConfig
+
+
+def cache_kwarg(model) -> str:
+    """Name of the cache argument of ``model.forward`` (``cache`` in new transformers)."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def num_layers(model) -> int:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return config.num_hidden_layers
+
+
+class _Reducer:
+    """Running reduction of per-layer ``[N]`` scores within a step, then across steps."""
+
+    def __init__(self, n_prompt: int, cfg: SpecPCConfig):
+        self.n, self.cfg = n_prompt, cfg
+        self.step_acc: torch.Tensor | None = None
+        self.step_layers = 0
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, module, query, key, attention_mask, kwargs):
+        if module.layer_idx < self.cfg.starting_layer_index:
+            return
+        probs = window_probs(query, key, attention_mask, kwargs, self.cfg.window_size)[..., : self.n]
+        if query.shape[2] > 1 and self.cfg.weighted_query:  # prefill window: later queries count more
+            w = probs.shape[3]
+            probs = probs * torch.linspace(0, 1, w, device=probs.device)[:, None]
+        per_layer = (probs.amax(dim=(1, 2, 3)) if self.cfg.reduction_type == "max"
+                     else probs.mean(dim=(1, 2, 3)))[0]
+        self._add(per_layer)
+
+    def _add(self, scores: torch.Tensor) -> None:
+        if self.step_acc is None:
+            self.step_acc = scores.clone()
+        elif self.cfg.reduction_type == "max":
+            torch.maximum(self.step_acc, scores, out=self.step_acc)
+        else:
+            self.step_acc += scores
+        self.step_layers += 1
+
+    def end_step(self) -> None:
+        if self.step_acc is None:
+            return
+        acc = self.step_acc if self.cfg.reduction_type == "max" else self.step_acc / self.step_layers
+        self.steps.append(acc)
+        self.step_acc, self.step_layers = None, 0
+
+    def result(self) -> torch.Tensor:
+        stacked = torch.stack(self.steps)
+        return stacked.amax(0) if self.cfg.reduction_type == "max" else stacked.mean(0)
+
+
+@dataclass
+class DraftPass:
+    scores: torch.Tensor  # [N] float32 on CPU, one per input token
+    lookahead_ids: list[int]
+
+
+@torch.no_grad()
+def draft_scores(model, input_ids: list[int], cfg: SpecPCConfig, eos_ids: set[int] | None = None) -> DraftPass:
+    """Run the draft over ``input_ids`` (+ ``cfg.lookahead_tokens`` greedy tokens); score every input token."""
+    layers = num_layers(model)
+    if cfg.starting_layer_index >= layers:
+        raise ValueError(f"starting_layer_index={cfg.starting_layer_index} but the draft has only {layers} layers")
+    device = model.device
+    reducer = _Reducer(len(input_ids), cfg)
+    cache = DynamicCache(config=model.config)
+    ck = cache_kwarg(model)
+    ids = torch.tensor([input_ids], device=device)
+    lookahead: list[int] = []
+    with observe(model, reducer):
+        out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **{ck: cache})
+        reducer.end_step()
+        for _ in range(cfg.lookahead_tokens):
+            nxt = int(out.logits[0, -1].argmax())
+            lookahead.append(nxt)
+            if eos_ids and nxt in eos_ids:
+                break
+            pos = torch.tensor([[len(input_ids) + len(lookahead) - 1]], device=device)
+            out = model(input_ids=torch.tensor([[nxt]], device=device), position_ids=pos, use_cache=True, **{ck: cache})
+            reducer.end_step()
+    return DraftPass(reducer.result().float().cpu(), lookahead)
+
+
+def pool(scores: torch.Tensor, pool_type: str, kernel_size: int) -> torch.Tensor:
+    """Centred 1-D pooling along tokens; output has the input's length."""
+    if pool_type == "none" or kernel_size <= 1:
+        return scores
+    x = scores[None, None]
+    pad = kernel_size // 2
+    fn = torch.nn.functional.max_pool1d if pool_type == "max" else torch.nn.functional.avg_pool1d
+    kwargs = {} if pool_type == "max" else {"count_include_pad": False}
+    return fn(x, kernel_size, stride=1, padding=pad, **kwargs)[0, 0, : scores.shape[0]]
+
+
+def chunk_scores(token_scores: torch.Tensor, token_segment: list[int], segment_chunk: list[int | None],
+                 n_chunks: int, reduce: str = "max") -> list[float]:
+    """Aggregate per-token draft scores into one score per chunk (``max`` or ``mean``); 0.0 for empty chunks."""
+    if reduce not in ("max", "mean"):
+        raise ValueError(f"reduce must be 'max' or 'mean', got {reduce!r}")
+    seg = torch.tensor(token_segment)
+    out = []
+    for c in range(n_chunks):
+        segs = [i for i, ch in enumerate(segment_chunk) if ch == c]
+        mask = torch.isin(seg, torch.tensor(segs, dtype=seg.dtype)) if segs else torch.zeros_like(seg, dtype=torch.bool)
+        vals = token_scores[mask]
+        out.append(float(vals.max() if reduce == "max" else vals.mean()) if len(vals) else 0.0)
+    return out

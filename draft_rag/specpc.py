@@ -1,0 +1,181 @@
+"""SpecPC: keep the prompt tokens the draft attends to, return compressed text with provenance."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import SpecPCConfig
+from .prompt import Chunk, Segment, Tokenized, count_tokens, tokenize, wrap
+from .scoring import draft_scores, pool
+
+
+@dataclass
+class ChunkResult:
+    """What survived of one context chunk; ``kept_spans`` are character spans inside ``original``."""
+
+    id: Any
+    metadata: dict
+    original: str
+    text: str
+    kept_spans: list[tuple[int, int]]
+    kept_fraction: float
+    score: float
+
+
+@dataclass
+class CompressedPrompt:
+    """Compressed text plus provenance. Token counts use the target's tokenizer when one was given."""
+
+    text: str
+    original_text: str
+    kept_spans: list[tuple[int, int]]  # character spans of original_text that were kept
+    chunks: list[ChunkResult]
+    original_tokens: int
+    compressed_tokens: int
+    draft_original_tokens: int
+    draft_kept_tokens: int
+    lookahead_text: str = ""
+    lookahead_ids: list[int] = field(default_factory=list)
+    token_scores: list[tuple[int, int, float]] = field(default_factory=list)  # (start, end, score) in original_text
+    seconds: dict = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        return self.compressed_tokens / max(1, self.original_tokens)
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "original_tokens": self.original_tokens,
+                "compressed_tokens": self.compressed_tokens, "kept_spans": [list(s) for s in self.kept_spans],
+                "seconds": self.seconds,
+                "chunks": [{"id": c.id, "kept_fraction": c.kept_fraction, "score": c.score,
+                            "kept_spans": [list(s) for s in c.kept_spans]} for c in self.chunks]}
+
+
+def _neighbour_offsets(n: int) -> np.ndarray:
+    """0, -1, +1, -2, +2, ... : a position followed by its ``n`` nearest neighbours."""
+    steps = np.arange(1, n // 2 + 2)
+    return np.concatenate([[0], np.stack([-steps, steps], 1).reshape(-1)[:n]])
+
+
+def select(scores: np.ndarray, selectable: np.ndarray, required: np.ndarray, budget: int,
+           neighbor_tokens: int) -> np.ndarray:
+    """Sorted positions to keep: ``required`` first, then the best-scored selectable positions, each with
+    its ``neighbor_tokens`` nearest selectable neighbours, until exactly ``budget`` (or all) are kept."""
+    keep = list(np.flatnonzero(required))
+    room = budget - len(keep)
+    if room < 0:
+        raise ValueError(f"budget of {budget} tokens is smaller than the protected segments ({len(keep)} tokens)")
+    candidates = np.flatnonzero(selectable & ~required)
+    if room and len(candidates):
+        ranked = candidates[np.argsort(-scores[candidates], kind="stable")]
+        expanded = (ranked[:, None] + _neighbour_offsets(neighbor_tokens)[None, :]).reshape(-1)
+        expanded = expanded[(expanded >= 0) & (expanded < len(scores))]
+        expanded = expanded[selectable[expanded] & ~required[expanded]]
+        _, first = np.unique(expanded, return_index=True)
+        keep += list(expanded[np.sort(first)][:room])
+    return np.sort(np.asarray(keep, dtype=np.int64))
+
+
+def _spans(positions, offsets) -> list[tuple[int, int]]:
+    """Merge the character spans of kept tokens into maximal spans."""
+    spans: list[list[int]] = []
+    for p in positions:
+        s, e = offsets[p]
+        if e <= s:
+            continue
+        if spans and s <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], e)
+        else:
+            spans.append([s, e])
+    return [tuple(s) for s in spans]
+
+
+def compress(draft, tokenizer, segments: list[Segment], chunks: list[Chunk], cfg: SpecPCConfig, *,
+             template: str = "chat", target_tokenizer=None) -> CompressedPrompt:
+    """Score ``segments`` with the draft and keep ``cfg``'s budget of tokens; see ALGORITHMS.md (SpecPC)."""
+    t0 = time.perf_counter()
+    layout = wrap(segments, tokenizer, template)
+    tok = tokenize(tokenizer, layout)
+    roles = [layout[i].role for i in tok.segment]
+    in_output = np.array([r != "template" for r in roles])
+    protected = np.array([r not in ("context", "template") for r in roles])
+    n_out = int(in_output.sum())
+    budget = cfg.budget_for(n_out)
+    starts, original = _output_offsets(layout)
+    counter = target_tokenizer or tokenizer
+    if n_out <= budget:  # nothing to do: unchanged, the draft is not run
+        positions = np.flatnonzero(in_output)
+        result = _assemble(layout, tok, positions, None, starts, original, chunks, counter)
+        result.seconds = {"draft": 0.0, "select": time.perf_counter() - t0}
+        return result
+    eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    t1 = time.perf_counter()
+    dp = draft_scores(draft, tok.ids, cfg, eos)
+    t2 = time.perf_counter()
+    scores = dp.scores.numpy()
+    pooled = pool(dp.scores, cfg.pool_type, cfg.kernel_size).numpy()
+    out_idx = np.flatnonzero(in_output)
+    window = np.zeros_like(in_output)
+    room_for_window = max(0, budget - int(protected.sum()))
+    window[out_idx[len(out_idx) - min(cfg.window_size, room_for_window):]] = True
+    keep = select(pooled, in_output & ~protected, protected | window, budget, cfg.neighbor_tokens)
+    result = _assemble(layout, tok, keep, scores, starts, original, chunks, counter)
+    result.lookahead_ids = dp.lookahead_ids
+    result.lookahead_text = tokenizer.decode(dp.lookahead_ids, skip_special_tokens=True)
+    result.seconds = {"draft": t2 - t1, "select": (t1 - t0) + (time.perf_counter() - t2)}
+    return result
+
+
+def _output_offsets(layout: list[Segment]) -> tuple[list[int | None], str]:
+    """Start of each output segment inside the original prompt text, and that text."""
+    starts, pos = [], 0
+    for s in layout:
+        starts.append(pos if s.in_output else None)
+        pos += len(s.text) if s.in_output else 0
+    return starts, "".join(s.text for s in layout if s.in_output)
+
+
+def _assemble(layout, tok: Tokenized, keep, scores, starts, original, chunks, counter) -> CompressedPrompt:
+    by_segment: dict[int, list[int]] = {}
+    for p in keep:
+        by_segment.setdefault(tok.segment[p], []).append(p)
+    pieces, kept_spans, chunk_results = [], [], {}
+    for i, seg in enumerate(layout):
+        if not seg.in_output:
+            continue
+        spans = [(0, len(seg.text))] if seg.protected else _spans(by_segment.get(i, []), tok.offsets)
+        piece = "".join(seg.text[s:e] for s, e in spans)
+        pieces.append(piece)
+        kept_spans += [(starts[i] + s, starts[i] + e) for s, e in spans]
+        if seg.chunk is not None:
+            positions = [p for p, g in enumerate(tok.segment) if g == i]
+            n_kept = len(by_segment.get(i, []))
+            score = float(scores[positions].max()) if scores is not None and positions else 1.0
+            c = chunks[seg.chunk]
+            chunk_results[seg.chunk] = ChunkResult(c.id, c.metadata, c.text, piece, spans,
+                                                   n_kept / max(1, len(positions)), score)
+    text = "".join(pieces)
+    token_scores = [] if scores is None else [
+        (starts[g] + s, starts[g] + e, float(scores[p]))
+        for p, (g, (s, e)) in enumerate(zip(tok.segment, tok.offsets)) if starts[g] is not None and e > s]
+    return CompressedPrompt(
+        text=text, original_text=original, kept_spans=_merge(kept_spans),
+        chunks=[chunk_results.get(i) or ChunkResult(c.id, c.metadata, c.text, "", [], 0.0, 0.0)
+                for i, c in enumerate(chunks)],
+        original_tokens=count_tokens(counter, original), compressed_tokens=count_tokens(counter, text),
+        draft_original_tokens=sum(1 for g in tok.segment if starts[g] is not None),
+        draft_kept_tokens=len(keep), token_scores=token_scores)
+
+
+def _merge(spans):
+    out: list[tuple[int, int]] = []
+    for s, e in spans:
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
