@@ -27,6 +27,7 @@ class _Reducer:
 
     def __init__(self, n_prompt: int, cfg: SpecPCConfig):
         self.n, self.cfg = n_prompt, cfg
+        self.total = n_prompt  # tokens seen so far, including the current step's
         self.step_acc: torch.Tensor | None = None
         self.step_layers = 0
         self.steps: list[torch.Tensor] = []
@@ -34,13 +35,19 @@ class _Reducer:
     def __call__(self, module, query, key, attention_mask, kwargs):
         if module.layer_idx < self.cfg.starting_layer_index:
             return
-        probs = window_probs(query, key, attention_mask, kwargs, self.cfg.window_size)[..., : self.n]
+        probs = window_probs(query, key, attention_mask, kwargs, self.cfg.window_size)
         if query.shape[2] > 1 and self.cfg.weighted_query:  # prefill window: later queries count more
             w = probs.shape[3]
             probs = probs * torch.linspace(0, 1, w, device=probs.device)[:, None]
-        per_layer = (probs.amax(dim=(1, 2, 3)) if self.cfg.reduction_type == "max"
-                     else probs.mean(dim=(1, 2, 3)))[0]
-        self._add(per_layer)
+        per_key = (probs.amax(dim=(1, 2, 3)) if self.cfg.reduction_type == "max" else probs.mean(dim=(1, 2, 3)))[0]
+        # A sliding-window layer holds only the most recent keys: place them at their absolute positions.
+        first = self.total - per_key.shape[0]
+        scores = per_key.new_zeros(self.n)
+        lo = max(0, -first)
+        hi = min(per_key.shape[0], self.n - first)
+        if hi > lo:
+            scores[first + lo: first + hi] = per_key[lo:hi]
+        self._add(scores)
 
     def _add(self, scores: torch.Tensor) -> None:
         if self.step_acc is None:
@@ -90,6 +97,7 @@ def draft_scores(model, input_ids: list[int], cfg: SpecPCConfig, eos_ids: set[in
             if eos_ids and nxt in eos_ids:
                 break
             pos = torch.tensor([[len(input_ids) + len(lookahead) - 1]], device=device)
+            reducer.total += 1
             out = model(input_ids=torch.tensor([[nxt]], device=device), position_ids=pos, use_cache=True, **{ck: cache})
             reducer.end_step()
     return DraftPass(reducer.result().float().cpu(), lookahead)
