@@ -127,3 +127,38 @@ def chunk_scores(token_scores: torch.Tensor, token_segment: list[int], segment_c
         vals = token_scores[mask]
         out.append(float(vals.max() if reduce == "max" else vals.mean()) if len(vals) else 0.0)
     return out
+
+
+def select_chunks(scores: list[float], sizes: list[int], *, top_n: int | None = None, budget: int | None = None,
+                  ratio: float | None = None, threshold: float | None = None) -> list[int]:
+    """Indices (in input order) of the chunks to keep, given draft ``scores`` and token ``sizes``.
+
+    Filters apply in turn: ``threshold`` (score >= it), ``top_n`` best, then a token ``budget`` (or
+    ``ratio`` of all tokens) filled greedily from the best chunk down, skipping chunks that no longer fit;
+    the best remaining chunk is always kept. With no filters every chunk is kept.
+    """
+    if len(scores) != len(sizes):
+        raise ValueError(f"scores and sizes must have the same length, got {len(scores)} and {len(sizes)}")
+    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
+        raise ValueError(f"top_n must be an integer >= 1, got {top_n!r}")
+    if budget is not None and ratio is not None:
+        raise ValueError("give either budget (tokens) or ratio, not both")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+        raise ValueError(f"budget must be an integer >= 1, got {budget!r}")
+    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1):
+        raise ValueError(f"ratio must be a number in (0, 1], got {ratio!r}")
+    ranked = sorted(range(len(scores)), key=lambda i: -scores[i])  # stable: ties keep input order
+    if threshold is not None:
+        ranked = [i for i in ranked if scores[i] >= threshold]
+    if top_n is not None:
+        ranked = ranked[:top_n]
+    if ratio is not None:
+        budget = max(1, round(ratio * sum(sizes)))
+    if budget is not None and ranked:
+        kept, used = [ranked[0]], sizes[ranked[0]]
+        for i in ranked[1:]:
+            if used + sizes[i] <= budget:
+                kept.append(i)
+                used += sizes[i]
+        ranked = kept
+    return sorted(ranked)
