@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 
+from .config import SpecPCConfig
 from .models import BUILTIN_MODELS, DEFAULT_MODEL
 
 logger = logging.getLogger("draft_rag")
@@ -25,10 +26,27 @@ def add_budget_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     g.add_argument("--ratio", type=float, help="keep this fraction of the prompt tokens, in (0, 1]")
 
 
+def add_specpc_args(p: argparse.ArgumentParser) -> None:
+    """The SpecPC knobs (paper defaults) as options."""
+    g = p.add_argument_group("SpecPC settings (paper defaults)")
+    d = SpecPCConfig()
+    for name in ("window_size", "kernel_size", "neighbor_tokens", "starting_layer_index", "lookahead_tokens"):
+        g.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    g.add_argument("--pool-type", choices=("max", "avg", "none"), default=d.pool_type)
+    g.add_argument("--reduction-type", choices=("max", "mean"), default=d.reduction_type)
+    g.add_argument("--no-weighted-query", dest="weighted_query", action="store_false")
+
+
+def specpc_from_args(args) -> SpecPCConfig:
+    return SpecPCConfig(window_size=args.window_size, kernel_size=args.kernel_size, neighbor_tokens=args.neighbor_tokens,
+                        starting_layer_index=args.starting_layer_index, lookahead_tokens=args.lookahead_tokens,
+                        pool_type=args.pool_type, reduction_type=args.reduction_type, weighted_query=args.weighted_query)
+
+
 def _cmd_compress(args) -> int:
     from .engine import DraftEngine
 
-    engine = DraftEngine(draft=args.draft)
+    engine = DraftEngine(draft=args.draft, specpc=specpc_from_args(args))
     t0 = time.perf_counter()
     cp = engine.compress(_read(args.file), question=args.question, budget=args.budget, ratio=args.ratio)
     seconds = time.perf_counter() - t0
@@ -48,7 +66,7 @@ def _cmd_compress(args) -> int:
 def _cmd_generate(args) -> int:
     from .engine import DraftEngine
 
-    engine = DraftEngine(target=args.target, draft=args.draft)
+    engine = DraftEngine(target=args.target, draft=args.draft, specpc=specpc_from_args(args))
     kwargs = dict(method=args.method, budget=args.budget, ratio=args.ratio, template=args.template,
                   max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
     if args.json:
@@ -88,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--question", help="protected question appended after the text; steers the draft")
     p.add_argument("--json", action="store_true", help="print text, token counts, kept spans, seconds as JSON")
     p.add_argument("--html", metavar="OUT.html", help="also write a page showing what was kept")
+    add_specpc_args(p)
     p.set_defaults(func=_cmd_compress)
 
     p = sub.add_parser("generate", help="answer a prompt with the target, optionally compressed")
@@ -101,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--template", choices=("chat", "raw"), help="default: chat when the target has a template")
     p.add_argument("--json", action="store_true", help="print text plus stats as JSON")
+    add_specpc_args(p)
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("models", help="list or install the built-in models")

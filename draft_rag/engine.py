@@ -119,20 +119,20 @@ class DraftEngine:
         _check_method(method)
         sampling = Sampling(max_new_tokens, temperature, top_p, top_k, tuple([stop] if isinstance(stop, str) else stop or ()), seed)
         template = template or ("chat" if has_chat_template(self.target.tokenizer) else "raw")
+        segments, chunk_list = build_segments(prompt, chunks=chunks, instruction=instruction, question=question,
+                                              answer_prefix=answer_prefix)
+        cfg = self._config(budget, ratio)
         stats = GenerationStats(method)
         gs = GenerationStream(iter(()), stats, None)
 
         def run() -> Iterator[str]:
             with self._lock:
                 t0 = time.perf_counter()
-                segments, chunk_list = build_segments(prompt, chunks=chunks, instruction=instruction,
-                                                      question=question, answer_prefix=answer_prefix)
                 full_ids = self._target_ids(segments, template, system)
                 stats.original_tokens = len(full_ids)
                 ids = full_ids
                 if method == "specpc":
-                    cp = compress(self.draft.model, self.draft.tokenizer, segments, chunk_list,
-                                  self._config(budget, ratio), template=template,
+                    cp = compress(self.draft.model, self.draft.tokenizer, segments, chunk_list, cfg, template=template,
                                   target_tokenizer=self.target.tokenizer)
                     gs.compressed = cp
                     stats.seconds.update(draft=cp.seconds["draft"], select=cp.seconds["select"])

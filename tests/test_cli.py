@@ -1,0 +1,47 @@
+"""The draft-rag CLI on a tiny local model directory."""
+import json
+
+import pytest
+
+from conftest import needle_prompt, tiny_model
+from draft_rag.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-cli")
+    lm = tiny_model("llama")
+    lm.model.save_pretrained(path)
+    lm.tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture
+def prompt_file(tmp_path):
+    text, _, _ = needle_prompt(20)
+    f = tmp_path / "p.txt"
+    f.write_text(text)
+    return str(f)
+
+
+def test_compress_json(tiny_dir, prompt_file, capsys):
+    assert main(["compress", "--draft", tiny_dir, "--budget", "80", "--question", "Why?", "--json",
+                 "--starting-layer-index", "0", "--window-size", "8", prompt_file]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"text", "original_tokens", "compressed_tokens", "kept_spans", "seconds"}
+    assert out["text"].endswith("Why?") and out["compressed_tokens"] < out["original_tokens"]
+
+
+def test_generate_full_prints_only_the_answer(tiny_dir, prompt_file, capsys):
+    assert main(["generate", "--target", tiny_dir, "--method", "full", "--max-new-tokens", "4", "--json",
+                 "--starting-layer-index", "0",
+                 prompt_file]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["stats"]["method"] == "full" and out["stats"]["new_tokens"] <= 4
+
+
+def test_errors_exit_non_zero_with_a_message(tiny_dir, prompt_file, caplog):
+    assert main(["compress", "--draft", tiny_dir, "--ratio", "1.5", prompt_file]) == 2
+    assert "ratio" in caplog.text
+    with pytest.raises(SystemExit):
+        main(["compress", prompt_file])  # a budget is required
