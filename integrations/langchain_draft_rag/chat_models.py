@@ -1,0 +1,295 @@
+"""ChatDraftCompressed: a LangChain chat model that compresses long prompts with a draft model.
+
+Two modes:
+
+* local target -- ``ChatDraftCompressed(target=..., draft=..., method=...)`` generates with a local HF model
+  through ``DraftEngine`` (real token streaming);
+* wrapped -- ``ChatDraftCompressed(llm=<any BaseChatModel>, draft=...)`` compresses the context messages
+  with SpecPC and sends the shorter conversation to the wrapped model.
+
+System messages and the last human message (the question) are never compressed; every other message is
+context, one chunk per message.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, AsyncIterator, Iterator
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LangSmithParams
+from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import ConfigDict, PrivateAttr, model_validator
+
+from draft_rag import DraftEngine
+
+from . import _common as common
+from ._messages import Layout, rebuild, split
+
+logger = logging.getLogger(__name__)
+
+_CALL_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "budget", "ratio", "method")
+_WRAPPED_METHODS = ("specpc", "full")
+
+
+class ChatDraftCompressed(BaseChatModel):
+    """Chat model with draft-guided prompt compression (SpecPC; SpecKV methods when the engine has them).
+
+    Args:
+        target: local target model (anything ``draft_rag.load_model`` accepts). Give this or ``llm``.
+        llm: any LangChain chat model to delegate to after compression. Give this or ``target``.
+        draft: the draft model; defaults to the target itself, or to the built-in SmolLM2 with ``llm``.
+        method: a name in ``draft_rag.engine.METHODS`` ("full" disables compression); with ``llm`` only
+            "specpc" and "full" apply.
+        budget / ratio: compression budget in draft tokens, or a fraction of the prompt (SpecPC default: 1024).
+        max_tokens, temperature, top_p, top_k, seed, stop: decoding settings (local target; with ``llm``,
+            ``max_tokens``/``temperature`` are forwarded only when set explicitly).
+        timeout: seconds a local generation may run before ``TimeoutError`` (checked per token).
+        max_retries: accepted for LangChain's standard interface; local generation is never retried.
+        template: "chat" or "raw" prompt wrapping for the local target (default: chat if it has a template).
+        specpc: a ``draft_rag.SpecPCConfig`` for the other SpecPC settings (window, kernel, layers, ...).
+    """
+
+    target: Any = None
+    llm: Any = None
+    draft: Any = None
+    method: str = "specpc"
+    budget: int | None = None
+    ratio: float | None = None
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: list[str] | None = None
+    timeout: float | None = None
+    max_retries: int = 0
+    streaming: bool = False
+    template: str | None = None
+    specpc: Any = None
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    _engine: DraftEngine = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _setup(self) -> "ChatDraftCompressed":
+        if (self.target is None) == (self.llm is None):
+            raise ValueError("give exactly one of target=... (a local model) or llm=... (a LangChain chat model)")
+        if self.llm is not None and not isinstance(self.llm, BaseChatModel):
+            raise TypeError(f"llm must be a LangChain BaseChatModel, got {type(self.llm).__name__}")
+        common.check_method(self.method)
+        if self.llm is not None and self.method not in _WRAPPED_METHODS:
+            raise ValueError(f"method={self.method!r} needs a local target; with llm=... use one of {_WRAPPED_METHODS}")
+        common.check_budget(self.budget, self.ratio)
+        common.check_positive_int("max_tokens", self.max_tokens)
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
+        if self.template not in (None, "chat", "raw"):
+            raise ValueError(f"template must be 'chat', 'raw' or None, got {self.template!r}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
+        self.stop = common.stop_list(self.stop) or None
+        self._engine = common.shared_engine(self.target, self.draft, self.specpc)
+        return self
+
+    # -- identity ------------------------------------------------------------------------------
+    @property
+    def _llm_type(self) -> str:
+        return "draft-rag-chat"
+
+    @property
+    def model_name(self) -> str:
+        if self.llm is not None:
+            inner = getattr(self.llm, "model_name", None) or getattr(self.llm, "model", None)
+            return str(inner) if isinstance(inner, str) and inner else type(self.llm).__name__
+        return self._engine.target.name
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_name": self.model_name, "draft": self._engine.draft.name, "method": self.method,
+                "budget": self.budget, "ratio": self.ratio, "max_tokens": self.max_tokens,
+                "temperature": self.temperature}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(ls_provider="draft_rag", ls_model_type="chat",
+                                 ls_model_name=kwargs.get("model") or self.model_name,
+                                 ls_temperature=kwargs.get("temperature", self.temperature),
+                                 ls_max_tokens=kwargs.get("max_tokens", self.max_tokens))
+        if stop or self.stop:
+            params["ls_stop"] = stop or self.stop
+        return params
+
+    # -- options -------------------------------------------------------------------------------
+    def _options(self, stop, kwargs: dict) -> dict:
+        unknown = [k for k in kwargs if k not in _CALL_OPTIONS and k != "model" and not k.startswith("ls_")]
+        if self.llm is None and unknown:
+            raise TypeError(f"unexpected keyword arguments {unknown}; accepted per call: {_CALL_OPTIONS}")
+        model = kwargs.get("model")
+        if model is not None and model != self.model_name:
+            raise ValueError(f"per-call model={model!r} is not supported; this instance runs {self.model_name!r}")
+        o = {k: kwargs.get(k, getattr(self, k)) for k in _CALL_OPTIONS}
+        if "budget" in kwargs or "ratio" in kwargs:
+            o["budget"], o["ratio"] = kwargs.get("budget"), kwargs.get("ratio")
+        common.check_budget(o["budget"], o["ratio"])
+        common.check_method(o["method"])
+        o["stop"] = common.stop_list(stop if stop is not None else self.stop)
+        o["extra"] = {k: v for k, v in kwargs.items() if k not in _CALL_OPTIONS and not k.startswith("ls_")}
+        return o
+
+    # -- local target --------------------------------------------------------------------------
+    def _local_args(self, messages: list[BaseMessage], o: dict) -> dict:
+        lay = split(messages, wrapped=False)
+        if not lay.context and lay.question is None:
+            raise ValueError("messages need a human message or other non-system content to answer")
+        return dict(chunks=lay.context, question=lay.question, system=lay.system, method=o["method"],
+                    budget=o["budget"], ratio=o["ratio"], template=self.template, max_new_tokens=o["max_tokens"],
+                    temperature=o["temperature"], top_p=o["top_p"], top_k=o["top_k"], stop=o["stop"],
+                    seed=o["seed"])
+
+    def _local_final(self, text: str, gs) -> ChatGenerationChunk:
+        st = gs.stats
+        stats = st.to_dict()
+        cp = gs.compressed
+        if cp is not None:
+            stats.update(draft_original_tokens=cp.draft_original_tokens, draft_kept_tokens=cp.draft_kept_tokens,
+                         messages=[{"message_index": c.id, "kept_fraction": c.kept_fraction, "score": c.score}
+                                   for c in cp.chunks])
+        usage = UsageMetadata(input_tokens=st.prompt_tokens, output_tokens=st.new_tokens,
+                              total_tokens=st.prompt_tokens + st.new_tokens)
+        msg = AIMessageChunk(content=text, usage_metadata=usage, chunk_position="last",
+                             response_metadata={"model_name": self.model_name, "finish_reason": st.finish_reason,
+                                                "draft_rag": stats})
+        return ChatGenerationChunk(message=msg, generation_info={"finish_reason": st.finish_reason})
+
+    def _stream_local(self, messages, o, run_manager) -> Iterator[ChatGenerationChunk]:
+        gs = self._engine.stream(**self._local_args(messages, o))
+        held = None  # one piece is held back so the last chunk can carry the stats
+        for piece in common.with_deadline(iter(gs), self.timeout):
+            if held is not None:
+                yield _emit(ChatGenerationChunk(message=AIMessageChunk(content=held)), run_manager)
+            held = piece
+        yield _emit(self._local_final(held or "", gs), run_manager)
+
+    # -- wrapped chat model --------------------------------------------------------------------
+    def _compress_messages(self, messages: list[BaseMessage], o: dict) -> tuple[list[BaseMessage], dict]:
+        lay: Layout = split(messages, wrapped=True)
+        stats: dict = {"method": o["method"], "compressed_messages": 0}
+        if o["method"] == "full" or not any(c.text.strip() for c in lay.context):
+            return list(messages), stats
+        cp = self._engine.compress(chunks=lay.context, instruction=lay.system, question=lay.question,
+                                   budget=o["budget"], ratio=o["ratio"])
+        texts = {c.id: c.text for c in cp.chunks}
+        stats.update(original_tokens=cp.original_tokens, compressed_tokens=cp.compressed_tokens,
+                     token_counts="draft tokenizer", compressed_messages=len(texts),
+                     dropped_messages=[i for i, t in texts.items() if not t], seconds=dict(cp.seconds),
+                     messages=[{"message_index": c.id, "kept_fraction": c.kept_fraction, "score": c.score}
+                               for c in cp.chunks])
+        return rebuild(messages, lay, texts), stats
+
+    def _forwarded(self, o: dict) -> dict:
+        fw = dict(o["extra"])
+        fw.pop("model", None)
+        for name in ("max_tokens", "temperature"):
+            if name in self.model_fields_set and name not in fw:
+                fw[name] = getattr(self, name)
+        return fw
+
+    def _stream_wrapped(self, messages, o, run_manager) -> Iterator[ChatGenerationChunk]:
+        new, stats = self._compress_messages(messages, o)
+        config = {"callbacks": run_manager.get_child()} if run_manager else None
+        first = True
+        for chunk in self.llm.stream(new, config=config, stop=o["stop"] or None, **self._forwarded(o)):
+            yield _emit(_wrapped_chunk(chunk, stats if first else None, self.model_name), run_manager)
+            first = False
+
+    async def _astream_wrapped(self, messages, o, run_manager) -> AsyncIterator[ChatGenerationChunk]:
+        new, stats = await asyncio.to_thread(self._compress_messages, messages, o)
+        config = {"callbacks": run_manager.get_child()} if run_manager else None
+        first = True
+        async for chunk in self.llm.astream(new, config=config, stop=o["stop"] or None, **self._forwarded(o)):
+            out = _wrapped_chunk(chunk, stats if first else None, self.model_name)
+            if run_manager:
+                await run_manager.on_llm_new_token(out.text, chunk=out)
+            yield out
+            first = False
+
+    def _generate_wrapped(self, messages, o, run_manager) -> ChatResult:
+        new, stats = self._compress_messages(messages, o)
+        config = {"callbacks": run_manager.get_child()} if run_manager else None
+        result = self.llm.invoke(new, config=config, stop=o["stop"] or None, **self._forwarded(o))
+        return _wrapped_result(result, stats, self.model_name)
+
+    async def _agenerate_wrapped(self, messages, o, run_manager) -> ChatResult:
+        new, stats = await asyncio.to_thread(self._compress_messages, messages, o)
+        config = {"callbacks": run_manager.get_child()} if run_manager else None
+        result = await self.llm.ainvoke(new, config=config, stop=o["stop"] or None, **self._forwarded(o))
+        return _wrapped_result(result, stats, self.model_name)
+
+    # -- LangChain entry points ----------------------------------------------------------------
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        o = self._options(stop, kwargs)
+        if self.llm is not None:
+            return self._generate_wrapped(messages, o, run_manager)
+        return generate_from_stream(self._stream_local(messages, o, run_manager))
+
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        o = self._options(stop, kwargs)
+        if self.llm is not None:
+            yield from self._stream_wrapped(messages, o, run_manager)
+        else:
+            yield from self._stream_local(messages, o, run_manager)
+
+    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                         run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        o = self._options(stop, kwargs)
+        if self.llm is not None:
+            return await self._agenerate_wrapped(messages, o, run_manager)
+        return await agenerate_from_stream(self._astream_local(messages, o, run_manager))
+
+    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
+                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        o = self._options(stop, kwargs)
+        stream = (self._astream_wrapped(messages, o, run_manager) if self.llm is not None
+                  else self._astream_local(messages, o, run_manager))
+        async for chunk in stream:
+            yield chunk
+
+    async def _astream_local(self, messages, o, run_manager) -> AsyncIterator[ChatGenerationChunk]:
+        """The local stream runs in one worker thread; the event loop only receives its chunks."""
+        async for chunk in common.iterate_in_thread(lambda: self._stream_local(messages, o, None)):
+            if run_manager:
+                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk
+
+
+def _emit(chunk: ChatGenerationChunk, run_manager) -> ChatGenerationChunk:
+    if run_manager:
+        run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+    return chunk
+
+
+def _wrapped_chunk(chunk: BaseMessage, stats: dict | None, model_name: str) -> ChatGenerationChunk:
+    """The wrapped model's chunk; the first one also carries the compression stats."""
+    if not isinstance(chunk, AIMessageChunk):
+        chunk = AIMessageChunk(content=chunk.content)
+    if stats is not None:
+        meta = dict(chunk.response_metadata)
+        meta["draft_rag"] = stats
+        meta.setdefault("model_name", model_name)
+        chunk = chunk.model_copy(update={"response_metadata": meta})
+    return ChatGenerationChunk(message=chunk)
+
+
+def _wrapped_result(result: BaseMessage, stats: dict, model_name: str) -> ChatResult:
+    if not isinstance(result, AIMessage):
+        result = AIMessage(content=result.content)
+    meta = dict(result.response_metadata)
+    meta["draft_rag"] = stats
+    meta.setdefault("model_name", model_name)
+    return ChatResult(generations=[ChatGeneration(message=result.model_copy(update={"response_metadata": meta}))])

@@ -1,0 +1,114 @@
+"""DraftDocumentCompressor: prune retrieved documents by the draft's attention to them while reading the query."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from langchain_core.callbacks import Callbacks
+from langchain_core.documents import BaseDocumentCompressor, Document
+from pydantic import ConfigDict, PrivateAttr, model_validator
+
+from draft_rag import Chunk, DraftEngine
+from draft_rag.prompt import count_tokens
+
+from . import _common as common
+
+SCORE_KEY = "draft_rag_score"
+SPANS_KEY = "draft_rag_kept_spans"
+FRACTION_KEY = "draft_rag_kept_fraction"
+
+
+class DraftDocumentCompressor(BaseDocumentCompressor):
+    """Keep the documents the draft model finds relevant to the query, in their original order.
+
+    One draft pass over (instruction, documents, query) scores every document. Then, in score order:
+    ``threshold`` drops documents scoring below it, ``top_n`` keeps at most that many, and ``budget``
+    (draft tokens) / ``ratio`` (fraction of all document tokens) keeps documents while they fit, skipping
+    ones that do not. With ``compress_tokens=True`` the budget/ratio is spent by SpecPC instead, which
+    keeps the best token spans inside the documents that survived ``threshold``/``top_n``.
+
+    ``specpc`` (a ``draft_rag.SpecPCConfig``) sets the draft's scoring window and layers.
+    Every returned document is a copy with its own metadata and id plus ``draft_rag_score``,
+    ``draft_rag_kept_spans`` (character spans of the original ``page_content``) and
+    ``draft_rag_kept_fraction``.
+    """
+
+    draft: Any = None
+    budget: int | None = None
+    ratio: float | None = None
+    top_n: int | None = None
+    threshold: float | None = None
+    compress_tokens: bool = False
+    instruction: str | None = None
+    specpc: Any = None
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    _engine: DraftEngine = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _setup(self) -> "DraftDocumentCompressor":
+        common.check_budget(self.budget, self.ratio)
+        common.check_positive_int("top_n", self.top_n, allow_none=True)
+        if self.threshold is not None and (isinstance(self.threshold, bool)
+                                           or not isinstance(self.threshold, (int, float))):
+            raise ValueError(f"threshold must be a number, got {self.threshold!r}")
+        if self.compress_tokens and self.budget is None and self.ratio is None:
+            raise ValueError("compress_tokens=True needs budget=... or ratio=... for SpecPC")
+        self._engine = common.shared_engine(None, self.draft, self.specpc)
+        return self
+
+    def compress_documents(self, documents: Sequence[Document], query: str,
+                           callbacks: Callbacks | None = None) -> Sequence[Document]:
+        """Pruned (and optionally token-compressed) copies of ``documents``, original order kept."""
+        docs = _check_documents(documents)
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError(f"query must be a non-empty string, got {query!r}")
+        if not docs:
+            return []
+        chunks = [Chunk(d.page_content, id=i) for i, d in enumerate(docs)]
+        scores = self._engine.score_chunks(chunks, question=query, instruction=self.instruction)
+        keep = self._select(docs, scores)
+        if not self.compress_tokens:
+            return [_annotate(docs[i], docs[i].page_content, scores[i], [(0, len(docs[i].page_content))], 1.0)
+                    for i in keep]
+        kept_chunks = [chunks[i] for i in keep]
+        cp = self._engine.compress(chunks=kept_chunks, question=query, instruction=self.instruction,
+                                   budget=self.budget, ratio=self.ratio)
+        out = []
+        for c in cp.chunks:
+            if c.text.strip():
+                out.append(_annotate(docs[c.id], c.text, scores[c.id], c.kept_spans, c.kept_fraction))
+        return out
+
+    def _select(self, docs: list[Document], scores: list[float]) -> list[int]:
+        order = sorted(range(len(docs)), key=lambda i: -scores[i])
+        if self.threshold is not None:
+            order = [i for i in order if scores[i] >= self.threshold]
+        if self.top_n is not None:
+            order = order[: self.top_n]
+        if not self.compress_tokens and (self.budget is not None or self.ratio is not None):
+            tok = self._engine.draft.tokenizer
+            lengths = [count_tokens(tok, d.page_content) for d in docs]
+            limit = self.budget if self.budget is not None else round(self.ratio * sum(lengths))
+            fitted, used = [], 0
+            for i in order:
+                if used + lengths[i] <= limit:
+                    fitted.append(i)
+                    used += lengths[i]
+            order = fitted
+        return sorted(order)
+
+
+def _check_documents(documents) -> list[Document]:
+    if documents is None or isinstance(documents, (str, Document)):
+        raise TypeError(f"documents must be a sequence of Document, got {type(documents).__name__}")
+    docs = list(documents)
+    for i, d in enumerate(docs):
+        if not isinstance(d, Document):
+            raise TypeError(f"documents[{i}] must be a langchain_core Document, got {type(d).__name__}")
+    return docs
+
+
+def _annotate(doc: Document, text: str, score: float, spans, fraction: float) -> Document:
+    metadata = {**doc.metadata, SCORE_KEY: float(score), SPANS_KEY: [list(s) for s in spans],
+                FRACTION_KEY: float(fraction)}
+    return doc.model_copy(update={"page_content": text, "metadata": metadata})
