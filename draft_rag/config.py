@@ -72,3 +72,41 @@ class SpecPCConfig:
             values["max_capacity_prompt"] = None
         values.update(changes)
         return type(self)(**values)
+
+
+@dataclass(frozen=True)
+class SpecKVConfig:
+    """KV-cache eviction guided by a draft lookahead (paper defaults; see ALGORITHMS.md, SpecKV).
+
+    The KV budget is ``max_capacity_prompt`` entries per layer and KV head, or ``ratio`` of the prompt's
+    tokens; with neither, 1024. ``lookahead_tokens=None`` drafts as many tokens as will be generated.
+    ``sink_tokens`` is StreamingLLM's sink and ``seed`` seeds the random baseline.
+    """
+
+    max_capacity_prompt: int | None = None
+    ratio: float | None = None
+    window_size: int = 32
+    pool_type: str = "max"
+    kernel_size: int = 7
+    reduction_type: str = "max"
+    lookahead_tokens: int | None = None
+    sink_tokens: int = 4
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_budget(self.max_capacity_prompt, self.ratio, 1)
+        _check_int("window_size", self.window_size, 1)
+        _check_choice("pool_type", self.pool_type, _POOLS)
+        _check_int("kernel_size", self.kernel_size, 1)
+        _check_choice("reduction_type", self.reduction_type, _REDUCTIONS)
+        _check_int("lookahead_tokens", self.lookahead_tokens, 0, allow_none=True)
+        _check_int("sink_tokens", self.sink_tokens, 0)
+        _check_int("seed", self.seed, 0)
+
+    def budget_for(self, n_tokens: int) -> int:
+        """KV entries kept per layer and KV head for a prompt of ``n_tokens`` tokens."""
+        if self.ratio is not None:
+            return max(1, round(self.ratio * n_tokens))
+        return 1024 if self.max_capacity_prompt is None else self.max_capacity_prompt
+
+    replace = SpecPCConfig.replace
