@@ -1,0 +1,29 @@
+"""LlamaIndex instrumentation event sent whenever draft-rag compresses or prunes something."""
+from __future__ import annotations
+
+from typing import Optional
+
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.events import BaseEvent
+
+dispatcher = get_dispatcher("llama_index_draft_rag")
+
+
+class DraftCompressionEvent(BaseEvent):
+    """One compression step: token counts before/after, the method and where it ran.
+
+    ``component`` is ``"llm"`` (counts in the target's tokenizer, chat template included, or the draft's
+    when wrapping another LLM) or ``"postprocessor"`` (node text in the draft's tokenizer).
+    """
+
+    component: str
+    method: str
+    original_tokens: int
+    compressed_tokens: int
+    seconds: dict = {}
+    nodes_in: Optional[int] = None
+    nodes_out: Optional[int] = None
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "DraftCompressionEvent"

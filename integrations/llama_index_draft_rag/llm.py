@@ -1,0 +1,351 @@
+"""DraftCompressedLLM: a LlamaIndex LLM backed by draft-rag's DraftEngine.
+
+Two modes: ``target=...`` generates with a local HF model run by the engine (any method in
+``draft_rag.engine.METHODS``); ``llm=...`` puts SpecPC (the draft) in front of any LlamaIndex LLM.
+When a query engine formats a template with ``context_str``, only the context is compressible: the
+template text before it is the instruction and the text after it (with the query) the question.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import threading
+from typing import Any, AsyncIterator, Callable, Iterator, Optional, Sequence
+
+from llama_index.core.base.llms.generic_utils import (completion_response_to_chat_response,
+                                                      stream_completion_response_to_chat_response)
+from llama_index.core.base.llms.types import (ChatMessage, ChatResponse, ChatResponseAsyncGen, ChatResponseGen,
+                                              CompletionResponse, CompletionResponseAsyncGen,
+                                              CompletionResponseGen, LLMMetadata, MessageRole, TextBlock)
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.llm import LLM
+
+from draft_rag import DraftEngine
+from draft_rag import engine as engine_module
+from draft_rag.scoring import select_chunks
+
+from .events import DraftCompressionEvent, dispatcher
+
+logger = logging.getLogger(__name__)
+
+_CONTEXT = "\u2063DRAFTRAG-CONTEXT\u2063"
+_prepared: contextvars.ContextVar = contextvars.ContextVar("draft_rag_prepared", default=None)
+GENERATION_KWARGS = ("max_new_tokens", "temperature", "top_p", "top_k", "stop", "seed")
+
+
+class DraftCompressedLLM(LLM):
+    """LlamaIndex LLM: local target through DraftEngine, or SpecPC in front of another LlamaIndex LLM.
+
+    ``DraftCompressedLLM(target=REF, draft=REF, method="specpc", budget=N | ratio=R, max_new_tokens=256)``
+    or ``DraftCompressedLLM(llm=<LLM>, draft=REF, budget=N | ratio=R)``. REF is anything ``load_model``
+    accepts. ``budget``/``ratio`` is the prompt budget (draft tokens) for SpecPC and the KV budget for the
+    KV methods (``speckv-pc`` takes its prompt budget as ``pc_budget``/``pc_ratio``); see ``DraftEngine.stream``. Responses carry ``additional_kwargs["draft_rag"]`` (token counts, seconds) and, locally,
+    ``raw["usage"]`` (prompt/completion tokens, read by LlamaIndex's TokenCountingHandler).
+    """
+
+    target: Any = Field(default=None, exclude=True, description="local target model (anything load_model accepts)")
+    draft: Any = Field(default=None, exclude=True, description="draft model; defaults to the target or SmolLM2")
+    llm: Optional[LLM] = Field(default=None, exclude=True, description="LlamaIndex LLM to put SpecPC in front of")
+    method: str = Field(default="specpc", description="one of draft_rag.engine.METHODS")
+    budget: Optional[int] = Field(default=None, description="prompt budget in draft tokens")
+    ratio: Optional[float] = Field(default=None, description="prompt budget as a fraction of the prompt")
+    max_new_tokens: int = Field(default=256, description="local generation length")
+    temperature: float = Field(default=0.0, description="local sampling temperature (0 = greedy)")
+    pc_budget: Optional[int] = Field(default=None, description="speckv-pc: SpecPC prompt budget (draft tokens)")
+    pc_ratio: Optional[float] = Field(default=None, description="speckv-pc: SpecPC budget as a fraction")
+    context_window: Optional[int] = Field(default=None, description="override the reported context window")
+    specpc: Any = Field(default=None, exclude=True, description="draft_rag.SpecPCConfig")
+    speckv: Any = Field(default=None, exclude=True, description="draft_rag.SpecKVConfig (KV methods)")
+    _engine: DraftEngine = PrivateAttr()
+
+    def __init__(self, target: Any = None, draft: Any = None, *, llm: Optional[LLM] = None,
+                 engine: DraftEngine | None = None, **kwargs: Any):
+        super().__init__(target=target, draft=draft, llm=llm, **kwargs)
+        if llm is not None and not isinstance(llm, LLM):
+            raise TypeError(f"llm must be a LlamaIndex LLM, got {type(llm).__name__}")
+        if (target is not None or (engine is not None and engine.target is not None)) == (llm is not None):
+            raise ValueError("give exactly one of target=<model> (generate locally) or llm=<LlamaIndex LLM> "
+                             "(SpecPC in front of it)")
+        if self.method not in engine_module.METHODS:
+            raise ValueError(f"method must be one of {engine_module.METHODS}, got {self.method!r}")
+        if llm is not None and self.method != "specpc":
+            raise ValueError(f"with llm=... only method='specpc' is possible (the wrapped LLM does its own "
+                             f"prefill), got {self.method!r}")
+        select_chunks([], [], budget=self.budget, ratio=self.ratio)  # validates budget/ratio
+        self._engine = engine or DraftEngine(target=target, draft=draft, method=self.method, specpc=self.specpc,
+                                             speckv=self.speckv)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "DraftCompressedLLM"
+
+    @property
+    def engine(self) -> DraftEngine:
+        return self._engine
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        draft = self._engine.draft
+        if self.llm is not None:
+            inner = self.llm.metadata
+            window = self.context_window or min(inner.context_window, _window(draft))
+            return inner.model_copy(update={"context_window": window,
+                                            "model_name": f"{inner.model_name} (specpc, draft {draft.name})"})
+        target = self._engine.target
+        return LLMMetadata(context_window=self.context_window or min(_window(target), _window(draft)),
+                           num_output=self.max_new_tokens, is_chat_model=False,
+                           model_name=f"{target.name} ({self.method}, draft {draft.name})")
+
+    # -- template hooks: find the retrieved context inside a formatted prompt ----------------------
+    def _get_prompt(self, prompt, **prompt_args: Any) -> str:
+        plan = self._plan(prompt, prompt_args)
+        if self.llm is None:
+            text = super()._get_prompt(prompt, **prompt_args)
+        elif plan is None:
+            return self.llm._get_prompt(prompt, **prompt_args)
+        else:  # compress later (in complete/acomplete, off the event loop), fill the context in then
+            text = self.llm._get_prompt(prompt, **dict(prompt_args, context_str=_CONTEXT))
+        if plan is not None:
+            _prepared.set((text, plan))
+        return text
+
+    def _get_messages(self, prompt, **prompt_args: Any) -> list[ChatMessage]:
+        plan = self._plan(prompt, prompt_args) if self.llm is not None else None
+        if plan is None:
+            return self.llm._get_messages(prompt, **prompt_args) if self.llm else super()._get_messages(
+                prompt, **prompt_args)
+        messages = self.llm._get_messages(prompt, **dict(prompt_args, context_str=_CONTEXT))
+        _prepared.set((messages, plan))
+        return messages
+
+    def _plan(self, prompt, prompt_args: dict) -> dict | None:
+        """Instruction / context chunks / question of a template with a non-empty ``context_str``."""
+        context = prompt_args.get("context_str")
+        if not isinstance(context, str) or not context.strip():
+            return None
+        layout = prompt.format(llm=self, **dict(prompt_args, context_str=_CONTEXT))
+        if layout.count(_CONTEXT) != 1:
+            return None
+        before, _, after = layout.partition(_CONTEXT)
+        return {"instruction": before.strip() or None, "question": after.strip() or None,
+                "chunks": [c for c in context.split("\n\n") if c.strip()]}
+
+    @staticmethod
+    def _take(key) -> dict | None:
+        prepared = _prepared.get()
+        if prepared is not None and prepared[0] == key:
+            _prepared.set(None)
+            return prepared[1]
+        return None
+
+    # -- completion ------------------------------------------------------------------------------
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        plan = self._take(prompt)
+        if self.llm is None:
+            return _last(self._local_stream(_local_args(prompt, plan), kwargs))
+        text, stats = self._front_prompt(prompt, plan)
+        return _annotate(self.llm.complete(text, formatted=formatted, **kwargs), stats)
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        plan = self._take(prompt)
+        if self.llm is None:
+            return self._local_stream(_local_args(prompt, plan), kwargs)
+        text, stats = self._front_prompt(prompt, plan)
+        return (_annotate(r, stats) for r in self.llm.stream_complete(text, formatted=formatted, **kwargs))
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        plan = self._take(prompt)
+        if self.llm is None:
+            return await asyncio.to_thread(lambda: _last(self._local_stream(_local_args(prompt, plan), kwargs)))
+        text, stats = await asyncio.to_thread(self._front_prompt, prompt, plan)
+        return _annotate(await self.llm.acomplete(text, formatted=formatted, **kwargs), stats)
+
+    @llm_completion_callback()
+    async def astream_complete(self, prompt: str, formatted: bool = False,
+                               **kwargs: Any) -> CompletionResponseAsyncGen:
+        plan = self._take(prompt)
+        if self.llm is None:
+            return _in_thread(lambda: self._local_stream(_local_args(prompt, plan), kwargs))
+        text, stats = await asyncio.to_thread(self._front_prompt, prompt, plan)
+        inner = await self.llm.astream_complete(text, formatted=formatted, **kwargs)
+        return (_annotate(r, stats) async for r in inner)
+
+    # -- chat ------------------------------------------------------------------------------------
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        if self.llm is None:
+            return completion_response_to_chat_response(_last(self._local_stream(_chat_args(messages), kwargs)))
+        msgs, stats = self._front_messages(messages, self._take(messages))
+        return _annotate(self.llm.chat(msgs, **kwargs), stats)
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        if self.llm is None:
+            return stream_completion_response_to_chat_response(self._local_stream(_chat_args(messages), kwargs))
+        msgs, stats = self._front_messages(messages, self._take(messages))
+        return (_annotate(r, stats) for r in self.llm.stream_chat(msgs, **kwargs))
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        if self.llm is None:
+            args = _chat_args(messages)
+            return completion_response_to_chat_response(
+                await asyncio.to_thread(lambda: _last(self._local_stream(args, kwargs))))
+        msgs, stats = await asyncio.to_thread(self._front_messages, messages, self._take(messages))
+        return _annotate(await self.llm.achat(msgs, **kwargs), stats)
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        if self.llm is None:
+            args = _chat_args(messages)
+            gen = _in_thread(lambda: stream_completion_response_to_chat_response(self._local_stream(args, kwargs)))
+            return gen
+        msgs, stats = await asyncio.to_thread(self._front_messages, messages, self._take(messages))
+        inner = await self.llm.astream_chat(msgs, **kwargs)
+        return (_annotate(r, stats) async for r in inner)
+
+    # -- local target ----------------------------------------------------------------------------
+    def _local_stream(self, args: dict, kwargs: dict) -> Iterator[CompletionResponse]:
+        """Responses as pieces are decoded; the last one carries the stats (and ``raw['usage']``)."""
+        unknown = set(kwargs) - set(GENERATION_KWARGS)
+        if unknown:
+            raise TypeError(f"unsupported generation arguments {sorted(unknown)}; supported: {GENERATION_KWARGS}")
+        gen = dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature) | kwargs
+        gs = self._engine.stream(**args, method=self.method, budget=self.budget, ratio=self.ratio,
+                                 pc_budget=self.pc_budget, pc_ratio=self.pc_ratio, **gen)
+        return self._responses(gs)
+
+    def _responses(self, gs) -> Iterator[CompletionResponse]:
+        text, pending = "", None
+        for piece in gs:
+            if pending is not None:
+                yield pending
+            text += piece
+            pending = CompletionResponse(text=text, delta=piece)
+        stats = gs.stats.to_dict()
+        usage = {"prompt_tokens": gs.stats.prompt_tokens, "completion_tokens": gs.stats.new_tokens,
+                 "total_tokens": gs.stats.prompt_tokens + gs.stats.new_tokens}
+        dispatcher.event(DraftCompressionEvent(component="llm", method=gs.stats.method,
+                                               original_tokens=gs.stats.original_tokens,
+                                               compressed_tokens=gs.stats.prompt_tokens, seconds=gs.stats.seconds))
+        yield CompletionResponse(text=text, delta=pending.delta if pending else "",
+                                 raw={"usage": usage}, additional_kwargs={"draft_rag": stats})
+
+    # -- SpecPC in front of another LLM ----------------------------------------------------------
+    def _compress(self, **parts) -> tuple[Any, dict]:
+        cp = self._engine.compress(**parts, budget=self.budget, ratio=self.ratio)
+        stats = {"method": "specpc", "original_tokens": cp.original_tokens,
+                 "compressed_tokens": cp.compressed_tokens, "seconds": cp.seconds}
+        dispatcher.event(DraftCompressionEvent(component="llm", **stats))
+        return cp, stats
+
+    def _front_context(self, plan: dict) -> tuple[str, dict]:
+        cp, stats = self._compress(**plan)
+        return "\n\n".join(c.text for c in cp.chunks if c.text), stats
+
+    def _front_prompt(self, prompt: str, plan: dict | None) -> tuple[str, dict]:
+        if plan is not None:
+            context, stats = self._front_context(plan)
+            return prompt.replace(_CONTEXT, context), stats
+        if _CONTEXT in prompt:
+            raise RuntimeError("internal: a prompt prepared for compression lost its context")
+        cp, stats = self._compress(prompt=prompt)
+        return cp.text, stats
+
+    def _front_messages(self, messages: Sequence[ChatMessage], plan: dict | None) -> tuple[list, dict]:
+        """Fill the compressed context in; without a template, compress the last user message."""
+        if plan is not None:
+            context, stats = self._front_context(plan)
+            return [_fill_context(m, context) for m in messages], stats
+        last = max((i for i, m in enumerate(messages) if m.role == MessageRole.USER), default=None)
+        if last is None or not messages[last].content:
+            raise ValueError("messages must contain a user message with text to compress")
+        cp, stats = self._compress(prompt=messages[last].content)
+        msgs = list(messages)
+        msgs[last] = _with_text(msgs[last], cp.text)
+        return msgs, stats
+
+
+def _window(loaded) -> int:
+    cfg = loaded.model.config
+    cfg = getattr(cfg, "text_config", None) or cfg
+    return getattr(cfg, "max_position_embeddings", None) or DEFAULT_CONTEXT_WINDOW
+
+
+def _local_args(prompt: str, plan: dict | None) -> dict:
+    return plan if plan is not None else {"prompt": prompt}
+
+
+def _chat_args(messages: Sequence[ChatMessage]) -> dict:
+    """System messages -> system prompt; earlier turns -> instruction; last user message -> prompt."""
+    if not messages:
+        raise ValueError("messages must not be empty")
+    system = "\n\n".join(m.content for m in messages if m.role == MessageRole.SYSTEM and m.content)
+    turns = [m for m in messages if m.role != MessageRole.SYSTEM]
+    if not turns or turns[-1].role != MessageRole.USER:
+        raise ValueError("messages must end with a user message")
+    history = "\n".join(f"{m.role.value}: {m.content or ''}" for m in turns[:-1])
+    return {"prompt": turns[-1].content or "", "instruction": history or None, "system": system or None}
+
+
+def _fill_context(message: ChatMessage, context: str) -> ChatMessage:
+    """A copy of ``message`` with the context placeholder in its text blocks replaced by ``context``."""
+    blocks = [b.model_copy(update={"text": b.text.replace(_CONTEXT, context)}) if isinstance(b, TextBlock) else b
+              for b in message.blocks]
+    return message.model_copy(update={"blocks": blocks})
+
+
+def _with_text(message: ChatMessage, text: str) -> ChatMessage:
+    """A copy of ``message`` whose text blocks become one block ``text`` (other blocks kept)."""
+    others = [b for b in message.blocks if not isinstance(b, TextBlock)]
+    return message.model_copy(update={"blocks": [TextBlock(text=text)] + others})
+
+
+def _annotate(response, stats: dict):
+    response.additional_kwargs["draft_rag"] = stats
+    return response
+
+
+def _last(responses: Iterator[CompletionResponse]) -> CompletionResponse:
+    last = None
+    for last in responses:
+        pass
+    last.delta = None
+    return last
+
+
+async def _in_thread(make: Callable[[], Iterator]) -> AsyncIterator:
+    """Run a blocking iterator in one worker thread (the engine's lock stays with it); yield without blocking."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            with contextlib.closing(iter(make())) as items:
+                for item in items:
+                    loop.call_soon_threadsafe(queue.put_nowait, (True, item))
+                    if stop.is_set():
+                        break
+            loop.call_soon_threadsafe(queue.put_nowait, (False, None))
+        except BaseException as exc:  # handed to the consumer
+            loop.call_soon_threadsafe(queue.put_nowait, (False, exc))
+
+    threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True).start()
+    try:
+        while True:
+            ok, item = await queue.get()
+            if not ok:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()

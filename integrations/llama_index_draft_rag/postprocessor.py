@@ -1,0 +1,157 @@
+"""DraftNodePostprocessor: prune retrieved nodes by the draft model's query-conditioned attention."""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any, List, Optional
+
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.callbacks import CBEventType, EventPayload
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+
+from draft_rag import Chunk, DraftEngine
+from draft_rag.prompt import count_tokens
+from draft_rag.scoring import select_chunks
+
+from .events import DraftCompressionEvent, dispatcher
+
+logger = logging.getLogger(__name__)
+
+RETRIEVAL_SCORE_KEY = "retrieval_score"
+KEPT_FRACTION_KEY = "draft_rag_kept_fraction"
+KEPT_SPANS_KEY = "draft_rag_kept_spans"
+
+
+class DraftNodePostprocessor(BaseNodePostprocessor):
+    """Chunk-level pruning with the draft's attention while it reads the query; optional token-level compression.
+
+    Every kept node is the caller's ``NodeWithScore`` with ``score`` set to the draft importance (a float)
+    and the retrieval score kept in ``node.metadata["retrieval_score"]`` (hidden from LLM/embedding text).
+    ``top_n``/``threshold`` filter whole nodes; ``budget`` (draft tokens) or ``ratio`` is met by dropping
+    whole nodes (``draft_rag.scoring.select_chunks``), or with ``compress_tokens=True`` by SpecPC inside
+    the kept nodes (query and instruction count towards the budget; changed nodes are copies with the same
+    id, metadata and relationships plus ``draft_rag_kept_fraction``/``draft_rag_kept_spans``). Nodes
+    without text pass through with score 0.0. Output is in retrieval order unless ``sort_by_score=True``.
+    ``specpc`` (a ``draft_rag.SpecPCConfig``) sets the draft's scoring window and layers.
+    """
+
+    draft: Any = Field(default=None, exclude=True, description="draft model: anything load_model accepts")
+    top_n: Optional[int] = Field(default=None, description="keep at most this many nodes")
+    budget: Optional[int] = Field(default=None, description="token budget of the kept context (draft tokens)")
+    ratio: Optional[float] = Field(default=None, description="budget as a fraction of the input tokens")
+    threshold: Optional[float] = Field(default=None, description="drop nodes whose draft score is below this")
+    compress_tokens: bool = Field(default=False, description="meet budget/ratio by token-level SpecPC in nodes")
+    sort_by_score: bool = Field(default=False, description="return nodes by draft score instead of input order")
+    metadata_mode: MetadataMode = Field(default=MetadataMode.NONE, description="node text the draft scores")
+    instruction: Optional[str] = Field(default=None, description="task text the draft reads before the nodes")
+    specpc: Any = Field(default=None, exclude=True, description="draft_rag.SpecPCConfig for the draft pass")
+    _engine: DraftEngine = PrivateAttr()
+
+    def __init__(self, draft: Any = None, *, engine: DraftEngine | None = None, **kwargs: Any):
+        super().__init__(draft=draft, **kwargs)
+        select_chunks([], [], top_n=self.top_n, budget=self.budget, ratio=self.ratio)  # validates the arguments
+        if self.compress_tokens and self.budget is None and self.ratio is None:
+            raise ValueError("compress_tokens=True needs budget=<tokens> or ratio=<fraction>")
+        if self.threshold is not None and (isinstance(self.threshold, bool)
+                                           or not isinstance(self.threshold, (int, float))):
+            raise ValueError(f"threshold must be a number, got {self.threshold!r}")
+        self._engine = engine or DraftEngine(draft=draft, specpc=self.specpc)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "DraftNodePostprocessor"
+
+    @property
+    def engine(self) -> DraftEngine:
+        return self._engine
+
+    def _postprocess_nodes(self, nodes: List[NodeWithScore],
+                           query_bundle: Optional[QueryBundle] = None) -> List[NodeWithScore]:
+        if query_bundle is None or not query_bundle.query_str:
+            raise ValueError("DraftNodePostprocessor needs the query: pass query_bundle=QueryBundle(...) or "
+                             "query_str=... (the draft scores nodes by how it reads the query)")
+        if not nodes:
+            return []
+        _warn_duplicates(nodes)
+        texts = [n.node.get_content(metadata_mode=self.metadata_mode) for n in nodes]
+        scored = [i for i, t in enumerate(texts) if t.strip()]
+        payload = {EventPayload.NODES: nodes, EventPayload.MODEL_NAME: self._engine.draft.name,
+                   EventPayload.QUERY_STR: query_bundle.query_str, EventPayload.TOP_K: self.top_n}
+        with self.callback_manager.event(CBEventType.RERANKING, payload=payload) as event:
+            out, stats = self._prune(nodes, texts, scored, query_bundle.query_str)
+            event.on_end(payload={EventPayload.NODES: out, "draft_rag": stats})
+        dispatcher.event(DraftCompressionEvent(component="postprocessor", **stats))
+        return out
+
+    def _prune(self, nodes, texts, scored, query):
+        scores = self._engine.score_chunks([texts[i] for i in scored], question=query,
+                                           instruction=self.instruction) if scored else []
+        sizes = [count_tokens(self._engine.draft.tokenizer, texts[i]) for i in scored]
+        whole = not self.compress_tokens
+        keep = select_chunks(scores, sizes, top_n=self.top_n, threshold=self.threshold,
+                             budget=self.budget if whole else None, ratio=self.ratio if whole else None)
+        score_of, size_of = dict(zip(scored, scores)), dict(zip(scored, sizes))
+        kept = sorted({scored[k] for k in keep} | (set(range(len(nodes))) - set(scored)))
+        out = [_rescore(nodes[i], score_of.get(i, 0.0)) for i in kept]
+        stats = {"method": "specpc-chunks", "original_tokens": sum(sizes),
+                 "compressed_tokens": sum(size_of.get(i, 0) for i in kept),
+                 "nodes_in": len(nodes), "nodes_out": len(out)}
+        if self.compress_tokens:
+            out, stats = self._compress(out, query, stats)
+        if self.sort_by_score:
+            out.sort(key=lambda n: -n.score)
+        return out, stats
+
+    def _compress(self, nodes: List[NodeWithScore], query: str, stats: dict):
+        """SpecPC over the kept nodes' text; nodes it changed become copies, emptied nodes are dropped."""
+        textful = [n for n in nodes if n.node.get_content(metadata_mode=MetadataMode.NONE).strip()]
+        chunks = [Chunk(n.node.get_content(metadata_mode=MetadataMode.NONE), id=n.node.node_id) for n in textful]
+        if not chunks:
+            return nodes, stats
+        cp = self._engine.compress(chunks=chunks, question=query, instruction=self.instruction,
+                                   budget=self.budget, ratio=self.ratio)
+        result = {id(n): r for n, r in zip(textful, cp.chunks)}
+        out = []
+        for n in nodes:
+            r = result.get(id(n))
+            if r is not None and r.text != r.original:
+                if not r.text.strip():
+                    logger.info("node %s compressed away entirely; dropped", n.node.node_id)
+                    continue
+                n.node = _with_text(n.node, r)
+            out.append(n)
+        tok = self._engine.draft.tokenizer
+        stats = dict(stats, method="specpc", nodes_out=len(out), seconds=cp.seconds,
+                     compressed_tokens=sum(count_tokens(tok, r.text) for r in cp.chunks))
+        return out, stats
+
+
+def _rescore(nws: NodeWithScore, score: float) -> NodeWithScore:
+    """Keep the retrieval score in metadata (hidden from prompts and embeddings); set the draft score."""
+    node = nws.node
+    node.metadata[RETRIEVAL_SCORE_KEY] = nws.score
+    for keys in (node.excluded_llm_metadata_keys, node.excluded_embed_metadata_keys):
+        if RETRIEVAL_SCORE_KEY not in keys:
+            keys.append(RETRIEVAL_SCORE_KEY)
+    nws.score = float(score)
+    return nws
+
+
+def _with_text(node, result):
+    """A copy of ``node`` (same id and relationships, metadata plus what was kept) holding the kept text."""
+    added = {KEPT_FRACTION_KEY: result.kept_fraction, KEPT_SPANS_KEY: [list(s) for s in result.kept_spans]}
+    hidden = [k for k in added if k not in node.excluded_llm_metadata_keys]
+    copy = node.model_copy(update={
+        "metadata": dict(node.metadata, **added),
+        "excluded_llm_metadata_keys": node.excluded_llm_metadata_keys + hidden,
+        "excluded_embed_metadata_keys": node.excluded_embed_metadata_keys
+        + [k for k in added if k not in node.excluded_embed_metadata_keys]})
+    copy.set_content(result.text)
+    return copy
+
+
+def _warn_duplicates(nodes: List[NodeWithScore]) -> None:
+    dup = [i for i, c in Counter(n.node.node_id for n in nodes).items() if c > 1]
+    if dup:
+        logger.warning("duplicate node ids %s: each copy is scored and kept or dropped on its own", dup[:5])
