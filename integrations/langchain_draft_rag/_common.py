@@ -6,6 +6,8 @@ import threading
 import time
 from typing import Any, AsyncIterator, Callable, Iterator
 
+from langchain_core.callbacks import AsyncCallbackManager, AsyncCallbackManagerForLLMRun, CallbackManager
+
 from draft_rag import DraftEngine, SpecPCConfig, load_model
 from draft_rag import engine as _engine_module
 from draft_rag.models import DEFAULT_MODEL
@@ -37,13 +39,14 @@ def check_method(method: str) -> None:
         raise ValueError(f"method must be one of {methods()}, got {method!r}")
 
 
-def check_budget(budget: Any, ratio: Any) -> None:
+def check_budget(budget: Any, ratio: Any, prefix: str = "") -> None:
+    b, r = prefix + "budget", prefix + "ratio"
     if budget is not None and ratio is not None:
-        raise ValueError("give either budget (tokens) or ratio (fraction of the prompt), not both")
+        raise ValueError(f"give either {b} (tokens) or {r} (a fraction), not both")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-        raise ValueError(f"budget must be a positive integer number of tokens, got {budget!r}")
+        raise ValueError(f"{b} must be a positive integer number of tokens, got {budget!r}")
     if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1):
-        raise ValueError(f"ratio must be a number in (0, 1], got {ratio!r}")
+        raise ValueError(f"{r} must be a number in (0, 1], got {ratio!r}")
 
 
 def check_positive_int(name: str, value: Any, allow_none: bool = False) -> None:
@@ -51,6 +54,18 @@ def check_positive_int(name: str, value: Any, allow_none: bool = False) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def child_config(run_manager) -> dict | None:
+    """A config that nests the wrapped model's run under this LLM run, with its handlers, tags and metadata."""
+    if run_manager is None:
+        return None
+    cls = AsyncCallbackManager if isinstance(run_manager, AsyncCallbackManagerForLLMRun) else CallbackManager
+    manager = cls(handlers=run_manager.inheritable_handlers, inheritable_handlers=run_manager.inheritable_handlers,
+                  parent_run_id=run_manager.run_id, tags=run_manager.inheritable_tags,
+                  inheritable_tags=run_manager.inheritable_tags, metadata=run_manager.inheritable_metadata,
+                  inheritable_metadata=run_manager.inheritable_metadata)
+    return {"callbacks": manager}
 
 
 def stop_list(stop: Any) -> list[str]:

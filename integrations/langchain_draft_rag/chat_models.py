@@ -44,7 +44,9 @@ class ChatDraftCompressed(BaseChatModel):
         draft: the draft model; defaults to the target itself, or to the built-in SmolLM2 with ``llm``.
         method: a name in ``draft_rag.engine.METHODS`` ("full" disables compression); with ``llm`` only
             "specpc" and "full" apply.
-        budget / ratio: compression budget in draft tokens, or a fraction of the prompt (SpecPC default: 1024).
+        budget / ratio: the method's budget, passed to ``DraftEngine.stream``: prompt tokens for "specpc"
+            (default 1024), KV entries per layer and head for the KV methods ("speckv", ...).
+        pc_budget / pc_ratio / lookahead_tokens: SpecKV-PC's prompt budget and the draft lookahead length.
         max_tokens, temperature, top_p, top_k, seed, stop: decoding settings (local target; with ``llm``,
             ``max_tokens``/``temperature`` are forwarded only when set explicitly).
         timeout: seconds a local generation may run before ``TimeoutError`` (checked per token).
@@ -59,6 +61,9 @@ class ChatDraftCompressed(BaseChatModel):
     method: str = "specpc"
     budget: int | None = None
     ratio: float | None = None
+    pc_budget: int | None = None
+    pc_ratio: float | None = None
+    lookahead_tokens: int | None = None
     max_tokens: int = 256
     temperature: float = 0.0
     top_p: float = 1.0
@@ -84,6 +89,7 @@ class ChatDraftCompressed(BaseChatModel):
         if self.llm is not None and self.method not in _WRAPPED_METHODS:
             raise ValueError(f"method={self.method!r} needs a local target; with llm=... use one of {_WRAPPED_METHODS}")
         common.check_budget(self.budget, self.ratio)
+        common.check_budget(self.pc_budget, self.pc_ratio, "pc_")
         common.check_positive_int("max_tokens", self.max_tokens)
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
@@ -147,7 +153,12 @@ class ChatDraftCompressed(BaseChatModel):
         return dict(chunks=lay.context, question=lay.question, system=lay.system, method=o["method"],
                     budget=o["budget"], ratio=o["ratio"], template=self.template, max_new_tokens=o["max_tokens"],
                     temperature=o["temperature"], top_p=o["top_p"], top_k=o["top_k"], stop=o["stop"],
-                    seed=o["seed"])
+                    seed=o["seed"], **self._kv_args())
+
+    def _kv_args(self) -> dict:
+        """SpecKV-PC's prompt budget and the draft lookahead, passed only when set (KV methods only)."""
+        names = ("pc_budget", "pc_ratio", "lookahead_tokens")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     def _local_final(self, text: str, gs) -> ChatGenerationChunk:
         st = gs.stats
@@ -199,7 +210,7 @@ class ChatDraftCompressed(BaseChatModel):
 
     def _stream_wrapped(self, messages, o, run_manager) -> Iterator[ChatGenerationChunk]:
         new, stats = self._compress_messages(messages, o)
-        config = {"callbacks": run_manager.get_child()} if run_manager else None
+        config = common.child_config(run_manager)
         first = True
         for chunk in self.llm.stream(new, config=config, stop=o["stop"] or None, **self._forwarded(o)):
             yield _emit(_wrapped_chunk(chunk, stats if first else None, self.model_name), run_manager)
@@ -207,7 +218,7 @@ class ChatDraftCompressed(BaseChatModel):
 
     async def _astream_wrapped(self, messages, o, run_manager) -> AsyncIterator[ChatGenerationChunk]:
         new, stats = await asyncio.to_thread(self._compress_messages, messages, o)
-        config = {"callbacks": run_manager.get_child()} if run_manager else None
+        config = common.child_config(run_manager)
         first = True
         async for chunk in self.llm.astream(new, config=config, stop=o["stop"] or None, **self._forwarded(o)):
             out = _wrapped_chunk(chunk, stats if first else None, self.model_name)
@@ -218,13 +229,13 @@ class ChatDraftCompressed(BaseChatModel):
 
     def _generate_wrapped(self, messages, o, run_manager) -> ChatResult:
         new, stats = self._compress_messages(messages, o)
-        config = {"callbacks": run_manager.get_child()} if run_manager else None
+        config = common.child_config(run_manager)
         result = self.llm.invoke(new, config=config, stop=o["stop"] or None, **self._forwarded(o))
         return _wrapped_result(result, stats, self.model_name)
 
     async def _agenerate_wrapped(self, messages, o, run_manager) -> ChatResult:
         new, stats = await asyncio.to_thread(self._compress_messages, messages, o)
-        config = {"callbacks": run_manager.get_child()} if run_manager else None
+        config = common.child_config(run_manager)
         result = await self.llm.ainvoke(new, config=config, stop=o["stop"] or None, **self._forwarded(o))
         return _wrapped_result(result, stats, self.model_name)
 

@@ -9,6 +9,7 @@ from pydantic import ConfigDict, PrivateAttr, model_validator
 
 from draft_rag import Chunk, DraftEngine
 from draft_rag.prompt import count_tokens
+from draft_rag.scoring import select_chunks
 
 from . import _common as common
 
@@ -23,8 +24,9 @@ class DraftDocumentCompressor(BaseDocumentCompressor):
     One draft pass over (instruction, documents, query) scores every document. Then, in score order:
     ``threshold`` drops documents scoring below it, ``top_n`` keeps at most that many, and ``budget``
     (draft tokens) / ``ratio`` (fraction of all document tokens) keeps documents while they fit, skipping
-    ones that do not. With ``compress_tokens=True`` the budget/ratio is spent by SpecPC instead, which
-    keeps the best token spans inside the documents that survived ``threshold``/``top_n``.
+    ones that do not (the best document is always kept; ``draft_rag.scoring.select_chunks``). With
+    ``compress_tokens=True`` the budget/ratio is spent by SpecPC instead, which keeps the best token spans
+    inside the documents that survived ``threshold``/``top_n``.
 
     ``specpc`` (a ``draft_rag.SpecPCConfig``) sets the draft's scoring window and layers.
     Every returned document is a copy with its own metadata and id plus ``draft_rag_score``,
@@ -80,22 +82,10 @@ class DraftDocumentCompressor(BaseDocumentCompressor):
         return out
 
     def _select(self, docs: list[Document], scores: list[float]) -> list[int]:
-        order = sorted(range(len(docs)), key=lambda i: -scores[i])
-        if self.threshold is not None:
-            order = [i for i in order if scores[i] >= self.threshold]
-        if self.top_n is not None:
-            order = order[: self.top_n]
-        if not self.compress_tokens and (self.budget is not None or self.ratio is not None):
-            tok = self._engine.draft.tokenizer
-            lengths = [count_tokens(tok, d.page_content) for d in docs]
-            limit = self.budget if self.budget is not None else round(self.ratio * sum(lengths))
-            fitted, used = [], 0
-            for i in order:
-                if used + lengths[i] <= limit:
-                    fitted.append(i)
-                    used += lengths[i]
-            order = fitted
-        return sorted(order)
+        by_tokens = not self.compress_tokens and (self.budget is not None or self.ratio is not None)
+        sizes = [count_tokens(self._engine.draft.tokenizer, d.page_content) if by_tokens else 0 for d in docs]
+        return select_chunks(scores, sizes, top_n=self.top_n, threshold=self.threshold,
+                             budget=self.budget if by_tokens else None, ratio=self.ratio if by_tokens else None)
 
 
 def _check_documents(documents) -> list[Document]:

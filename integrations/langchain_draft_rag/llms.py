@@ -34,6 +34,9 @@ class DraftCompressedLLM(BaseLLM):
     method: str = "specpc"
     budget: int | None = None
     ratio: float | None = None
+    pc_budget: int | None = None
+    pc_ratio: float | None = None
+    lookahead_tokens: int | None = None
     max_tokens: int = 256
     temperature: float = 0.0
     top_p: float = 1.0
@@ -59,6 +62,7 @@ class DraftCompressedLLM(BaseLLM):
         if self.llm is not None and self.method not in ("specpc", "full"):
             raise ValueError(f"method={self.method!r} needs a local target; with llm=... use 'specpc' or 'full'")
         common.check_budget(self.budget, self.ratio)
+        common.check_budget(self.pc_budget, self.pc_ratio, "pc_")
         common.check_positive_int("max_tokens", self.max_tokens)
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
@@ -113,7 +117,9 @@ class DraftCompressedLLM(BaseLLM):
         gs = self._engine.stream(prompt or None, question=o["question"], instruction=o["instruction"],
                                  method=o["method"], budget=o["budget"], ratio=o["ratio"], template=self.template,
                                  max_new_tokens=o["max_tokens"], temperature=o["temperature"], top_p=o["top_p"],
-                                 top_k=o["top_k"], stop=o["stop"], seed=o["seed"])
+                                 top_k=o["top_k"], stop=o["stop"], seed=o["seed"],
+                                 **{n: getattr(self, n) for n in ("pc_budget", "pc_ratio", "lookahead_tokens")
+                                    if getattr(self, n) is not None})
         held = None
         for piece in common.with_deadline(iter(gs), self.timeout):
             if held is not None:
@@ -157,7 +163,7 @@ class DraftCompressedLLM(BaseLLM):
                 generations.append([Generation(text=text, generation_info=chunks[-1].generation_info)])
                 continue
             compressed, stats = self._compress(prompt, o)
-            config = {"callbacks": run_manager.get_child()} if run_manager else None
+            config = common.child_config(run_manager)
             out = self.llm.invoke(compressed, config=config, stop=o["stop"] or None, **self._wrapped_kwargs(o))
             text = out if isinstance(out, str) else out.text
             generations.append([Generation(text=text, generation_info={"model_name": self.model_name,
@@ -171,7 +177,7 @@ class DraftCompressedLLM(BaseLLM):
             yield from self._stream_local(prompt, o, run_manager)
             return
         compressed, stats = self._compress(prompt, o)
-        config = {"callbacks": run_manager.get_child()} if run_manager else None
+        config = common.child_config(run_manager)
         first = True
         for piece in self.llm.stream(compressed, config=config, stop=o["stop"] or None, **self._wrapped_kwargs(o)):
             text = piece if isinstance(piece, str) else piece.text

@@ -1,0 +1,72 @@
+"""LangChain's own standard test suites (langchain-tests) run against ChatDraftCompressed.
+
+Unit suite: a tiny random-weight model (construction, params, tracing). Integration suite: the real
+SmolLM2-135M-Instruct, once as a local target with SpecPC and once wrapped around another chat model.
+"""
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("langchain_tests")
+
+from langchain_tests.integration_tests import ChatModelIntegrationTests  # noqa: E402
+from langchain_tests.unit_tests import ChatModelUnitTests  # noqa: E402
+
+from draft_rag import SpecPCConfig  # noqa: E402
+from langchain_draft_rag import ChatDraftCompressed  # noqa: E402
+
+from conftest import tiny_model  # noqa: E402
+
+TINY_SPECPC = SpecPCConfig(starting_layer_index=1, window_size=8, kernel_size=8, neighbor_tokens=8)
+
+
+class TestChatDraftCompressedUnit(ChatModelUnitTests):
+    @property
+    def chat_model_class(self):
+        return ChatDraftCompressed
+
+    @property
+    def chat_model_params(self):
+        return {"target": tiny_model("llama"), "specpc": TINY_SPECPC, "budget": 64}
+
+    @property
+    def standard_chat_model_params(self):
+        # A local model has no API key: the suite's api_key="test" would be rejected (extra="forbid").
+        params = dict(super().standard_chat_model_params)
+        params.pop("api_key")
+        return params
+
+
+@pytest.mark.slow
+class TestChatDraftCompressedLocal(ChatModelIntegrationTests):
+    """Local target: SmolLM2 answers, SpecPC (draft = the target itself) compresses long prompts."""
+
+    @property
+    def chat_model_class(self):
+        return ChatDraftCompressed
+
+    @property
+    def chat_model_params(self):
+        return {"target": "smollm2-135m-instruct", "method": "specpc", "budget": 256, "max_tokens": 4}
+
+    @property
+    def supports_model_override(self) -> bool:
+        return False  # one local target per instance; a per-call model= raises ValueError
+
+
+@pytest.mark.slow
+class TestChatDraftCompressedWrapped(ChatModelIntegrationTests):
+    """Wrapped mode: SpecPC in front of another LangChain chat model (here a local SmolLM2 without compression)."""
+
+    @property
+    def chat_model_class(self):
+        return ChatDraftCompressed
+
+    @property
+    def chat_model_params(self):
+        inner = ChatDraftCompressed(target="smollm2-135m-instruct", method="full", max_tokens=4)
+        return {"llm": inner, "draft": "smollm2-135m-instruct", "budget": 256}
+
+    @property
+    def supports_model_override(self) -> bool:
+        return False
