@@ -33,6 +33,7 @@ from .events import DraftCompressionEvent, dispatcher
 logger = logging.getLogger(__name__)
 
 _CONTEXT = "\u2063DRAFTRAG-CONTEXT\u2063"
+CONTEXT_KEYS = ("context_str", "context_msg")  # what LlamaIndex's QA/refine/summary templates call retrieved text
 _prepared: contextvars.ContextVar = contextvars.ContextVar("draft_rag_prepared", default=None)
 GENERATION_KWARGS = ("max_new_tokens", "temperature", "top_p", "top_k", "stop", "seed")
 
@@ -64,9 +65,9 @@ class DraftCompressedLLM(LLM):
 
     def __init__(self, target: Any = None, draft: Any = None, *, llm: Optional[LLM] = None,
                  engine: DraftEngine | None = None, **kwargs: Any):
-        super().__init__(target=target, draft=draft, llm=llm, **kwargs)
         if llm is not None and not isinstance(llm, LLM):
             raise TypeError(f"llm must be a LlamaIndex LLM, got {type(llm).__name__}")
+        super().__init__(target=target, draft=draft, llm=llm, **kwargs)
         if (target is not None or (engine is not None and engine.target is not None)) == (llm is not None):
             raise ValueError("give exactly one of target=<model> (generate locally) or llm=<LlamaIndex LLM> "
                              "(SpecPC in front of it)")
@@ -100,80 +101,104 @@ class DraftCompressedLLM(LLM):
                            num_output=self.max_new_tokens, is_chat_model=False,
                            model_name=f"{target.name} ({self.method}, draft {draft.name})")
 
-    # -- template hooks: find the retrieved context inside a formatted prompt ----------------------
+    # -- templates: find the retrieved context inside a formatted prompt --------------------------
+    @dispatcher.span
+    def predict(self, prompt, **prompt_args: Any) -> str:
+        if self.llm is None or self._plan(prompt, prompt_args) is None:
+            return super().predict(prompt, **prompt_args)
+        return self.llm.predict(prompt, **self._front_args(prompt, prompt_args))
+
+    @dispatcher.span
+    def stream(self, prompt, **prompt_args: Any):
+        if self.llm is None or self._plan(prompt, prompt_args) is None:
+            return super().stream(prompt, **prompt_args)
+        return self.llm.stream(prompt, **self._front_args(prompt, prompt_args))
+
+    @dispatcher.span
+    async def apredict(self, prompt, **prompt_args: Any) -> str:
+        if self.llm is None or self._plan(prompt, prompt_args) is None:
+            return await super().apredict(prompt, **prompt_args)
+        args = await asyncio.to_thread(self._front_args, prompt, prompt_args)
+        return await self.llm.apredict(prompt, **args)
+
+    @dispatcher.span
+    async def astream(self, prompt, **prompt_args: Any):
+        if self.llm is None or self._plan(prompt, prompt_args) is None:
+            return await super().astream(prompt, **prompt_args)
+        args = await asyncio.to_thread(self._front_args, prompt, prompt_args)
+        return await self.llm.astream(prompt, **args)
+
     def _get_prompt(self, prompt, **prompt_args: Any) -> str:
-        plan = self._plan(prompt, prompt_args)
-        if self.llm is None:
-            text = super()._get_prompt(prompt, **prompt_args)
-        elif plan is None:
+        if self.llm is not None:
             return self.llm._get_prompt(prompt, **prompt_args)
-        else:  # compress later (in complete/acomplete, off the event loop), fill the context in then
-            text = self.llm._get_prompt(prompt, **dict(prompt_args, context_str=_CONTEXT))
-        if plan is not None:
+        text = super()._get_prompt(prompt, **prompt_args)
+        plan = self._plan(prompt, prompt_args)
+        if plan is not None:  # complete() picks it up: only the context is compressible
             _prepared.set((text, plan))
         return text
 
     def _get_messages(self, prompt, **prompt_args: Any) -> list[ChatMessage]:
-        plan = self._plan(prompt, prompt_args) if self.llm is not None else None
-        if plan is None:
-            return self.llm._get_messages(prompt, **prompt_args) if self.llm else super()._get_messages(
-                prompt, **prompt_args)
-        messages = self.llm._get_messages(prompt, **dict(prompt_args, context_str=_CONTEXT))
-        _prepared.set((messages, plan))
-        return messages
+        if self.llm is not None:
+            return self.llm._get_messages(prompt, **prompt_args)
+        return super()._get_messages(prompt, **prompt_args)
 
     def _plan(self, prompt, prompt_args: dict) -> dict | None:
-        """Instruction / context chunks / question of a template with a non-empty ``context_str``."""
-        context = prompt_args.get("context_str")
-        if not isinstance(context, str) or not context.strip():
+        """Instruction / context chunks / question of a template with a non-empty context variable."""
+        key = next((k for k in CONTEXT_KEYS if isinstance(prompt_args.get(k), str) and prompt_args[k].strip()), None)
+        if key is None:
             return None
-        layout = prompt.format(llm=self, **dict(prompt_args, context_str=_CONTEXT))
+        layout = prompt.format(llm=self, **dict(prompt_args, **{key: _CONTEXT}))
         if layout.count(_CONTEXT) != 1:
             return None
         before, _, after = layout.partition(_CONTEXT)
         return {"instruction": before.strip() or None, "question": after.strip() or None,
-                "chunks": [c for c in context.split("\n\n") if c.strip()]}
+                "chunks": [c for c in prompt_args[key].split("\n\n") if c.strip()], "key": key}
+
+    def _front_args(self, prompt, prompt_args: dict) -> dict:
+        """``prompt_args`` with the context variable compressed by SpecPC (template text protected)."""
+        plan = self._plan(prompt, prompt_args)
+        key = plan.pop("key")
+        cp, _ = self._compress(**plan)
+        return dict(prompt_args, **{key: "\n\n".join(c.text for c in cp.chunks if c.text)})
 
     @staticmethod
     def _take(key) -> dict | None:
         prepared = _prepared.get()
         if prepared is not None and prepared[0] == key:
             _prepared.set(None)
-            return prepared[1]
+            return {k: v for k, v in prepared[1].items() if k != "key"}
         return None
 
     # -- completion ------------------------------------------------------------------------------
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        plan = self._take(prompt)
         if self.llm is None:
-            return _last(self._local_stream(_local_args(prompt, plan), kwargs))
-        text, stats = self._front_prompt(prompt, plan)
+            return _last(self._local_stream(_local_args(prompt, self._take(prompt)), kwargs))
+        text, stats = self._front_prompt(prompt)
         return _annotate(self.llm.complete(text, formatted=formatted, **kwargs), stats)
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        plan = self._take(prompt)
         if self.llm is None:
-            return self._local_stream(_local_args(prompt, plan), kwargs)
-        text, stats = self._front_prompt(prompt, plan)
+            return self._local_stream(_local_args(prompt, self._take(prompt)), kwargs)
+        text, stats = self._front_prompt(prompt)
         return (_annotate(r, stats) for r in self.llm.stream_complete(text, formatted=formatted, **kwargs))
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        plan = self._take(prompt)
         if self.llm is None:
-            return await asyncio.to_thread(lambda: _last(self._local_stream(_local_args(prompt, plan), kwargs)))
-        text, stats = await asyncio.to_thread(self._front_prompt, prompt, plan)
+            args = _local_args(prompt, self._take(prompt))
+            return await asyncio.to_thread(lambda: _last(self._local_stream(args, kwargs)))
+        text, stats = await asyncio.to_thread(self._front_prompt, prompt)
         return _annotate(await self.llm.acomplete(text, formatted=formatted, **kwargs), stats)
 
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False,
                                **kwargs: Any) -> CompletionResponseAsyncGen:
-        plan = self._take(prompt)
         if self.llm is None:
-            return _in_thread(lambda: self._local_stream(_local_args(prompt, plan), kwargs))
-        text, stats = await asyncio.to_thread(self._front_prompt, prompt, plan)
+            args = _local_args(prompt, self._take(prompt))
+            return _in_thread(lambda: self._local_stream(args, kwargs))
+        text, stats = await asyncio.to_thread(self._front_prompt, prompt)
         inner = await self.llm.astream_complete(text, formatted=formatted, **kwargs)
         return (_annotate(r, stats) async for r in inner)
 
@@ -182,14 +207,14 @@ class DraftCompressedLLM(LLM):
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         if self.llm is None:
             return completion_response_to_chat_response(_last(self._local_stream(_chat_args(messages), kwargs)))
-        msgs, stats = self._front_messages(messages, self._take(messages))
+        msgs, stats = self._front_messages(messages)
         return _annotate(self.llm.chat(msgs, **kwargs), stats)
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         if self.llm is None:
             return stream_completion_response_to_chat_response(self._local_stream(_chat_args(messages), kwargs))
-        msgs, stats = self._front_messages(messages, self._take(messages))
+        msgs, stats = self._front_messages(messages)
         return (_annotate(r, stats) for r in self.llm.stream_chat(msgs, **kwargs))
 
     @llm_chat_callback()
@@ -198,16 +223,15 @@ class DraftCompressedLLM(LLM):
             args = _chat_args(messages)
             return completion_response_to_chat_response(
                 await asyncio.to_thread(lambda: _last(self._local_stream(args, kwargs))))
-        msgs, stats = await asyncio.to_thread(self._front_messages, messages, self._take(messages))
+        msgs, stats = await asyncio.to_thread(self._front_messages, messages)
         return _annotate(await self.llm.achat(msgs, **kwargs), stats)
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         if self.llm is None:
             args = _chat_args(messages)
-            gen = _in_thread(lambda: stream_completion_response_to_chat_response(self._local_stream(args, kwargs)))
-            return gen
-        msgs, stats = await asyncio.to_thread(self._front_messages, messages, self._take(messages))
+            return _in_thread(lambda: stream_completion_response_to_chat_response(self._local_stream(args, kwargs)))
+        msgs, stats = await asyncio.to_thread(self._front_messages, messages)
         inner = await self.llm.astream_chat(msgs, **kwargs)
         return (_annotate(r, stats) async for r in inner)
 
@@ -236,7 +260,8 @@ class DraftCompressedLLM(LLM):
                                                original_tokens=gs.stats.original_tokens,
                                                compressed_tokens=gs.stats.prompt_tokens, seconds=gs.stats.seconds))
         yield CompletionResponse(text=text, delta=pending.delta if pending else "",
-                                 raw={"usage": usage}, additional_kwargs={"draft_rag": stats})
+                                 raw={"usage": usage, "compressed": gs.compressed.to_dict() if gs.compressed else None},
+                                 additional_kwargs={"draft_rag": stats})
 
     # -- SpecPC in front of another LLM ----------------------------------------------------------
     def _compress(self, **parts) -> tuple[Any, dict]:
@@ -246,24 +271,12 @@ class DraftCompressedLLM(LLM):
         dispatcher.event(DraftCompressionEvent(component="llm", **stats))
         return cp, stats
 
-    def _front_context(self, plan: dict) -> tuple[str, dict]:
-        cp, stats = self._compress(**plan)
-        return "\n\n".join(c.text for c in cp.chunks if c.text), stats
-
-    def _front_prompt(self, prompt: str, plan: dict | None) -> tuple[str, dict]:
-        if plan is not None:
-            context, stats = self._front_context(plan)
-            return prompt.replace(_CONTEXT, context), stats
-        if _CONTEXT in prompt:
-            raise RuntimeError("internal: a prompt prepared for compression lost its context")
+    def _front_prompt(self, prompt: str) -> tuple[str, dict]:
         cp, stats = self._compress(prompt=prompt)
         return cp.text, stats
 
-    def _front_messages(self, messages: Sequence[ChatMessage], plan: dict | None) -> tuple[list, dict]:
-        """Fill the compressed context in; without a template, compress the last user message."""
-        if plan is not None:
-            context, stats = self._front_context(plan)
-            return [_fill_context(m, context) for m in messages], stats
+    def _front_messages(self, messages: Sequence[ChatMessage]) -> tuple[list, dict]:
+        """SpecPC on the last user message; the other messages are passed on as they are."""
         last = max((i for i, m in enumerate(messages) if m.role == MessageRole.USER), default=None)
         if last is None or not messages[last].content:
             raise ValueError("messages must contain a user message with text to compress")
@@ -293,13 +306,6 @@ def _chat_args(messages: Sequence[ChatMessage]) -> dict:
         raise ValueError("messages must end with a user message")
     history = "\n".join(f"{m.role.value}: {m.content or ''}" for m in turns[:-1])
     return {"prompt": turns[-1].content or "", "instruction": history or None, "system": system or None}
-
-
-def _fill_context(message: ChatMessage, context: str) -> ChatMessage:
-    """A copy of ``message`` with the context placeholder in its text blocks replaced by ``context``."""
-    blocks = [b.model_copy(update={"text": b.text.replace(_CONTEXT, context)}) if isinstance(b, TextBlock) else b
-              for b in message.blocks]
-    return message.model_copy(update={"blocks": blocks})
 
 
 def _with_text(message: ChatMessage, text: str) -> ChatMessage:

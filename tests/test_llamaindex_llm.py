@@ -1,0 +1,167 @@
+"""DraftCompressedLLM through LlamaIndex's own LLM entry points, query engines and callbacks."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+pytest.importorskip("llama_index.core")
+
+from llama_index.core import PromptTemplate  # noqa: E402
+from llama_index.core.base.llms.types import ChatMessage, MessageRole  # noqa: E402
+from llama_index.core.callbacks import CallbackManager, TokenCountingHandler  # noqa: E402
+from llama_index.core.instrumentation import get_dispatcher  # noqa: E402
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler  # noqa: E402
+from llama_index.core.llms import MockLLM  # noqa: E402
+
+from draft_rag import DraftEngine, SpecPCConfig  # noqa: E402
+from draft_rag.engine import METHODS  # noqa: E402
+from llama_index_draft_rag import DraftCompressedLLM, DraftCompressionEvent  # noqa: E402
+from conftest import needle_prompt, tiny_model  # noqa: E402
+
+TINY_SPECPC = SpecPCConfig(starting_layer_index=0, window_size=8, kernel_size=5, neighbor_tokens=4)
+TEMPLATE = PromptTemplate("Read the notes below.\n---\n{context_str}\n---\nQuestion: {query_str}\nAnswer:")
+CONTEXT, QUESTION, ANSWER = needle_prompt(8)
+PARAGRAPHS = CONTEXT.replace(". ", ".\n\n")
+SEEN: list = []
+
+
+class Events(BaseEventHandler):
+    @classmethod
+    def class_name(cls) -> str:
+        return "TestEvents"
+
+    def handle(self, event, **kwargs) -> None:
+        if isinstance(event, DraftCompressionEvent):
+            SEEN.append(event)
+
+
+@pytest.fixture
+def draft_events():
+    root, handler = get_dispatcher(), Events()
+    SEEN.clear()
+    root.add_event_handler(handler)
+    yield SEEN
+    root.event_handlers.remove(handler)
+
+
+def tiny_llm(method="full", **kwargs) -> DraftCompressedLLM:
+    return DraftCompressedLLM(target=tiny_model("llama"), method=method, max_new_tokens=6, specpc=TINY_SPECPC,
+                              **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({}, ValueError, "exactly one of target"),
+    ({"target": "T", "llm": MockLLM()}, ValueError, "exactly one of target"),
+    ({"llm": "not an llm"}, TypeError, "LlamaIndex LLM"),
+    ({"llm": MockLLM(), "method": "speckv"}, ValueError, "only method='specpc'"),
+    ({"llm": MockLLM(), "method": "nope"}, ValueError, "method must be one of"),
+    ({"llm": MockLLM(), "budget": 10, "ratio": 0.5}, ValueError, "budget"),
+    ({"llm": MockLLM(), "budget": 0}, ValueError, "budget"),
+])
+def test_bad_arguments_are_named(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        DraftCompressedLLM(draft=tiny_model("llama"), **kwargs)
+
+
+def test_metadata_and_bad_call_arguments():
+    llm = tiny_llm()
+    meta = llm.metadata
+    assert (meta.context_window, meta.num_output, meta.is_chat_model) == (4096, 6, False)
+    assert "tiny-llama" in meta.model_name and "full" in meta.model_name
+    with pytest.raises(TypeError, match="unsupported generation arguments"):
+        llm.complete("hi", max_tokens=3)
+    with pytest.raises(ValueError, match="end with a user message"):
+        llm.chat([ChatMessage(role=MessageRole.ASSISTANT, content="hi")])
+
+
+def test_complete_stream_and_chat_agree(draft_events):
+    llm = tiny_llm(method="specpc", budget=40)
+    prompt = CONTEXT + "\n" + QUESTION
+    full = llm.complete(prompt)
+    stats = full.additional_kwargs["draft_rag"]
+    assert stats["method"] == "specpc" and stats["new_tokens"] == 6
+    assert full.raw["usage"]["prompt_tokens"] == stats["prompt_tokens"] < stats["original_tokens"]
+    assert full.raw["compressed"]["compressed_tokens"] < full.raw["compressed"]["original_tokens"]
+    pieces = list(llm.stream_complete(prompt))
+    assert "".join(p.delta for p in pieces) == pieces[-1].text == full.text
+    assert pieces[-1].additional_kwargs["draft_rag"]["prompt_tokens"] == stats["prompt_tokens"]
+    chat = llm.chat([ChatMessage(role=MessageRole.USER, content=prompt)])
+    assert chat.message.role == MessageRole.ASSISTANT and chat.message.content == full.text
+    assert "".join(r.delta for r in llm.stream_chat([ChatMessage(role=MessageRole.USER, content=prompt)])) \
+        == full.text
+    assert len(draft_events) == 4 and {e.component for e in draft_events} == {"llm"}
+    assert draft_events[0].compressed_tokens == stats["prompt_tokens"]
+
+
+@pytest.mark.parametrize("method", [m for m in ("full", "specpc", "speckv", "speckv-pc") if m in METHODS])
+def test_methods_run_through_the_engine(method):
+    out = tiny_llm(method, budget=40, pc_budget=60 if method == "speckv-pc" else None).complete(
+        CONTEXT + "\n" + QUESTION)
+    assert out.additional_kwargs["draft_rag"]["method"] == method
+    assert out.raw["usage"]["completion_tokens"] == 6
+
+
+def test_predict_protects_the_template_and_counts_tokens():
+    counter = TokenCountingHandler()
+    llm = tiny_llm("specpc", budget=200, callback_manager=CallbackManager([counter]))
+    llm.predict(TEMPLATE, context_str=PARAGRAPHS, query_str=QUESTION)
+    (event,) = counter.llm_token_counts
+    assert event.prompt_token_count < len(tiny_model("llama").tokenizer(event.prompt)["input_ids"])
+    compressed = DraftEngine(tiny_model("llama"), specpc=TINY_SPECPC)  # same call straight to the engine
+    direct = compressed.generate(chunks=[p for p in PARAGRAPHS.split("\n\n") if p.strip()],
+                                 instruction="Read the notes below.\n---", question=f"---\nQuestion: {QUESTION}\nAnswer:",
+                                 budget=200, max_new_tokens=6)
+    assert event.prompt_token_count == direct.stats.prompt_tokens
+    assert event.completion == direct.text
+
+
+def test_wrapping_another_llm_compresses_only_the_context(draft_events):
+    inner = MockLLM()  # LlamaIndex's echo LLM: its answer is the prompt it received
+    llm = DraftCompressedLLM(llm=inner, draft=tiny_model("llama"), budget=200, specpc=TINY_SPECPC)
+    assert llm.metadata.is_chat_model is False and "specpc" in llm.metadata.model_name
+    sent = llm.predict(TEMPLATE, context_str=PARAGRAPHS, query_str=QUESTION)
+    assert sent.startswith("Read the notes below.\n---\n") and sent.endswith(f"\n---\nQuestion: {QUESTION}\nAnswer:")
+    assert len(sent) < len(TEMPLATE.format(context_str=PARAGRAPHS, query_str=QUESTION))
+    (ev,) = draft_events
+    assert ev.compressed_tokens < ev.original_tokens
+    direct = llm.complete(CONTEXT + QUESTION)
+    assert direct.additional_kwargs["draft_rag"]["compressed_tokens"] < direct.additional_kwargs["draft_rag"][
+        "original_tokens"]
+    assert len(direct.text) < len(CONTEXT + QUESTION)
+    chat = llm.chat([ChatMessage(role=MessageRole.SYSTEM, content="Be brief."),
+                     ChatMessage(role=MessageRole.USER, content=CONTEXT + QUESTION)])
+    assert "Be brief." in chat.message.content and len(chat.message.content) < len(CONTEXT + QUESTION)
+
+
+async def test_async_paths_do_not_block_the_event_loop():
+    llm = DraftCompressedLLM(target=tiny_model("llama"), method="full", max_new_tokens=48, specpc=TINY_SPECPC)
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.001)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    prompt = CONTEXT + QUESTION
+    out = await llm.acomplete(prompt)
+    task.cancel()
+    assert ticks >= 3, "the event loop was blocked while the model ran"
+    pieces = [r async for r in await llm.astream_complete(prompt)]
+    assert "".join(p.delta for p in pieces) == out.text
+    chat = await llm.achat([ChatMessage(role=MessageRole.USER, content=prompt)])
+    assert chat.message.content == out.text
+    deltas = [r.delta async for r in await llm.astream_chat([ChatMessage(role=MessageRole.USER, content=prompt)])]
+    assert "".join(deltas) == out.text
+    assert await llm.apredict(TEMPLATE, context_str=PARAGRAPHS, query_str=QUESTION) == llm.predict(
+        TEMPLATE, context_str=PARAGRAPHS, query_str=QUESTION)
+
+
+async def test_async_wrapping_another_llm():
+    llm = DraftCompressedLLM(llm=MockLLM(), draft=tiny_model("llama"), budget=200, specpc=TINY_SPECPC)
+    sent = await llm.apredict(TEMPLATE, context_str=PARAGRAPHS, query_str=QUESTION)
+    assert sent == llm.predict(TEMPLATE, context_str=PARAGRAPHS, query_str=QUESTION)
+    out = await llm.acomplete(CONTEXT + QUESTION)
+    assert out.additional_kwargs["draft_rag"]["method"] == "specpc"
