@@ -1,7 +1,8 @@
 """LangChain messages -> the engine's layout (system, compressible context, question) and back.
 
-Rules: system messages and the last human message (the question) are never compressed. Every other
-message is compressible context, one chunk per message. In front of a wrapped chat model, messages that
+Rules: system messages and the last human message (the question) are never compressed. A final AI
+message right after it is the start of the answer (an answer prefix), also kept. Every other message is
+compressible context, one chunk per message. In front of a wrapped chat model, messages that
 carry tool calls, tool results or non-text parts are passed through untouched.
 """
 from __future__ import annotations
@@ -23,8 +24,8 @@ class Layout:
     context: list[Chunk]
     question: str | None
     protected: set[int] = field(default_factory=set)  # indices passed through untouched (wrapped mode)
-    system_indices: list[int] = field(default_factory=list)
     question_index: int | None = None
+    answer_prefix: str | None = None
 
 
 def role(message: BaseMessage) -> str:
@@ -73,6 +74,10 @@ def split(messages: list[BaseMessage], wrapped: bool) -> Layout:
         if not isinstance(m, BaseMessage):
             raise TypeError(f"messages[{i}] must be a LangChain message, got {type(m).__name__}")
     last = len(messages) - 1
+    prefix_index = None
+    if last >= 1 and role(messages[last]) == "ai" and role(messages[last - 1]) == "human" and not getattr(
+            messages[last], "tool_calls", None):
+        prefix_index, last = last, last - 1
     question_index = last if role(messages[last]) == "human" else None
     layout = Layout(None, [], None, question_index=question_index)
     systems = []
@@ -85,9 +90,13 @@ def split(messages: list[BaseMessage], wrapped: bool) -> Layout:
             layout.protected.add(i)
         elif r == "system":
             systems.append(text)
-            layout.system_indices.append(i)
         elif i == question_index:
             layout.question = text
+        elif i == prefix_index:
+            if wrapped:
+                layout.protected.add(i)
+            else:
+                layout.answer_prefix = text or None
         elif wrapped or r == "human":
             layout.context.append(Chunk(text, id=i))
         else:

@@ -150,7 +150,8 @@ class ChatDraftCompressed(BaseChatModel):
         lay = split(messages, wrapped=False)
         if not lay.context and lay.question is None:
             raise ValueError("messages need a human message or other non-system content to answer")
-        return dict(chunks=lay.context, question=lay.question, system=lay.system, method=o["method"],
+        return dict(chunks=lay.context, question=lay.question, answer_prefix=lay.answer_prefix,
+                    system=lay.system, method=o["method"],
                     budget=o["budget"], ratio=o["ratio"], template=self.template, max_new_tokens=o["max_tokens"],
                     temperature=o["temperature"], top_p=o["top_p"], top_k=o["top_k"], stop=o["stop"],
                     seed=o["seed"], **self._kv_args())

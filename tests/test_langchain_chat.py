@@ -1,0 +1,275 @@
+"""ChatDraftCompressed and DraftCompressedLLM on a tiny random-weight model: same results as the engine,
+streaming, callbacks, async, decoding options, the wrapped mode and bad input."""
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, ChatMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from pydantic import Field
+
+from draft_rag import Chunk, SpecPCConfig
+from langchain_draft_rag import ChatDraftCompressed, DraftCompressedLLM
+from langchain_draft_rag._common import shared_engine
+
+from conftest import needle_prompt, tiny_model
+
+CFG = SpecPCConfig(starting_layer_index=1, window_size=8, kernel_size=8, neighbor_tokens=8)
+CONTEXT, QUESTION, _ = needle_prompt(12)
+SYSTEM = "Answer from the context only."
+
+
+def tiny():
+    return tiny_model("llama")
+
+
+def chat(**kw):
+    return ChatDraftCompressed(**{"target": tiny(), "specpc": CFG, "budget": 96, "max_tokens": 6, **kw})
+
+
+def rag_messages():
+    return [SystemMessage(SYSTEM), HumanMessage(CONTEXT, id="ctx-1", additional_kwargs={"source": "doc"}),
+            HumanMessage(QUESTION)]
+
+
+class Recorder(BaseChatModel):
+    """A real (if simple) downstream chat model: records what it receives, answers with a summary of it."""
+
+    calls: list = Field(default_factory=list)
+
+    @property
+    def _llm_type(self) -> str:
+        return "recorder"
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        self.calls.append({"messages": messages, "stop": stop, "kwargs": kwargs})
+        n = sum(len(m.text) for m in messages)
+        msg = AIMessage(f"{len(messages)} messages, {n} characters",
+                        usage_metadata={"input_tokens": n, "output_tokens": 3, "total_tokens": n + 3})
+        return ChatResult(generations=[ChatGeneration(message=msg)])
+
+
+class Tokens(BaseCallbackHandler):
+    def __init__(self):
+        self.tokens, self.starts, self.ends = [], 0, 0
+
+    def on_llm_new_token(self, token, **kwargs):
+        self.tokens.append(token)
+
+    def on_chat_model_start(self, *args, **kwargs):
+        self.starts += 1
+
+    def on_llm_end(self, *args, **kwargs):
+        self.ends += 1
+
+
+# -- local target ---------------------------------------------------------------------------------
+def test_local_invoke_is_the_engine_result_with_stats():
+    model = chat()
+    msg = model.invoke(rag_messages())
+    g = shared_engine(tiny(), None, CFG).generate(chunks=[Chunk(CONTEXT, id=1)], question=QUESTION, system=SYSTEM,
+                                                  budget=96, max_new_tokens=6)
+    assert msg.content == g.text and msg.content
+    stats = msg.response_metadata["draft_rag"]
+    assert stats["method"] == "specpc" and stats["prompt_tokens"] < stats["original_tokens"]
+    assert stats["draft_kept_tokens"] == 96 and stats["messages"][0]["message_index"] == 1
+    assert msg.usage_metadata == {"input_tokens": g.stats.prompt_tokens, "output_tokens": g.stats.new_tokens,
+                                  "total_tokens": g.stats.prompt_tokens + g.stats.new_tokens}
+    assert msg.response_metadata["model_name"] == "tiny-llama-sdpa"
+
+
+def test_full_method_does_not_compress():
+    msg = chat(method="full").invoke(rag_messages())
+    stats = msg.response_metadata["draft_rag"]
+    assert stats["method"] == "full" and stats["prompt_tokens"] == stats["original_tokens"]
+
+
+@pytest.mark.parametrize("method", ["speckv", "speckv-pc"])
+def test_kv_methods_pass_through_to_the_engine(method):
+    kw = {"pc_budget": 120} if method == "speckv-pc" else {}
+    msg = chat(method=method, budget=40, **kw).invoke(rag_messages())
+    g = shared_engine(tiny(), None, CFG).generate(chunks=[Chunk(CONTEXT, id=1)], question=QUESTION, system=SYSTEM,
+                                                  method=method, budget=40, max_new_tokens=6, **kw)
+    assert msg.content == g.text
+    assert msg.response_metadata["draft_rag"]["method"] == method
+
+
+def test_stream_pieces_callbacks_and_last_chunk():
+    model = chat()
+    handler = Tokens()
+    chunks = list(model.stream(rag_messages(), config={"callbacks": [handler]}))
+    text = "".join(c.content for c in chunks)
+    assert text == model.invoke(rag_messages()).content
+    assert chunks[-1].chunk_position == "last" and chunks[-1].usage_metadata["output_tokens"] == 6
+    assert all(c.usage_metadata is None for c in chunks[:-1])
+    assert "".join(handler.tokens) == text and handler.starts == 1 and handler.ends == 1
+
+
+def test_max_tokens_stop_and_sampling_are_honoured():
+    model = chat(max_tokens=12)
+    full = model.invoke(rag_messages()).content
+    assert model.invoke(rag_messages()).usage_metadata["output_tokens"] == 12
+    assert chat(max_tokens=3).invoke(rag_messages()).usage_metadata["output_tokens"] == 3
+    stop = full[len(full) // 2:][:2]
+    cut = model.invoke(rag_messages(), stop=[stop])
+    assert stop not in cut.content and full.startswith(cut.content) and len(cut.content) < len(full)
+    assert cut.response_metadata["finish_reason"] == "stop"
+    hot = chat(max_tokens=12, temperature=1.5)
+    a, b = hot.invoke(rag_messages(), seed=1).content, hot.invoke(rag_messages(), seed=1).content
+    assert a == b
+    assert {hot.invoke(rag_messages(), seed=s).content for s in range(2, 6)} != {full}
+
+
+async def test_async_does_not_block_the_event_loop_and_matches_sync():
+    model = chat(max_tokens=24)
+    ticks = 0
+    done = asyncio.Event()
+
+    async def ticker():
+        nonlocal ticks
+        while not done.is_set():
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    task = asyncio.create_task(ticker())
+    msg = await model.ainvoke(rag_messages())
+    pieces = [c.content async for c in model.astream(rag_messages())]
+    done.set()
+    await task
+    assert ticks > 10
+    expected = model.invoke(rag_messages()).content
+    assert msg.content == expected == "".join(pieces)
+    results = await model.abatch([rag_messages(), "Hello"])
+    assert results[0].content == expected and results[1].content
+
+
+def test_timeout_raises_and_releases_the_engine():
+    model = chat(max_tokens=24, timeout=1e-6)
+    with pytest.raises(TimeoutError, match="timeout="):
+        model.invoke(rag_messages())
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("m", chat().invoke("Hello")))
+    t.start()
+    t.join(120)
+    assert not t.is_alive() and out["m"].content
+
+
+def test_conversation_roles_and_answer_prefix():
+    msgs = [SystemMessage("s1"), HumanMessage("hello"), AIMessage("hi there"),
+            ChatMessage(role="critic", content="too short"), HumanMessage("how are you?"), AIMessage("I am")]
+    msg = chat(method="full").invoke(msgs)
+    g = shared_engine(tiny(), None, CFG).generate(
+        chunks=["hello", "Assistant: hi there", "Critic: too short"], question="how are you?", answer_prefix="I am",
+        system="s1", method="full", max_new_tokens=6)
+    assert msg.content == g.text
+
+
+# -- wrapped chat model ---------------------------------------------------------------------------
+def test_wrapped_compresses_context_keeps_system_question_ids_and_metadata():
+    rec = Recorder()
+    model = ChatDraftCompressed(llm=rec, draft=tiny(), specpc=CFG, budget=96)
+    msg = model.invoke(rag_messages())
+    sent = rec.calls[-1]["messages"]
+    assert [type(m) for m in sent] == [SystemMessage, HumanMessage, HumanMessage]
+    assert sent[0].content == SYSTEM and sent[2].content == QUESTION
+    assert sent[1].id == "ctx-1" and sent[1].additional_kwargs == {"source": "doc"}
+    cp = shared_engine(None, tiny(), CFG).compress(chunks=[Chunk(CONTEXT, id=1)], instruction=SYSTEM,
+                                                   question=QUESTION, budget=96)
+    assert sent[1].content == cp.chunks[0].text and len(sent[1].content) < len(CONTEXT)
+    stats = msg.response_metadata["draft_rag"]
+    assert stats["compressed_tokens"] < stats["original_tokens"] and stats["compressed_messages"] == 1
+    assert msg.content.startswith("3 messages") and msg.usage_metadata["output_tokens"] == 3
+
+
+def test_wrapped_passes_tools_and_multimodal_through_and_forwards_options():
+    rec = Recorder()
+    image = HumanMessage(content=[{"type": "text", "text": CONTEXT},
+                                  {"type": "image", "url": "https://example.com/a.png"}])
+    tool_call = AIMessage("", tool_calls=[{"name": "f", "args": {}, "id": "c1"}])
+    msgs = [image, tool_call, ToolMessage(CONTEXT, tool_call_id="c1"), HumanMessage(CONTEXT), HumanMessage(QUESTION)]
+    model = ChatDraftCompressed(llm=rec, draft=tiny(), specpc=CFG, budget=96, max_tokens=7)
+    model.invoke(msgs, stop=["x"])
+    call = rec.calls[-1]
+    assert call["messages"][:3] == msgs[:3] and call["messages"][4] == msgs[4]
+    assert len(call["messages"][3].content) < len(CONTEXT)
+    assert call["stop"] == ["x"] and call["kwargs"] == {"max_tokens": 7}
+
+
+def test_wrapped_full_sends_messages_unchanged_and_streams_async():
+    rec = Recorder()
+    model = ChatDraftCompressed(llm=rec, draft=tiny(), specpc=CFG, method="full")
+    model.invoke(rag_messages())
+    assert rec.calls[-1]["messages"] == rag_messages()
+    compressing = ChatDraftCompressed(llm=rec, draft=tiny(), specpc=CFG, budget=96)
+    chunks = list(compressing.stream(rag_messages()))
+    assert chunks[0].response_metadata["draft_rag"]["compressed_messages"] == 1
+    sync_sent = rec.calls[-1]["messages"]
+    msg = asyncio.run(compressing.ainvoke(rag_messages()))
+    assert rec.calls[-1]["messages"] == sync_sent and msg.response_metadata["draft_rag"]["compressed_messages"] == 1
+
+
+# -- DraftCompressedLLM ---------------------------------------------------------------------------
+def test_llm_local_and_wrapped():
+    llm = DraftCompressedLLM(target=tiny(), specpc=CFG, budget=96, max_tokens=6)
+    text = llm.invoke(CONTEXT, question=QUESTION)
+    g = shared_engine(tiny(), None, CFG).generate(CONTEXT, question=QUESTION, budget=96, max_new_tokens=6)
+    assert text == g.text and "".join(llm.stream(CONTEXT, question=QUESTION)) == text
+    assert asyncio.run(llm.ainvoke(CONTEXT, question=QUESTION)) == text
+    result = llm.generate([CONTEXT])
+    info = result.generations[0][0].generation_info
+    assert info["draft_rag"]["prompt_tokens"] < info["draft_rag"]["original_tokens"]
+    rec = Recorder()
+    wrapped = DraftCompressedLLM(llm=rec, draft=tiny(), specpc=CFG, budget=96)
+    assert wrapped.invoke(CONTEXT, question=QUESTION).startswith("1 messages")
+    sent = rec.calls[-1]["messages"][0].content
+    cp = shared_engine(None, tiny(), CFG).compress(CONTEXT, question=QUESTION, budget=96)
+    assert sent == cp.text and sent.endswith(QUESTION)
+
+
+# -- bad input ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({}, ValueError, "exactly one of target"),
+    ({"target": "x", "llm": Recorder()}, ValueError, "exactly one of target"),
+    ({"llm": "gpt"}, TypeError, "BaseChatModel"),
+    ({"method": "magic"}, ValueError, "method must be one of"),
+    ({"budget": 10, "ratio": 0.5}, ValueError, "either budget"),
+    ({"budget": 0}, ValueError, "budget must be a positive integer"),
+    ({"ratio": 1.5}, ValueError, "ratio must be"),
+    ({"pc_budget": -1}, ValueError, "pc_budget"),
+    ({"max_tokens": 0}, ValueError, "max_tokens"),
+    ({"template": "xml"}, ValueError, "template"),
+    ({"specpc": {"window_size": 8}}, TypeError, "SpecPCConfig"),
+    ({"budjet": 10}, ValueError, "budjet"),
+])
+def test_bad_arguments(kwargs, error, match):
+    if "target" not in kwargs and "llm" not in kwargs and kwargs:
+        kwargs = {"target": tiny(), **kwargs}
+    with pytest.raises(error, match=match):
+        ChatDraftCompressed(**kwargs)
+
+
+def test_wrapped_rejects_target_only_methods():
+    with pytest.raises(ValueError, match="needs a local target"):
+        ChatDraftCompressed(llm=Recorder(), draft=tiny(), method="speckv")
+
+
+def test_bad_messages_and_call_options():
+    model = chat()
+    with pytest.raises(ValueError, match=r"messages\[0\] has non-text parts \['image'\]"):
+        model.invoke([HumanMessage(content=[{"type": "image", "url": "https://example.com/a.png"}])])
+    with pytest.raises(ValueError, match="human message"):
+        model.invoke([SystemMessage("only a system prompt")])
+    with pytest.raises(TypeError, match="unexpected keyword arguments"):
+        model.invoke("Hello", tools=[])
+    with pytest.raises(ValueError, match="per-call model"):
+        model.invoke("Hello", model="other")
+    with pytest.raises(ValueError, match="ratio must be"):
+        model.invoke("Hello", ratio=2.0)
+    with pytest.raises(ValueError, match="smaller than the protected"):
+        chat(budget=2).invoke(rag_messages())
+    empty = chat().invoke([HumanMessage(""), HumanMessage("   "), HumanMessage("Hello")])
+    assert empty.response_metadata["draft_rag"]["prompt_tokens"] > 0
