@@ -119,12 +119,10 @@ def chunk_scores(token_scores: torch.Tensor, token_segment: list[int], segment_c
     """Aggregate per-token draft scores into one score per chunk (``max`` or ``mean``); 0.0 for empty chunks."""
     if reduce not in ("max", "mean"):
         raise ValueError(f"reduce must be 'max' or 'mean', got {reduce!r}")
-    seg = torch.tensor(token_segment)
+    chunk_of = torch.tensor([-1 if segment_chunk[s] is None else segment_chunk[s] for s in token_segment])
     out = []
     for c in range(n_chunks):
-        segs = [i for i, ch in enumerate(segment_chunk) if ch == c]
-        mask = torch.isin(seg, torch.tensor(segs, dtype=seg.dtype)) if segs else torch.zeros_like(seg, dtype=torch.bool)
-        vals = token_scores[mask]
+        vals = token_scores[chunk_of == c]
         out.append(float(vals.max() if reduce == "max" else vals.mean()) if len(vals) else 0.0)
     return out
 

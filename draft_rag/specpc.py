@@ -143,6 +143,9 @@ def _assemble(layout, tok: Tokenized, keep, scores, starts, original, chunks, co
     by_segment: dict[int, list[int]] = {}
     for p in keep:
         by_segment.setdefault(tok.segment[p], []).append(p)
+    tokens_of: dict[int, list[int]] = {}
+    for p, g in enumerate(tok.segment):
+        tokens_of.setdefault(g, []).append(p)
     pieces, kept_spans, chunk_results = [], [], {}
     for i, seg in enumerate(layout):
         if not seg.in_output:
@@ -152,7 +155,7 @@ def _assemble(layout, tok: Tokenized, keep, scores, starts, original, chunks, co
         pieces.append(piece)
         kept_spans += [(starts[i] + s, starts[i] + e) for s, e in spans]
         if seg.chunk is not None:
-            positions = [p for p, g in enumerate(tok.segment) if g == i]
+            positions = tokens_of.get(i, [])
             n_kept = len(by_segment.get(i, []))
             score = float(scores[positions].max()) if scores is not None and positions else 1.0
             c = chunks[seg.chunk]
