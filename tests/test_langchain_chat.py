@@ -273,3 +273,22 @@ def test_bad_messages_and_call_options():
         chat(budget=2).invoke(rag_messages())
     empty = chat().invoke([HumanMessage(""), HumanMessage("   "), HumanMessage("Hello")])
     assert empty.response_metadata["draft_rag"]["prompt_tokens"] > 0
+
+
+# -- real SmolLM2 ---------------------------------------------------------------------------------
+PREFIX = " Answer: The special magic number for ocean mentioned in the provided text is"
+
+
+@pytest.mark.slow
+def test_smollm_answers_from_the_compressed_context_local_and_wrapped(smollm):
+    text, question, answer = needle_prompt(45, position=0.7)
+    msgs = [HumanMessage(text), HumanMessage(question), AIMessage(PREFIX)]
+    local = ChatDraftCompressed(target=smollm, budget=256, max_tokens=10).invoke(msgs)
+    stats = local.response_metadata["draft_rag"]
+    assert answer in local.content
+    assert local.usage_metadata["input_tokens"] == stats["prompt_tokens"] < 320 < 1000 < stats["original_tokens"]
+    inner = ChatDraftCompressed(target=smollm, method="full", max_tokens=10)
+    wrapped = ChatDraftCompressed(llm=inner, draft=smollm, budget=256).invoke(msgs)
+    outer = wrapped.response_metadata["draft_rag"]
+    assert answer in wrapped.content and outer["compressed_tokens"] < 320 < 1000 < outer["original_tokens"]
+    assert wrapped.usage_metadata["input_tokens"] < 400  # what the wrapped model really read
