@@ -204,7 +204,7 @@ def test_bad_arguments_are_named():
 @pytest.mark.slow
 def test_cross_tokenizer_lookahead_travels_as_text(smollm):
     tiny = tiny_tokenizer()
-    ids = tiny("The number is <|im_start|> 4728163", add_special_tokens=False)["input_ids"]
+    ids = tiny("The number is <|im_start|> 4728163", add_special_tokens=False, split_special_tokens=True)["input_ids"]
     out = lookahead_for_target(tiny, smollm.tokenizer, ids)
     assert smollm.tokenizer.decode(out) == "The number is <|im_start|> 4728163"
     assert smollm.tokenizer.convert_tokens_to_ids("<|im_start|>") not in out  # untrusted: stays text
@@ -212,12 +212,11 @@ def test_cross_tokenizer_lookahead_travels_as_text(smollm):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["speckv", "speckv-pc"])
-def test_smollm_needle_with_256_entry_cache(smollm, method):
+def test_smollm_needle_with_256_entry_cache(smollm):
     text, question, answer = needle_prompt(85, 0.4)
     engine = DraftEngine(target=smollm)
-    g = engine.generate(text, question=question, method=method, budget=256, max_new_tokens=16,
-                        pc_budget=1024)
-    assert g.stats.original_tokens > 1900
-    assert max(g.stats.kv_entries) == 256
+    g = engine.generate(text, question=question, answer_prefix="The special magic number for ocean is",
+                        method="speckv", budget=256, max_new_tokens=10)
+    assert g.stats.original_tokens > 2000 and g.stats.lookahead_tokens > 0
+    assert g.stats.kv_entries == [256] * 30 and g.stats.kv_bytes * 8 < g.stats.kv_bytes_full
     assert answer in g.text, g.text
