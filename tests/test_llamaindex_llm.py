@@ -88,8 +88,10 @@ def test_complete_stream_and_chat_agree(draft_events):
     assert pieces[-1].additional_kwargs["draft_rag"]["prompt_tokens"] == stats["prompt_tokens"]
     chat = llm.chat([ChatMessage(role=MessageRole.USER, content=prompt)])
     assert chat.message.role == MessageRole.ASSISTANT and chat.message.content == full.text
-    assert "".join(r.delta for r in llm.stream_chat([ChatMessage(role=MessageRole.USER, content=prompt)])) \
-        == full.text
+    streamed = list(llm.stream_chat([ChatMessage(role=MessageRole.USER, content=prompt)]))
+    assert "".join(r.delta for r in streamed) == full.text
+    assert streamed[-1].additional_kwargs["draft_rag"]["prompt_tokens"] == stats["prompt_tokens"]
+    assert chat.raw["usage"] == full.raw["usage"]
     assert len(draft_events) == 4 and {e.component for e in draft_events} == {"llm"}
     assert draft_events[0].compressed_tokens == stats["prompt_tokens"]
 
@@ -104,13 +106,13 @@ def test_methods_run_through_the_engine(method):
 
 def test_predict_protects_the_template_and_counts_tokens():
     counter = TokenCountingHandler()
-    llm = tiny_llm("specpc", budget=200, callback_manager=CallbackManager([counter]))
+    llm = tiny_llm("specpc", budget=200, callback_manager=CallbackManager([counter]), system_prompt="Be brief.")
     llm.predict(TEMPLATE, context_str=PARAGRAPHS, query_str=QUESTION)
     (event,) = counter.llm_token_counts
     assert event.prompt_token_count < len(tiny_model("llama").tokenizer(event.prompt)["input_ids"])
     compressed = DraftEngine(tiny_model("llama"), specpc=TINY_SPECPC)  # same call straight to the engine
     direct = compressed.generate(chunks=[p for p in PARAGRAPHS.split("\n\n") if p.strip()],
-                                 instruction="Read the notes below.\n---", question=f"---\nQuestion: {QUESTION}\nAnswer:",
+                                 instruction="Be brief.\n\nRead the notes below.\n---", question=f"---\nQuestion: {QUESTION}\nAnswer:",
                                  budget=200, max_new_tokens=6)
     assert event.prompt_token_count == direct.stats.prompt_tokens
     assert event.completion == direct.text
@@ -157,6 +159,12 @@ async def test_async_paths_do_not_block_the_event_loop():
     assert "".join(deltas) == out.text
     assert await llm.apredict(TEMPLATE, context_str=PARAGRAPHS, query_str=QUESTION) == llm.predict(
         TEMPLATE, context_str=PARAGRAPHS, query_str=QUESTION)
+    async for first in await llm.astream_complete(prompt):
+        break  # abandoned stream: the engine must be usable again
+    assert first.delta and (await asyncio.wait_for(llm.acomplete(prompt), 120)).text == out.text
+    for first in llm.stream_complete(prompt):
+        break
+    assert llm.complete(prompt).text == out.text
 
 
 async def test_async_wrapping_another_llm():

@@ -14,8 +14,6 @@ import logging
 import threading
 from typing import Any, AsyncIterator, Callable, Iterator, Optional, Sequence
 
-from llama_index.core.base.llms.generic_utils import (completion_response_to_chat_response,
-                                                      stream_completion_response_to_chat_response)
 from llama_index.core.base.llms.types import (ChatMessage, ChatResponse, ChatResponseAsyncGen, ChatResponseGen,
                                               CompletionResponse, CompletionResponseAsyncGen,
                                               CompletionResponseGen, LLMMetadata, MessageRole, TextBlock)
@@ -147,7 +145,8 @@ class DraftCompressedLLM(LLM):
         key = next((k for k in CONTEXT_KEYS if isinstance(prompt_args.get(k), str) and prompt_args[k].strip()), None)
         if key is None:
             return None
-        layout = prompt.format(llm=self, **dict(prompt_args, **{key: _CONTEXT}))
+        render = self.llm._get_prompt if self.llm is not None else super()._get_prompt  # system prompt etc. too
+        layout = render(prompt, **dict(prompt_args, **{key: _CONTEXT}))
         if layout.count(_CONTEXT) != 1:
             return None
         before, _, after = layout.partition(_CONTEXT)
@@ -206,14 +205,14 @@ class DraftCompressedLLM(LLM):
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         if self.llm is None:
-            return completion_response_to_chat_response(_last(self._local_stream(_chat_args(messages), kwargs)))
+            return _as_chat(_last(self._local_stream(_chat_args(messages), kwargs)))
         msgs, stats = self._front_messages(messages)
         return _annotate(self.llm.chat(msgs, **kwargs), stats)
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         if self.llm is None:
-            return stream_completion_response_to_chat_response(self._local_stream(_chat_args(messages), kwargs))
+            return (_as_chat(r) for r in self._local_stream(_chat_args(messages), kwargs))
         msgs, stats = self._front_messages(messages)
         return (_annotate(r, stats) for r in self.llm.stream_chat(msgs, **kwargs))
 
@@ -221,8 +220,7 @@ class DraftCompressedLLM(LLM):
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         if self.llm is None:
             args = _chat_args(messages)
-            return completion_response_to_chat_response(
-                await asyncio.to_thread(lambda: _last(self._local_stream(args, kwargs))))
+            return _as_chat(await asyncio.to_thread(lambda: _last(self._local_stream(args, kwargs))))
         msgs, stats = await asyncio.to_thread(self._front_messages, messages)
         return _annotate(await self.llm.achat(msgs, **kwargs), stats)
 
@@ -230,7 +228,7 @@ class DraftCompressedLLM(LLM):
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         if self.llm is None:
             args = _chat_args(messages)
-            return _in_thread(lambda: stream_completion_response_to_chat_response(self._local_stream(args, kwargs)))
+            return _in_thread(lambda: (_as_chat(r) for r in self._local_stream(args, kwargs)))
         msgs, stats = await asyncio.to_thread(self._front_messages, messages)
         inner = await self.llm.astream_chat(msgs, **kwargs)
         return (_annotate(r, stats) async for r in inner)
@@ -248,11 +246,12 @@ class DraftCompressedLLM(LLM):
 
     def _responses(self, gs) -> Iterator[CompletionResponse]:
         text, pending = "", None
-        for piece in gs:
-            if pending is not None:
-                yield pending
-            text += piece
-            pending = CompletionResponse(text=text, delta=piece)
+        with contextlib.closing(iter(gs)) as pieces:  # closed here if abandoned: the engine lock is freed
+            for piece in pieces:
+                if pending is not None:
+                    yield pending
+                text += piece
+                pending = CompletionResponse(text=text, delta=piece)
         stats = gs.stats.to_dict()
         usage = {"prompt_tokens": gs.stats.prompt_tokens, "completion_tokens": gs.stats.new_tokens,
                  "total_tokens": gs.stats.prompt_tokens + gs.stats.new_tokens}
@@ -312,6 +311,11 @@ def _with_text(message: ChatMessage, text: str) -> ChatMessage:
     """A copy of ``message`` whose text blocks become one block ``text`` (other blocks kept)."""
     others = [b for b in message.blocks if not isinstance(b, TextBlock)]
     return message.model_copy(update={"blocks": [TextBlock(text=text)] + others})
+
+
+def _as_chat(response: CompletionResponse) -> ChatResponse:
+    return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=response.text), delta=response.delta,
+                        raw=response.raw, additional_kwargs=response.additional_kwargs)
 
 
 def _annotate(response, stats: dict):
