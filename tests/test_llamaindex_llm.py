@@ -104,6 +104,12 @@ def test_methods_run_through_the_engine(method):
     assert out.raw["usage"]["completion_tokens"] == 6
 
 
+def test_budget_larger_than_the_prompt_passes_it_through():
+    out = tiny_llm("specpc", budget=100_000).complete(CONTEXT + "\n" + QUESTION)
+    stats = out.additional_kwargs["draft_rag"]
+    assert stats["prompt_tokens"] == stats["original_tokens"] and stats["seconds"]["draft"] == 0.0
+
+
 def test_predict_protects_the_template_and_counts_tokens():
     counter = TokenCountingHandler()
     llm = tiny_llm("specpc", budget=200, callback_manager=CallbackManager([counter]), system_prompt="Be brief.")

@@ -104,6 +104,8 @@ def test_no_query_and_empty_input():
     with pytest.raises(ValueError, match="query"):
         pp.postprocess_nodes(make_nodes())
     assert pp.postprocess_nodes([], query_str=QUERY) == []
+    with pytest.raises(TypeError, match=r"nodes\[0\] must be a NodeWithScore"):
+        pp.postprocess_nodes([TextNode(text="x")], query_str=QUERY)
 
 
 def test_keeps_original_objects_ids_metadata_relationships():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from typing import Any, List, Optional
 
@@ -73,6 +74,9 @@ class DraftNodePostprocessor(BaseNodePostprocessor):
                              "query_str=... (the draft scores nodes by how it reads the query)")
         if not nodes:
             return []
+        bad = next((i for i, n in enumerate(nodes) if not isinstance(n, NodeWithScore)), None)
+        if bad is not None:
+            raise TypeError(f"nodes[{bad}] must be a NodeWithScore, got {type(nodes[bad]).__name__}")
         _warn_duplicates(nodes)
         texts = [n.node.get_content(metadata_mode=self.metadata_mode) for n in nodes]
         scored = [i for i, t in enumerate(texts) if t.strip()]
@@ -85,8 +89,10 @@ class DraftNodePostprocessor(BaseNodePostprocessor):
         return out
 
     def _prune(self, nodes, texts, scored, query):
+        t0 = time.perf_counter()
         scores = self._engine.score_chunks([texts[i] for i in scored], question=query,
                                            instruction=self.instruction) if scored else []
+        seconds = {"draft": time.perf_counter() - t0}
         sizes = [count_tokens(self._engine.draft.tokenizer, texts[i]) for i in scored]
         whole = not self.compress_tokens
         keep = select_chunks(scores, sizes, top_n=self.top_n, threshold=self.threshold,
@@ -96,7 +102,7 @@ class DraftNodePostprocessor(BaseNodePostprocessor):
         out = [_rescore(nodes[i], score_of.get(i, 0.0)) for i in kept]
         stats = {"method": "specpc-chunks", "original_tokens": sum(sizes),
                  "compressed_tokens": sum(size_of.get(i, 0) for i in kept),
-                 "nodes_in": len(nodes), "nodes_out": len(out)}
+                 "nodes_in": len(nodes), "nodes_out": len(out), "seconds": seconds}
         if self.compress_tokens:
             out, stats = self._compress(out, query, stats)
         if self.sort_by_score:
@@ -122,7 +128,8 @@ class DraftNodePostprocessor(BaseNodePostprocessor):
                 n.node = _with_text(n.node, r)
             out.append(n)
         tok = self._engine.draft.tokenizer
-        stats = dict(stats, method="specpc", nodes_out=len(out), seconds=cp.seconds,
+        seconds = {"draft": stats["seconds"]["draft"] + cp.seconds["draft"], "select": cp.seconds["select"]}
+        stats = dict(stats, method="specpc", nodes_out=len(out), seconds=seconds,
                      compressed_tokens=sum(count_tokens(tok, r.text) for r in cp.chunks))
         return out, stats
 
