@@ -197,6 +197,10 @@ def test_wrapped_passes_tools_and_multimodal_through_and_forwards_options():
     assert call["messages"][:3] == msgs[:3] and call["messages"][4] == msgs[4]
     assert len(call["messages"][3].content) < len(CONTEXT)
     assert call["stop"] == ["x"] and call["kwargs"] == {"max_tokens": 7}
+    model.invoke(msgs, temperature=0.5, top_p=0.9, custom="kept")
+    assert rec.calls[-1]["kwargs"] == {"max_tokens": 7, "temperature": 0.5, "top_p": 0.9, "custom": "kept"}
+    with pytest.raises(ValueError, match="needs a local target"):
+        model.invoke(msgs, method="speckv")
 
 
 def test_wrapped_full_sends_messages_unchanged_and_streams_async():

@@ -1,6 +1,6 @@
 """LangChain's own standard test suites (langchain-tests) run against ChatDraftCompressed.
 
-Unit suite: a tiny random-weight model (construction, params, tracing). Integration suite: the real
+Unit suites: a tiny random-weight model as target, and wrapped (construction, params, tracing). Integration suite: the real
 SmolLM2-135M-Instruct, once as a local target with SpecPC and once wrapped around another chat model.
 """
 from __future__ import annotations
@@ -35,6 +35,13 @@ class TestChatDraftCompressedUnit(ChatModelUnitTests):
         params = dict(super().standard_chat_model_params)
         params.pop("api_key")
         return params
+
+
+class TestChatDraftCompressedWrappedUnit(TestChatDraftCompressedUnit):
+    @property
+    def chat_model_params(self):
+        inner = ChatDraftCompressed(target=tiny_model("llama"), method="full")
+        return {"llm": inner, "draft": tiny_model("llama"), "specpc": TINY_SPECPC, "budget": 64}
 
 
 @pytest.mark.slow

@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 _CALL_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "budget", "ratio", "method")
 _WRAPPED_METHODS = ("specpc", "full")
+_DECODING = ("max_tokens", "temperature", "top_p", "top_k", "seed")
 
 
 class ChatDraftCompressed(BaseChatModel):
@@ -47,8 +48,8 @@ class ChatDraftCompressed(BaseChatModel):
         budget / ratio: the method's budget, passed to ``DraftEngine.stream``: prompt tokens for "specpc"
             (default 1024), KV entries per layer and head for the KV methods ("speckv", ...).
         pc_budget / pc_ratio / lookahead_tokens: SpecKV-PC's prompt budget and the draft lookahead length.
-        max_tokens, temperature, top_p, top_k, seed, stop: decoding settings (local target; with ``llm``,
-            ``max_tokens``/``temperature`` are forwarded only when set explicitly).
+        max_tokens, temperature, top_p, top_k, seed, stop: decoding settings. With ``llm`` they are forwarded
+            to the wrapped model only when set explicitly (at construction or per call); ``stop`` always.
         timeout: seconds a local generation may run before ``TimeoutError`` (checked per token).
         max_retries: accepted for LangChain's standard interface; local generation is never retried.
         template: "chat" or "raw" prompt wrapping for the local target (default: chat if it has a template).
@@ -141,6 +142,9 @@ class ChatDraftCompressed(BaseChatModel):
             o["budget"], o["ratio"] = kwargs.get("budget"), kwargs.get("ratio")
         common.check_budget(o["budget"], o["ratio"])
         common.check_method(o["method"])
+        if self.llm is not None and o["method"] not in _WRAPPED_METHODS:
+            raise ValueError(f"method={o['method']!r} needs a local target; with llm=... use one of {_WRAPPED_METHODS}")
+        o["given"] = set(kwargs)
         o["stop"] = common.stop_list(stop if stop is not None else self.stop)
         o["extra"] = {k: v for k, v in kwargs.items() if k not in _CALL_OPTIONS and not k.startswith("ls_")}
         return o
@@ -202,11 +206,11 @@ class ChatDraftCompressed(BaseChatModel):
         return rebuild(messages, lay, texts), stats
 
     def _forwarded(self, o: dict) -> dict:
-        fw = dict(o["extra"])
-        fw.pop("model", None)
-        for name in ("max_tokens", "temperature"):
-            if name in self.model_fields_set and name not in fw:
-                fw[name] = getattr(self, name)
+        """Keyword arguments for the wrapped model: unknown per-call ones, plus decoding settings set explicitly."""
+        fw = {k: v for k, v in o["extra"].items() if k != "model"}
+        for name in _DECODING:
+            if name in o["given"] or name in self.model_fields_set:
+                fw[name] = o[name]
         return fw
 
     def _stream_wrapped(self, messages, o, run_manager) -> Iterator[ChatGenerationChunk]:

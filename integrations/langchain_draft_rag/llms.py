@@ -106,6 +106,9 @@ class DraftCompressedLLM(BaseLLM):
             o["budget"], o["ratio"] = kwargs.get("budget"), kwargs.get("ratio")
         common.check_budget(o["budget"], o["ratio"])
         common.check_method(o["method"])
+        if self.llm is not None and o["method"] not in ("specpc", "full"):
+            raise ValueError(f"method={o['method']!r} needs a local target; with llm=... use 'specpc' or 'full'")
+        o["given"] = set(kwargs)
         o["stop"] = common.stop_list(stop if stop is not None else self.stop)
         o["extra"] = {k: v for k, v in kwargs.items() if k not in _CALL_OPTIONS and not k.startswith("ls_")}
         return o
@@ -146,10 +149,11 @@ class DraftCompressedLLM(BaseLLM):
         return cp.text, stats
 
     def _wrapped_kwargs(self, o: dict) -> dict:
+        """Unknown per-call kwargs, plus decoding settings set explicitly (at construction or per call)."""
         fw = dict(o["extra"])
-        for name in ("max_tokens", "temperature"):
-            if name in self.model_fields_set and name not in fw:
-                fw[name] = getattr(self, name)
+        for name in ("max_tokens", "temperature", "top_p", "top_k", "seed"):
+            if name in o["given"] or name in self.model_fields_set:
+                fw[name] = o[name]
         return fw
 
     def _generate(self, prompts: list[str], stop: list[str] | None = None,
