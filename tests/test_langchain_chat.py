@@ -247,6 +247,7 @@ def test_llm_local_and_wrapped():
     ({"max_tokens": 0}, ValueError, "max_tokens"),
     ({"template": "xml"}, ValueError, "template"),
     ({"specpc": {"window_size": 8}}, TypeError, "SpecPCConfig"),
+    ({"speckv": {"window_size": 8}}, TypeError, "SpecKVConfig"),
     ({"budjet": 10}, ValueError, "budjet"),
 ])
 def test_bad_arguments(kwargs, error, match):

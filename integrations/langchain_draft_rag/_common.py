@@ -8,7 +8,7 @@ from typing import Any, AsyncIterator, Callable, Iterator
 
 from langchain_core.callbacks import AsyncCallbackManager, AsyncCallbackManagerForLLMRun, CallbackManager
 
-from draft_rag import DraftEngine, SpecPCConfig, load_model
+from draft_rag import DraftEngine, SpecKVConfig, SpecPCConfig, load_model
 from draft_rag import engine as _engine_module
 from draft_rag.models import DEFAULT_MODEL
 
@@ -16,16 +16,19 @@ _engines: dict[tuple, DraftEngine] = {}
 _engines_lock = threading.Lock()
 
 
-def shared_engine(target: Any = None, draft: Any = None, specpc: SpecPCConfig | None = None) -> DraftEngine:
-    """One ``DraftEngine`` per (target, draft, SpecPC settings), so adapters on the same models share it."""
+def shared_engine(target: Any = None, draft: Any = None, specpc: SpecPCConfig | None = None,
+                  speckv: SpecKVConfig | None = None) -> DraftEngine:
+    """One ``DraftEngine`` per (target, draft, SpecPC and SpecKV settings), so adapters on the same models share it."""
     if specpc is not None and not isinstance(specpc, SpecPCConfig):
         raise TypeError(f"specpc must be a draft_rag.SpecPCConfig, got {type(specpc).__name__}")
+    if speckv is not None and not isinstance(speckv, SpecKVConfig):
+        raise TypeError(f"speckv must be a draft_rag.SpecKVConfig, got {type(speckv).__name__}")
     t = load_model(target) if target is not None else None
     d = load_model(draft) if draft is not None else (t or load_model(DEFAULT_MODEL))
-    key = (id(t), id(d), specpc)
+    key = (id(t), id(d), specpc, speckv)
     with _engines_lock:
         if key not in _engines:
-            _engines[key] = DraftEngine(t, d, specpc=specpc)
+            _engines[key] = DraftEngine(t, d, specpc=specpc, speckv=speckv)
         return _engines[key]
 
 

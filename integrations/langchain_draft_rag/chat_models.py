@@ -53,7 +53,7 @@ class ChatDraftCompressed(BaseChatModel):
         timeout: seconds a local generation may run before ``TimeoutError`` (checked per token).
         max_retries: accepted for LangChain's standard interface; local generation is never retried.
         template: "chat" or "raw" prompt wrapping for the local target (default: chat if it has a template).
-        specpc: a ``draft_rag.SpecPCConfig`` for the other SpecPC settings (window, kernel, layers, ...).
+        specpc / speckv: ``draft_rag.SpecPCConfig`` / ``SpecKVConfig`` for the other settings (window, kernel, ...).
     """
 
     target: Any = None
@@ -76,6 +76,7 @@ class ChatDraftCompressed(BaseChatModel):
     streaming: bool = False
     template: str | None = None
     specpc: Any = None
+    speckv: Any = None
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
     _engine: DraftEngine = PrivateAttr()
@@ -99,7 +100,7 @@ class ChatDraftCompressed(BaseChatModel):
         if self.timeout is not None and self.timeout <= 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
         self.stop = common.stop_list(self.stop) or None
-        self._engine = common.shared_engine(self.target, self.draft, self.specpc)
+        self._engine = common.shared_engine(self.target, self.draft, self.specpc, self.speckv)
         return self
 
     # -- identity ------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ class DraftCompressedLLM(BaseLLM):
     streaming: bool = False
     template: str | None = None
     specpc: Any = None
+    speckv: Any = None
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
     _engine: DraftEngine = PrivateAttr()
@@ -69,7 +70,7 @@ class DraftCompressedLLM(BaseLLM):
         if self.template not in (None, "chat", "raw"):
             raise ValueError(f"template must be 'chat', 'raw' or None, got {self.template!r}")
         self.stop = common.stop_list(self.stop) or None
-        self._engine = common.shared_engine(self.target, self.draft, self.specpc)
+        self._engine = common.shared_engine(self.target, self.draft, self.specpc, self.speckv)
         return self
 
     @property
