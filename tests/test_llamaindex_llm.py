@@ -97,11 +97,15 @@ def test_complete_stream_and_chat_agree(draft_events):
 
 
 @pytest.mark.parametrize("method", [m for m in ("full", "specpc", "speckv", "speckv-pc") if m in METHODS])
-def test_methods_run_through_the_engine(method):
+def test_methods_run_through_the_engine(method, draft_events):
     out = tiny_llm(method, budget=40, pc_budget=60 if method == "speckv-pc" else None).complete(
         CONTEXT + "\n" + QUESTION)
-    assert out.additional_kwargs["draft_rag"]["method"] == method
-    assert out.raw["usage"]["completion_tokens"] == 6
+    stats = out.additional_kwargs["draft_rag"]
+    assert stats["method"] == method and out.raw["usage"]["completion_tokens"] == 6
+    (event,) = draft_events
+    assert (event.method, event.kv_bytes, event.kv_bytes_full) == (method, stats["kv_bytes"], stats["kv_bytes_full"])
+    if method.startswith("speckv"):
+        assert 0 < stats["kv_bytes"] < stats["kv_bytes_full"]
 
 
 def test_budget_larger_than_the_prompt_passes_it_through():

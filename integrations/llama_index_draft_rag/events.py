@@ -13,7 +13,8 @@ class DraftCompressionEvent(BaseEvent):
     """One compression step: token counts before/after, the method and where it ran.
 
     ``component`` is ``"llm"`` (counts in the target's tokenizer, chat template included, or the draft's
-    when wrapping another LLM) or ``"postprocessor"`` (node text in the draft's tokenizer).
+    when wrapping another LLM) or ``"postprocessor"`` (node text in the draft's tokenizer). KV methods
+    keep every prompt token and shrink the cache instead: see ``kv_bytes`` against ``kv_bytes_full``.
     """
 
     component: str
@@ -23,6 +24,8 @@ class DraftCompressionEvent(BaseEvent):
     seconds: dict = {}
     nodes_in: Optional[int] = None
     nodes_out: Optional[int] = None
+    kv_bytes: Optional[int] = None  # local target: KV cache after prefill (KV methods evict entries)
+    kv_bytes_full: Optional[int] = None  # what a plain prefill of the same prompt would hold
 
     @classmethod
     def class_name(cls) -> str:

@@ -257,7 +257,8 @@ class DraftCompressedLLM(LLM):
                  "total_tokens": gs.stats.prompt_tokens + gs.stats.new_tokens}
         dispatcher.event(DraftCompressionEvent(component="llm", method=gs.stats.method,
                                                original_tokens=gs.stats.original_tokens,
-                                               compressed_tokens=gs.stats.prompt_tokens, seconds=gs.stats.seconds))
+                                               compressed_tokens=gs.stats.prompt_tokens, seconds=gs.stats.seconds,
+                                               kv_bytes=gs.stats.kv_bytes, kv_bytes_full=gs.stats.kv_bytes_full))
         yield CompletionResponse(text=text, delta=pending.delta if pending else "",
                                  raw={"usage": usage, "compressed": gs.compressed.to_dict() if gs.compressed else None},
                                  additional_kwargs={"draft_rag": stats})
