@@ -14,6 +14,7 @@ LEVELS = 8
 KEPT_COLOURS = ["#fff7c2", "#ffeea0", "#ffe380", "#ffd466", "#ffc04d", "#ffa94d", "#ff9233", "#ff7a1a"]
 DROPPED_COLOUR = "#a3a3a3"
 PROTECTED_COLOUR = "#d6e6ff"
+BAR_COLOUR = "#3b6fd8"
 
 CSS = f"""
 body {{ font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 24px; color: #1f2328;
@@ -25,7 +26,7 @@ h2 {{ font-size: 16px; margin: 28px 0 6px; }}
 table.chunks {{ border-collapse: collapse; font-size: 13px; margin-bottom: 8px; }}
 table.chunks td, table.chunks th {{ border-bottom: 1px solid #e5e5e5; padding: 3px 10px; text-align: left; }}
 table.chunks td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
-.bar {{ display: inline-block; height: 9px; background: #3b6fd8; vertical-align: middle; }}
+.bar {{ display: inline-block; height: 9px; background: {BAR_COLOUR}; vertical-align: middle; }}
 .barbox {{ display: inline-block; width: 120px; background: #eef2fa; }}
 .prompt {{ font-family: ui-monospace, 'DejaVu Sans Mono', monospace; font-size: 12.5px; line-height: 1.5; }}
 .region {{ border: 1px solid #e2e2e2; border-radius: 6px; margin: 8px 0; padding: 6px 10px; }}
