@@ -183,3 +183,15 @@ async def test_async_wrapping_another_llm():
     assert sent == llm.predict(TEMPLATE, context_str=PARAGRAPHS, query_str=QUESTION)
     out = await llm.acomplete(CONTEXT + QUESTION)
     assert out.additional_kwargs["draft_rag"]["method"] == "specpc"
+
+
+@pytest.mark.slow
+def test_real_draft_keeps_the_needle_and_the_template(smollm):
+    text, question, answer = needle_prompt(40, position=0.4)
+    qa = PromptTemplate("Context information is below.\n---\n{context_str}\n---\nAnswer the query.\n"
+                        "Query: {query_str}\nAnswer: ")
+    sent = DraftCompressedLLM(llm=MockLLM(), draft=smollm, budget=320).predict(qa, context_str=text,
+                                                                               query_str=question)
+    assert answer in sent and len(sent) < len(text) / 2
+    assert sent.startswith("Context information is below.\n---\n")
+    assert sent.endswith(f"\n---\nAnswer the query.\nQuery: {question}\nAnswer: ")
