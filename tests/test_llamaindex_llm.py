@@ -120,10 +120,10 @@ def test_predict_protects_the_template_and_counts_tokens():
     llm.predict(TEMPLATE, context_str=PARAGRAPHS, query_str=QUESTION)
     (event,) = counter.llm_token_counts
     assert event.prompt_token_count < len(tiny_model("llama").tokenizer(event.prompt)["input_ids"])
-    compressed = DraftEngine(tiny_model("llama"), specpc=TINY_SPECPC)  # same call straight to the engine
-    direct = compressed.generate(chunks=[p for p in PARAGRAPHS.split("\n\n") if p.strip()],
-                                 instruction="Be brief.\n\nRead the notes below.\n---", question=f"---\nQuestion: {QUESTION}\nAnswer:",
-                                 budget=200, max_new_tokens=6)
+    engine = DraftEngine(tiny_model("llama"), specpc=TINY_SPECPC)  # the same call straight to the engine
+    direct = engine.generate(chunks=[p for p in PARAGRAPHS.split("\n\n") if p.strip()],
+                             instruction="Be brief.\n\nRead the notes below.\n---",
+                             question=f"---\nQuestion: {QUESTION}\nAnswer:", budget=200, max_new_tokens=6)
     assert event.prompt_token_count == direct.stats.prompt_tokens
     assert event.completion == direct.text
 

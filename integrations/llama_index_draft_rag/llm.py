@@ -2,15 +2,14 @@
 
 Two modes: ``target=...`` generates with a local HF model run by the engine (any method in
 ``draft_rag.engine.METHODS``); ``llm=...`` puts SpecPC (the draft) in front of any LlamaIndex LLM.
-When a query engine formats a template with ``context_str``, only the context is compressible: the
-template text before it is the instruction and the text after it (with the query) the question.
+When a query engine formats a template with ``context_str`` (or ``context_msg``), only that context is
+compressible: the text rendered before it is the instruction and the text after it (the query) the question.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import contextvars
-import logging
 import threading
 from typing import Any, AsyncIterator, Callable, Iterator, Optional, Sequence
 
@@ -28,8 +27,6 @@ from draft_rag.scoring import select_chunks
 
 from .events import DraftCompressionEvent, dispatcher
 
-logger = logging.getLogger(__name__)
-
 _CONTEXT = "\u2063DRAFTRAG-CONTEXT\u2063"
 CONTEXT_KEYS = ("context_str", "context_msg")  # what LlamaIndex's QA/refine/summary templates call retrieved text
 _prepared: contextvars.ContextVar = contextvars.ContextVar("draft_rag_prepared", default=None)
@@ -42,8 +39,9 @@ class DraftCompressedLLM(LLM):
     ``DraftCompressedLLM(target=REF, draft=REF, method="specpc", budget=N | ratio=R, max_new_tokens=256)``
     or ``DraftCompressedLLM(llm=<LLM>, draft=REF, budget=N | ratio=R)``. REF is anything ``load_model``
     accepts. ``budget``/``ratio`` is the prompt budget (draft tokens) for SpecPC and the KV budget for the
-    KV methods (``speckv-pc`` takes its prompt budget as ``pc_budget``/``pc_ratio``); see ``DraftEngine.stream``. Responses carry ``additional_kwargs["draft_rag"]`` (token counts, seconds) and, locally,
-    ``raw["usage"]`` (prompt/completion tokens, read by LlamaIndex's TokenCountingHandler).
+    KV methods (``speckv-pc`` takes its prompt budget as ``pc_budget``/``pc_ratio``; see
+    ``DraftEngine.stream``). Responses carry ``additional_kwargs["draft_rag"]`` (token counts, seconds)
+    and, locally, ``raw["usage"]`` (read by LlamaIndex's TokenCountingHandler) and ``raw["compressed"]``.
     """
 
     target: Any = Field(default=None, exclude=True, description="local target model (anything load_model accepts)")
