@@ -15,6 +15,8 @@ logger = logging.getLogger(__name__)
 INSTRUCTION = ("Answer the question using the documentation excerpts below. "
                "Reply with a short answer, in one sentence.")
 
+DEFAULT_METHODS = ("full", "specpc", "speckv")  # speckv shows up once the engine offers it
+
 # Real questions about the built-in corpus (pydoc of STDLIB_MODULES); each answer is checked by a regex.
 QUESTIONS = (
     ("What is the default line width used by textwrap.wrap and textwrap.fill?", r"\b70\b"),
@@ -34,6 +36,8 @@ class Run:
     prompt_tokens: int
     seconds: dict
     correct: bool | None = None
+    kv_bytes: int = 0  # target KV cache after prefill (KV methods); kv_bytes_full: without eviction
+    kv_bytes_full: int = 0
     kept_chunks: list = field(default_factory=list)  # (id, kept_fraction, score) for SpecPC
 
 
@@ -76,7 +80,8 @@ def answer_question(engine, index, question: str, expected: str | None, methods,
         answer = "".join(pieces).strip()
         st = gs.stats
         run = Run(method, answer, st.original_tokens, st.prompt_tokens,
-                  {k: round(v, 3) for k, v in st.seconds.items()}, check(answer, expected))
+                  {k: round(v, 3) for k, v in st.seconds.items()}, check(answer, expected),
+                  getattr(st, "kv_bytes", 0), getattr(st, "kv_bytes_full", 0))
         if gs.compressed is not None:
             run.kept_chunks = [(c.id, round(c.kept_fraction, 3), round(c.score, 6)) for c in gs.compressed.chunks]
             if method == "specpc":
@@ -86,7 +91,14 @@ def answer_question(engine, index, question: str, expected: str | None, methods,
 
 
 def _stages(seconds: dict) -> str:
-    return " ".join(f"{k} {seconds[k]:.1f}s" for k in ("draft", "select", "target", "total") if k in seconds)
+    keys = ("draft", "select", "prefill", "kv_select", "target", "total")
+    return " ".join(f"{k} {seconds[k]:.1f}s" for k in keys if k in seconds)
+
+
+def _kv(run: Run) -> str:
+    if not run.kv_bytes_full or run.kv_bytes >= run.kv_bytes_full:
+        return ""
+    return f"KV {run.kv_bytes / 2**20:.1f} of {run.kv_bytes_full / 2**20:.1f} MiB | "
 
 
 def format_result(i: int, r: QuestionResult) -> str:
@@ -96,7 +108,7 @@ def format_result(i: int, r: QuestionResult) -> str:
     for run in r.runs:
         mark = {True: "correct", False: "wrong", None: ""}[run.correct]
         lines.append(f"    {run.method:7s} {run.original_tokens:5d} -> {run.prompt_tokens:5d} tokens | "
-                     f"{_stages(run.seconds)} | {mark}")
+                     f"{_kv(run)}{_stages(run.seconds)} | {mark}")
         lines.append(f"            {run.answer!r}")
         if run.kept_chunks:
             kept = [f"{cid} {100 * frac:.0f}%" for cid, frac, _ in run.kept_chunks if frac > 0]
@@ -108,7 +120,7 @@ def format_result(i: int, r: QuestionResult) -> str:
 
 
 def summarize(results: list[QuestionResult]) -> str:
-    """One line: per method, correct answers, mean prompt tokens and mean seconds per question."""
+    """One line: per method, correct answers, mean prompt tokens (and KV share) and mean seconds per question."""
     parts = []
     methods = [run.method for run in results[0].runs] if results else []
     for m in methods:
@@ -117,7 +129,9 @@ def summarize(results: list[QuestionResult]) -> str:
         score = f"{sum(checked)}/{len(checked)} correct, " if checked else ""
         tokens = sum(run.prompt_tokens for run in runs) / len(runs)
         secs = sum(run.seconds.get("total", 0.0) for run in runs) / len(runs)
-        parts.append(f"{m}: {score}{tokens:.0f} prompt tokens, {secs:.1f}s per question")
+        full_kv = sum(run.kv_bytes_full for run in runs)
+        kv = f" (KV {100 * sum(run.kv_bytes for run in runs) / full_kv:.0f}%)" if full_kv else ""
+        parts.append(f"{m}: {score}{tokens:.0f} prompt tokens{kv}, {secs:.1f}s per question")
     return "summary | " + " | ".join(parts)
 
 
@@ -125,7 +139,7 @@ def run_demo(args) -> int:
     from .corpus import build_index, chunk_documents, folder_documents, load_embedder, stdlib_documents
     from .engine import METHODS, DraftEngine
 
-    methods = args.methods or list(METHODS)
+    methods = args.methods or [m for m in DEFAULT_METHODS if m in METHODS]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"--methods must be among {METHODS}, got {unknown}")
@@ -186,7 +200,7 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="target model (alias, path, .gguf, hub id)")
     p.add_argument("--draft", default=None, help="draft model (default: the target itself)")
     add_budget_args(p)
-    p.add_argument("--methods", nargs="+", help="methods to compare (default: all of engine.METHODS)")
+    p.add_argument("--methods", nargs="+", help="methods to compare, from engine.METHODS (default: full specpc speckv)")
     p.add_argument("--context-tokens", type=_positive_int, default=2500,
                    help="retrieve chunks up to this many target tokens (default 2500)")
     p.add_argument("--chunk-chars", type=_positive_int, default=1000, help="chunk size in characters")
