@@ -10,6 +10,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, ChatMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import Field
 
 from draft_rag import Chunk, SpecPCConfig
@@ -50,6 +51,19 @@ class Recorder(BaseChatModel):
         n = sum(len(m.text) for m in messages)
         msg = AIMessage(f"{len(messages)} messages, {n} characters",
                         usage_metadata={"input_tokens": n, "output_tokens": 3, "total_tokens": n + 3})
+        return ChatResult(generations=[ChatGeneration(message=msg)])
+
+
+class ToolRecorder(Recorder):
+    """A downstream model with tool calling: formats tools like OpenAI and calls the first one."""
+
+    def bind_tools(self, tools, **kwargs):
+        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        self.calls.append({"messages": messages, "stop": stop, "kwargs": kwargs})
+        name = kwargs["tools"][0]["function"]["name"]
+        msg = AIMessage("", tool_calls=[{"name": name, "args": {"a": 1, "b": 2}, "id": "call-1"}])
         return ChatResult(generations=[ChatGeneration(message=msg)])
 
 
@@ -214,6 +228,22 @@ def test_wrapped_full_sends_messages_unchanged_and_streams_async():
     sync_sent = rec.calls[-1]["messages"]
     msg = asyncio.run(compressing.ainvoke(rag_messages()))
     assert rec.calls[-1]["messages"] == sync_sent and msg.response_metadata["draft_rag"]["compressed_messages"] == 1
+
+
+def test_wrapped_tool_calling_goes_through_the_wrapped_model():
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    rec = ToolRecorder()
+    model = ChatDraftCompressed(llm=rec, draft=tiny(), specpc=CFG, budget=96).bind_tools([add], tool_choice="add")
+    msg = model.invoke(rag_messages())
+    assert msg.tool_calls == [{"name": "add", "args": {"a": 1, "b": 2}, "id": "call-1", "type": "tool_call"}]
+    call = rec.calls[-1]
+    assert call["kwargs"]["tools"][0]["function"]["name"] == "add" and call["kwargs"]["tool_choice"] == "add"
+    assert len(call["messages"][1].content) < len(CONTEXT)  # the context was still compressed
+    with pytest.raises(NotImplementedError, match="local target"):
+        chat().bind_tools([add])
 
 
 # -- DraftCompressedLLM ---------------------------------------------------------------------------

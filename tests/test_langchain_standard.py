@@ -30,6 +30,10 @@ class TestChatDraftCompressedUnit(ChatModelUnitTests):
         return {"target": tiny_model("llama"), "specpc": TINY_SPECPC, "budget": 64}
 
     @property
+    def has_tool_calling(self) -> bool:
+        return False  # bind_tools delegates to a wrapped model; a local target (used here) has no tool calling
+
+    @property
     def standard_chat_model_params(self):
         # A local model has no API key: the suite's api_key="test" would be rejected (extra="forbid").
         params = dict(super().standard_chat_model_params)
@@ -60,6 +64,10 @@ class TestChatDraftCompressedLocal(ChatModelIntegrationTests):
     def supports_model_override(self) -> bool:
         return False  # one local target per instance; a per-call model= raises ValueError
 
+    @property
+    def has_tool_calling(self) -> bool:
+        return False  # bind_tools raises NotImplementedError for a local target
+
 
 @pytest.mark.slow
 class TestChatDraftCompressedWrapped(ChatModelIntegrationTests):
@@ -77,3 +85,7 @@ class TestChatDraftCompressedWrapped(ChatModelIntegrationTests):
     @property
     def supports_model_override(self) -> bool:
         return False
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return False  # the wrapped model here is a local target, without tool calling

@@ -22,6 +22,7 @@ from langchain_core.language_models.chat_models import agenerate_from_stream, ge
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import RunnableBinding
 from pydantic import ConfigDict, PrivateAttr, model_validator
 
 from draft_rag import DraftEngine
@@ -244,6 +245,18 @@ class ChatDraftCompressed(BaseChatModel):
         config = common.child_config(run_manager)
         result = await self.llm.ainvoke(new, config=config, stop=o["stop"] or None, **self._forwarded(o))
         return _wrapped_result(result, stats, self.model_name)
+
+    def bind_tools(self, tools, **kwargs: Any):
+        """Wrapped mode: the wrapped model binds (formats) the tools; tool calls and results pass uncompressed.
+
+        A local target has no tool calling: ``NotImplementedError``.
+        """
+        if self.llm is None:
+            raise NotImplementedError("tool calling needs a wrapped chat model (llm=...); a local target has none")
+        bound = self.llm.bind_tools(tools, **kwargs)
+        if not isinstance(bound, RunnableBinding):
+            raise TypeError(f"{type(self.llm).__name__}.bind_tools returned {type(bound).__name__}, not a binding")
+        return self.bind(**bound.kwargs)
 
     # -- LangChain entry points ----------------------------------------------------------------
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
