@@ -88,6 +88,8 @@ def main() -> None:
         print(f"  {d.id:<14} {d.metadata['draft_rag_score']:.4f}  {d.page_content[:60]!r}")
     print(f"\nCompression ({s['method']}): {s['original_tokens']} -> {s['prompt_tokens']} target prompt tokens, "
           f"{s['new_tokens']} generated; " + ", ".join(f"{k} {v:.2f}s" for k, v in s["seconds"].items()))
+    if "kv_bytes" in s:
+        print(f"KV cache: {s['kv_bytes'] / 2**20:.1f} of {s['kv_bytes_full'] / 2**20:.1f} MiB kept")
 
 
 if __name__ == "__main__":
