@@ -220,3 +220,12 @@ def test_smollm_needle_with_256_entry_cache(smollm):
     assert g.stats.original_tokens > 2000 and g.stats.lookahead_tokens > 0
     assert g.stats.kv_entries == [256] * 30 and g.stats.kv_bytes * 8 < g.stats.kv_bytes_full
     assert answer in g.text, g.text
+
+
+@pytest.mark.slow
+def test_engine_cross_tokenizer_draft(smollm):
+    """SmolLM2 drafts for a target with another tokenizer: its lookahead is re-encoded from text."""
+    engine = DraftEngine(target=tiny_model("llama", "sdpa"), draft=smollm)
+    g = engine.generate(TEXT, question="What is the number?", method="speckv", budget=40, max_new_tokens=6)
+    assert g.stats.lookahead_tokens > 0 and g.stats.kv_entries == [40, 40, 40]
+    assert g.stats.seconds["draft"] > 0 and g.stats.new_tokens >= 1
