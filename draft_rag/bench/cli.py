@@ -1,0 +1,148 @@
+"""``draft-rag eval`` (one method on RULER-format JSONL) and ``draft-rag bench`` (generated tasks x grid)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+logger = logging.getLogger("draft_rag.bench")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def _cmd_eval(args) -> int:
+    from ..engine import DraftEngine
+    from .data import load_jsonl
+    from .runner import check_method, evaluate
+
+    check_method(args.method)
+    if args.method != "full" and args.budget is None and args.ratio is None:
+        raise ValueError(f"--method {args.method} needs --budget N or --ratio R")
+    records = load_jsonl(args.data, args.limit)
+    engine = DraftEngine(target=args.target, draft=args.draft or args.target)
+    lingua = None
+    if args.method == "llmlingua":
+        from .llmlingua import LLMLinguaClient, LLMLinguaUnavailable
+
+        try:
+            lingua = LLMLinguaClient(args.draft or args.target, engine.draft.tokenizer)
+        except LLMLinguaUnavailable as exc:
+            logger.error("method llmlingua cannot run: %s", exc)
+            return 3
+    try:
+        res = evaluate(engine, records, args.method, budget=args.budget, ratio=args.ratio, template=args.template,
+                       max_new_tokens=args.max_new_tokens, llmlingua=lingua)
+    finally:
+        if lingua is not None:
+            lingua.close()
+    summary = res.to_dict()
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(res.to_dict(with_records=True), indent=1))
+        logger.info("wrote %s", args.json)
+    print(json.dumps(summary))
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from .chunks import RANKERS, make_queries, run_chunk_bench
+    from .grid import load_results, parse_pair, run_grid, save_results
+    from .report import write_report
+    from .runner import all_methods
+
+    pairs = [parse_pair(p) for p in (args.pair or [args.pair_default])]
+    methods = args.methods or [m for m in all_methods()]
+    out = Path(args.out)
+    data = run_grid(pairs, args.tasks, args.lengths, args.n, methods, ratios=args.ratios, kv_budgets=args.kv_budgets,
+                    seed=args.seed, out_dir=out, max_new_tokens=args.max_new_tokens, fresh=args.fresh) \
+        if args.tasks else load_results(out / "results.json")
+    if args.chunk_queries:
+        from ..engine import DraftEngine
+
+        pair = pairs[0]
+        engine = DraftEngine(target=pair.target, draft=pair.draft)
+        rankers = [r for r in RANKERS if r in args.rankers]
+        lingua = None
+        if "llmlingua" in rankers:
+            from .llmlingua import LLMLinguaClient
+            lingua = LLMLinguaClient(pair.draft, engine.draft.tokenizer)
+        try:
+            rows = run_chunk_bench(engine, make_queries(args.chunk_queries, args.chunks_per_query, args.seed),
+                                   rankers, llmlingua=lingua)
+        finally:
+            if lingua is not None:
+                lingua.close()
+        for r in rows:
+            r.update(pair=pair.name, k=args.chunks_per_query, seed=args.seed)
+        data["chunks"] = rows
+        save_results(data, out / "results.json")
+    paths = write_report(data, out)
+    print(paths["markdown"].read_text())
+    logger.info("wrote %s", ", ".join(str(p) for p in paths.values() if p.exists()))
+    return 0
+
+
+def add_subcommand(sub) -> None:
+    """Add ``eval`` and ``bench`` to the main ``draft-rag`` parser."""
+    from ..models import DEFAULT_MODEL
+    from .runner import all_methods
+    from .tasks import TASKS
+
+    methods = all_methods()
+    p = sub.add_parser("eval", help="score one method on RULER-format JSONL (string-match-all, 0-100)")
+    p.add_argument("--data", required=True, help="RULER-format JSONL: input, outputs, answer_prefix")
+    p.add_argument("--limit", type=_positive_int, help="first N records")
+    p.add_argument("--method", required=True, choices=methods)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--budget", type=_positive_int,
+                   help="prompt tokens kept (draft tokenizer) for prompt compressors; KV entries for KV methods")
+    g.add_argument("--ratio", type=_ratio, help="fraction of the prompt kept, in (0, 1]")
+    p.add_argument("--target", default=DEFAULT_MODEL)
+    p.add_argument("--draft", default=None, help="draft model (default: the target)")
+    p.add_argument("--max-new-tokens", type=_positive_int,
+                   help="default: the record's tokens_to_generate, else 48")
+    p.add_argument("--template", choices=("chat", "raw"), help="default: chat when the target has a template")
+    p.add_argument("--json", metavar="OUT", help="also write the summary plus every prediction to OUT")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("bench", help="generate RULER-style tasks, run methods x budgets, write table + plot + JSON")
+    p.add_argument("--pair", action="append", default=None, metavar="[NAME=]DRAFT:TARGET",
+                   help="draft:target pair (repeatable); default SmolLM2 -> SmolLM2")
+    p.add_argument("--tasks", nargs="*", default=["niah_single", "niah_multikey", "niah_multivalue", "qa"],
+                   choices=list(TASKS), help="tasks to generate (none: only report / chunk bench)")
+    p.add_argument("--lengths", nargs="+", type=_positive_int, default=[2048], help="task lengths in draft tokens")
+    p.add_argument("--n", type=_positive_int, default=4, help="records per task and length")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--methods", nargs="+", choices=methods, help=f"default: all ({', '.join(methods)})")
+    p.add_argument("--ratios", nargs="+", type=_ratio, default=[0.25, 0.5], help="prompt-compression budgets")
+    p.add_argument("--kv-budgets", nargs="+", type=_positive_int, default=[128, 256], help="KV-entry budgets")
+    p.add_argument("--max-new-tokens", type=_positive_int, help="default: each task's tokens_to_generate")
+    p.add_argument("--chunk-queries", type=int, default=0, metavar="N",
+                   help="also run the chunk-pruning benchmark on N retrieval-QA queries (first pair)")
+    p.add_argument("--chunks-per-query", type=_positive_int, default=8)
+    p.add_argument("--rankers", nargs="+", default=["draft", "minilm", "bm25", "llmlingua"],
+                   choices=["draft", "minilm", "bm25", "llmlingua"])
+    p.add_argument("--out", default="bench-out", help="folder for results.json, results.md, results.png, data/")
+    p.add_argument("--fresh", action="store_true", help="recompute every cell instead of reusing results.json")
+    p.set_defaults(func=_cmd_bench, pair_default=f"{DEFAULT_MODEL}:{DEFAULT_MODEL}")
+

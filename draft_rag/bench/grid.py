@@ -1,0 +1,129 @@
+"""``draft-rag bench``: generate tasks, run methods x budgets per model pair, keep every cell in one JSON.
+
+Cells already in the results file (same pair, task, length, records, seed, method, budget) are reused,
+so a grid can be extended (new methods, budgets, tasks) by running the same command again.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..engine import DraftEngine
+from .data import parse_record, write_jsonl
+from .runner import PC_METHODS, all_methods, check_method, evaluate
+from .tasks import generate
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A draft -> target pair; ``name`` labels it in tables."""
+
+    name: str
+    target: str
+    draft: str
+
+
+def parse_pair(text: str) -> Pair:
+    """``DRAFT:TARGET`` or ``NAME=DRAFT:TARGET`` (refs as ``load_model`` takes them)."""
+    name, _, refs = text.rpartition("=") if "=" in text else ("", "", text)
+    draft, sep, target = refs.partition(":")
+    if not sep or not draft or not target:
+        raise ValueError(f"--pair must be DRAFT:TARGET or NAME=DRAFT:TARGET, got {text!r}")
+    return Pair(name or f"{Path(draft).name}->{Path(target).name}", target, draft)
+
+
+def budgets_for(method: str, ratios, kv_budgets) -> list[tuple[int | None, float | None]]:
+    """(budget, ratio) cells: none for ``full``, ratios for prompt compressors, entries for KV methods."""
+    if method == "full":
+        return [(None, None)]
+    if method in PC_METHODS:
+        return [(None, r) for r in ratios]
+    return [(b, None) for b in kv_budgets]
+
+
+def machine() -> str:
+    import os
+
+    import torch
+
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    return f"{platform.machine()} {platform.system()}, {dev}, torch {torch.__version__}"
+
+
+def _key(cell: dict) -> tuple:
+    return tuple(cell.get(k) for k in ("pair", "task", "length", "n", "seed", "method", "budget", "ratio"))
+
+
+def load_results(path: Path) -> dict:
+    if path.exists():
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and isinstance(data.get("results"), list):
+            return data
+        raise ValueError(f"{path} is not a draft-rag bench results file (expected {{'results': [...]}})")
+    return {"results": [], "chunks": []}
+
+
+def save_results(data: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.partial")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def run_grid(pairs: list[Pair], tasks: list[str], lengths: list[int], n: int, methods: list[str], *,
+             ratios=(0.25, 0.5), kv_budgets=(128, 256), seed: int = 42, out_dir="bench-out",
+             max_new_tokens: int | None = None, fresh: bool = False, progress: bool = True) -> dict:
+    """Run (or reuse) every cell; write ``results.json`` after each one. Returns the results dict."""
+    for m in methods:
+        check_method(m)
+    out = Path(out_dir)
+    path = out / "results.json"
+    data = {"results": [], "chunks": []} if fresh else load_results(path)
+    done = {_key(c): c for c in data["results"]}
+    lingua = None
+    try:
+        for pair in pairs:
+            engine = DraftEngine(target=pair.target, draft=pair.draft)
+            for task in tasks:
+                for length in lengths:
+                    raw = generate(task, engine.draft.tokenizer, length, n, seed)
+                    write_jsonl(raw, out / "data" / f"{task}_{length}_{Path(pair.draft).name}.jsonl")
+                    records = [parse_record(r, f"{task}[{i}]") for i, r in enumerate(raw)]
+                    for method in methods:
+                        for budget, ratio in budgets_for(method, ratios, kv_budgets):
+                            cell = dict(pair=pair.name, task=task, length=length, n=n, seed=seed, method=method,
+                                        budget=budget, ratio=ratio)
+                            if _key(cell) in done:
+                                continue
+                            if method == "llmlingua" and lingua is None:
+                                from .llmlingua import LLMLinguaClient
+                                lingua = LLMLinguaClient(pair.draft, engine.draft.tokenizer)
+                            res = evaluate(engine, records, method, budget=budget, ratio=ratio,
+                                           max_new_tokens=max_new_tokens, progress=progress, llmlingua=lingua,
+                                           desc=f"{pair.name} {task}-{length} {method} {budget or ratio or ''}")
+                            cell.update(res.to_dict(), target=pair.target, draft=pair.draft, machine=machine(),
+                                        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                                        predictions=[r["prediction"] for r in res.records])
+                            logger.info("%s %s-%d %s %s: score %.1f, kept %.0f/%.0f, %.1f s/record", pair.name,
+                                        task, length, method, budget or ratio or "", res.score, res.avg_kept_tokens,
+                                        res.avg_input_tokens, res.seconds["total"])
+                            data["results"].append(cell)
+                            done[_key(cell)] = cell
+                            save_results(data, path)
+            if lingua is not None and pair is not pairs[-1]:
+                lingua.close()
+                lingua = None
+    finally:
+        if lingua is not None:
+            lingua.close()
+    return data
+
+
+def known_methods() -> tuple[str, ...]:
+    return all_methods()

@@ -1,0 +1,117 @@
+"""Markdown tables and a PNG plot from bench results (``results.json``)."""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+
+def label(cell: dict) -> str:
+    if cell.get("ratio") is not None:
+        return f"{cell['method']} @{cell['ratio']:.0%}"
+    if cell.get("budget") is not None:
+        return f"{cell['method']} @{cell['budget']}"
+    return cell["method"]
+
+
+def _sort_key(cell: dict):
+    return (cell["method"] != "full", cell["method"], cell.get("ratio") or 0, cell.get("budget") or 0)
+
+
+def grid_table(cells: list[dict]) -> str:
+    """One markdown table per (pair, length): rows method@budget, a score column per task, then averages."""
+    groups = defaultdict(list)
+    for c in cells:
+        groups[(c["pair"], c["length"])].append(c)
+    parts = []
+    for (pair, length), group in groups.items():
+        tasks = list(dict.fromkeys(c["task"] for c in group))
+        rows = defaultdict(dict)
+        for c in sorted(group, key=_sort_key):
+            rows[label(c)][c["task"]] = c
+        head = ["method @ budget", *tasks, "mean", "kept tokens", "draft s", "target s", "total s", "KV MiB"]
+        lines = [f"**{pair}**, {length}-token tasks, {group[0]['n']} records each (mean per record)", "",
+                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for name, by_task in rows.items():
+            cs = list(by_task.values())
+            mean = lambda k, sub=None: sum((c[k][sub] if sub else c[k]) for c in cs) / len(cs)  # noqa: E731
+            kv = [c["kv_bytes"] for c in cs if c.get("kv_bytes") is not None]
+            cols = [f"{by_task[t]['score']:.1f}" if t in by_task else "" for t in tasks]
+            lines.append("| " + " | ".join([name, *cols, f"**{mean('score'):.1f}**",
+                                            f"{mean('avg_kept_tokens'):.0f} / {mean('avg_input_tokens'):.0f}",
+                                            f"{mean('seconds', 'draft'):.2f}", f"{mean('seconds', 'target'):.2f}",
+                                            f"{mean('seconds', 'total'):.2f}",
+                                            f"{sum(kv) / len(kv) / 2**20:.1f}" if kv else ""]) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def chunk_table(rows: list[dict]) -> str:
+    """Chunk-pruning results: recall of the gold chunk and answer accuracy per ranker and keep ratio."""
+    if not rows:
+        return ""
+    head = ["ranker", "keep", "gold recall %", "answer score", "rank s/query", "n"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append(f"| {r['ranker']} | 1/{round(1 / r['keep'])} | {r['recall']:.1f} | "
+                     f"{'' if r.get('score') is None else format(r['score'], '.1f')} | {r['rank_seconds']:.2f} | {r['n']} |")
+    return "\n".join(lines)
+
+
+def plot(cells: list[dict], path) -> Path:
+    """Left: mean score vs kept fraction of the prompt per method; right: seconds per stage per method@budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = list(dict.fromkeys(c["pair"] for c in cells))
+    fig, axes = plt.subplots(len(pairs), 2, figsize=(13, 4.2 * len(pairs)), squeeze=False)
+    for row, pair in enumerate(pairs):
+        group = [c for c in cells if c["pair"] == pair]
+        by_label = defaultdict(list)
+        for c in sorted(group, key=_sort_key):
+            by_label[label(c)].append(c)
+        points = defaultdict(list)
+        for name, cs in by_label.items():
+            kept = sum(c["avg_kept_tokens"] / max(1, c["avg_input_tokens"]) for c in cs) / len(cs)
+            points[cs[0]["method"]].append((kept, sum(c["score"] for c in cs) / len(cs)))
+        ax = axes[row][0]
+        for method, pts in points.items():
+            pts.sort()
+            style = dict(marker="*", markersize=14, linestyle="none") if method == "full" else dict(marker="o")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=method, **style)
+        ax.set_xlabel("kept fraction of the prompt (tokens or KV entries)")
+        ax.set_ylabel("score (string-match-all, 0-100), mean over tasks")
+        ax.set_title(f"{pair}: score vs budget")
+        ax.set_ylim(-3, 103)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax = axes[row][1]
+        names = list(by_label)
+        draft = [sum(c["seconds"]["draft"] for c in by_label[n]) / len(by_label[n]) for n in names]
+        total = [sum(c["seconds"]["total"] for c in by_label[n]) / len(by_label[n]) for n in names]
+        ax.barh(names, draft, label="draft / compressor")
+        ax.barh(names, [t - d for t, d in zip(total, draft)], left=draft, label="target (prefill + decode)")
+        ax.set_xlabel("seconds per record (mean)")
+        ax.set_title(f"{pair}: time per stage")
+        ax.invert_yaxis()
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(data: dict, out_dir) -> dict:
+    """Write ``results.md`` and ``results.png`` beside ``results.json``; returns their paths."""
+    out = Path(out_dir)
+    md = ["# draft-rag bench results", ""]
+    if data.get("results"):
+        md += [grid_table(data["results"]), "", "![score vs budget and time per stage](results.png)", ""]
+        plot(data["results"], out / "results.png")
+    if data.get("chunks"):
+        md += ["## Chunk pruning (gold-chunk recall and answer score by keep ratio)", "", chunk_table(data["chunks"]), ""]
+    (out / "results.md").write_text("\n".join(md))
+    return {"markdown": out / "results.md", "plot": out / "results.png", "json": out / "results.json"}

@@ -1,0 +1,136 @@
+"""Run one method at one budget over RULER records through ``DraftEngine.generate``; score and time it."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from ..engine import METHODS, DraftEngine
+from .data import Record, split_input, string_match_all
+
+logger = logging.getLogger(__name__)
+
+EXTERNAL_METHODS = ("llmlingua",)  # run by this package, not by the engine
+# Prompt compressors: --budget/--ratio is the prompt budget (draft tokens). For speckv-pc it is SpecPC's
+# prompt budget (the engine's pc_budget/pc_ratio) and the KV budget stays SpecKVConfig's default.
+PC_METHODS = ("specpc", "speckv-pc", "llmlingua")
+DEFAULT_MAX_NEW_TOKENS = 48
+
+
+def all_methods() -> tuple[str, ...]:
+    """The engine's methods (as they exist in this install) plus the bench's own runners."""
+    return tuple(METHODS) + EXTERNAL_METHODS
+
+
+def check_method(method: str) -> None:
+    if method not in all_methods():
+        raise ValueError(f"--method must be one of {', '.join(all_methods())}, got {method!r}")
+
+
+@dataclass
+class EvalResult:
+    method: str
+    budget: int | None
+    ratio: float | None
+    n: int
+    score: float
+    avg_input_tokens: float
+    avg_kept_tokens: float
+    seconds: dict
+    kv_bytes: float | None
+    records: list = field(default_factory=list)
+
+    def to_dict(self, with_records: bool = False) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if k != "records"}
+        if with_records:
+            out["records"] = self.records
+        return out
+
+
+def kv_bytes_per_entry(model) -> int:
+    """Bytes one token's keys and values take across all layers (used when the engine reports no KV size)."""
+    cfg = model.config
+    cfg = getattr(cfg, "text_config", None) or cfg
+    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    elem = next(model.parameters()).element_size()
+    return 2 * cfg.num_hidden_layers * heads * head_dim * elem
+
+
+def kept_tokens(method: str, stats) -> float:
+    """Prompt tokens the target reads (prompt compressors) or prompt KV entries it keeps per layer (KV methods)."""
+    entries = getattr(stats, "kv_entries", None)
+    if method not in PC_METHODS and method != "full" and entries:
+        return float(max(entries))
+    return float(stats.prompt_tokens)
+
+
+def evaluate(engine: DraftEngine, records: list[Record], method: str, *, budget: int | None = None,
+             ratio: float | None = None, template: str | None = None, max_new_tokens: int | None = None,
+             progress: bool = True, llmlingua=None, desc: str | None = None) -> EvalResult:
+    """Greedy answers for ``records``; RULER string-match-all score (0-100) and mean per-record timings.
+
+    The record's input is split into a protected instruction line, the context and a protected question
+    line (``split_input``); the answer prefix follows the chat turn, as RULER does. ``llmlingua`` is a
+    ``LLMLinguaClient`` for method ``llmlingua``.
+    """
+    from tqdm.auto import tqdm
+
+    check_method(method)
+    if method == "llmlingua" and llmlingua is None:
+        raise ValueError("method 'llmlingua' needs an LLMLinguaClient (see draft_rag.bench.llmlingua)")
+    per_entry = kv_bytes_per_entry(engine.target.model)
+    rows, sums = [], {"draft": 0.0, "target": 0.0, "total": 0.0}
+    bar = tqdm(records, desc=desc or f"{method} {budget or ratio or ''}".strip(), disable=not progress,
+               unit="rec", leave=False)
+    for rec in bar:
+        row = _one(engine, rec, method, budget, ratio, template, max_new_tokens or rec.max_new_tokens
+                   or DEFAULT_MAX_NEW_TOKENS, llmlingua)
+        if not row["kv_bytes"]:
+            row["kv_bytes"] = row["kept_tokens"] * per_entry
+        rows.append(row)
+        for k in sums:
+            sums[k] += row["seconds"][k]
+        bar.set_postfix(score=f"{100 * sum(r['score'] for r in rows) / len(rows):.1f}")
+    n = len(rows)
+    return EvalResult(method, budget, ratio, n, 100 * sum(r["score"] for r in rows) / n,
+                      sum(r["input_tokens"] for r in rows) / n, sum(r["kept_tokens"] for r in rows) / n,
+                      {k: v / n for k, v in sums.items()}, sum(r["kv_bytes"] for r in rows) / n, rows)
+
+
+def _one(engine, rec: Record, method, budget, ratio, template, max_new_tokens, llmlingua) -> dict:
+    instruction, context, question = split_input(rec.input)
+    args = dict(instruction=instruction or None, question=question or None, answer_prefix=rec.answer_prefix or None,
+                template=template, max_new_tokens=max_new_tokens)
+    draft_s = 0.0
+    if method == "llmlingua":
+        t0 = time.perf_counter()
+        context = llmlingua.compress(context, instruction=instruction, question=question, budget=budget, ratio=ratio)
+        draft_s = time.perf_counter() - t0
+        gen = engine.generate(context, method="full", **args)
+        gen.stats.original_tokens = _full_tokens(engine, rec, instruction, question, template)
+    else:
+        kw = {} if method == "full" else dict(budget=budget, ratio=ratio)
+        if method == "speckv-pc":
+            kw = dict(pc_budget=budget, pc_ratio=ratio)
+        gen = engine.generate(context, method=method, **kw, **args)
+        draft_s = sum(gen.stats.seconds.get(k, 0.0) for k in ("draft", "select"))
+    s = gen.stats
+    target_s = s.seconds.get("target", 0.0)
+    total = s.seconds.get("total", target_s) + (draft_s if method == "llmlingua" else 0.0)
+    return {"index": rec.index, "score": string_match_all(gen.text, rec.outputs), "prediction": gen.text,
+            "outputs": list(rec.outputs), "input_tokens": s.original_tokens, "kept_tokens": kept_tokens(method, s),
+            "kv_bytes": getattr(s, "kv_bytes", 0) or 0,
+            "seconds": {"draft": draft_s, "target": target_s, "total": total}}
+
+
+def _full_tokens(engine, rec: Record, instruction, question, template) -> int:
+    """Target tokens of the uncompressed prompt (LLMLingua's input), laid out as the engine does."""
+    from ..prompt import build_segments
+
+    _, context, _ = split_input(rec.input)
+    segments, _ = build_segments(context, instruction=instruction or None, question=question or None,
+                                 answer_prefix=rec.answer_prefix or None)
+    from ..prompt import has_chat_template
+    tmpl = template or ("chat" if has_chat_template(engine.target.tokenizer) else "raw")
+    return len(engine._target_ids(segments, tmpl, None))

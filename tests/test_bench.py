@@ -1,0 +1,178 @@
+"""draft_rag.bench: RULER data and metric, task generators, runner, grid, report and CLI (tiny models)."""
+import json
+
+import pytest
+
+from conftest import tiny_model, tiny_tokenizer
+from draft_rag import DraftEngine, SpecPCConfig
+from draft_rag.bench import evaluate, load_jsonl, score_all, split_input, string_match_all
+from draft_rag.bench.data import parse_record
+from draft_rag.bench.grid import Pair, load_results, parse_pair, run_grid
+from draft_rag.bench.report import chunk_table, grid_table, write_report
+from draft_rag.bench.tasks import TASKS, generate, retrieval_qa, stdlib_passages
+from draft_rag.cli import main
+from draft_rag.prompt import count_tokens
+
+RULER_LINE = {"index": 0, "input": "A special magic number is hidden within the following text.\n"
+              "The grass is green.\nOne of the special magic numbers for calm-river is: 1234567.\n"
+              "What is the special magic number for calm-river mentioned in the provided text?",
+              "outputs": ["1234567"], "answer_prefix": " The special magic number for calm-river is", "length": 60}
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-bench")
+    lm = tiny_model("llama")
+    lm.model.save_pretrained(path)
+    lm.tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_engine():
+    cfg = SpecPCConfig(starting_layer_index=0, window_size=8, kernel_size=5, neighbor_tokens=4)
+    return DraftEngine(target=tiny_model("llama"), specpc=cfg)
+
+
+def test_string_match_all_is_rulers_metric():
+    assert string_match_all("The numbers are 1 and 2", ["1", "2", "3"]) == pytest.approx(2 / 3)
+    assert string_match_all("ANSWER: Foo", ["foo"]) == 1.0
+    assert string_match_all("", ["x"]) == 0.0
+    records = [parse_record(RULER_LINE), parse_record({**RULER_LINE, "outputs": ["a", "b"]})]
+    assert score_all(["1234567", "a only"], records) == pytest.approx(75.0)
+    with pytest.raises(ValueError, match="equal length"):
+        score_all(["x"], records)
+
+
+def test_load_jsonl_keeps_fields_and_names_bad_input(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text(json.dumps(RULER_LINE) + "\n\n" + json.dumps({**RULER_LINE, "index": 1, "answer_prefix": None}) + "\n")
+    recs = load_jsonl(f)
+    assert [r.index for r in recs] == [0, 1] and recs[1].answer_prefix == ""
+    assert dict(recs[0].extra) == {"length": 60} and recs[0].to_dict()["length"] == 60
+    assert len(load_jsonl(f, limit=1)) == 1
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(RULER_LINE) + "\n" + json.dumps({"input": "x", "outputs": "1"}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: 'outputs' must be a non-empty list"):
+        load_jsonl(bad)
+    bad.write_text("{not json\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: not valid JSON"):
+        load_jsonl(bad)
+    with pytest.raises(FileNotFoundError, match="--data"):
+        load_jsonl(tmp_path / "missing.jsonl")
+    with pytest.raises(ValueError, match="limit"):
+        load_jsonl(f, limit=0)
+
+
+def test_split_input_protects_instruction_and_question():
+    instruction, context, question = split_input(RULER_LINE["input"])
+    assert instruction.startswith("A special magic number is hidden")
+    assert question.startswith("What is the special magic number")
+    assert "1234567" in context and "What is" not in context
+    # one line only: all context, nothing protected
+    assert split_input("just one line of text") == ("", "just one line of text", "")
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_generated_tasks_fit_the_length_and_hold_their_answers(task):
+    tok, length = tiny_tokenizer(), 1500 if task == "qa" else 600  # the tiny BPE spends many tokens on prose
+    recs = generate(task, tok, length, 2, seed=3)
+    assert len(recs) == 2 and recs == generate(task, tok, length, 2, seed=3)
+    assert recs != generate(task, tok, length, 2, seed=4)
+    for r in recs:
+        rec = parse_record(r)
+        assert r["length"] == count_tokens(tok, r["input"]) <= length
+        assert rec.max_new_tokens and rec.answer_prefix
+        _, context, question = split_input(r["input"])
+        assert question and all(o in context for o in r["outputs"])
+    if task.startswith("niah"):
+        assert recs[0]["length"] > 500  # filled close to the requested length
+    with pytest.raises(ValueError, match="too small"):
+        generate(task, tok, 20, 1)
+
+
+def test_retrieval_qa_uses_real_docs_and_hides_the_quoted_sentence():
+    passages = stdlib_passages()
+    assert len(passages) > 50 and len({p["id"] for p in passages}) == len(passages)
+    rec = retrieval_qa(tiny_tokenizer(), 1500, 1, seed=1, passages=passages)[0]
+    gold = next(p for p in passages if p["id"] == rec["gold"])
+    _, context, question = split_input(rec["input"])
+    assert gold["first"] in question and gold["first"] not in context
+    assert gold["text"] in context and rec["gold"] in rec["documents"] and rec["outputs"] == [gold["name"]]
+
+
+def test_evaluate_full_and_specpc_on_a_tiny_model(tiny_engine):
+    recs = [parse_record(r) for r in generate("niah_single", tiny_tokenizer(), 500, 2, seed=1)]
+    full = evaluate(tiny_engine, recs, "full", max_new_tokens=4, progress=False)
+    again = evaluate(tiny_engine, recs, "full", max_new_tokens=4, progress=False)
+    assert [r["prediction"] for r in full.records] == [r["prediction"] for r in again.records]  # greedy
+    assert full.n == 2 and full.score == score_all([r["prediction"] for r in full.records], recs)
+    assert full.avg_kept_tokens == full.avg_input_tokens > 450 and full.kv_bytes > 0
+    pc = evaluate(tiny_engine, recs, "specpc", ratio=0.5, max_new_tokens=4, progress=False)
+    assert pc.avg_kept_tokens < 0.7 * pc.avg_input_tokens and pc.avg_input_tokens == full.avg_input_tokens
+    assert pc.kv_bytes < full.kv_bytes and pc.seconds["draft"] > 0
+    assert set(pc.to_dict()) == {"method", "budget", "ratio", "n", "score", "avg_input_tokens", "avg_kept_tokens",
+                                 "seconds", "kv_bytes"}
+    with pytest.raises(ValueError, match="method must be one of"):
+        evaluate(tiny_engine, recs, "nope", progress=False)
+    with pytest.raises(ValueError, match="LLMLinguaClient"):
+        evaluate(tiny_engine, recs, "llmlingua", ratio=0.5, progress=False)
+
+
+def test_evaluate_kv_method_reports_kept_entries(tiny_engine):
+    recs = [parse_record(r) for r in generate("niah_single", tiny_tokenizer(), 300, 1, seed=2)]
+    res = evaluate(tiny_engine, recs, "snapkv", budget=64, max_new_tokens=3, progress=False)
+    assert res.avg_kept_tokens <= 64 + 8 and res.avg_input_tokens > 250
+
+
+def test_grid_reuses_cells_and_writes_report(tiny_dir, tmp_path):
+    pair = Pair("tiny", tiny_dir, tiny_dir)
+    data = run_grid([pair], ["niah_single"], [200], 2, ["full", "snapkv"], kv_budgets=[64], out_dir=tmp_path,
+                    max_new_tokens=3, progress=False)
+    assert [(c["method"], c["budget"]) for c in data["results"]] == [("full", None), ("snapkv", 64)]
+    stamp = [c["date"] for c in data["results"]]
+    again = run_grid([pair], ["niah_single"], [200], 2, ["full", "snapkv"], kv_budgets=[64, 32], out_dir=tmp_path,
+                     max_new_tokens=3, progress=False)
+    assert [c["date"] for c in again["results"][:2]] == stamp and again["results"][2]["budget"] == 32
+    assert load_results(tmp_path / "results.json") == again
+    assert (tmp_path / "data" / f"niah_single_200_{tmp_path.name and 'tiny-bench'}0.jsonl").exists() or \
+        list((tmp_path / "data").glob("niah_single_200_*.jsonl"))
+    paths = write_report(again, tmp_path)
+    md = paths["markdown"].read_text()
+    assert "| full |" in md and "snapkv @32" in md and "snapkv @64" in md
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_tables_from_cells():
+    cell = dict(pair="p", task="t", length=100, n=2, method="specpc", budget=None, ratio=0.25, score=50.0,
+                avg_input_tokens=100.0, avg_kept_tokens=25.0, seconds={"draft": 1.0, "target": 2.0, "total": 3.0},
+                kv_bytes=2 ** 20)
+    table = grid_table([cell, {**cell, "method": "full", "ratio": None, "score": 100.0, "avg_kept_tokens": 100.0}])
+    assert table.index("| full |") < table.index("| specpc @25% |") and "| 25 / 100 |" in table
+    assert "| 1.0 |" in table  # KV MiB
+    rows = chunk_table([{"ranker": "bm25", "keep": 0.25, "recall": 50.0, "score": None, "rank_seconds": 0.1, "n": 2}])
+    assert "| bm25 | 1/4 | 50.0 |" in rows
+
+
+def test_parse_pair():
+    assert parse_pair("a:b") == Pair("a->b", "b", "a")
+    assert parse_pair("x=/m/a:/m/b") == Pair("x", "/m/b", "/m/a")
+    with pytest.raises(ValueError, match="--pair"):
+        parse_pair("justone")
+
+
+def test_cli_eval_json_and_errors(tiny_dir, tmp_path, capsys, caplog):
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in generate("vt", tiny_tokenizer(), 400, 2)) + "\n")
+    out = tmp_path / "r.json"
+    assert main(["eval", "--data", str(data), "--method", "full", "--target", tiny_dir, "--limit", "1",
+                 "--max-new-tokens", "3", "--json", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["n"] == 1 and summary["method"] == "full" and set(summary["seconds"]) == {"draft", "target", "total"}
+    full = json.loads(out.read_text())
+    assert full["records"][0]["outputs"] and "prediction" in full["records"][0]
+    assert main(["eval", "--data", str(data), "--method", "specpc", "--target", tiny_dir]) == 2
+    assert "--budget N or --ratio R" in caplog.text
+    assert main(["eval", "--data", str(tmp_path / "none.jsonl"), "--method", "full", "--target", tiny_dir]) == 2
+    with pytest.raises(SystemExit):
+        main(["eval", "--data", str(data), "--method", "full", "--ratio", "1.5"])
