@@ -73,11 +73,18 @@ def test_threshold_and_token_budget():
 
 def test_token_level_compression_keeps_spans_and_metadata():
     out = compressor(top_n=4, compress_tokens=True, budget=60).compress_documents(docs(), QUERY)
-    assert out and all(d.page_content.strip() for d in out)
+    assert out and all(d.page_content for d in out)
     check_kept(out, sorted((d.id for d in out), key=lambda i: int(i[1:])))
     total = sum(count_tokens(tiny_model("llama").tokenizer, d.page_content) for d in out)
     assert total < sum(count_tokens(tiny_model("llama").tokenizer, d.page_content) for d in docs())
     assert any(d.metadata["draft_rag_kept_fraction"] < 1.0 for d in out)
+
+
+def test_documents_within_the_budget_come_back_whole():
+    out = compressor(compress_tokens=True, budget=4000).compress_documents(docs(), QUERY)
+    assert [d.page_content for d in out] == [d.page_content for d in docs()]
+    assert all(d.metadata["draft_rag_kept_fraction"] == 1.0 for d in out if d.page_content)
+    check_kept(out, [d.id for d in docs()])
 
 
 def test_no_filters_keep_everything_and_inputs_are_not_mutated():

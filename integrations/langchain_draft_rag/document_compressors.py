@@ -75,11 +75,9 @@ class DraftDocumentCompressor(BaseDocumentCompressor):
         kept_chunks = [chunks[i] for i in keep]
         cp = self._engine.compress(chunks=kept_chunks, question=query, instruction=self.instruction,
                                    budget=self.budget, ratio=self.ratio)
-        out = []
-        for c in cp.chunks:
-            if c.text.strip():
-                out.append(_annotate(docs[c.id], c.text, scores[c.id], c.kept_spans, c.kept_fraction))
-        return out
+        # a document SpecPC cut down to nothing is dropped; empty/whitespace ones pass through as in the other modes
+        return [_annotate(docs[c.id], c.text, scores[c.id], c.kept_spans, c.kept_fraction)
+                for c in cp.chunks if c.text or not c.original.strip()]
 
     def _select(self, docs: list[Document], scores: list[float]) -> list[int]:
         by_tokens = not self.compress_tokens and (self.budget is not None or self.ratio is not None)
