@@ -65,7 +65,8 @@ def main() -> None:
               f"{n.node.metadata['retrieval_score']:.4f}  {n.node.get_content()[:60]!r}")
     print("\nCompression:")
     for e in SEEN:
-        kv = f", KV cache {e.kv_bytes / 2**20:.1f} of {e.kv_bytes_full / 2**20:.1f} MiB" if e.kv_bytes else ""
+        kv_evicted = e.kv_bytes != e.kv_bytes_full  # KV methods: all prompt tokens read, fewer entries kept
+        kv = f", KV cache {e.kv_bytes / 2**20:.1f} of {e.kv_bytes_full / 2**20:.1f} MiB" if kv_evicted else ""
         print(f"  {e.component:<13} {e.method:<13} {e.original_tokens:>5} -> {e.compressed_tokens:>5} tokens{kv}  "
               f"({', '.join(f'{k} {v:.2f}s' for k, v in e.seconds.items())})")
 
