@@ -205,6 +205,8 @@ class ChatDraftCompressed(BaseChatModel):
                      dropped_messages=[i for i, t in texts.items() if not t], seconds=dict(cp.seconds),
                      messages=[{"message_index": c.id, "kept_fraction": c.kept_fraction, "score": c.score}
                                for c in cp.chunks])
+        logger.debug("compressed %d context messages: %d -> %d draft tokens", len(texts), cp.original_tokens,
+                     cp.compressed_tokens)
         return rebuild(messages, lay, texts), stats
 
     def _forwarded(self, o: dict) -> dict:

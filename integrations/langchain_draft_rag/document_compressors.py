@@ -1,6 +1,7 @@
 """DraftDocumentCompressor: prune retrieved documents by the draft's attention to them while reading the query."""
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 from langchain_core.callbacks import Callbacks
@@ -13,6 +14,7 @@ from draft_rag.scoring import select_chunks
 
 from . import _common as common
 
+logger = logging.getLogger(__name__)
 SCORE_KEY = "draft_rag_score"
 SPANS_KEY = "draft_rag_kept_spans"
 FRACTION_KEY = "draft_rag_kept_fraction"
@@ -69,6 +71,7 @@ class DraftDocumentCompressor(BaseDocumentCompressor):
         chunks = [Chunk(d.page_content, id=i) for i, d in enumerate(docs)]
         scores = self._engine.score_chunks(chunks, question=query, instruction=self.instruction)
         keep = self._select(docs, scores)
+        logger.debug("kept %d of %d documents", len(keep), len(docs))
         if not self.compress_tokens:
             return [_annotate(docs[i], docs[i].page_content, scores[i], [(0, len(docs[i].page_content))], 1.0)
                     for i in keep]

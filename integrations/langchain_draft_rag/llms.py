@@ -1,7 +1,6 @@
 """DraftCompressedLLM: a LangChain text-completion LLM that compresses its prompt with a draft model."""
 from __future__ import annotations
 
-import logging
 from typing import Any, AsyncIterator, Iterator
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -12,8 +11,6 @@ from pydantic import ConfigDict, PrivateAttr, model_validator
 from draft_rag import DraftEngine
 
 from . import _common as common
-
-logger = logging.getLogger(__name__)
 
 _CALL_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "budget", "ratio", "method",
                  "question", "instruction")
