@@ -77,7 +77,7 @@ class DraftEngine:
         self.specpc = specpc or SpecPCConfig()
         self.speckv = speckv or SpecKVConfig()
         self.method = method
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()  # not an RLock: a stream may be finished from another thread
 
     # -- compression ---------------------------------------------------------------------------
     def compress(self, prompt: str | None = None, *, chunks=None, instruction: str | None = None,

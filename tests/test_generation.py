@@ -57,3 +57,16 @@ def test_compression_only_engine_refuses_to_generate():
     e = DraftEngine(draft=tiny_model("llama"))
     with pytest.raises(ValueError, match="no target"):
         e.generate("hi")
+
+
+def test_a_stream_may_be_finished_from_another_thread():
+    import threading
+
+    e = DraftEngine(tiny_model("llama"), method="full")
+    gs = iter(e.stream("hello there", max_new_tokens=6))
+    first = next(gs)
+    rest = []
+    t = threading.Thread(target=lambda: rest.extend(gs))
+    t.start()
+    t.join()
+    assert first + "".join(rest) == e.generate("hello there", max_new_tokens=6).text
