@@ -36,6 +36,7 @@ table.chunks td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
 {"".join(f".k.l{i + 1} {{ background: {c}; }}" + chr(10) for i, c in enumerate(KEPT_COLOURS))}
 .k.l0 {{ background: {KEPT_COLOURS[1]}; }}
 .d {{ color: {DROPPED_COLOUR}; text-decoration: line-through; text-decoration-color: #c4c4c4; }}
+.d.ws {{ text-decoration: none; }}
 .p {{ background: {PROTECTED_COLOUR}; color: #111; }}
 """
 
@@ -92,7 +93,8 @@ def _spans_html(text: str, kept: np.ndarray, level: np.ndarray, protected: bool)
         if kept[i]:
             out.append(f'<span class="k l{level[i]}" data-level="{level[i]}">{piece}</span>')
         else:
-            out.append(f'<span class="d" data-level="{level[i]}">{piece}</span>')
+            ws = "" if text[i:j].strip() else " ws"  # no strike-through line across bare indentation
+            out.append(f'<span class="d{ws}" data-level="{level[i]}">{piece}</span>')
         i = j
     return "".join(out)
 
