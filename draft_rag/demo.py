@@ -92,7 +92,7 @@ def answer_question(engine, index, question: str, expected: str | None, methods,
 
 def _stages(seconds: dict) -> str:
     keys = ("draft", "select", "prefill", "kv_select", "target", "total")
-    return " ".join(f"{k} {seconds[k]:.1f}s" for k in keys if k in seconds)
+    return " ".join(f"{k} {seconds[k]:.1f}s" for k in keys if k in seconds and (seconds[k] >= 0.05 or k == "total"))
 
 
 def _kv(run: Run) -> str:
