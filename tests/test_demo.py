@@ -9,7 +9,7 @@ import pytest
 
 from conftest import tiny_tokenizer
 from draft_rag.cli import main
-from draft_rag.corpus import (Document, build_index, chunk_documents, folder_documents, load_embedder,
+from draft_rag.corpus import (build_index, chunk_documents, folder_documents, load_embedder,
                               stdlib_documents)
 from draft_rag.demo import QUESTIONS, check
 from draft_rag.prompt import count_tokens
