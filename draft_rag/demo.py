@@ -96,9 +96,7 @@ def _stages(seconds: dict) -> str:
 
 
 def _kv(run: Run) -> str:
-    if not run.kv_bytes_full or run.kv_bytes >= run.kv_bytes_full:
-        return ""
-    return f"KV {run.kv_bytes / 2**20:.1f} of {run.kv_bytes_full / 2**20:.1f} MiB | "
+    return f"KV {run.kv_bytes / 2**20:.1f} MiB | " if run.kv_bytes else ""
 
 
 def format_result(i: int, r: QuestionResult) -> str:
@@ -120,7 +118,7 @@ def format_result(i: int, r: QuestionResult) -> str:
 
 
 def summarize(results: list[QuestionResult]) -> str:
-    """One line: per method, correct answers, mean prompt tokens (and KV share) and mean seconds per question."""
+    """One line: per method, correct answers, mean prompt tokens, KV cache size and seconds per question."""
     parts = []
     methods = [run.method for run in results[0].runs] if results else []
     for m in methods:
@@ -129,8 +127,8 @@ def summarize(results: list[QuestionResult]) -> str:
         score = f"{sum(checked)}/{len(checked)} correct, " if checked else ""
         tokens = sum(run.prompt_tokens for run in runs) / len(runs)
         secs = sum(run.seconds.get("total", 0.0) for run in runs) / len(runs)
-        full_kv = sum(run.kv_bytes_full for run in runs)
-        kv = f" (KV {100 * sum(run.kv_bytes for run in runs) / full_kv:.0f}%)" if full_kv else ""
+        kv_mib = sum(run.kv_bytes for run in runs) / len(runs) / 2**20
+        kv = f" (KV {kv_mib:.1f} MiB)" if kv_mib else ""
         parts.append(f"{m}: {score}{tokens:.0f} prompt tokens{kv}, {secs:.1f}s per question")
     return "summary | " + " | ".join(parts)
 
