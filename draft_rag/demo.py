@@ -194,7 +194,7 @@ def add_subcommand(subparsers) -> None:
     p = subparsers.add_parser(
         "demo", help="RAG over the stdlib docs: full context vs draft-compressed, side by side",
         description="Retrieve ~--context-tokens of chunks per question and answer with each method. Without "
-                    "--budget/--ratio, SpecPC keeps 30%% of the prompt tokens and SpecKV 30%% of the KV entries.")
+                    "--budget/--ratio, SpecPC keeps 30% of the prompt tokens and SpecKV 30% of the KV entries.")
     p.add_argument("--question", action="append", help="ask your own question (repeatable; default: 4 built-in "
                                                        "questions with known answers)")
     p.add_argument("--corpus", metavar="PATH", help="folder of .txt/.md/.rst files (default: pydoc of the stdlib)")
