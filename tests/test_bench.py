@@ -176,3 +176,17 @@ def test_cli_eval_json_and_errors(tiny_dir, tmp_path, capsys, caplog):
     assert main(["eval", "--data", str(tmp_path / "none.jsonl"), "--method", "full", "--target", tiny_dir]) == 2
     with pytest.raises(SystemExit):
         main(["eval", "--data", str(data), "--method", "full", "--ratio", "1.5"])
+
+
+def test_merge_results_keeps_existing_cells(tmp_path):
+    from draft_rag.bench.grid import merge_results, save_results
+
+    cell = dict(pair="p", task="t", length=1, n=1, seed=1, method="full", budget=None, ratio=None, score=1.0)
+    save_results({"results": [cell], "chunks": []}, tmp_path / "a" / "results.json")
+    save_results({"results": [{**cell, "score": 2.0}, {**cell, "method": "x"}], "chunks": [{"ranker": "bm25"}]},
+                 tmp_path / "b.json")
+    data = merge_results(tmp_path / "a" / "results.json", [tmp_path / "b.json"])
+    assert [(c["method"], c["score"]) for c in data["results"]] == [("full", 1.0), ("x", 1.0)]
+    assert data["chunks"] == [{"ranker": "bm25"}]
+    with pytest.raises(FileNotFoundError, match="--merge"):
+        merge_results(tmp_path / "a" / "results.json", [tmp_path / "nope.json"])

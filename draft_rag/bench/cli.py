@@ -30,12 +30,20 @@ def _ratio(text: str) -> float:
     return value
 
 
+def _threads(args) -> None:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def _cmd_eval(args) -> int:
     from ..engine import DraftEngine
     from .data import load_jsonl
     from .runner import check_method, evaluate
 
     check_method(args.method)
+    _threads(args)
     if args.method != "full" and args.budget is None and args.ratio is None:
         raise ValueError(f"--method {args.method} needs --budget N or --ratio R")
     records = load_jsonl(args.data, args.limit)
@@ -66,13 +74,16 @@ def _cmd_eval(args) -> int:
 
 def _cmd_bench(args) -> int:
     from .chunks import RANKERS, make_queries, run_chunk_bench
-    from .grid import load_results, parse_pair, run_grid, save_results
+    from .grid import load_results, merge_results, parse_pair, run_grid, save_results
     from .report import write_report
     from .runner import all_methods
 
     pairs = [parse_pair(p) for p in (args.pair or [args.pair_default])]
     methods = args.methods or [m for m in all_methods()]
     out = Path(args.out)
+    _threads(args)
+    if args.merge:
+        merge_results(out / "results.json", args.merge)
     data = run_grid(pairs, args.tasks, args.lengths, args.n, methods, ratios=args.ratios, kv_budgets=args.kv_budgets,
                     seed=args.seed, out_dir=out, max_new_tokens=args.max_new_tokens, fresh=args.fresh) \
         if args.tasks else load_results(out / "results.json")
@@ -123,6 +134,7 @@ def add_subcommand(sub) -> None:
                    help="default: the record's tokens_to_generate, else 48")
     p.add_argument("--template", choices=("chat", "raw"), help="default: chat when the target has a template")
     p.add_argument("--json", metavar="OUT", help="also write the summary plus every prediction to OUT")
+    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (1 is fastest on a busy machine)")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("bench", help="generate RULER-style tasks, run methods x budgets, write table + plot + JSON")
@@ -144,5 +156,8 @@ def add_subcommand(sub) -> None:
                    choices=["draft", "minilm", "bm25", "llmlingua"])
     p.add_argument("--out", default="bench-out", help="folder for results.json, results.md, results.png, data/")
     p.add_argument("--fresh", action="store_true", help="recompute every cell instead of reusing results.json")
+    p.add_argument("--merge", nargs="+", metavar="RESULTS.json",
+                   help="first copy the cells (and chunk rows) of other bench runs into --out's results.json")
+    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (1 is fastest on a busy machine)")
     p.set_defaults(func=_cmd_bench, pair_default=f"{DEFAULT_MODEL}:{DEFAULT_MODEL}")
 

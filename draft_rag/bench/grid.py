@@ -76,6 +76,23 @@ def save_results(data: dict, path: Path) -> None:
     tmp.replace(path)
 
 
+def merge_results(path: Path, others) -> dict:
+    """Copy cells from other results files into ``path`` (cells already there win); chunk rows too."""
+    data = load_results(path)
+    done = {_key(c) for c in data["results"]}
+    for other in others:
+        if not Path(other).exists():
+            raise FileNotFoundError(f"--merge file not found: {other}")
+        extra = load_results(Path(other))
+        for cell in extra["results"]:
+            if _key(cell) not in done:
+                data["results"].append(cell)
+                done.add(_key(cell))
+        data["chunks"] = data.get("chunks") or extra.get("chunks") or []
+    save_results(data, path)
+    return data
+
+
 def run_grid(pairs: list[Pair], tasks: list[str], lengths: list[int], n: int, methods: list[str], *,
              ratios=(0.25, 0.5), kv_budgets=(128, 256), seed: int = 42, out_dir="bench-out",
              max_new_tokens: int | None = None, fresh: bool = False, progress: bool = True) -> dict:

@@ -68,8 +68,9 @@ def compat_model_dir(model_ref: str, out_root: Path | None = None) -> Path:
     for f in src.iterdir():
         if f.name not in ("config.json", "tokenizer_config.json", "tokenizer.json") and f.is_file():
             link = out / f.name
-            if not link.exists():
-                link.symlink_to(f.resolve())
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(f.resolve())
     config = json.loads((src / "config.json").read_text())
     rope = config.pop("rope_parameters", None) or {}
     if "rope_theta" in rope:
@@ -103,7 +104,7 @@ class LLMLinguaClient:
         model = compat_model_dir(draft_ref)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         self.tokenizer = tokenizer
-        self.proc = subprocess.Popen([str(python), str(WORKER), str(model)], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([str(python), "-P", str(WORKER), str(model)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
         first = self._read()
         if "error" in first:

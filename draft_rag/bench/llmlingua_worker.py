@@ -5,6 +5,7 @@ Protocol: one JSON object per line on stdin -> one per line on stdout. The first
 "question": str, "target_token": int}`` -> ``{"compressed": str, "seconds": float}``; ``{"op": "rank",
 "context": [str], "question": str}`` -> ``{"scores": [float]}`` (rank order, higher first); or ``{"error": str}``.
 
+Run with ``python -P`` so this folder (which holds draft_rag.bench.llmlingua) does not shadow the package.
 ``tiktoken.encoding_for_model`` is replaced, before llmlingua is imported, by a stand-in that counts
 with the small LM's own tokenizer: llmlingua 0.2.2 fetches OpenAI's tokenizer file when constructed
 (offline here) and only uses it to count tokens, so budgets are in the small LM's tokens instead.
