@@ -1,5 +1,7 @@
 """draft_rag.bench: RULER data and metric, task generators, runner, grid, report and CLI (tiny models)."""
 import json
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -190,3 +192,15 @@ def test_merge_results_keeps_existing_cells(tmp_path):
     assert data["chunks"] == [{"ranker": "bm25"}]
     with pytest.raises(FileNotFoundError, match="--merge"):
         merge_results(tmp_path / "a" / "results.json", [tmp_path / "nope.json"])
+
+
+def test_draft_overhead_times_both_passes(tiny_engine):
+    from draft_rag.bench.runner import draft_overhead
+
+    recs = [parse_record(r) for r in generate("niah_single", tiny_tokenizer(), 500, 1, seed=1)]
+    row = draft_overhead(tiny_engine, recs, ratio=0.5, repeats=1)
+    assert row["n"] == 1 and row["plain_forward_s"] > 0 and row["specpc_draft_s"] > 0
+    assert row["overhead_pct"] == pytest.approx(100 * (row["specpc_draft_s"] / row["plain_forward_s"] - 1))
+    md = write_report({"results": [], "chunks": [], "overhead": [{**row, "pair": "p", "length": 500}]},
+                      Path(tempfile.mkdtemp()))["markdown"].read_text()
+    assert "| p | 500 | 1 |" in md

@@ -107,6 +107,23 @@ def _cmd_bench(args) -> int:
             r.update(pair=pair.name, k=args.chunks_per_query, seed=args.seed)
         data["chunks"] = rows
         save_results(data, out / "results.json")
+    if args.overhead:
+        from ..engine import DraftEngine
+        from .data import parse_record
+        from .runner import draft_overhead
+        from .tasks import generate
+
+        pair = pairs[0]
+        engine = DraftEngine(target=pair.target, draft=pair.draft)
+        rows = []
+        for length in args.lengths:
+            raw = generate("niah_single", engine.draft.tokenizer, length, args.overhead, args.seed)
+            row = draft_overhead(engine, [parse_record(r) for r in raw])
+            row.update(pair=pair.name, length=length)
+            logger.info("SpecPC draft overhead at %d tokens: %.1f%%", length, row["overhead_pct"])
+            rows.append(row)
+        data["overhead"] = rows
+        save_results(data, out / "results.json")
     paths = write_report(data, out)
     print(paths["markdown"].read_text())
     logger.info("wrote %s", ", ".join(str(p) for p in paths.values() if p.exists()))
@@ -154,6 +171,8 @@ def add_subcommand(sub) -> None:
     p.add_argument("--chunks-per-query", type=_positive_int, default=8)
     p.add_argument("--rankers", nargs="+", default=["draft", "minilm", "bm25", "llmlingua"],
                    choices=["draft", "minilm", "bm25", "llmlingua"])
+    p.add_argument("--overhead", type=int, default=0, metavar="N",
+                   help="also time SpecPC's draft pass against a plain draft forward on N needle records per length")
     p.add_argument("--out", default="bench-out", help="folder for results.json, results.md, results.png, data/")
     p.add_argument("--fresh", action="store_true", help="recompute every cell instead of reusing results.json")
     p.add_argument("--merge", nargs="+", metavar="RESULTS.json",

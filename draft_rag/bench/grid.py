@@ -88,7 +88,8 @@ def merge_results(path: Path, others) -> dict:
             if _key(cell) not in done:
                 data["results"].append(cell)
                 done.add(_key(cell))
-        data["chunks"] = data.get("chunks") or extra.get("chunks") or []
+        for part in ("chunks", "overhead"):
+            data[part] = data.get(part) or extra.get(part) or []
     save_results(data, path)
     return data
 

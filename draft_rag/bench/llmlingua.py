@@ -102,7 +102,10 @@ class LLMLinguaClient:
     def __init__(self, draft_ref: str, tokenizer, python: Path | None = None):
         python = python or ensure_env()
         model = compat_model_dir(draft_ref)
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        import torch
+
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+               "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the worker uses as many threads as we do
         self.tokenizer = tokenizer
         self.proc = subprocess.Popen([str(python), "-P", str(WORKER), str(model)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)

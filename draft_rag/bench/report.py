@@ -113,5 +113,11 @@ def write_report(data: dict, out_dir) -> dict:
         plot(data["results"], out / "results.png")
     if data.get("chunks"):
         md += ["## Chunk pruning (gold-chunk recall and answer score by keep ratio)", "", chunk_table(data["chunks"]), ""]
+    if data.get("overhead"):
+        md += ["## SpecPC draft pass vs a plain draft forward", "",
+               "| pair | tokens | records | plain forward s | SpecPC draft s | overhead |", "|---|---|---|---|---|---|"]
+        md += [f"| {r['pair']} | {r['length']} | {r['n']} | {r['plain_forward_s']:.2f} | {r['specpc_draft_s']:.2f} | "
+               f"{r['overhead_pct']:+.0f}% |" for r in data["overhead"]]
+        md.append("")
     (out / "results.md").write_text("\n".join(md))
     return {"markdown": out / "results.md", "plot": out / "results.png", "json": out / "results.json"}

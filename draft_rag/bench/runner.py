@@ -134,3 +134,31 @@ def _full_tokens(engine, rec: Record, instruction, question, template) -> int:
     from ..prompt import has_chat_template
     tmpl = template or ("chat" if has_chat_template(engine.target.tokenizer) else "raw")
     return len(engine._target_ids(segments, tmpl, None))
+
+
+def draft_overhead(engine: DraftEngine, records: list[Record], ratio: float = 0.25, repeats: int = 2) -> dict:
+    """SpecPC's draft pass (attention capture + lookahead) against a plain draft forward of the same prompt.
+
+    Both are timed on the draft-tokenized prompt; each record takes the faster of ``repeats`` runs of each.
+    """
+    from ..generation import plain_prefill
+    from ..prompt import build_segments, tokenize, wrap
+
+    plain, spec = [], []
+    for rec in records:
+        instruction, context, question = split_input(rec.input)
+        kwargs = dict(instruction=instruction or None, question=question or None,
+                      answer_prefix=rec.answer_prefix or None)
+        segments, _ = build_segments(context, **kwargs)
+        ids = tokenize(engine.draft.tokenizer, wrap(segments, engine.draft.tokenizer, "chat")).ids
+        p, s = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            plain_prefill(engine.draft.model, ids)
+            p.append(time.perf_counter() - t0)
+            s.append(engine.compress(context, ratio=ratio, **kwargs).seconds["draft"])
+        plain.append(min(p))
+        spec.append(min(s))
+    n = len(records)
+    return {"n": n, "plain_forward_s": sum(plain) / n, "specpc_draft_s": sum(spec) / n,
+            "overhead_pct": 100 * (sum(spec) / sum(plain) - 1), "lookahead_tokens": engine.specpc.lookahead_tokens}
