@@ -1,4 +1,4 @@
-"""Helpers shared by the LangChain adapters: argument checks, shared engines, thread-backed async iteration."""
+"""Shared by the LangChain adapters: their settings, argument checks, shared engines, thread-backed async iteration."""
 from __future__ import annotations
 
 import asyncio
@@ -7,6 +7,8 @@ import time
 from typing import Any, AsyncIterator, Callable, Iterator
 
 from langchain_core.callbacks import AsyncCallbackManager, AsyncCallbackManagerForLLMRun, CallbackManager
+from langchain_core.language_models import BaseChatModel, LangSmithParams
+from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from draft_rag import DraftEngine, SpecKVConfig, SpecPCConfig, load_model
 from draft_rag import engine as _engine_module
@@ -57,6 +59,112 @@ def check_positive_int(name: str, value: Any, allow_none: bool = False) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+WRAPPED_METHODS = ("specpc", "full")
+
+# Restated by each adapter class: LangChain's own base classes (extra="ignore") would otherwise win the merge.
+CONFIG = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+
+def check_wrapped_method(method: str) -> None:
+    if method not in WRAPPED_METHODS:
+        raise ValueError(f"method={method!r} needs a local target; with llm=... use one of {WRAPPED_METHODS}")
+
+
+class DraftSettings(BaseModel):
+    """The settings and checks ``ChatDraftCompressed`` and ``DraftCompressedLLM`` share (see the former's docs).
+
+    Put it first among the bases (its ``_identifying_params`` and ``_get_ls_params`` override LangChain's),
+    and restate ``model_config = CONFIG`` in the class.
+    """
+
+    target: Any = None
+    llm: Any = None
+    draft: Any = None
+    method: str = "specpc"
+    budget: int | None = None
+    ratio: float | None = None
+    pc_budget: int | None = None
+    pc_ratio: float | None = None
+    lookahead_tokens: int | None = None
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: list[str] | None = None
+    timeout: float | None = None
+    max_retries: int = 0
+    streaming: bool = False
+    template: str | None = None
+    specpc: Any = None
+    speckv: Any = None
+
+    model_config = CONFIG
+    _engine: DraftEngine = PrivateAttr()
+
+    def _check_settings(self, base: type, kind: str, base_name: str) -> None:
+        """Validate the settings, normalise ``stop`` and pick the shared engine; ``llm`` must be a ``base``."""
+        if (self.target is None) == (self.llm is None):
+            raise ValueError(f"give exactly one of target=... (a local model) or llm=... (a {kind})")
+        if self.llm is not None and not isinstance(self.llm, base):
+            raise TypeError(f"llm must be a {base_name}, got {type(self.llm).__name__}")
+        check_method(self.method)
+        if self.llm is not None:
+            check_wrapped_method(self.method)
+        check_budget(self.budget, self.ratio)
+        check_budget(self.pc_budget, self.pc_ratio, "pc_")
+        check_positive_int("max_tokens", self.max_tokens)
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
+        if self.template not in (None, "chat", "raw"):
+            raise ValueError(f"template must be 'chat', 'raw' or None, got {self.template!r}")
+        self.stop = stop_list(self.stop) or None
+        self._engine = shared_engine(self.target, self.draft, self.specpc, self.speckv)
+
+    @property
+    def model_name(self) -> str:
+        if self.llm is not None:
+            inner = getattr(self.llm, "model_name", None) or getattr(self.llm, "model", None)
+            return inner if isinstance(inner, str) and inner else type(self.llm).__name__
+        return self._engine.target.name
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_name": self.model_name, "draft": self._engine.draft.name, "method": self.method,
+                "budget": self.budget, "ratio": self.ratio, "max_tokens": self.max_tokens}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        model_type = "chat" if isinstance(self, BaseChatModel) else "llm"
+        params = LangSmithParams(ls_provider="draft_rag", ls_model_type=model_type,
+                                 ls_model_name=kwargs.get("model") or self.model_name,
+                                 ls_temperature=kwargs.get("temperature", self.temperature),
+                                 ls_max_tokens=kwargs.get("max_tokens", self.max_tokens))
+        if stop or self.stop:
+            params["ls_stop"] = stop or self.stop
+        return params
+
+    def _call_options(self, stop, kwargs: dict, names: tuple[str, ...], also_known: tuple[str, ...] = ()) -> dict:
+        """Per-call ``names`` over the instance's settings, checked; plus ``given``, ``stop`` and ``extra``.
+
+        Other kwargs (``ls_*`` aside) are passed to a wrapped model in ``extra``; a local target rejects them
+        unless they are in ``also_known``.
+        """
+        unknown = [k for k in kwargs if k not in names and k not in also_known and not k.startswith("ls_")]
+        if unknown and self.llm is None:
+            raise TypeError(f"unexpected keyword arguments {unknown}; accepted per call: {names}")
+        o = {k: kwargs.get(k, getattr(self, k, None)) for k in names}
+        if "budget" in kwargs or "ratio" in kwargs:
+            o["budget"], o["ratio"] = kwargs.get("budget"), kwargs.get("ratio")
+        check_budget(o["budget"], o["ratio"])
+        check_method(o["method"])
+        if self.llm is not None:
+            check_wrapped_method(o["method"])
+        o["given"] = set(kwargs)
+        o["stop"] = stop_list(stop if stop is not None else self.stop)
+        o["extra"] = {k: v for k, v in kwargs.items() if k not in names and not k.startswith("ls_")}
+        return o
 
 
 def child_config(run_manager) -> dict | None:
@@ -142,3 +250,18 @@ async def iterate_in_thread(make_iter: Callable[[], Iterator]) -> AsyncIterator:
             yield item
     finally:
         cancelled.set()
+
+
+async def astream_in_thread(make_iter: Callable[[], Iterator], run_manager) -> AsyncIterator:
+    """``iterate_in_thread``, reporting each chunk to the async ``run_manager`` (if any) as a new token."""
+    async for chunk in iterate_in_thread(make_iter):
+        if run_manager:
+            await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+        yield chunk
+
+
+def emit(chunk, run_manager):
+    """Report ``chunk`` to the sync ``run_manager`` (if any) as a new token; return it."""
+    if run_manager:
+        run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+    return chunk

@@ -17,15 +17,13 @@ import logging
 from typing import Any, AsyncIterator, Iterator
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel, LangSmithParams
+from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableBinding
-from pydantic import ConfigDict, PrivateAttr, model_validator
-
-from draft_rag import DraftEngine
+from pydantic import model_validator
 
 from . import _common as common
 from ._messages import Layout, rebuild, split
@@ -33,11 +31,10 @@ from ._messages import Layout, rebuild, split
 logger = logging.getLogger(__name__)
 
 _CALL_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "budget", "ratio", "method")
-_WRAPPED_METHODS = ("specpc", "full")
 _DECODING = ("max_tokens", "temperature", "top_p", "top_k", "seed")
 
 
-class ChatDraftCompressed(BaseChatModel):
+class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
     """Chat model with draft-guided prompt compression (SpecPC; SpecKV methods when the engine has them).
 
     Args:
@@ -57,51 +54,13 @@ class ChatDraftCompressed(BaseChatModel):
         specpc / speckv: ``draft_rag.SpecPCConfig`` / ``SpecKVConfig`` for the other settings (window, kernel, ...).
     """
 
-    target: Any = None
-    llm: Any = None
-    draft: Any = None
-    method: str = "specpc"
-    budget: int | None = None
-    ratio: float | None = None
-    pc_budget: int | None = None
-    pc_ratio: float | None = None
-    lookahead_tokens: int | None = None
-    max_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: list[str] | None = None
-    timeout: float | None = None
-    max_retries: int = 0
-    streaming: bool = False
-    template: str | None = None
-    specpc: Any = None
-    speckv: Any = None
-
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
-    _engine: DraftEngine = PrivateAttr()
+    model_config = common.CONFIG
 
     @model_validator(mode="after")
     def _setup(self) -> "ChatDraftCompressed":
-        if (self.target is None) == (self.llm is None):
-            raise ValueError("give exactly one of target=... (a local model) or llm=... (a LangChain chat model)")
-        if self.llm is not None and not isinstance(self.llm, BaseChatModel):
-            raise TypeError(f"llm must be a LangChain BaseChatModel, got {type(self.llm).__name__}")
-        common.check_method(self.method)
-        if self.llm is not None and self.method not in _WRAPPED_METHODS:
-            raise ValueError(f"method={self.method!r} needs a local target; with llm=... use one of {_WRAPPED_METHODS}")
-        common.check_budget(self.budget, self.ratio)
-        common.check_budget(self.pc_budget, self.pc_ratio, "pc_")
-        common.check_positive_int("max_tokens", self.max_tokens)
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
-        if self.template not in (None, "chat", "raw"):
-            raise ValueError(f"template must be 'chat', 'raw' or None, got {self.template!r}")
         if self.timeout is not None and self.timeout <= 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
-        self.stop = common.stop_list(self.stop) or None
-        self._engine = common.shared_engine(self.target, self.draft, self.specpc, self.speckv)
+        self._check_settings(BaseChatModel, "LangChain chat model", "LangChain BaseChatModel")
         return self
 
     # -- identity ------------------------------------------------------------------------------
@@ -110,45 +69,14 @@ class ChatDraftCompressed(BaseChatModel):
         return "draft-rag-chat"
 
     @property
-    def model_name(self) -> str:
-        if self.llm is not None:
-            inner = getattr(self.llm, "model_name", None) or getattr(self.llm, "model", None)
-            return str(inner) if isinstance(inner, str) and inner else type(self.llm).__name__
-        return self._engine.target.name
-
-    @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"model_name": self.model_name, "draft": self._engine.draft.name, "method": self.method,
-                "budget": self.budget, "ratio": self.ratio, "max_tokens": self.max_tokens,
-                "temperature": self.temperature}
+        return {**super()._identifying_params, "temperature": self.temperature}
 
-    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        params = LangSmithParams(ls_provider="draft_rag", ls_model_type="chat",
-                                 ls_model_name=kwargs.get("model") or self.model_name,
-                                 ls_temperature=kwargs.get("temperature", self.temperature),
-                                 ls_max_tokens=kwargs.get("max_tokens", self.max_tokens))
-        if stop or self.stop:
-            params["ls_stop"] = stop or self.stop
-        return params
-
-    # -- options -------------------------------------------------------------------------------
     def _options(self, stop, kwargs: dict) -> dict:
-        unknown = [k for k in kwargs if k not in _CALL_OPTIONS and k != "model" and not k.startswith("ls_")]
-        if self.llm is None and unknown:
-            raise TypeError(f"unexpected keyword arguments {unknown}; accepted per call: {_CALL_OPTIONS}")
+        o = self._call_options(stop, kwargs, _CALL_OPTIONS, also_known=("model",))
         model = kwargs.get("model")
         if model is not None and model != self.model_name:
             raise ValueError(f"per-call model={model!r} is not supported; this instance runs {self.model_name!r}")
-        o = {k: kwargs.get(k, getattr(self, k)) for k in _CALL_OPTIONS}
-        if "budget" in kwargs or "ratio" in kwargs:
-            o["budget"], o["ratio"] = kwargs.get("budget"), kwargs.get("ratio")
-        common.check_budget(o["budget"], o["ratio"])
-        common.check_method(o["method"])
-        if self.llm is not None and o["method"] not in _WRAPPED_METHODS:
-            raise ValueError(f"method={o['method']!r} needs a local target; with llm=... use one of {_WRAPPED_METHODS}")
-        o["given"] = set(kwargs)
-        o["stop"] = common.stop_list(stop if stop is not None else self.stop)
-        o["extra"] = {k: v for k, v in kwargs.items() if k not in _CALL_OPTIONS and not k.startswith("ls_")}
         return o
 
     # -- local target --------------------------------------------------------------------------
@@ -187,9 +115,9 @@ class ChatDraftCompressed(BaseChatModel):
         held = None  # one piece is held back so the last chunk can carry the stats
         for piece in common.with_deadline(iter(gs), self.timeout):
             if held is not None:
-                yield _emit(ChatGenerationChunk(message=AIMessageChunk(content=held)), run_manager)
+                yield common.emit(ChatGenerationChunk(message=AIMessageChunk(content=held)), run_manager)
             held = piece
-        yield _emit(self._local_final(held or "", gs), run_manager)
+        yield common.emit(self._local_final(held or "", gs), run_manager)
 
     # -- wrapped chat model --------------------------------------------------------------------
     def _compress_messages(self, messages: list[BaseMessage], o: dict) -> tuple[list[BaseMessage], dict]:
@@ -222,7 +150,7 @@ class ChatDraftCompressed(BaseChatModel):
         config = common.child_config(run_manager)
         first = True
         for chunk in self.llm.stream(new, config=config, stop=o["stop"] or None, **self._forwarded(o)):
-            yield _emit(_wrapped_chunk(chunk, stats if first else None, self.model_name), run_manager)
+            yield common.emit(_wrapped_chunk(chunk, stats if first else None, self.model_name), run_manager)
             first = False
 
     async def _astream_wrapped(self, messages, o, run_manager) -> AsyncIterator[ChatGenerationChunk]:
@@ -294,16 +222,8 @@ class ChatDraftCompressed(BaseChatModel):
 
     async def _astream_local(self, messages, o, run_manager) -> AsyncIterator[ChatGenerationChunk]:
         """The local stream runs in one worker thread; the event loop only receives its chunks."""
-        async for chunk in common.iterate_in_thread(lambda: self._stream_local(messages, o, None)):
-            if run_manager:
-                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+        async for chunk in common.astream_in_thread(lambda: self._stream_local(messages, o, None), run_manager):
             yield chunk
-
-
-def _emit(chunk: ChatGenerationChunk, run_manager) -> ChatGenerationChunk:
-    if run_manager:
-        run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-    return chunk
 
 
 def _wrapped_chunk(chunk: BaseMessage, stats: dict | None, model_name: str) -> ChatGenerationChunk:
