@@ -106,6 +106,8 @@ class DraftSettings(BaseModel):
 
     def _check_settings(self, base: type, kind: str, base_name: str) -> None:
         """Validate the settings, normalise ``stop`` and pick the shared engine; ``llm`` must be a ``base``."""
+        if self.timeout is not None and self.timeout <= 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
         if (self.target is None) == (self.llm is None):
             raise ValueError(f"give exactly one of target=... (a local model) or llm=... (a {kind})")
         if self.llm is not None and not isinstance(self.llm, base):
@@ -133,7 +135,9 @@ class DraftSettings(BaseModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         return {"model_name": self.model_name, "draft": self._engine.draft.name, "method": self.method,
-                "budget": self.budget, "ratio": self.ratio, "max_tokens": self.max_tokens}
+                "budget": self.budget, "ratio": self.ratio, "pc_budget": self.pc_budget, "pc_ratio": self.pc_ratio,
+                "max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
+                "top_k": self.top_k, "seed": self.seed, "stop": self.stop, "template": self.template}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         model_type = "chat" if isinstance(self, BaseChatModel) else "llm"

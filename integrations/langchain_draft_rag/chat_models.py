@@ -58,8 +58,6 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
 
     @model_validator(mode="after")
     def _setup(self) -> "ChatDraftCompressed":
-        if self.timeout is not None and self.timeout <= 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
         self._check_settings(BaseChatModel, "LangChain chat model", "LangChain BaseChatModel")
         return self
 
@@ -67,10 +65,6 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
     @property
     def _llm_type(self) -> str:
         return "draft-rag-chat"
-
-    @property
-    def _identifying_params(self) -> dict[str, Any]:
-        return {**super()._identifying_params, "temperature": self.temperature}
 
     def _options(self, stop, kwargs: dict) -> dict:
         o = self._call_options(stop, kwargs, _CALL_OPTIONS, also_known=("model",))
