@@ -13,8 +13,12 @@ def label(cell: dict) -> str:
     return cell["method"]
 
 
+ORDER = ("full", "specpc", "speckv-pc", "llmlingua", "speckv", "snapkv", "streamingllm", "random")
+
+
 def _sort_key(cell: dict):
-    return (cell["method"] != "full", cell["method"], cell.get("ratio") or 0, cell.get("budget") or 0)
+    m = cell["method"]
+    return (ORDER.index(m) if m in ORDER else len(ORDER), m, cell.get("ratio") or 0, cell.get("budget") or 0)
 
 
 def grid_table(cells: list[dict]) -> str:
@@ -79,6 +83,7 @@ def plot(cells: list[dict], path) -> Path:
         for method, pts in points.items():
             pts.sort()
             style = dict(marker="*", markersize=14, linestyle="none") if method == "full" else dict(marker="o")
+            style["color"] = f"C{ORDER.index(method) % 10}" if method in ORDER else None
             ax.plot([p[0] for p in pts], [p[1] for p in pts], label=method, **style)
         ax.set_xlabel("kept fraction of the prompt (tokens or KV entries)")
         ax.set_ylabel("score (string-match-all, 0-100), mean over tasks")
