@@ -32,11 +32,14 @@ def grid_table(cells: list[dict]) -> str:
         rows = defaultdict(dict)
         for c in sorted(group, key=_sort_key):
             rows[label(c)][c["task"]] = c
-        head = ["method @ budget", *tasks, "mean", "kept tokens", "draft s", "target s", "total s", "KV MiB"]
-        lines = [f"**{pair}**, {length}-token tasks, {group[0]['n']} records each (mean per record)", "",
+        common = [t for t in tasks if all(t in r for r in rows.values())]  # means compare like with like
+        mean_head = "mean" if common == tasks else f"mean ({', '.join(common)})"
+        head = ["method @ budget", *tasks, mean_head, "kept tokens", "draft s", "target s", "total s", "KV MiB"]
+        lines = [f"**{pair}**, {length}-token tasks, {group[0]['n']} records each (the last six columns: "
+                 f"mean per record over the tasks in the mean)", "",
                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for name, by_task in rows.items():
-            cs = list(by_task.values())
+            cs = [by_task[t] for t in common]
             mean = lambda k, sub=None: sum((c[k][sub] if sub else c[k]) for c in cs) / len(cs)  # noqa: E731
             kv = [c["kv_bytes"] for c in cs if c.get("kv_bytes") is not None]
             cols = [f"{by_task[t]['score']:.1f}" if t in by_task else "" for t in tasks]
@@ -72,6 +75,11 @@ def plot(cells: list[dict], path) -> Path:
     fig, axes = plt.subplots(len(pairs), 2, figsize=(13, 4.2 * len(pairs)), squeeze=False)
     for row, pair in enumerate(pairs):
         group = [c for c in cells if c["pair"] == pair]
+        keys = defaultdict(set)
+        for c in group:
+            keys[label(c)].add((c["task"], c["length"]))
+        common = set.intersection(*keys.values())  # average every method over the same tasks
+        group = [c for c in group if (c["task"], c["length"]) in common]
         by_label = defaultdict(list)
         for c in sorted(group, key=_sort_key):
             by_label[label(c)].append(c)
