@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
 logger = logging.getLogger("draft_rag.bench")

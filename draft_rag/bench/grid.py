@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..engine import DraftEngine
 from .data import parse_record, write_jsonl
-from .runner import PC_METHODS, all_methods, check_method, evaluate
+from .runner import PC_METHODS, check_method, evaluate
 from .tasks import generate
 
 logger = logging.getLogger(__name__)
@@ -142,6 +142,3 @@ def run_grid(pairs: list[Pair], tasks: list[str], lengths: list[int], n: int, me
             lingua.close()
     return data
 
-
-def known_methods() -> tuple[str, ...]:
-    return all_methods()
