@@ -27,8 +27,35 @@ def _check_budget(max_capacity_prompt, ratio, minimum: int) -> None:
         raise ValueError(f"ratio must be a number in (0, 1], got {ratio!r}")
 
 
+class _Budgeted:
+    """Budget helpers shared by both configs: ``max_capacity_prompt`` tokens or a ``ratio``; default 1024."""
+
+    def budget_for(self, n_tokens: int) -> int:
+        """The budget for a prompt of ``n_tokens`` tokens."""
+        if self.ratio is not None:
+            return max(1, round(self.ratio * n_tokens))
+        return 1024 if self.max_capacity_prompt is None else self.max_capacity_prompt
+
+    def replace(self, **changes):
+        """A copy with ``changes``; setting one kind of budget clears the other."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        if changes.get("max_capacity_prompt") is not None:
+            values["ratio"] = None
+        if changes.get("ratio") is not None:
+            values["max_capacity_prompt"] = None
+        values.update(changes)
+        return type(self)(**values)
+
+    def _check_common(self) -> None:
+        _check_budget(self.max_capacity_prompt, self.ratio, 1)
+        _check_int("window_size", self.window_size, 1)
+        _check_choice("pool_type", self.pool_type, _POOLS)
+        _check_int("kernel_size", self.kernel_size, 1)
+        _check_choice("reduction_type", self.reduction_type, _REDUCTIONS)
+
+
 @dataclass(frozen=True)
-class SpecPCConfig:
+class SpecPCConfig(_Budgeted):
     """Prompt compression from the draft's attention (paper defaults).
 
     The budget is either ``max_capacity_prompt`` tokens (of the draft's tokenizer, counted over the
@@ -47,35 +74,16 @@ class SpecPCConfig:
     lookahead_tokens: int = 1
 
     def __post_init__(self):
-        _check_budget(self.max_capacity_prompt, self.ratio, 1)
-        _check_int("window_size", self.window_size, 1)
-        _check_choice("pool_type", self.pool_type, _POOLS)
-        _check_int("kernel_size", self.kernel_size, 1)
-        _check_choice("reduction_type", self.reduction_type, _REDUCTIONS)
+        self._check_common()
         _check_int("neighbor_tokens", self.neighbor_tokens, 0)
         _check_int("starting_layer_index", self.starting_layer_index, 0)
         _check_int("lookahead_tokens", self.lookahead_tokens, 0)
         if not isinstance(self.weighted_query, bool):
             raise ValueError(f"weighted_query must be True or False, got {self.weighted_query!r}")
 
-    def budget_for(self, n_tokens: int) -> int:
-        """Token budget for a prompt of ``n_tokens`` compressible + protected tokens."""
-        if self.ratio is not None:
-            return max(1, round(self.ratio * n_tokens))
-        return 1024 if self.max_capacity_prompt is None else self.max_capacity_prompt
-
-    def replace(self, **changes) -> "SpecPCConfig":
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        if "max_capacity_prompt" in changes and changes["max_capacity_prompt"] is not None:
-            values["ratio"] = None
-        if "ratio" in changes and changes["ratio"] is not None:
-            values["max_capacity_prompt"] = None
-        values.update(changes)
-        return type(self)(**values)
-
 
 @dataclass(frozen=True)
-class SpecKVConfig:
+class SpecKVConfig(_Budgeted):
     """KV-cache eviction guided by a draft lookahead (paper defaults; see ALGORITHMS.md, SpecKV).
 
     The KV budget is ``max_capacity_prompt`` entries per layer and KV head, or ``ratio`` of the prompt's
@@ -94,19 +102,7 @@ class SpecKVConfig:
     seed: int = 0
 
     def __post_init__(self):
-        _check_budget(self.max_capacity_prompt, self.ratio, 1)
-        _check_int("window_size", self.window_size, 1)
-        _check_choice("pool_type", self.pool_type, _POOLS)
-        _check_int("kernel_size", self.kernel_size, 1)
-        _check_choice("reduction_type", self.reduction_type, _REDUCTIONS)
+        self._check_common()
         _check_int("lookahead_tokens", self.lookahead_tokens, 0, allow_none=True)
         _check_int("sink_tokens", self.sink_tokens, 0)
         _check_int("seed", self.seed, 0)
-
-    def budget_for(self, n_tokens: int) -> int:
-        """KV entries kept per layer and KV head for a prompt of ``n_tokens`` tokens."""
-        if self.ratio is not None:
-            return max(1, round(self.ratio * n_tokens))
-        return 1024 if self.max_capacity_prompt is None else self.max_capacity_prompt
-
-    replace = SpecPCConfig.replace

@@ -104,14 +104,17 @@ def draft_scores(model, input_ids: list[int], cfg: SpecPCConfig, eos_ids: set[in
 
 
 def pool(scores: torch.Tensor, pool_type: str, kernel_size: int) -> torch.Tensor:
-    """Centred 1-D pooling along tokens; output has the input's length."""
-    if pool_type == "none" or kernel_size <= 1:
+    """Centred 1-D pooling along the last dimension (tokens or keys); the shape is kept."""
+    if pool_type == "none" or kernel_size <= 1 or scores.shape[-1] == 0:
         return scores
-    x = scores[None, None]
+    k = scores.shape[-1]
+    x = scores.reshape(-1, 1, k)
     pad = kernel_size // 2
-    fn = torch.nn.functional.max_pool1d if pool_type == "max" else torch.nn.functional.avg_pool1d
-    kwargs = {} if pool_type == "max" else {"count_include_pad": False}
-    return fn(x, kernel_size, stride=1, padding=pad, **kwargs)[0, 0, : scores.shape[0]]
+    if pool_type == "max":
+        y = torch.nn.functional.max_pool1d(x, kernel_size, stride=1, padding=pad)
+    else:
+        y = torch.nn.functional.avg_pool1d(x, kernel_size, stride=1, padding=pad, count_include_pad=False)
+    return y[..., :k].reshape(scores.shape)
 
 
 def chunk_scores(token_scores: torch.Tensor, token_segment: list[int], segment_chunk: list[int | None],

@@ -26,7 +26,7 @@ from .attention import observe, window_probs
 from .config import SpecKVConfig
 from .generation import Prefilled, plain_prefill
 from .prompt import Segment, tokenize
-from .scoring import cache_kwarg, num_layers
+from .scoring import cache_kwarg, num_layers, pool
 
 log = logging.getLogger(__name__)
 
@@ -41,21 +41,7 @@ def attention_scores(query, key, attention_mask, kwargs, n_prompt: int, window: 
     n_queries = query.shape[2] - n_prompt + window  # last `window` prompt queries + all lookahead queries
     probs = window_probs(query, key, attention_mask, kwargs, n_queries)[..., : n_prompt - window]
     scores = probs.amax(dim=(2, 3)) if cfg.reduction_type == "max" else probs.mean(dim=(2, 3))
-    return pool_keys(scores, cfg.pool_type, cfg.kernel_size)
-
-
-def pool_keys(scores: torch.Tensor, pool_type: str, kernel_size: int) -> torch.Tensor:
-    """Centred pooling of ``[B, H, K]`` scores along keys (output keeps the shape)."""
-    if pool_type == "none" or kernel_size <= 1 or scores.shape[-1] == 0:
-        return scores
-    b, h, k = scores.shape
-    x = scores.reshape(b * h, 1, k)
-    pad = kernel_size // 2
-    if pool_type == "max":
-        y = torch.nn.functional.max_pool1d(x, kernel_size, stride=1, padding=pad)
-    else:
-        y = torch.nn.functional.avg_pool1d(x, kernel_size, stride=1, padding=pad, count_include_pad=False)
-    return y[..., :k].reshape(b, h, k)
+    return pool(scores, cfg.pool_type, cfg.kernel_size)
 
 
 def keep_indices(scores: torch.Tensor, n_prompt: int, budget: int, window: int) -> torch.Tensor:

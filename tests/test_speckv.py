@@ -13,8 +13,8 @@ from draft_rag.baselines import RandomScores, scorer, streaming_scores
 from draft_rag.config import SpecKVConfig
 from draft_rag.generation import Sampling, stream
 from draft_rag.models import LoadedModel
-from draft_rag.speckv import (attention_scores, compressed_prefill, keep_indices, lookahead_for_target,
-                              pool_keys)
+from draft_rag.scoring import pool
+from draft_rag.speckv import attention_scores, compressed_prefill, keep_indices, lookahead_for_target
 
 TEXT = "The special magic number for ocean is 4728163. Grass is green, the sky is blue. " * 6
 CFG = SpecKVConfig(window_size=8)
@@ -69,7 +69,7 @@ def test_kept_keys_are_the_top_scored_and_the_window(arch):
     for i in compressed:
         probs = out.attentions[i][0].float()  # [Hq, T, T]
         rows = probs[:, n - w:, : n - w].reshape(hkv, -1, n - w)  # window + lookahead queries, GQA grouped
-        ref = pool_keys(rows.amax(dim=1)[None], "max", 7)[0]  # [Hkv, n - w]
+        ref = pool(rows.amax(dim=1)[None], "max", 7)[0]  # [Hkv, n - w]
         kept = kv.kept[i][0]
         assert kept.shape == (hkv, budget)
         for h in range(hkv):
