@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from .config import SpecPCConfig
 from .prompt import Chunk, Segment, Tokenized, count_tokens, tokenize, wrap

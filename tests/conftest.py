@@ -64,6 +64,16 @@ def tiny_model(arch: str = "llama", attn: str = "sdpa"):
 
 
 @pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> str:
+    """The tiny Llama saved as a local Hugging Face folder (for refs given as paths)."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    lm = tiny_model("llama")
+    lm.model.save_pretrained(path)
+    lm.tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def smollm():
     """The real SmolLM2-135M-Instruct (built-in alias); skipped only when DRAFT_RAG_SKIP_REAL=1."""
     if os.environ.get("DRAFT_RAG_SKIP_REAL") == "1":

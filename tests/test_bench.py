@@ -22,15 +22,6 @@ RULER_LINE = {"index": 0, "input": "A special magic number is hidden within the 
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-bench")
-    lm = tiny_model("llama")
-    lm.model.save_pretrained(path)
-    lm.tokenizer.save_pretrained(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def tiny_engine():
     cfg = SpecPCConfig(starting_layer_index=0, window_size=8, kernel_size=5, neighbor_tokens=4)
     return DraftEngine(target=tiny_model("llama"), specpc=cfg)

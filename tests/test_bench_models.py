@@ -12,15 +12,6 @@ from draft_rag.bench.llmlingua import compat_model_dir, env_dir, split_documents
 from draft_rag.bench.tasks import generate
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-lingua")
-    lm = tiny_model("llama")
-    lm.model.save_pretrained(path)
-    lm.tokenizer.save_pretrained(path)
-    return path
-
-
 def test_compat_model_dir_rewrites_for_transformers_4_44(tiny_dir, tmp_path):
     out = compat_model_dir(str(tiny_dir), tmp_path)
     config = json.loads((out / "config.json").read_text())

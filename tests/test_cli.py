@@ -3,17 +3,8 @@ import json
 
 import pytest
 
-from conftest import needle_prompt, tiny_model
+from conftest import needle_prompt
 from draft_rag.cli import main
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-cli")
-    lm = tiny_model("llama")
-    lm.model.save_pretrained(path)
-    lm.tokenizer.save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture

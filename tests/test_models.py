@@ -7,15 +7,6 @@ from conftest import tiny_model
 from draft_rag import LoadedModel, load_model
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-llama")
-    lm = tiny_model("llama")
-    lm.model.save_pretrained(path)
-    lm.tokenizer.save_pretrained(path)
-    return str(path)
-
-
 def test_local_directory_loads_once_per_process(tiny_dir):
     a = load_model(tiny_dir)
     assert isinstance(a, LoadedModel) and a.name == tiny_dir
