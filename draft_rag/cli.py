@@ -20,10 +20,11 @@ def _read(path: str) -> str:
         return f.read()
 
 
-def add_budget_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+def add_budget_args(p: argparse.ArgumentParser, required: bool = False, kv: bool = False) -> None:
     g = p.add_mutually_exclusive_group(required=required)
-    g.add_argument("--budget", type=int, help="keep this many prompt tokens (draft tokenizer)")
-    g.add_argument("--ratio", type=float, help="keep this fraction of the prompt tokens, in (0, 1]")
+    extra = "; for KV methods: KV entries kept per layer and KV head" if kv else ""
+    g.add_argument("--budget", type=int, help="keep this many prompt tokens (draft tokenizer)" + extra)
+    g.add_argument("--ratio", type=float, help="keep this fraction of the prompt tokens, in (0, 1]" + extra)
 
 
 def add_specpc_args(p: argparse.ArgumentParser) -> None:
@@ -68,7 +69,8 @@ def _cmd_generate(args) -> int:
 
     engine = DraftEngine(target=args.target, draft=args.draft, specpc=specpc_from_args(args))
     kwargs = dict(method=args.method, budget=args.budget, ratio=args.ratio, template=args.template,
-                  max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+                  max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
+                  pc_budget=args.pc_budget, pc_ratio=args.pc_ratio)
     if args.json:
         g = engine.generate(_read(args.file), **kwargs)
         print(json.dumps({"text": g.text, "stats": g.stats.to_dict()}))
@@ -114,7 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default=DEFAULT_MODEL)
     p.add_argument("--draft", default=None, help="draft model (default: the target itself)")
     p.add_argument("--method", default="specpc", choices=METHODS)
-    add_budget_args(p)
+    add_budget_args(p, kv=True)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--pc-budget", type=int, help="speckv-pc: SpecPC's prompt budget in tokens (default 2048)")
+    g.add_argument("--pc-ratio", type=float, help="speckv-pc: SpecPC's prompt budget as a fraction")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--seed", type=int)

@@ -36,3 +36,10 @@ def test_errors_exit_non_zero_with_a_message(tiny_dir, prompt_file, caplog):
     assert "ratio" in caplog.text
     with pytest.raises(SystemExit):
         main(["compress", prompt_file])  # a budget is required
+
+
+def test_generate_speckv_pc_takes_both_budgets(tiny_dir, prompt_file, capsys):
+    assert main(["generate", "--target", tiny_dir, "--method", "speckv-pc", "--budget", "40", "--pc-budget", "120",
+                 "--max-new-tokens", "3", "--json", "--starting-layer-index", "0", prompt_file]) == 0
+    stats = json.loads(capsys.readouterr().out)["stats"]
+    assert stats["prompt_tokens"] < stats["original_tokens"] and max(stats["kv_entries"]) == 40
