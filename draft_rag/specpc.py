@@ -81,16 +81,7 @@ def select(scores: np.ndarray, selectable: np.ndarray, required: np.ndarray, bud
 
 def _spans(positions, offsets) -> list[tuple[int, int]]:
     """Merge the character spans of kept tokens into maximal spans."""
-    spans: list[list[int]] = []
-    for p in positions:
-        s, e = offsets[p]
-        if e <= s:
-            continue
-        if spans and s <= spans[-1][1]:
-            spans[-1][1] = max(spans[-1][1], e)
-        else:
-            spans.append([s, e])
-    return [tuple(s) for s in spans]
+    return _merge([tuple(offsets[p]) for p in positions if offsets[p][1] > offsets[p][0]])
 
 
 def compress(draft, tokenizer, segments: list[Segment], chunks: list[Chunk], cfg: SpecPCConfig, *,

@@ -73,6 +73,31 @@ def tiny_dir(tmp_path_factory) -> str:
     return str(path)
 
 
+@pytest.fixture
+def draft_events():
+    """The ``DraftCompressionEvent``s LlamaIndex's root dispatcher emits during the test."""
+    from llama_index.core.instrumentation import get_dispatcher
+    from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+
+    from llama_index_draft_rag import DraftCompressionEvent
+
+    seen: list = []
+
+    class Events(BaseEventHandler):
+        @classmethod
+        def class_name(cls) -> str:
+            return "TestEvents"
+
+        def handle(self, event, **kwargs) -> None:
+            if isinstance(event, DraftCompressionEvent):
+                seen.append(event)
+
+    root, handler = get_dispatcher(), Events()
+    root.add_event_handler(handler)
+    yield seen
+    root.event_handlers.remove(handler)
+
+
 @pytest.fixture(scope="session")
 def smollm():
     """The real SmolLM2-135M-Instruct (built-in alias); skipped only when DRAFT_RAG_SKIP_REAL=1."""

@@ -10,41 +10,17 @@ pytest.importorskip("llama_index.core")
 from llama_index.core import PromptTemplate  # noqa: E402
 from llama_index.core.base.llms.types import ChatMessage, MessageRole  # noqa: E402
 from llama_index.core.callbacks import CallbackManager, TokenCountingHandler  # noqa: E402
-from llama_index.core.instrumentation import get_dispatcher  # noqa: E402
-from llama_index.core.instrumentation.event_handlers import BaseEventHandler  # noqa: E402
 from llama_index.core.llms import MockLLM  # noqa: E402
 
 from draft_rag import DraftEngine, SpecPCConfig  # noqa: E402
 from draft_rag.engine import METHODS  # noqa: E402
-from llama_index_draft_rag import DraftCompressedLLM, DraftCompressionEvent  # noqa: E402
+from llama_index_draft_rag import DraftCompressedLLM  # noqa: E402
 from conftest import needle_prompt, tiny_model  # noqa: E402
 
 TINY_SPECPC = SpecPCConfig(starting_layer_index=0, window_size=8, kernel_size=5, neighbor_tokens=4)
 TEMPLATE = PromptTemplate("Read the notes below.\n---\n{context_str}\n---\nQuestion: {query_str}\nAnswer:")
 CONTEXT, QUESTION, ANSWER = needle_prompt(8)
 PARAGRAPHS = CONTEXT.replace(". ", ".\n\n")
-SEEN: list = []
-
-
-class Events(BaseEventHandler):
-    @classmethod
-    def class_name(cls) -> str:
-        return "TestEvents"
-
-    def handle(self, event, **kwargs) -> None:
-        if isinstance(event, DraftCompressionEvent):
-            SEEN.append(event)
-
-
-@pytest.fixture
-def draft_events():
-    root, handler = get_dispatcher(), Events()
-    SEEN.clear()
-    root.add_event_handler(handler)
-    yield SEEN
-    root.event_handlers.remove(handler)
-
-
 def tiny_llm(method="full", **kwargs) -> DraftCompressedLLM:
     return DraftCompressedLLM(target=tiny_model("llama"), method=method, max_new_tokens=6, specpc=TINY_SPECPC,
                               **kwargs)

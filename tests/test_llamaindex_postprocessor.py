@@ -9,15 +9,13 @@ pytest.importorskip("llama_index.core")
 
 from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload  # noqa: E402
 from llama_index.core.callbacks.base_handler import BaseCallbackHandler  # noqa: E402
-from llama_index.core.instrumentation import get_dispatcher  # noqa: E402
-from llama_index.core.instrumentation.event_handlers import BaseEventHandler  # noqa: E402
 from llama_index.core.postprocessor import SimilarityPostprocessor  # noqa: E402
 from llama_index.core.schema import (ImageNode, MetadataMode, NodeRelationship, NodeWithScore,  # noqa: E402
                                      QueryBundle, RelatedNodeInfo, TextNode)
 
 from draft_rag import SpecPCConfig  # noqa: E402
 from draft_rag.scoring import select_chunks  # noqa: E402
-from llama_index_draft_rag import DraftCompressionEvent, DraftNodePostprocessor  # noqa: E402
+from llama_index_draft_rag import DraftNodePostprocessor  # noqa: E402
 from conftest import tiny_model  # noqa: E402
 
 TEXTS = ["Bananas are yellow fruits that grow in warm countries and are rich in potassium.",
@@ -40,19 +38,6 @@ def make_nodes(texts=TEXTS) -> list[NodeWithScore]:
 
 def tiny_pp(**kwargs) -> DraftNodePostprocessor:
     return DraftNodePostprocessor(draft=tiny_model("llama"), specpc=TINY_SPECPC, **kwargs)
-
-
-SEEN: list = []  # DraftCompressionEvents received by the handler below
-
-
-class Events(BaseEventHandler):
-    @classmethod
-    def class_name(cls) -> str:
-        return "TestEvents"
-
-    def handle(self, event, **kwargs) -> None:
-        if isinstance(event, DraftCompressionEvent):
-            SEEN.append(event)
 
 
 class Callbacks(BaseCallbackHandler):
@@ -170,23 +155,16 @@ def test_compress_tokens_copies_changed_nodes_with_ids_and_metadata():
         assert "draft_rag" not in o.node.get_content(metadata_mode=MetadataMode.LLM)
 
 
-def test_callback_and_instrumentation_events_carry_token_counts():
+def test_callback_and_instrumentation_events_carry_token_counts(draft_events):
     handler = Callbacks()
     pp = tiny_pp(top_n=2, callback_manager=CallbackManager([handler]))
-    events = Events()
-    root = get_dispatcher()
-    root.add_event_handler(events)
-    try:
-        SEEN.clear()
-        out = pp.postprocess_nodes(make_nodes(), query_str=QUERY)
-    finally:
-        root.event_handlers.remove(events)
+    out = pp.postprocess_nodes(make_nodes(), query_str=QUERY)
     (event_type, payload), = [e for e in handler.ends if e[0] == CBEventType.RERANKING]
     assert payload[EventPayload.NODES] == out
     stats = payload["draft_rag"]
     assert stats["nodes_in"] == 5 and stats["nodes_out"] == 2
     assert 0 < stats["compressed_tokens"] < stats["original_tokens"]
-    (ev,), = [[e for e in SEEN if e.component == "postprocessor"]]
+    (ev,), = [[e for e in draft_events if e.component == "postprocessor"]]
     assert ev.original_tokens == stats["original_tokens"] and ev.compressed_tokens == stats["compressed_tokens"]
 
 
