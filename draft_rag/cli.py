@@ -31,8 +31,11 @@ def add_specpc_args(p: argparse.ArgumentParser) -> None:
     """The SpecPC knobs (paper defaults) as options."""
     g = p.add_argument_group("SpecPC settings (paper defaults)")
     d = SpecPCConfig()
+    helps = {"kernel_size": "default: by the draft's family (Qwen 64, others 32)",
+             "neighbor_tokens": "default: the kernel size",
+             "lookahead_tokens": "draft tokens generated; all but the last are scored (default 1: the prefill window only)"}
     for name in ("window_size", "kernel_size", "neighbor_tokens", "starting_layer_index", "lookahead_tokens"):
-        g.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+        g.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name), help=helps.get(name))
     g.add_argument("--pool-type", choices=("max", "avg", "none"), default=d.pool_type)
     g.add_argument("--reduction-type", choices=("max", "mean"), default=d.reduction_type)
     g.add_argument("--no-weighted-query", dest="weighted_query", action="store_false")

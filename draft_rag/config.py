@@ -50,7 +50,7 @@ class _Budgeted:
         _check_budget(self.max_capacity_prompt, self.ratio, 1)
         _check_int("window_size", self.window_size, 1)
         _check_choice("pool_type", self.pool_type, _POOLS)
-        _check_int("kernel_size", self.kernel_size, 1)
+        _check_int("kernel_size", self.kernel_size, 1, allow_none=isinstance(self, SpecPCConfig))
         _check_choice("reduction_type", self.reduction_type, _REDUCTIONS)
 
 
@@ -60,26 +60,56 @@ class SpecPCConfig(_Budgeted):
 
     The budget is either ``max_capacity_prompt`` tokens (of the draft's tokenizer, counted over the
     compressible text plus protected segments) or ``ratio`` of them; with neither, 1024 tokens.
+
+    ``kernel_size=None`` takes the paper's value for the draft's family (``family_kernel_size``: 64 for
+    Qwen-family drafts, 32 for Llama-family and every other architecture); ``neighbor_tokens=None``
+    follows ``kernel_size``. ``lookahead_tokens`` counts draft tokens generated, as in the official
+    SpecPC: the prefill window's rows are always scored and the first ``lookahead_tokens - 1`` generated
+    tokens are fed back and scored too; the last one is only returned (SpecKV-PC's lookahead). So ``1``
+    (the default) scores the prefill window alone and ``0`` generates nothing.
     """
 
     max_capacity_prompt: int | None = None
     ratio: float | None = None
     window_size: int = 64
     pool_type: str = "max"
-    kernel_size: int = 64
+    kernel_size: int | None = None
     reduction_type: str = "max"
-    neighbor_tokens: int = 64
+    neighbor_tokens: int | None = None
     starting_layer_index: int = 8
     weighted_query: bool = True
     lookahead_tokens: int = 1
 
     def __post_init__(self):
         self._check_common()
-        _check_int("neighbor_tokens", self.neighbor_tokens, 0)
+        _check_int("neighbor_tokens", self.neighbor_tokens, 0, allow_none=True)
         _check_int("starting_layer_index", self.starting_layer_index, 0)
         _check_int("lookahead_tokens", self.lookahead_tokens, 0)
         if not isinstance(self.weighted_query, bool):
             raise ValueError(f"weighted_query must be True or False, got {self.weighted_query!r}")
+
+
+    def for_draft(self, model) -> "SpecPCConfig":
+        """A copy with ``kernel_size`` / ``neighbor_tokens`` resolved for ``model`` (the draft)."""
+        kernel = self.kernel_size if self.kernel_size is not None else family_kernel_size(model)
+        neighbors = self.neighbor_tokens if self.neighbor_tokens is not None else kernel
+        return self.replace(kernel_size=kernel, neighbor_tokens=neighbors)
+
+
+# The paper's per-family SpecPC kernel (= neighbours): Qwen2.5 0.5B->14B used 64, Llama 3.2 1B->8B 32.
+QWEN_FAMILY = ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe")
+FAMILY_KERNEL = {"qwen": 64, "other": 32}
+# SpecPC inside SpecKV-PC (official speckvpc configs, every family): kernel = neighbours = 32, and the draft
+# generates 20 tokens (transformers' default when no max_new_tokens is given), reused as SpecKV's lookahead.
+SPECKV_PC_KERNEL = 32
+SPECKV_PC_LOOKAHEAD = 20
+
+
+def family_kernel_size(model) -> int:
+    """SpecPC's default kernel for a draft: 64 for the Qwen family, 32 for Llama and all others."""
+    config = getattr(model, "config", model)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return FAMILY_KERNEL["qwen" if getattr(config, "model_type", "") in QWEN_FAMILY else "other"]
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from . import baselines, speckv
-from .config import SpecKVConfig, SpecPCConfig
+from .config import SPECKV_PC_KERNEL, SPECKV_PC_LOOKAHEAD, SpecKVConfig, SpecPCConfig
 from .generation import Sampling, eos_ids, stream
 from .models import DEFAULT_MODEL, LoadedModel, load_model
 from .scoring import chunk_scores, draft_scores
@@ -125,7 +125,9 @@ class DraftEngine:
 
         ``budget``/``ratio`` are the prompt budget for ``specpc`` and the KV budget (entries per layer and
         KV head) for the KV methods; ``speckv-pc`` takes its prompt budget as ``pc_budget``/``pc_ratio``
-        (default 2048 tokens). ``lookahead_tokens`` overrides SpecKVConfig's (default: ``max_new_tokens``).
+        (default 2048 tokens). ``lookahead_tokens`` overrides SpecKVConfig's (default: ``max_new_tokens`` for
+        speckv; for speckv-pc, the 20 tokens its SpecPC stage drafts, kernel = neighbours = 32 unless the
+        engine's SpecPCConfig sets them, as in the official SpecKV-PC configs).
         """
         if self.target is None:
             raise ValueError("this engine has no target model: pass target=... to DraftEngine to generate")
@@ -178,7 +180,8 @@ class DraftEngine:
         """Target ids, the evicting prefill and (speckv-pc) the CompressedPrompt for a KV method."""
         cfg = self.speckv.replace(max_capacity_prompt=budget, ratio=ratio) if budget is not None or ratio is not None else self.speckv
         n_look = lookahead if lookahead is not None else cfg.lookahead_tokens
-        n_look = sampling.max_new_tokens if n_look is None else n_look
+        if n_look is None:  # official: SpecKV drafts max_new_tokens; SpecKV-PC reuses SpecPC's 20 draft tokens
+            n_look = SPECKV_PC_LOOKAHEAD if method == "speckv-pc" else sampling.max_new_tokens
         if isinstance(n_look, bool) or not isinstance(n_look, int) or n_look < 0:
             raise ValueError(f"lookahead_tokens must be an integer >= 0, got {n_look!r}")
         draft, target = self.draft, self.target
@@ -186,6 +189,8 @@ class DraftEngine:
         cp, look = None, []
         if method == "speckv-pc":
             pc = self.specpc.replace(max_capacity_prompt=pc_budget, ratio=pc_ratio, lookahead_tokens=n_look)
+            if pc.kernel_size is None:  # official speckvpc: kernel = neighbours = 32 for every family
+                pc = pc.replace(kernel_size=SPECKV_PC_KERNEL)
             if pc_budget is None and pc_ratio is None:
                 pc = pc.replace(max_capacity_prompt=DEFAULT_PC_BUDGET)
             cp = compress(draft.model, draft.tokenizer, segments, chunk_list, pc, template=template,

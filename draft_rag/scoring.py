@@ -78,7 +78,11 @@ class DraftPass:
 
 @torch.no_grad()
 def draft_scores(model, input_ids: list[int], cfg: SpecPCConfig, eos_ids: set[int] | None = None) -> DraftPass:
-    """Run the draft over ``input_ids`` (+ ``cfg.lookahead_tokens`` greedy tokens); score every input token."""
+    """Run the draft over ``input_ids`` and score every input token.
+
+    The draft generates ``cfg.lookahead_tokens`` greedy tokens (returned as ``lookahead_ids``); as in the
+    official SpecPC, all but the last are fed back and their attention rows scored with the prefill window's.
+    """
     layers = num_layers(model)
     if cfg.starting_layer_index >= layers:
         raise ValueError(f"starting_layer_index={cfg.starting_layer_index} but the draft has only {layers} layers")
@@ -94,7 +98,7 @@ def draft_scores(model, input_ids: list[int], cfg: SpecPCConfig, eos_ids: set[in
         for _ in range(cfg.lookahead_tokens):
             nxt = int(out.logits[0, -1].argmax())
             lookahead.append(nxt)
-            if eos_ids and nxt in eos_ids:
+            if (eos_ids and nxt in eos_ids) or len(lookahead) == cfg.lookahead_tokens:
                 break
             pos = torch.tensor([[len(input_ids) + len(lookahead) - 1]], device=device)
             reducer.total += 1

@@ -3,8 +3,11 @@
 The target prefills prompt + draft lookahead in one pass. Right after each layer's attention ran, an
 observer (``attention.observe``) scores the prompt keys with the window queries (last ``window`` prompt
 tokens + the lookahead), keeps per KV head the top ``budget - window`` keys plus the window, and replaces
-that layer's cache with them: only one layer's full KV exists at a time. The lookahead's KV is dropped and
-decoding continues at the original positions ``N, N+1, ...`` (keys are stored already rotated).
+that layer's cache with them: only one layer's full KV exists at a time. As in the official SpecKV, the
+last prompt token counts as a window query rather than a kept key: the cache is compressed over the tokens
+before it, and the last prompt token is fed again over the compressed cache, so the first answer token and
+that token's KV come from the compressed context. The lookahead's KV is dropped and decoding continues at
+the original positions ``N, N+1, ...`` (keys are stored already rotated).
 
 Sliding-window layers (Gemma3, Mistral): when the window covers the prompt and every position that will be
 decoded, the layer attends like a full layer and is compressed like one. Otherwise it keeps what a plain
@@ -121,36 +124,44 @@ def _entries(cache) -> list[int]:
 @torch.no_grad()
 def compressed_prefill(model, prompt_ids: list[int], lookahead_ids: list[int], budget: int, scorer: Scorer, *,
                        window: int = 32, horizon: int = 1) -> tuple[Prefilled, KVStats]:
-    """Prefill ``prompt_ids + lookahead_ids``, keeping ``budget`` prompt entries per layer and KV head.
+    """Prefill ``prompt_ids + lookahead_ids``, keeping ``budget`` entries of the prompt before its last token
+    per layer and KV head, then feed that last token again over the compressed cache.
 
-    ``horizon`` is how many tokens will be decoded (it decides whether sliding-window layers can be
-    compressed). The returned state continues at position ``len(prompt_ids)`` with the logits of the last
-    prompt token; the lookahead's KV is not in the cache.
+    As in the official SpecKV, the window queries are the last ``window`` tokens before the last prompt token,
+    the last prompt token and the lookahead; the first answer token's logits and the last prompt token's KV
+    come from the compressed context (``budget + 1`` entries). ``horizon`` is how many tokens will be decoded
+    (it decides whether sliding-window layers can be compressed). The returned state continues at position
+    ``len(prompt_ids)``; the lookahead's KV is not in the cache.
     """
     if not prompt_ids:
         raise ValueError("prompt_ids must not be empty")
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
         raise ValueError(f"budget must be an integer >= 1, got {budget!r}")
+    if len(prompt_ids) == 1:
+        return plain_prefill_stats(model, prompt_ids)
     t0 = time.perf_counter()
-    n, n_look = len(prompt_ids), len(lookahead_ids)
+    n, last = len(prompt_ids) - 1, prompt_ids[-1]  # n: the compressed prefix
     cache = DynamicCache(config=model.config)
     for layer in cache.layers:
         if layer.is_sliding:
             layer.activate_past_recording()  # keep every entry until the observer has chosen
-    full_entries = [min(n, layer.sliding_window - 1) if layer.is_sliding else n for layer in cache.layers]
-    evictor = _Evictor(cache, n, budget, window, scorer, horizon, num_layers(model))
+    full_entries = [min(n + 1, layer.sliding_window - 1) if layer.is_sliding else n + 1 for layer in cache.layers]
+    evictor = _Evictor(cache, n, budget, window, scorer, horizon + 1, num_layers(model))
     ids = torch.tensor([list(prompt_ids) + list(lookahead_ids)], device=model.device)
+    ck = cache_kwarg(model)
     with observe(model, evictor):
-        out = model(input_ids=ids, use_cache=True, logits_to_keep=n_look + 1, **{cache_kwarg(model): cache})
+        model(input_ids=ids, use_cache=True, logits_to_keep=1, **{ck: cache})
     missing = [i for i, d in enumerate(evictor.done) if not d]
     if missing:
         raise RuntimeError(f"layers {missing} were not compressed: their attention did not go through draft_rag.attention")
+    out = model(input_ids=torch.tensor([[last]], device=model.device),
+                position_ids=torch.tensor([[n]], device=model.device), use_cache=True, **{ck: cache})
     per_entry = [(layer.keys.numel() + layer.values.numel()) // max(1, layer.keys.shape[-2]) * layer.keys.element_size()
                  for layer in cache.layers]
     stats = KVStats(entries=_entries(cache), kept=evictor.kept, kv_bytes=kv_bytes(cache),
                     kv_bytes_full=sum(e * f for e, f in zip(per_entry, full_entries)),
                     seconds={"prefill": time.perf_counter() - t0, "select": evictor.seconds})
-    return Prefilled(cache, out.logits[0, 0], n), stats
+    return Prefilled(cache, out.logits[0, -1], n + 1), stats
 
 
 def plain_prefill_stats(model, input_ids: list[int]) -> tuple[Prefilled, KVStats]:

@@ -88,6 +88,7 @@ def compress(draft, tokenizer, segments: list[Segment], chunks: list[Chunk], cfg
              template: str = "chat", target_tokenizer=None) -> CompressedPrompt:
     """Score ``segments`` with the draft and keep ``cfg``'s budget of tokens; see ALGORITHMS.md (SpecPC)."""
     t0 = time.perf_counter()
+    cfg = cfg.for_draft(draft)
     layout = wrap(segments, tokenizer, template)
     tok = tokenize(tokenizer, layout)
     roles = [layout[i].role for i in tok.segment]

@@ -6,7 +6,7 @@ from draft_rag import SpecPCConfig
 def test_paper_defaults():
     c = SpecPCConfig()
     assert (c.window_size, c.pool_type, c.kernel_size, c.reduction_type, c.neighbor_tokens,
-            c.starting_layer_index, c.weighted_query, c.lookahead_tokens) == (64, "max", 64, "max", 64, 8, True, 1)
+            c.starting_layer_index, c.weighted_query, c.lookahead_tokens) == (64, "max", None, "max", None, 8, True, 1)
     assert c.budget_for(5000) == 1024
 
 
@@ -35,3 +35,15 @@ def test_ratio_budget_and_replace():
     d = c.replace(max_capacity_prompt=50)
     assert d.ratio is None and d.budget_for(400) == 50
     assert d.replace(ratio=0.5).max_capacity_prompt is None
+
+
+@pytest.mark.parametrize("arch, kernel", [("llama", 32), ("qwen2", 64), ("qwen3", 64), ("mistral", 32), ("gemma3", 32)])
+def test_kernel_and_neighbours_default_by_draft_family(arch, kernel):
+    from conftest import tiny_model
+
+    model = tiny_model(arch).model
+    c = SpecPCConfig().for_draft(model)
+    assert (c.kernel_size, c.neighbor_tokens) == (kernel, kernel)
+    assert SpecPCConfig(kernel_size=16).for_draft(model).neighbor_tokens == 16  # neighbours follow the kernel
+    c = SpecPCConfig(kernel_size=16, neighbor_tokens=0).for_draft(model)
+    assert (c.kernel_size, c.neighbor_tokens) == (16, 0)

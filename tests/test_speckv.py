@@ -45,7 +45,8 @@ def test_cache_holds_budget_per_layer_and_kv_head(arch, attn):
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     for i, layer in enumerate(state.cache.layers):
         sliding = getattr(cfg, "layer_types", None) and cfg.layer_types[i] == "sliding_attention"
-        expected = cfg.sliding_window - 1 if sliding else 40  # tiny Gemma3's window (32) < prompt: kept whole
+        # budget + the re-fed last prompt token; tiny Gemma3's window (32) < prompt: kept as a plain prefill keeps it
+        expected = cfg.sliding_window - 1 if sliding else 41
         assert tuple(layer.keys.shape) == (1, cfg.num_key_value_heads, expected, head_dim)
         assert layer.values.shape == layer.keys.shape
         assert kv.entries[i] == expected
@@ -59,7 +60,8 @@ def test_kept_keys_are_the_top_scored_and_the_window(arch):
     """Reference scores come from the model's own eager attention probabilities, not from the code under test."""
     lm = tiny_model(arch, "eager")
     ids, look = _ids(lm), _look(lm)
-    n, w, budget = len(ids), 8, 40
+    w, budget = 8, 40
+    n = len(ids) - 1  # the last prompt token is a window query, not a candidate key
     state, kv = compressed_prefill(lm.model, ids, look, budget, SCORE, window=w, horizon=16)
     full = DynamicCache(config=lm.model.config)
     out = lm.model(input_ids=torch.tensor([ids + look]), output_attentions=True, use_cache=True, cache=full)
@@ -80,8 +82,8 @@ def test_kept_keys_are_the_top_scored_and_the_window(arch):
             chosen[positions[:-w]] = True
             assert ref[h][chosen].min() >= ref[h][~chosen].max() - 1e-6
             # the cache holds exactly those entries of the full prefill (keys stay at KV-head granularity)
-            torch.testing.assert_close(state.cache.layers[i].keys[0, h], full.layers[i].keys[0, h, positions])
-            torch.testing.assert_close(state.cache.layers[i].values[0, h], full.layers[i].values[0, h, positions])
+            torch.testing.assert_close(state.cache.layers[i].keys[0, h, :budget], full.layers[i].keys[0, h, positions])
+            torch.testing.assert_close(state.cache.layers[i].values[0, h, :budget], full.layers[i].values[0, h, positions])
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -103,12 +105,15 @@ def test_decoding_continues_at_original_positions(arch):
     n, budget, w = len(ids), 40, 8
     sc = functools.partial(streaming_scores, sink_tokens=4)
     got = _greedy(lm, ids, 10, lambda m, i: compressed_prefill(m, i, [], budget, sc, window=w, horizon=10)[0])
-    keep = torch.zeros(n, dtype=torch.long)
+    keep = torch.zeros(n - 1, dtype=torch.long)  # over the tokens before the last prompt token
     keep[:4] = 1
-    keep[n - (budget - 4):] = 1
+    keep[n - 1 - (budget - 4):] = 1
     cache = DynamicCache(config=lm.model.config)
-    out = lm.model(input_ids=torch.tensor([ids]), use_cache=True, cache=cache)
-    toks, mask = [], keep
+    lm.model(input_ids=torch.tensor([ids[:-1]]), use_cache=True, cache=cache)
+    mask = torch.cat([keep, torch.ones(1, dtype=torch.long)])  # the last prompt token, fed over the kept keys
+    out = lm.model(input_ids=torch.tensor([ids[-1:]]), position_ids=torch.tensor([[n - 1]]), attention_mask=mask[None],
+                   use_cache=True, cache=cache)
+    toks = []
     for step in range(10):
         tok = int(out.logits[0, -1].argmax())
         toks.append(tok)
@@ -126,11 +131,37 @@ def test_sliding_layers_covering_the_decode_are_compressed():
     lm = LoadedModel(model, tiny_tokenizer(), "tiny-gemma3-wide")
     ids = _ids(lm)
     state, kv = compressed_prefill(model, ids, _look(lm), 40, SCORE, window=8, horizon=16)
-    assert kv.entries == [40, 40, 40] and all(k is not None for k in kv.kept)
+    assert kv.entries == [41, 41, 41] and all(k is not None for k in kv.kept)
     run = lambda m, i: compressed_prefill(m, i, _look(lm), len(ids), SCORE, window=8, horizon=16)[0]
     assert _greedy(lm, ids, 16, run) == _greedy(lm, ids, 16)
     short = lambda m, i: compressed_prefill(m, i, _look(lm), 40, SCORE, window=8, horizon=16)[0]
     assert len(_greedy(lm, ids, 16, short)) > 0
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("method", ["speckv", "speckv-pc", "snapkv", "streamingllm", "random"])
+def test_first_token_comes_from_the_compressed_cache(arch, method):
+    """The first answer token's logits equal a manual crop-and-refeed: the kept entries of a plain prefill of
+    the prompt without its last token, then that token fed over them (and differ from the full prefill's)."""
+    lm = tiny_model(arch, "sdpa")
+    ids, budget = _ids(lm), 24
+    look = _look(lm) if method.startswith("speckv") else []
+    state, kv = compressed_prefill(lm.model, ids, look, budget, scorer(method, CFG), window=8, horizon=8)
+    prefix = DynamicCache(config=lm.model.config)
+    lm.model(input_ids=torch.tensor([ids[:-1]]), use_cache=True, cache=prefix)
+    cropped = DynamicCache(config=lm.model.config)
+    for i, kept in enumerate(kv.kept):
+        assert kept is not None and kept.shape[-1] == budget
+        gather = kept[..., None].expand(*kept.shape, prefix.layers[i].keys.shape[-1])
+        cropped.update(torch.gather(prefix.layers[i].keys, 2, gather), torch.gather(prefix.layers[i].values, 2, gather), i)
+    out = lm.model(input_ids=torch.tensor([ids[-1:]]), position_ids=torch.tensor([[len(ids) - 1]]), use_cache=True,
+                   cache=cropped)
+    torch.testing.assert_close(state.logits, out.logits[0, -1], rtol=1e-4, atol=1e-4)
+    for i, layer in enumerate(state.cache.layers):  # the re-fed token's KV is the crop-and-refeed's too
+        torch.testing.assert_close(layer.keys, cropped.layers[i].keys, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(layer.values, cropped.layers[i].values, rtol=1e-4, atol=1e-4)
+    full = lm.model(input_ids=torch.tensor([ids]), logits_to_keep=1).logits[0, -1]
+    assert not torch.allclose(state.logits, full, atol=1e-3)
 
 
 def test_baseline_selections():
@@ -159,7 +190,7 @@ def test_engine_methods_report_kv_stats(method):
                         pc_budget=80)
     s = g.stats
     assert s.method == method and s.new_tokens >= 1
-    assert s.kv_entries == [40, 40, 40] and 0 < s.kv_bytes < s.kv_bytes_full
+    assert s.kv_entries == [41, 41, 41] and 0 < s.kv_bytes < s.kv_bytes_full
     assert {"prefill", "kv_select", "target", "total"} <= set(s.seconds)
     assert s.lookahead_tokens > 0 if method.startswith("speckv") else s.lookahead_tokens == 0
     if method == "speckv-pc":
@@ -218,7 +249,7 @@ def test_smollm_needle_with_256_entry_cache(smollm):
     g = engine.generate(text, question=question, answer_prefix="The special magic number for ocean is",
                         method="speckv", budget=256, max_new_tokens=10)
     assert g.stats.original_tokens > 2000 and g.stats.lookahead_tokens > 0
-    assert g.stats.kv_entries == [256] * 30 and g.stats.kv_bytes * 8 < g.stats.kv_bytes_full
+    assert g.stats.kv_entries == [257] * 30 and g.stats.kv_bytes * 8 < g.stats.kv_bytes_full
     assert answer in g.text, g.text
 
 
@@ -227,5 +258,23 @@ def test_engine_cross_tokenizer_draft(smollm):
     """SmolLM2 drafts for a target with another tokenizer: its lookahead is re-encoded from text."""
     engine = DraftEngine(target=tiny_model("llama", "sdpa"), draft=smollm)
     g = engine.generate(TEXT, question="What is the number?", method="speckv", budget=40, max_new_tokens=6)
-    assert g.stats.lookahead_tokens > 0 and g.stats.kv_entries == [40, 40, 40]
+    assert g.stats.lookahead_tokens > 0 and g.stats.kv_entries == [41, 41, 41]
     assert g.stats.seconds["draft"] > 0 and g.stats.new_tokens >= 1
+
+
+def test_speckv_pc_uses_the_official_inner_specpc(monkeypatch):
+    """SpecKV-PC's SpecPC stage: kernel = neighbours = 32 and 20 draft tokens (reused as SpecKV's lookahead)."""
+    import draft_rag.engine as engine_mod
+
+    seen = []
+    real = engine_mod.compress
+
+    def spy(model, tokenizer, segments, chunks, cfg, **kw):
+        seen.append(cfg.for_draft(model))
+        return real(model, tokenizer, segments, chunks, cfg, **kw)
+
+    monkeypatch.setattr(engine_mod, "compress", spy)
+    engine = DraftEngine(target=tiny_model("qwen2", "sdpa"), specpc=SpecPCConfig(starting_layer_index=0))
+    engine.generate(TEXT, question="What is the number?", method="speckv-pc", budget=40, pc_budget=80, max_new_tokens=4)
+    assert (seen[0].kernel_size, seen[0].neighbor_tokens, seen[0].lookahead_tokens) == (32, 32, 20)
+    assert engine.specpc.for_draft(engine.draft.model).kernel_size == 64  # plain SpecPC keeps the Qwen default

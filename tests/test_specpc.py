@@ -94,3 +94,18 @@ def test_bad_input_types():
         engine().compress("x", chunks=["y"], budget=10)
     with pytest.raises(ValueError, match="empty"):
         engine().compress("", budget=10)
+
+
+def test_lookahead_tokens_counts_generated_tokens_and_the_last_is_not_scored():
+    """As in the official SpecPC: ``lookahead_tokens=k`` generates k tokens and scores k - 1 of them."""
+    import torch
+
+    from draft_rag.scoring import draft_scores
+
+    lm = tiny_model("llama")
+    ids = lm.tokenizer(needle_prompt(10)[0], add_special_tokens=False)["input_ids"]
+    run = {k: draft_scores(lm.model, ids, SMALL.replace(lookahead_tokens=k)) for k in (0, 1, 3)}
+    assert [len(run[k].lookahead_ids) for k in (0, 1, 3)] == [0, 1, 3]
+    assert run[3].lookahead_ids[:1] == run[1].lookahead_ids
+    assert torch.equal(run[0].scores, run[1].scores)  # one token: only the prefill window is scored
+    assert not torch.equal(run[1].scores, run[3].scores)
