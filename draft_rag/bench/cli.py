@@ -133,7 +133,7 @@ def add_subcommand(sub) -> None:
     """Add ``eval`` and ``bench`` to the main ``draft-rag`` parser."""
     from ..models import DEFAULT_MODEL
     from .runner import all_methods
-    from .tasks import TASKS
+    from .tasks import RULER_13, TASKS
 
     methods = all_methods()
     p = sub.add_parser("eval", help="score one method on RULER-format JSONL (string-match-all, 0-100)")
@@ -153,12 +153,13 @@ def add_subcommand(sub) -> None:
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads (1 is fastest on a busy machine)")
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("bench", help="generate RULER-style tasks, run methods x budgets, write table + plot + JSON")
+    p = sub.add_parser("bench", help="generate RULER's tasks, run methods x budgets, write table + plot + JSON")
     p.add_argument("--pair", action="append", default=None, metavar="[NAME=]DRAFT:TARGET",
                    help="draft:target pair (repeatable); default SmolLM2 -> SmolLM2")
-    p.add_argument("--tasks", nargs="*", default=["niah_single", "niah_multikey", "niah_multivalue", "qa"],
-                   choices=list(TASKS), help="tasks to generate (none: only report / chunk bench)")
-    p.add_argument("--lengths", nargs="+", type=_positive_int, default=[2048], help="task lengths in draft tokens")
+    p.add_argument("--tasks", nargs="*", default=list(RULER_13), choices=list(TASKS),
+                   help="tasks to generate (default: RULER's 13; none: only report / chunk bench)")
+    p.add_argument("--lengths", nargs="+", type=_positive_int, default=[4096],
+                   help="task lengths in draft tokens, answer included as RULER counts (e.g. 4096 8192 16384)")
     p.add_argument("--n", type=_positive_int, default=4, help="records per task and length")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--methods", nargs="+", choices=methods, help=f"default: all ({', '.join(methods)})")

@@ -1,5 +1,6 @@
-"""RULER-style synthetic tasks (arXiv 2404.06654, written from the paper's task descriptions) and a
-retrieval-QA task over a real corpus, generated at a chosen token length with a seed.
+"""Task generators for the bench: RULER's 13 tasks (``ruler.py``), plus the first RULER-style tasks
+(written from the paper's task descriptions) and a retrieval-QA task over a real corpus, kept for the chunk
+and overhead benchmarks; all generated at a chosen token length with a seed.
 
 Each generator returns RULER-format records (``input``, ``outputs``, ``answer_prefix``, ``length``,
 ``index``, ``tokens_to_generate``) sized with the given tokenizer (the draft's, as RULER sizes with the model's).
@@ -12,8 +13,8 @@ import re
 from typing import Callable
 
 from ..prompt import count_tokens
+from .ruler import NOISE, RULER_TASKS
 
-NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 WORDS = ("apple anchor badge banner basket beacon candle canyon carpet castle cobalt copper cotton dragon "
          "eagle ember falcon feather fiddle forest galaxy garden glacier harbor hammer helmet island ivory "
          "jacket jungle kettle ladder lantern lemon magnet marble meadow mirror needle nickel oyster orchid "
@@ -107,62 +108,6 @@ def niah(tokenizer, length: int, n: int, seed: int = 42, *, keys: int = 1, value
     return records
 
 
-def variable_tracking(tokenizer, length: int, n: int, seed: int = 42, *, hops: int = 4) -> list[dict]:
-    """One chain ``VAR A = 12345``, ``VAR B = VAR A``, ... hidden in noise; name every variable with the value."""
-    rng = random.Random(seed)
-    records = []
-    for index in range(n):
-        names = []
-        while len(names) < hops + 1:
-            v = "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(5))
-            if v not in names:
-                names.append(v)
-        value = str(rng.randint(10000, 99999))
-        chain = [f"VAR {names[0]} = {value}"] + [f"VAR {names[i]} = VAR {names[i - 1]}" for i in range(1, len(names))]
-        depths = sorted(rng.random() for _ in chain)
-        question = f"Question: Find all variables that are assigned the value {value} in the text above."
-
-        def build(m: int) -> str:
-            lines = [NOISE] * m
-            for depth, stmt in zip(depths, chain):  # in order, so the chain reads top-down
-                lines.insert(min(len(lines), int(depth * m) + chain.index(stmt)), stmt)
-            return ("Memorize and track the chain(s) of variable assignment hidden in the following text.\n"
-                    + "\n".join(lines) + "\n" + question)
-
-        text, tokens = _fit(build, tokenizer, length)
-        prefix = (" Answer: According to the chain(s) of variable assignment in the text above, "
-                  f"{len(names)} variables are assigned the value {value}, they are:")
-        records.append({"index": index, "input": text, "outputs": names, "answer_prefix": prefix,
-                        "length": tokens, "tokens_to_generate": 30})
-    return records
-
-
-def common_words(tokenizer, length: int, n: int, seed: int = 42, *, num_common: int = 5,
-                 common_freq: int = 8, rare_freq: int = 2) -> list[dict]:
-    """A numbered word list where ``num_common`` words repeat ``common_freq`` times, others ``rare_freq``."""
-    rng = random.Random(seed)
-    records = []
-    for index in range(n):
-        pool = list(WORDS)
-        rng.shuffle(pool)
-        common, rare = pool[:num_common], pool[num_common:]
-        question = f"Question: What are the {num_common} most common words in the above list?"
-
-        def build(m: int) -> str:
-            r = random.Random(seed * 1000 + index)
-            words = common * common_freq + [w for w in rare[:m] for _ in range(rare_freq)]
-            r.shuffle(words)
-            listing = " ".join(f"{i + 1}. {w}" for i, w in enumerate(words))
-            return ("Below is a numbered list of words. In these words, some appear more often than others. "
-                    "Memorize the ones that appear most often.\n" + listing + "\n" + question)
-
-        text, tokens = _fit(build, tokenizer, length, start=min(len(rare), 20))
-        prefix = f" Answer: The top {num_common} words that appear most often in the list are:"
-        records.append({"index": index, "input": text, "outputs": common, "answer_prefix": prefix,
-                        "length": tokens, "tokens_to_generate": 40})
-    return records
-
-
 QA_MODULES = ("json", "textwrap", "shutil", "heapq", "bisect", "functools", "itertools", "statistics",
               "difflib", "fnmatch", "glob", "base64", "calendar", "random", "string", "secrets", "zlib", "colorsys",
               "os.path", "re", "copy", "pprint", "operator", "math")
@@ -235,10 +180,9 @@ TASKS: dict[str, Callable] = {
     "niah_multikey": lambda tok, length, n, seed: niah(tok, length, n, seed, keys=4),
     "niah_multivalue": lambda tok, length, n, seed: niah(tok, length, n, seed, values=4),
     "niah_multiquery": lambda tok, length, n, seed: niah(tok, length, n, seed, keys=4, queries=4),
-    "vt": variable_tracking,
-    "cwe": common_words,
     "qa": retrieval_qa,
 }
+LEGACY_TASKS = tuple(TASKS)  # the first RULER-style generators, kept for the chunk and overhead benchmarks
 
 
 def generate(task: str, tokenizer, length: int, n: int, seed: int = 42) -> list[dict]:
@@ -249,3 +193,6 @@ def generate(task: str, tokenizer, length: int, n: int, seed: int = 42) -> list[
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     return TASKS[task](tokenizer, length, n, seed)
+
+RULER_13 = tuple(RULER_TASKS)  # RULER's 13 tasks (ruler.py), in RULER's own format and templates
+TASKS.update(RULER_TASKS)
