@@ -178,8 +178,6 @@ def retrieval_qa(tokenizer, length: int, n: int, seed: int = 42, passages: list[
 TASKS: dict[str, Callable] = {
     "niah_single": lambda tok, length, n, seed: niah(tok, length, n, seed),
     "niah_multikey": lambda tok, length, n, seed: niah(tok, length, n, seed, keys=4),
-    "niah_multivalue": lambda tok, length, n, seed: niah(tok, length, n, seed, values=4),
-    "niah_multiquery": lambda tok, length, n, seed: niah(tok, length, n, seed, keys=4, queries=4),
     "qa": retrieval_qa,
 }
 LEGACY_TASKS = tuple(TASKS)  # the first RULER-style generators, kept for the chunk and overhead benchmarks
