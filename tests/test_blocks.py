@@ -189,3 +189,42 @@ def test_plain_speckv_refuses_a_prompt_past_the_drafts_window():
             engine.generate(real_text(), question=QUESTION, method="speckv", budget=64, max_new_tokens=4)
     finally:
         big.model.config.max_position_embeddings = WINDOW
+
+
+@pytest.mark.slow  # ~20 s of CPU: a 16k-token prefill, even of a tiny model
+def test_speckv_holds_one_full_layer_at_a_time_at_16k(monkeypatch):
+    """At a 16k-token prompt, when layer i is scored, layers < i already hold only the budget and layers > i
+    nothing: the full KV of one layer at most, whatever the prompt length."""
+    from transformers import AutoModelForCausalLM, DynamicCache
+
+    from draft_rag import speckv
+    from draft_rag.baselines import scorer
+    from draft_rag.config import SpecKVConfig
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("llama", max_position_embeddings=32768, num_hidden_layers=4),
+                                             attn_implementation="sdpa", dtype=torch.float32).eval()
+    caches, totals = [], []
+
+    class Recording(DynamicCache):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            caches.append(self)
+
+    def entries(layer):
+        keys = getattr(layer, "keys", None)
+        return 0 if keys is None or keys.dim() < 3 else keys.shape[-2]
+
+    base = scorer("speckv", SpecKVConfig())
+
+    def recording_scorer(*args, **kwargs):
+        totals.append(sum(entries(layer) for layer in caches[-1].layers))
+        return base(*args, **kwargs)
+
+    monkeypatch.setattr(speckv, "DynamicCache", Recording)
+    n, look, budget = 16384, 8, 256
+    ids = torch.randint(10, 300, (n,)).tolist()
+    _, kv = speckv.compressed_prefill(model, ids, list(range(10, 10 + look)), budget, recording_scorer, window=32,
+                                      horizon=look)
+    assert len(totals) == 4 and kv.entries == [budget] * 4
+    assert totals == [(n + look) + i * budget for i in range(4)]  # one full layer + the compressed ones
