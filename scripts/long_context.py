@@ -5,6 +5,9 @@ each length in draft tokens; one sentence (the needle) is put at each depth and 
 Prints a markdown table per length (draft seconds, blocks, peak memory, needle kept) and writes JSON.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python scripts/long_context.py --lengths 4096 8192 16384 32768 65536
+
+``--pass-cost 1024 2048 4096 8192`` instead times one plain draft pass (no blocks) per length, interleaved
+over ``--repeats``: the cost per token of one pass is what the default block size was chosen from.
 """
 from __future__ import annotations
 
@@ -54,6 +57,30 @@ def prompt_at(lines: list[str], depth: float) -> str:
     return "".join(lines[:at] + ["\n" + NEEDLE + "\n"] + lines[at:])
 
 
+def pass_cost(args) -> None:
+    """Seconds of one draft pass (window scoring, no lookahead) over the first N tokens of the haystack."""
+    import torch
+
+    from draft_rag import SpecPCConfig, load_model
+    from draft_rag.scoring import draft_scores
+
+    torch.set_num_threads(args.threads)
+    lm = load_model(args.draft)
+    lines = haystack_lines(lm.tokenizer, max(args.pass_cost))
+    ids = lm.tokenizer("".join(lines), add_special_tokens=False)["input_ids"]
+    cfg = SpecPCConfig(lookahead_tokens=0)
+    times: dict[int, list[float]] = {n: [] for n in args.pass_cost}
+    for _ in range(args.repeats):
+        for n in args.pass_cost:
+            t0 = time.perf_counter()
+            draft_scores(lm.model, ids[:n], cfg)
+            times[n].append(time.perf_counter() - t0)
+            print(json.dumps({"tokens": n, "seconds": round(times[n][-1], 2)}), flush=True)
+    print(f"\ntorch threads {torch.get_num_threads()}\n| tokens per pass | seconds (median) | ms per token |\n|---|---|---|")
+    for n, ts in times.items():
+        print(f"| {n} | {statistics.median(ts):.1f} | {statistics.median(ts) / n * 1000:.1f} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384, 32768, 65536])
@@ -65,7 +92,11 @@ def main() -> None:
     p.add_argument("--draft", default="smollm2-135m-instruct")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default="long_context.json")
+    p.add_argument("--pass-cost", type=int, nargs="*", help="time single draft passes of these lengths instead")
+    p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args()
+    if args.pass_cost:
+        return pass_cost(args)
 
     from draft_rag import DraftEngine
 

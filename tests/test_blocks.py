@@ -228,3 +228,52 @@ def test_speckv_holds_one_full_layer_at_a_time_at_16k(monkeypatch):
                                       horizon=look)
     assert len(totals) == 4 and kv.entries == [budget] * 4
     assert totals == [(n + look) + i * budget for i in range(4)]  # one full layer + the compressed ones
+
+
+# -- adapters: budget="auto" and the wrapped model's window -------------------------------------------
+def _draft_tokens(text: str) -> int:
+    return len(tiny_tokenizer()(text, add_special_tokens=False)["input_ids"])
+
+
+def test_langchain_wrapped_chat_model_fits_its_window():
+    from langchain_core.messages import HumanMessage
+
+    from langchain_draft_rag import ChatDraftCompressed
+    from tests.test_langchain_chat import Recorder
+
+    msgs = [HumanMessage(real_text()), HumanMessage(QUESTION)]
+    for kwargs in ({"context_window": 150}, {"budget": "auto", "context_window": 150}):
+        rec = Recorder()
+        ChatDraftCompressed(llm=rec, draft=short_window_model(), specpc=CFG, **kwargs).invoke(msgs)
+        sent = rec.calls[-1]["messages"]
+        assert sent[-1].text == QUESTION and _draft_tokens("".join(m.text for m in sent)) < 150
+    rec = Recorder(profile={"max_input_tokens": 200})
+    ChatDraftCompressed(llm=rec, draft=short_window_model(), specpc=CFG).invoke(msgs)
+    assert 100 < _draft_tokens("".join(m.text for m in rec.calls[-1]["messages"])) < 200
+    with pytest.raises(ValueError, match="context_window"):
+        ChatDraftCompressed(llm=Recorder(), draft=short_window_model(), specpc=CFG, budget="auto").invoke(msgs)
+
+
+def test_langchain_local_target_accepts_budget_auto():
+    from langchain_core.messages import HumanMessage
+
+    from langchain_draft_rag import ChatDraftCompressed
+
+    chat = ChatDraftCompressed(target=short_window_model(), specpc=CFG, budget="auto", max_tokens=8)
+    out = chat.invoke([HumanMessage(real_text()), HumanMessage(QUESTION)])
+    stats = out.response_metadata["draft_rag"]
+    assert stats["original_tokens"] > WINDOW and stats["prompt_tokens"] + 8 <= WINDOW
+
+
+def test_llamaindex_wrapped_llm_fits_its_window():
+    from llama_index.core.llms import MockLLM
+
+    from llama_index_draft_rag import DraftCompressedLLM
+
+    for budget in (None, "auto"):
+        llm = DraftCompressedLLM(llm=MockLLM(), draft=short_window_model(), specpc=CFG, budget=budget,
+                                 context_window=150)
+        sent = llm.complete(real_text()).text  # MockLLM echoes its prompt
+        assert 100 < _draft_tokens(sent) <= 150
+    with pytest.raises(ValueError, match="auto"):
+        DraftCompressedLLM(llm=MockLLM(), draft=short_window_model(), budget="auto", ratio=0.5)

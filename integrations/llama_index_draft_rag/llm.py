@@ -280,7 +280,7 @@ class DraftCompressedLLM(LLM):
         if self.budget != "auto" and not unset:
             return {"budget": self.budget, "ratio": self.ratio}
         inner = self.llm.metadata
-        window = (self.context_window or inner.context_window) - (inner.num_output or 0)
+        window = (self.context_window or inner.context_window) - max(0, inner.num_output or 0)
         return {"budget": "auto", "context_window": window}
 
     def _front_prompt(self, prompt: str) -> tuple[str, dict]:
