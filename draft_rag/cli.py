@@ -81,7 +81,8 @@ def _cmd_compress(args) -> int:
 def _cmd_generate(args) -> int:
     from .engine import DraftEngine
 
-    engine = DraftEngine(target=args.target, draft=args.draft, specpc=specpc_from_args(args), block_size=args.block_size)
+    engine = DraftEngine(target=args.target, draft=args.draft, specpc=specpc_from_args(args),
+                         block_size=args.block_size)
     kwargs = dict(method=args.method, budget=args.budget, ratio=args.ratio, template=args.template,
                   max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
                   pc_budget=args.pc_budget, pc_ratio=args.pc_ratio)

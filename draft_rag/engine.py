@@ -38,6 +38,7 @@ class GenerationStats:
     kv_bytes_full: int = 0  # what a plain prefill of the same prompt holds
     kv_entries: list = field(default_factory=list)  # cache entries per KV head, per layer, after prefill
     lookahead_tokens: int = 0  # draft tokens the target prefilled as SpecKV's lookahead (target tokenizer)
+    draft_blocks: int = 0  # SpecPC's draft passes over the prompt (>1: scored in blocks; 0: not run)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -178,7 +179,7 @@ class DraftEngine:
                         segments, template, self.target_window, max_new_tokens, system, full_ids)) if auto else cfg
                     cp = compress(self.draft.model, self.draft.tokenizer, segments, chunk_list, run_cfg,
                                   template=template, target_tokenizer=self.target.tokenizer, block_size=self.block_size)
-                    gs.compressed = cp
+                    gs.compressed, stats.draft_blocks = cp, cp.draft_blocks
                     stats.seconds.update(draft=cp.seconds["draft"], select=cp.seconds["select"])
                     ids = self._target_ids(_compressed_segments(cp, segments), template, system)
                     self._check_fits(len(ids), max_new_tokens)
@@ -223,6 +224,7 @@ class DraftEngine:
             cp = compress(draft.model, draft.tokenizer, segments, chunk_list, pc, template=template,
                           target_tokenizer=target.tokenizer, block_size=self.block_size)
             stats.seconds.update(draft=cp.seconds["draft"], select=cp.seconds["select"])
+            stats.draft_blocks = cp.draft_blocks
             segments = _compressed_segments(cp, segments)
             ids = self._target_ids(segments, template, system)
             look = cp.lookahead_ids
@@ -251,11 +253,11 @@ class DraftEngine:
         """Refuse a target prompt that, with what will be generated (or drafted ahead), exceeds its window."""
         window, extra = self.target_window, max(max_new_tokens, lookahead or 0)
         if window and n_prompt + extra > window:
+            ahead = f" (lookahead {lookahead} tokens)" if extra > max_new_tokens else ""
             raise ValueError(
                 f"the target's context window is {window} tokens, but the prompt is {n_prompt} tokens and "
-                f"max_new_tokens={max_new_tokens}" + (f" (lookahead {lookahead})" if lookahead and lookahead > max_new_tokens else "")
-                + f": {n_prompt + extra} > {window}. Compress it (method='specpc' with budget='auto' or a smaller "
-                "budget, or 'speckv-pc') or lower max_new_tokens")
+                f"max_new_tokens={max_new_tokens}{ahead}: {n_prompt + extra} > {window}. Compress it "
+                "(method='specpc' with budget='auto' or a smaller budget, or 'speckv-pc') or lower max_new_tokens")
 
     def _fit_budget(self, segments, template: str, window: int | None, reserve: int, system: str | None = None,
                     full_ids: list[int] | None = None) -> int:
@@ -268,7 +270,9 @@ class DraftEngine:
         counter = self.target.tokenizer if self.target else self.draft.tokenizer
         body = [s for s in segments if s.in_output]
         text_tokens = len(tokenize(counter, body).ids)
-        wrapped = len(full_ids) if full_ids is not None else len(tokenize(counter, wrap(segments, counter, template, system)).ids)
+        if full_ids is None:
+            full_ids = tokenize(counter, wrap(segments, counter, template, system)).ids
+        wrapped = len(full_ids)
         room = window - reserve - (wrapped - text_tokens)
         draft_tokens = len(tokenize(self.draft.tokenizer, body).ids)
         budget = int(room * draft_tokens / max(1, text_tokens) * AUTO_MARGIN)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ CFG = SpecPCConfig(starting_layer_index=0, window_size=16, kernel_size=8, neighb
 QUESTION = "What is the special magic number for ocean?"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def short_window_model(arch: str = "llama") -> LoadedModel:
     """A tiny random model that accepts only ``WINDOW`` positions."""
     from transformers import AutoModelForCausalLM
@@ -32,7 +33,7 @@ def short_window_model(arch: str = "llama") -> LoadedModel:
     return LoadedModel(model, tiny_tokenizer(), f"tiny-{arch}-window{WINDOW}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def real_text() -> str:
     """Real text (pydoc of ``bisect``), about 2.5 times the tiny window in the tiny tokenizer."""
     text = stdlib_documents(("bisect",))[0].text
@@ -101,7 +102,7 @@ def test_a_prompt_within_one_block_is_one_plain_pass():
 def test_split_covers_the_context_in_near_equal_blocks_that_fit():
     parts = split(1000, 30, 50, 256)
     assert parts[0][0] == 30 and parts[-1][1] == 950
-    assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(parts))
     assert all(30 + (hi - lo) + 50 <= 256 for lo, hi in parts) and len(parts) == 6
     with pytest.raises(ValueError, match="question"):
         split(1000, 100, 120, 256)
@@ -163,7 +164,7 @@ def test_specpc_without_budget_fits_the_targets_window():
         g = engine.generate(real_text(), question=QUESTION, method="specpc", budget=budget, max_new_tokens=16)
         assert g.stats.original_tokens > 2 * WINDOW
         assert g.stats.prompt_tokens + 16 <= WINDOW and g.stats.prompt_tokens > WINDOW // 2
-        assert g.compressed.draft_blocks >= 3 and QUESTION in g.compressed.text
+        assert g.stats.draft_blocks == g.compressed.draft_blocks >= 3 and QUESTION in g.compressed.text
 
 
 def test_budget_auto_checks():
@@ -237,8 +238,8 @@ def _draft_tokens(text: str) -> int:
 
 def test_langchain_wrapped_chat_model_fits_its_window():
     from langchain_core.messages import HumanMessage
-
     from langchain_draft_rag import ChatDraftCompressed
+
     from tests.test_langchain_chat import Recorder
 
     msgs = [HumanMessage(real_text()), HumanMessage(QUESTION)]
@@ -256,7 +257,6 @@ def test_langchain_wrapped_chat_model_fits_its_window():
 
 def test_langchain_local_target_accepts_budget_auto():
     from langchain_core.messages import HumanMessage
-
     from langchain_draft_rag import ChatDraftCompressed
 
     chat = ChatDraftCompressed(target=short_window_model(), specpc=CFG, budget="auto", max_tokens=8)
@@ -267,7 +267,6 @@ def test_langchain_local_target_accepts_budget_auto():
 
 def test_llamaindex_wrapped_llm_fits_its_window():
     from llama_index.core.llms import MockLLM
-
     from llama_index_draft_rag import DraftCompressedLLM
 
     for budget in (None, "auto"):
@@ -277,3 +276,15 @@ def test_llamaindex_wrapped_llm_fits_its_window():
         assert 100 < _draft_tokens(sent) <= 150
     with pytest.raises(ValueError, match="auto"):
         DraftCompressedLLM(llm=MockLLM(), draft=short_window_model(), budget="auto", ratio=0.5)
+
+
+def test_cli_parses_threads_budget_auto_and_block_size():
+    from draft_rag.cli import build_parser
+
+    args = build_parser().parse_args(["--threads", "1", "compress", "f.txt", "--budget", "auto", "--context-window",
+                                      "4000", "--block-size", "1024"])
+    assert (args.threads, args.budget, args.context_window, args.block_size) == (1, "auto", 4000, 1024)
+    args = build_parser().parse_args(["generate", "f.txt", "--threads", "2"])
+    assert args.threads == 2 and args.budget is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["compress", "f.txt", "--budget", "lots"])
