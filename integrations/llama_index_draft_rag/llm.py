@@ -90,14 +90,15 @@ class DraftCompressedLLM(LLM):
 
     @property
     def metadata(self) -> LLMMetadata:
+        """The wrapped LLM's (or the local target's) window: the draft scores longer prompts in blocks."""
         draft = self._engine.draft
         if self.llm is not None:
             inner = self.llm.metadata
-            window = self.context_window or min(inner.context_window, _window(draft))
+            window = self.context_window or inner.context_window
             return inner.model_copy(update={"context_window": window,
                                             "model_name": f"{inner.model_name} (specpc, draft {draft.name})"})
         target = self._engine.target
-        return LLMMetadata(context_window=self.context_window or min(_window(target), _window(draft)),
+        return LLMMetadata(context_window=self.context_window or _window(target),
                            num_output=self.max_new_tokens, is_chat_model=False,
                            model_name=f"{target.name} ({self.method}, draft {draft.name})")
 
