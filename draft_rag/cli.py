@@ -20,10 +20,21 @@ def _read(path: str) -> str:
         return f.read()
 
 
+def budget_arg(text: str) -> int | str:
+    """``--budget``: a number of tokens or ``auto`` (fit the context window)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--budget must be a number of tokens or 'auto', got {text!r}") from None
+
+
 def add_budget_args(p: argparse.ArgumentParser, required: bool = False, kv: bool = False) -> None:
     g = p.add_mutually_exclusive_group(required=required)
     extra = "; for KV methods: KV entries kept per layer and KV head" if kv else ""
-    g.add_argument("--budget", type=int, help="keep this many prompt tokens (draft tokenizer)" + extra)
+    g.add_argument("--budget", type=budget_arg, help="keep this many prompt tokens (draft tokenizer), or 'auto': "
+                   "as many as fit the context window" + extra)
     g.add_argument("--ratio", type=float, help="keep this fraction of the prompt tokens, in (0, 1]" + extra)
 
 
@@ -39,6 +50,8 @@ def add_specpc_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pool-type", choices=("max", "avg", "none"), default=d.pool_type)
     g.add_argument("--reduction-type", choices=("max", "mean"), default=d.reduction_type)
     g.add_argument("--no-weighted-query", dest="weighted_query", action="store_false")
+    g.add_argument("--block-size", type=int, help="most draft tokens per pass; longer prompts are scored in blocks "
+                   "(default 2048, at most the draft's window)")
 
 
 def specpc_from_args(args) -> SpecPCConfig:
@@ -50,9 +63,10 @@ def specpc_from_args(args) -> SpecPCConfig:
 def _cmd_compress(args) -> int:
     from .engine import DraftEngine
 
-    engine = DraftEngine(draft=args.draft, specpc=specpc_from_args(args))
+    engine = DraftEngine(draft=args.draft, specpc=specpc_from_args(args), block_size=args.block_size)
     t0 = time.perf_counter()
-    cp = engine.compress(_read(args.file), question=args.question, budget=args.budget, ratio=args.ratio)
+    cp = engine.compress(_read(args.file), question=args.question, budget=args.budget, ratio=args.ratio,
+                         context_window=args.context_window)
     seconds = time.perf_counter() - t0
     if args.html:
         from .html import write_html
@@ -70,7 +84,8 @@ def _cmd_compress(args) -> int:
 def _cmd_generate(args) -> int:
     from .engine import DraftEngine
 
-    engine = DraftEngine(target=args.target, draft=args.draft, specpc=specpc_from_args(args))
+    engine = DraftEngine(target=args.target, draft=args.draft, specpc=specpc_from_args(args),
+                         block_size=args.block_size)
     kwargs = dict(method=args.method, budget=args.budget, ratio=args.ratio, template=args.template,
                   max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
                   pc_budget=args.pc_budget, pc_ratio=args.pc_ratio)
@@ -111,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--question", help="protected question appended after the text; steers the draft")
     p.add_argument("--json", action="store_true", help="print text, token counts, kept spans, seconds as JSON")
     p.add_argument("--html", metavar="OUT.html", help="also write a page showing what was kept")
+    p.add_argument("--context-window", type=int, metavar="N",
+                   help="with --budget auto: tokens the compressed prompt must fit (e.g. the remote model's window)")
     add_specpc_args(p)
     p.set_defaults(func=_cmd_compress)
 
@@ -138,7 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     for add in _extra_subcommands():
         add(sub)
+    for name in ("compress", "generate", "demo"):  # also accepted after these (the bench has its own)
+        if name in sub.choices:
+            add_threads_arg(sub.choices[name], argparse.SUPPRESS)
+    add_threads_arg(parser, None)
     return parser
+
+
+def add_threads_arg(p: argparse.ArgumentParser, default) -> None:
+    p.add_argument("--threads", type=int, default=default,
+                   help="torch CPU threads for the whole run (on a busy machine 1 is often fastest)")
 
 
 def _extra_subcommands():
@@ -159,6 +185,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        from .engine import set_threads
+
+        set_threads(args.threads)
         return args.func(args)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
         logger.error("%s", exc)

@@ -164,7 +164,9 @@ def run_demo(args) -> int:
                             max_new_tokens=args.max_new_tokens)
         results.append(r)
         print(format_result(i, r), flush=True)
-    print(summarize(results) + f" | wall {time.perf_counter() - t0:.0f}s")
+    import torch
+
+    print(summarize(results) + f" | wall {time.perf_counter() - t0:.0f}s | torch threads {torch.get_num_threads()}")
     if args.html:
         from .html import write_html
 

@@ -13,12 +13,14 @@ from typing import Iterator
 from . import baselines, speckv
 from .config import SPECKV_PC_KERNEL, SPECKV_PC_LOOKAHEAD, SpecKVConfig, SpecPCConfig
 from .generation import Sampling, eos_ids, stream
-from .models import DEFAULT_MODEL, LoadedModel, load_model
-from .scoring import chunk_scores, draft_scores
+from .blocks import block_size_for, score_blocks
+from .models import DEFAULT_MODEL, LoadedModel, context_window, load_model
+from .scoring import chunk_scores
 from .prompt import Segment, build_segments, has_chat_template, tokenize, wrap
 from .specpc import CompressedPrompt, compress
 
 METHODS = ("full", "specpc") + baselines.KV_METHODS
+AUTO_MARGIN = 0.97  # budget="auto" aims at 97% of the room: kept pieces may re-tokenise a little longer
 DEFAULT_PC_BUDGET = 2048  # SpecPC's prompt budget inside speckv-pc when neither pc_budget nor pc_ratio is given
 
 
@@ -36,6 +38,7 @@ class GenerationStats:
     kv_bytes_full: int = 0  # what a plain prefill of the same prompt holds
     kv_entries: list = field(default_factory=list)  # cache entries per KV head, per layer, after prefill
     lookahead_tokens: int = 0  # draft tokens the target prefilled as SpecKV's lookahead (target tokenizer)
+    draft_blocks: int = 0  # SpecPC's draft passes over the prompt (>1: scored in blocks; 0: not run)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -64,11 +67,17 @@ class DraftEngine:
     ``target`` and ``draft`` are anything ``load_model`` accepts (alias, path, hub id, loaded model).
     ``target=None`` gives a compression-only engine (e.g. in front of a remote LLM). ``draft`` defaults
     to the target itself when given, else to the built-in SmolLM2; one loaded model may serve as both.
+
+    ``threads`` sets torch's CPU threads for the whole process (``torch.set_num_threads``; on a busy
+    machine 1 is often fastest). ``block_size`` is the most draft tokens per pass (default
+    ``blocks.DEFAULT_BLOCK_SIZE``, capped at the draft's window): longer prompts are scored in blocks.
     """
 
     def __init__(self, target=None, draft=None, *, specpc: SpecPCConfig | None = None, method: str = "specpc",
-                 device: str | None = None, dtype=None, speckv: SpecKVConfig | None = None):
+                 device: str | None = None, dtype=None, speckv: SpecKVConfig | None = None,
+                 threads: int | None = None, block_size: int | None = None):
         _check_method(method)
+        set_threads(threads)
         self.target: LoadedModel | None = load_model(target, device=device, dtype=dtype) if target is not None else None
         if draft is None:
             self.draft = self.target or load_model(DEFAULT_MODEL, device=device, dtype=dtype)
@@ -77,23 +86,32 @@ class DraftEngine:
         self.specpc = specpc or SpecPCConfig()
         self.speckv = speckv or SpecKVConfig()
         self.method = method
+        self.draft_window = context_window(self.draft.model)  # None: the config does not say
+        self.target_window = context_window(self.target.model) if self.target else None
+        self.block_size = block_size_for(self.draft.model, block_size)
         self._lock = threading.Lock()  # not an RLock: a stream may be finished from another thread
 
     # -- compression ---------------------------------------------------------------------------
     def compress(self, prompt: str | None = None, *, chunks=None, instruction: str | None = None,
-                 question: str | None = None, answer_prefix: str | None = None, budget: int | None = None,
-                 ratio: float | None = None, template: str = "chat") -> CompressedPrompt:
+                 question: str | None = None, answer_prefix: str | None = None, budget: int | str | None = None,
+                 ratio: float | None = None, template: str = "chat",
+                 context_window: int | None = None) -> CompressedPrompt:
         """SpecPC on a prompt string or on chunks; protected segments are always kept.
 
-        ``budget``/``ratio`` override the engine's SpecPCConfig for this call. Token counts in the result
-        use the target's tokenizer when the engine has a target.
+        ``budget``/``ratio`` override the engine's SpecPCConfig for this call. ``budget="auto"`` keeps as
+        much as fits ``context_window`` tokens (default: the target's window), with a small margin for
+        re-tokenisation. Token counts in the result use the target's tokenizer when the engine has a target.
         """
         segments, chunk_list = build_segments(prompt, chunks=chunks, instruction=instruction, question=question,
                                               answer_prefix=answer_prefix)
+        if budget == "auto":
+            _check_auto(ratio)
+            budget = self._fit_budget(segments, template, context_window, 0)
         cfg = self._config(budget, ratio)
         with self._lock:
             return compress(self.draft.model, self.draft.tokenizer, segments, chunk_list, cfg, template=template,
-                            target_tokenizer=self.target.tokenizer if self.target else None)
+                            target_tokenizer=self.target.tokenizer if self.target else None,
+                            block_size=self.block_size)
 
     def score_chunks(self, chunks, *, question: str | None = None, instruction: str | None = None,
                      reduce: str = "max", template: str = "chat") -> list[float]:
@@ -106,7 +124,8 @@ class DraftEngine:
         layout = wrap(segments, self.draft.tokenizer, template)
         tok = tokenize(self.draft.tokenizer, layout)
         with self._lock:
-            dp = draft_scores(self.draft.model, tok.ids, self.specpc, set())
+            dp, _ = score_blocks(self.draft.model, tok.ids, [layout[g].role == "context" for g in tok.segment],
+                                 self.specpc, set(), self.block_size)
         return chunk_scores(dp.scores, tok.segment, [s.chunk for s in layout], len(chunk_list), reduce)
 
     def _config(self, budget, ratio) -> SpecPCConfig:
@@ -128,6 +147,10 @@ class DraftEngine:
         (default 2048 tokens). ``lookahead_tokens`` overrides SpecKVConfig's (default: ``max_new_tokens`` for
         speckv; for speckv-pc, the 20 tokens its SpecPC stage drafts, kernel = neighbours = 32 unless the
         engine's SpecPCConfig sets them, as in the official SpecKV-PC configs).
+
+        The prompt the target reads plus ``max_new_tokens`` must fit the target's context window, else
+        ``ValueError`` (before the target runs). ``specpc`` with no budget (here or in the engine's
+        SpecPCConfig), or ``budget="auto"``, compresses to fit that window.
         """
         if self.target is None:
             raise ValueError("this engine has no target model: pass target=... to DraftEngine to generate")
@@ -137,7 +160,11 @@ class DraftEngine:
         template = template or ("chat" if has_chat_template(self.target.tokenizer) else "raw")
         segments, chunk_list = build_segments(prompt, chunks=chunks, instruction=instruction, question=question,
                                               answer_prefix=answer_prefix)
-        cfg = self._config(budget, ratio)
+        auto = method == "specpc" and (budget == "auto" or (
+            budget is None and ratio is None and self.specpc.max_capacity_prompt is None and self.specpc.ratio is None))
+        if budget == "auto":
+            _check_auto(ratio, method)
+        cfg = self._config(None if auto else budget, ratio)
         stats = GenerationStats(method)
         gs = GenerationStream(iter(()), stats, None)
 
@@ -147,17 +174,23 @@ class DraftEngine:
                 full_ids = self._target_ids(segments, template, system)
                 stats.original_tokens = len(full_ids)
                 ids = full_ids
+                if method not in ("specpc", "speckv-pc"):  # nothing will shorten the prompt
+                    self._check_fits(len(ids), max_new_tokens, lookahead_tokens)
                 if method == "specpc":
-                    cp = compress(self.draft.model, self.draft.tokenizer, segments, chunk_list, cfg, template=template,
-                                  target_tokenizer=self.target.tokenizer)
-                    gs.compressed = cp
+                    run_cfg = cfg.replace(max_capacity_prompt=self._fit_budget(
+                        segments, template, self.target_window, max_new_tokens, system, full_ids)) if auto else cfg
+                    cp = compress(self.draft.model, self.draft.tokenizer, segments, chunk_list, run_cfg,
+                                  template=template, target_tokenizer=self.target.tokenizer, block_size=self.block_size)
+                    gs.compressed, stats.draft_blocks = cp, cp.draft_blocks
                     stats.seconds.update(draft=cp.seconds["draft"], select=cp.seconds["select"])
                     ids = self._target_ids(_compressed_segments(cp, segments), template, system)
+                    self._check_fits(len(ids), max_new_tokens)
                 prefill = functools.partial(_prefill_with_stats, speckv.plain_prefill_stats, stats)
                 if method in baselines.KV_METHODS:
                     ids, prefill, gs.compressed = self._kv_setup(
                         method, segments, chunk_list, ids, template, system, sampling, stats,
                         budget=budget, ratio=ratio, pc_budget=pc_budget, pc_ratio=pc_ratio, lookahead=lookahead_tokens)
+                    self._check_fits(len(ids), max_new_tokens, stats.lookahead_tokens)
                 stats.prompt_tokens = len(ids)
                 t1 = time.perf_counter()
                 info: dict = {}
@@ -194,8 +227,9 @@ class DraftEngine:
             if pc_budget is None and pc_ratio is None:
                 pc = pc.replace(max_capacity_prompt=DEFAULT_PC_BUDGET)
             cp = compress(draft.model, draft.tokenizer, segments, chunk_list, pc, template=template,
-                          target_tokenizer=target.tokenizer)
+                          target_tokenizer=target.tokenizer, block_size=self.block_size)
             stats.seconds.update(draft=cp.seconds["draft"], select=cp.seconds["select"])
+            stats.draft_blocks = cp.draft_blocks
             segments = _compressed_segments(cp, segments)
             ids = self._target_ids(segments, template, system)
             look = cp.lookahead_ids
@@ -204,6 +238,11 @@ class DraftEngine:
             if not look:  # SpecPC did not run the draft (prompt within its budget), or plain speckv
                 t0 = time.perf_counter()
                 draft_ids = tokenize(draft.tokenizer, wrap(segments, draft.tokenizer, template, system)).ids
+                if self.draft_window and len(draft_ids) + n_look > self.draft_window:
+                    raise ValueError(
+                        f"{method}: the draft would read {len(draft_ids)} prompt tokens + {n_look} lookahead tokens, "
+                        f"more than its context window of {self.draft_window}; use method='speckv-pc' (SpecPC "
+                        "shortens the prompt first) or a draft with a longer window")
                 look = speckv.draft_lookahead(draft.model, draft_ids, n_look, eos)
                 stats.seconds["draft"] = stats.seconds.get("draft", 0.0) + time.perf_counter() - t0
             look = speckv.lookahead_for_target(draft.tokenizer, target.tokenizer, look, eos)
@@ -214,6 +253,38 @@ class DraftEngine:
                                 scorer=baselines.scorer(method, cfg), window=cfg.window_size,
                                 horizon=sampling.max_new_tokens)
         return ids, functools.partial(_prefill_with_stats, run, stats), cp
+
+    def _check_fits(self, n_prompt: int, max_new_tokens: int, lookahead: int | None = 0) -> None:
+        """Refuse a target prompt that, with what will be generated (or drafted ahead), exceeds its window."""
+        window, extra = self.target_window, max(max_new_tokens, lookahead or 0)
+        if window and n_prompt + extra > window:
+            ahead = f" (lookahead {lookahead} tokens)" if extra > max_new_tokens else ""
+            raise ValueError(
+                f"the target's context window is {window} tokens, but the prompt is {n_prompt} tokens and "
+                f"max_new_tokens={max_new_tokens}{ahead}: {n_prompt + extra} > {window}. Compress it "
+                "(method='specpc' with budget='auto' or a smaller budget, or 'speckv-pc') or lower max_new_tokens")
+
+    def _fit_budget(self, segments, template: str, window: int | None, reserve: int, system: str | None = None,
+                    full_ids: list[int] | None = None) -> int:
+        """Draft-token budget whose compressed text fits ``window - reserve`` tokens of the target (or, with no
+        target, of the model behind ``window``), template included, with a margin for re-tokenisation."""
+        window = window or self.target_window
+        if window is None:
+            raise ValueError("budget='auto' needs a context window: pass context_window=... (tokens the compressed "
+                             "prompt must fit) or give the engine a target")
+        counter = self.target.tokenizer if self.target else self.draft.tokenizer
+        body = [s for s in segments if s.in_output]
+        text_tokens = len(tokenize(counter, body).ids)
+        if full_ids is None:
+            full_ids = tokenize(counter, wrap(segments, counter, template, system)).ids
+        wrapped = len(full_ids)
+        room = window - reserve - (wrapped - text_tokens)
+        draft_tokens = len(tokenize(self.draft.tokenizer, body).ids)
+        budget = int(room * draft_tokens / max(1, text_tokens) * AUTO_MARGIN)
+        if budget < 1:
+            raise ValueError(f"budget='auto': a context window of {window} tokens leaves no room for the prompt "
+                             f"after {reserve} new tokens and {wrapped - text_tokens} template tokens")
+        return budget
 
     def _target_ids(self, segments: list[Segment], template: str, system: str | None) -> list[int]:
         return tokenize(self.target.tokenizer, wrap(segments, self.target.tokenizer, template, system)).ids
@@ -232,6 +303,24 @@ def _prefill_with_stats(run, stats: GenerationStats, model, ids):
     stats.kv_bytes, stats.kv_bytes_full, stats.kv_entries = kv.kv_bytes, kv.kv_bytes_full, kv.entries
     stats.seconds.update(prefill=kv.seconds["prefill"], kv_select=kv.seconds["select"])
     return state
+
+
+def set_threads(threads: int | None) -> None:
+    """``torch.set_num_threads(threads)`` (process-wide) after checking it; None leaves torch's setting."""
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive integer (torch CPU threads), got {threads!r}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _check_auto(ratio, method: str = "specpc") -> None:
+    if method != "specpc":
+        raise ValueError(f"budget='auto' (fit the target's window) is for method='specpc', got method={method!r}")
+    if ratio is not None:
+        raise ValueError("give either budget='auto' or ratio, not both")
 
 
 def _check_method(method: str) -> None:

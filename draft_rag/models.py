@@ -169,6 +169,17 @@ def _from_pretrained(path: str, device: str, dtype, attn: str) -> LoadedModel:
     return LoadedModel(model, tokenizer)
 
 
+def context_window(model) -> int | None:
+    """Positions ``model`` was trained for (its text config's ``max_position_embeddings``), or None if unset.
+
+    Rope scaling that extends the window is already reflected in ``max_position_embeddings`` in
+    transformers' configs; sliding-window layers see fewer keys but still accept this many positions.
+    """
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    window = getattr(config, "max_position_embeddings", None)
+    return window if isinstance(window, int) and window > 0 else None
+
+
 def load_model(ref, *, device: str | None = None, dtype=None, attn_implementation: str | None = None) -> LoadedModel:
     """Load ``ref`` once per process and return ``LoadedModel(model, tokenizer, name)``.
 

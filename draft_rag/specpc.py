@@ -9,6 +9,7 @@ import numpy as np
 
 from .config import SpecPCConfig
 from .prompt import Chunk, Segment, Tokenized, count_tokens, tokenize, wrap
+from .blocks import score_blocks
 from .scoring import draft_scores, pool
 
 
@@ -41,6 +42,7 @@ class CompressedPrompt:
     lookahead_ids: list[int] = field(default_factory=list)
     token_scores: list[tuple[int, int, float]] = field(default_factory=list)  # (start, end, score) in original_text
     seconds: dict = field(default_factory=dict)
+    draft_blocks: int = 0  # draft passes over the prompt: 0 when it was within budget, >1 in block mode
 
     @property
     def ratio(self) -> float:
@@ -49,7 +51,7 @@ class CompressedPrompt:
     def to_dict(self) -> dict:
         return {"text": self.text, "original_tokens": self.original_tokens,
                 "compressed_tokens": self.compressed_tokens, "kept_spans": [list(s) for s in self.kept_spans],
-                "seconds": self.seconds,
+                "seconds": self.seconds, "draft_blocks": self.draft_blocks,
                 "chunks": [{"id": c.id, "kept_fraction": c.kept_fraction, "score": c.score,
                             "kept_spans": [list(s) for s in c.kept_spans]} for c in self.chunks]}
 
@@ -85,8 +87,12 @@ def _spans(positions, offsets) -> list[tuple[int, int]]:
 
 
 def compress(draft, tokenizer, segments: list[Segment], chunks: list[Chunk], cfg: SpecPCConfig, *,
-             template: str = "chat", target_tokenizer=None) -> CompressedPrompt:
-    """Score ``segments`` with the draft and keep ``cfg``'s budget of tokens; see ALGORITHMS.md (SpecPC)."""
+             template: str = "chat", target_tokenizer=None, block_size: int | None = None) -> CompressedPrompt:
+    """Score ``segments`` with the draft and keep ``cfg``'s budget of tokens; see ALGORITHMS.md (SpecPC).
+
+    A prompt longer than ``block_size`` draft tokens (default ``blocks.DEFAULT_BLOCK_SIZE``, at most the
+    draft's window) is scored in blocks (``blocks.score_blocks``); one selection runs over all of them.
+    """
     t0 = time.perf_counter()
     cfg = cfg.for_draft(draft)
     layout = wrap(segments, tokenizer, template)
@@ -105,7 +111,7 @@ def compress(draft, tokenizer, segments: list[Segment], chunks: list[Chunk], cfg
         return result
     eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     t1 = time.perf_counter()
-    dp = draft_scores(draft, tok.ids, cfg, eos)
+    dp, n_blocks = score_blocks(draft, tok.ids, [r == "context" for r in roles], cfg, eos, block_size, draft_scores)
     t2 = time.perf_counter()
     scores = dp.scores.numpy()
     pooled = pool(dp.scores, cfg.pool_type, cfg.kernel_size).numpy()
@@ -118,6 +124,7 @@ def compress(draft, tokenizer, segments: list[Segment], chunks: list[Chunk], cfg
     result.lookahead_ids = dp.lookahead_ids
     result.lookahead_text = tokenizer.decode(dp.lookahead_ids, skip_special_tokens=True)
     result.seconds = {"draft": t2 - t1, "select": (t1 - t0) + (time.perf_counter() - t2)}
+    result.draft_blocks = n_blocks
     return result
 
 

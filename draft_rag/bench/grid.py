@@ -53,7 +53,8 @@ def machine() -> str:
     import torch
 
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    return f"{platform.machine()} {platform.system()}, {dev}, torch {torch.__version__}"
+    threads = torch.get_num_threads()
+    return f"{platform.machine()} {platform.system()}, {dev}, torch {torch.__version__}, {threads} threads"
 
 
 def _key(cell: dict) -> tuple:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator, Literal
 
 from langchain_core.callbacks import AsyncCallbackManager, AsyncCallbackManagerForLLMRun, CallbackManager
 from langchain_core.language_models import BaseChatModel, LangSmithParams
@@ -45,9 +45,12 @@ def check_method(method: str) -> None:
 
 
 def check_budget(budget: Any, ratio: Any, prefix: str = "") -> None:
+    """``budget`` tokens (or ``"auto"``: fit the model's context window, not for ``pc_budget``) or ``ratio``."""
     b, r = prefix + "budget", prefix + "ratio"
     if budget is not None and ratio is not None:
         raise ValueError(f"give either {b} (tokens) or {r} (a fraction), not both")
+    if budget == "auto" and not prefix:
+        return
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
         raise ValueError(f"{b} must be a positive integer number of tokens, got {budget!r}")
     if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1):
@@ -83,7 +86,8 @@ class DraftSettings(BaseModel):
     llm: Any = None
     draft: Any = None
     method: str = "specpc"
-    budget: int | None = None
+    budget: int | Literal["auto"] | None = None
+    context_window: int | None = None
     ratio: float | None = None
     pc_budget: int | None = None
     pc_ratio: float | None = None
@@ -118,6 +122,7 @@ class DraftSettings(BaseModel):
         check_budget(self.budget, self.ratio)
         check_budget(self.pc_budget, self.pc_ratio, "pc_")
         check_positive_int("max_tokens", self.max_tokens)
+        check_positive_int("context_window", self.context_window, allow_none=True)
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
         if self.template not in (None, "chat", "raw"):
@@ -135,7 +140,8 @@ class DraftSettings(BaseModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         return {"model_name": self.model_name, "draft": self._engine.draft.name, "method": self.method,
-                "budget": self.budget, "ratio": self.ratio, "pc_budget": self.pc_budget, "pc_ratio": self.pc_ratio,
+                "budget": self.budget, "ratio": self.ratio, "context_window": self.context_window,
+                "pc_budget": self.pc_budget, "pc_ratio": self.pc_ratio,
                 "max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
                 "top_k": self.top_k, "seed": self.seed, "stop": self.stop, "template": self.template}
 
@@ -169,6 +175,23 @@ class DraftSettings(BaseModel):
         o["stop"] = stop_list(stop if stop is not None else self.stop)
         o["extra"] = {k: v for k, v in kwargs.items() if k not in names and not k.startswith("ls_")}
         return o
+
+    def _wrapped_budget(self, o: dict) -> dict:
+        """``budget``/``ratio`` (and ``context_window``) for SpecPC in front of ``self.llm``.
+
+        With no budget anywhere, or ``budget="auto"``, the prompt is fit to the wrapped model's input window:
+        ``context_window`` if set, else the chat model's ``profile["max_input_tokens"]``. With no budget and no
+        known window, the engine's SpecPCConfig budget applies (1024 tokens by default).
+        """
+        window = self.context_window or (getattr(self.llm, "profile", None) or {}).get("max_input_tokens")
+        cfg = self._engine.specpc
+        unset = o["budget"] is None and o["ratio"] is None and cfg.max_capacity_prompt is None and cfg.ratio is None
+        if o["budget"] == "auto" or (unset and window):
+            if not window:
+                raise ValueError("budget='auto' with llm=... needs the wrapped model's input window: set "
+                                 "context_window=... (tokens) or give the chat model a profile with max_input_tokens")
+            return {"budget": "auto", "context_window": window}
+        return {"budget": o["budget"], "ratio": o["ratio"]}
 
 
 def child_config(run_manager) -> dict | None:

@@ -43,8 +43,11 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
         draft: the draft model; defaults to the target itself, or to the built-in SmolLM2 with ``llm``.
         method: a name in ``draft_rag.engine.METHODS`` ("full" disables compression); with ``llm`` only
             "specpc" and "full" apply.
-        budget / ratio: the method's budget, passed to ``DraftEngine.stream``: prompt tokens for "specpc"
-            (default 1024), KV entries per layer and head for the KV methods ("speckv", ...).
+        budget / ratio: the method's budget, passed to ``DraftEngine.stream``: prompt tokens for "specpc",
+            KV entries per layer and head for the KV methods ("speckv", ...). With no budget (or
+            ``budget="auto"``) "specpc" fits the prompt to the model's context window: the local target's,
+            or with ``llm`` ``context_window`` / the chat model's ``profile["max_input_tokens"]`` (else 1024).
+        context_window: with ``llm``: input tokens the wrapped model accepts (default: its profile's).
         pc_budget / pc_ratio / lookahead_tokens: SpecKV-PC's prompt budget and the draft lookahead length.
         max_tokens, temperature, top_p, top_k, seed, stop: decoding settings. With ``llm`` they are forwarded
             to the wrapped model only when set explicitly (at construction or per call); ``stop`` always.
@@ -120,7 +123,7 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
         if o["method"] == "full" or not any(c.text.strip() for c in lay.context):
             return list(messages), stats
         cp = self._engine.compress(chunks=lay.context, instruction=lay.system, question=lay.question,
-                                   budget=o["budget"], ratio=o["ratio"])
+                                   **self._wrapped_budget(o))
         texts = {c.id: c.text for c in cp.chunks}
         stats.update(original_tokens=cp.original_tokens, compressed_tokens=cp.compressed_tokens,
                      token_counts="draft tokenizer", compressed_messages=len(texts),

@@ -67,7 +67,7 @@ class DraftCompressedLLM(common.DraftSettings, BaseLLM):
             parts = [o["instruction"], prompt, o["question"]]
             return "\n\n".join(p for p in parts if p), stats
         cp = self._engine.compress(prompt, instruction=o["instruction"], question=o["question"],
-                                   budget=o["budget"], ratio=o["ratio"])
+                                   **self._wrapped_budget(o))
         stats.update(original_tokens=cp.original_tokens, compressed_tokens=cp.compressed_tokens,
                      token_counts="draft tokenizer", seconds=dict(cp.seconds), kept_spans=cp.kept_spans)
         return cp.text, stats

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import contextvars
 import threading
-from typing import Any, AsyncIterator, Callable, Iterator, Optional, Sequence
+from typing import Any, AsyncIterator, Callable, Iterator, Literal, Optional, Sequence, Union
 
 from llama_index.core.base.llms.types import (ChatMessage, ChatResponse, ChatResponseAsyncGen, ChatResponseGen,
                                               CompletionResponse, CompletionResponseAsyncGen,
@@ -48,7 +48,9 @@ class DraftCompressedLLM(LLM):
     draft: Any = Field(default=None, exclude=True, description="draft model; defaults to the target or SmolLM2")
     llm: Optional[LLM] = Field(default=None, exclude=True, description="LlamaIndex LLM to put SpecPC in front of")
     method: str = Field(default="specpc", description="one of draft_rag.engine.METHODS")
-    budget: Optional[int] = Field(default=None, description="prompt budget in draft tokens")
+    budget: Union[int, Literal["auto"], None] = Field(
+        default=None, description="prompt budget in draft tokens, or 'auto' (also the default for specpc): fit the "
+                                  "context window (the target's; with llm=..., its metadata's minus num_output)")
     ratio: Optional[float] = Field(default=None, description="prompt budget as a fraction of the prompt")
     max_new_tokens: int = Field(default=256, description="local generation length")
     temperature: float = Field(default=0.0, description="local sampling temperature (0 = greedy)")
@@ -72,7 +74,9 @@ class DraftCompressedLLM(LLM):
         if llm is not None and self.method != "specpc":
             raise ValueError(f"with llm=... only method='specpc' is possible (the wrapped LLM does its own "
                              f"prefill), got {self.method!r}")
-        select_chunks([], [], budget=self.budget, ratio=self.ratio)  # validates budget/ratio
+        if self.budget == "auto" and self.ratio is not None:
+            raise ValueError("give either budget='auto' or ratio, not both")
+        select_chunks([], [], budget=None if self.budget == "auto" else self.budget, ratio=self.ratio)  # validates
         self._engine = engine or DraftEngine(target=target, draft=draft, method=self.method, specpc=self.specpc,
                                              speckv=self.speckv)
 
@@ -86,14 +90,15 @@ class DraftCompressedLLM(LLM):
 
     @property
     def metadata(self) -> LLMMetadata:
+        """The wrapped LLM's (or the local target's) window: the draft scores longer prompts in blocks."""
         draft = self._engine.draft
         if self.llm is not None:
             inner = self.llm.metadata
-            window = self.context_window or min(inner.context_window, _window(draft))
+            window = self.context_window or inner.context_window
             return inner.model_copy(update={"context_window": window,
                                             "model_name": f"{inner.model_name} (specpc, draft {draft.name})"})
         target = self._engine.target
-        return LLMMetadata(context_window=self.context_window or min(_window(target), _window(draft)),
+        return LLMMetadata(context_window=self.context_window or _window(target),
                            num_output=self.max_new_tokens, is_chat_model=False,
                            model_name=f"{target.name} ({self.method}, draft {draft.name})")
 
@@ -263,11 +268,21 @@ class DraftCompressedLLM(LLM):
 
     # -- SpecPC in front of another LLM ----------------------------------------------------------
     def _compress(self, **parts) -> tuple[Any, dict]:
-        cp = self._engine.compress(**parts, budget=self.budget, ratio=self.ratio)
+        cp = self._engine.compress(**parts, **self._wrapped_budget())
         stats = {"method": "specpc", "original_tokens": cp.original_tokens,
                  "compressed_tokens": cp.compressed_tokens, "seconds": cp.seconds}
         dispatcher.event(DraftCompressionEvent(component="llm", **stats))
         return cp, stats
+
+    def _wrapped_budget(self) -> dict:
+        """With no budget (or ``"auto"``), fit the wrapped LLM's ``metadata.context_window - num_output``."""
+        cfg = self._engine.specpc
+        unset = self.budget is None and self.ratio is None and cfg.max_capacity_prompt is None and cfg.ratio is None
+        if self.budget != "auto" and not unset:
+            return {"budget": self.budget, "ratio": self.ratio}
+        inner = self.llm.metadata
+        window = (self.context_window or inner.context_window) - max(0, inner.num_output or 0)
+        return {"budget": "auto", "context_window": window}
 
     def _front_prompt(self, prompt: str) -> tuple[str, dict]:
         cp, stats = self._compress(prompt=prompt)

@@ -1,0 +1,78 @@
+"""Draft scoring of prompts longer than one draft pass: the context is cut into blocks that fit.
+
+Each pass reads ``head + one block of context + tail``: the head is everything before the first context
+token (template start, instruction), the tail everything after the last one (question, answer prefix,
+template end). So the draft's window queries are always the question, and since every pass has the same
+head, tail and (near-)equal block length, scores from different blocks are comparable and one global
+selection runs over all of them. Time grows linearly with the prompt (one pass per block) and peak memory
+is that of one pass, whatever the number of blocks.
+
+The lookahead is not drafted in block mode: a block holds only part of the context, so its guess at the
+answer would come from a fragment. Scores then come from the question window alone and ``lookahead_ids``
+is empty (SpecKV-PC drafts its lookahead from the compressed prompt instead).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .config import SpecPCConfig
+from .models import context_window
+from .scoring import DraftPass, draft_scores
+
+DEFAULT_BLOCK_SIZE = 2048  # tokens per draft pass; see README "Long prompts" for the measurement
+MIN_BLOCK_CONTEXT = 64  # a pass must leave at least this many positions for context
+
+
+def block_size_for(model, block_size: int | None = None) -> int:
+    """Tokens per draft pass: ``block_size`` (default ``DEFAULT_BLOCK_SIZE``), never more than the window."""
+    window = context_window(model)
+    if block_size is None:
+        return min(DEFAULT_BLOCK_SIZE, window) if window else DEFAULT_BLOCK_SIZE
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 2 * MIN_BLOCK_CONTEXT:
+        raise ValueError(f"block_size must be an integer >= {2 * MIN_BLOCK_CONTEXT} tokens, got {block_size!r}")
+    if window and block_size > window:
+        raise ValueError(f"block_size={block_size} exceeds the draft's context window of {window} tokens")
+    return block_size
+
+
+def split(n: int, head: int, tail: int, size: int) -> list[tuple[int, int]]:
+    """``[lo, hi)`` token ranges of near-equal blocks covering ``head .. n - tail``, each fitting ``size`` with
+    the head and tail around it."""
+    room = size - head - tail
+    if room < MIN_BLOCK_CONTEXT:
+        raise ValueError(f"the protected text around the context ({head} tokens before it, {tail} after it) "
+                         f"leaves {room} of the draft's {size} tokens per pass for context (needs at least "
+                         f"{MIN_BLOCK_CONTEXT}); shorten the instruction or question, or raise block_size")
+    middle = n - head - tail
+    k = max(1, math.ceil(middle / room))
+    return [(head + middle * i // k, head + middle * (i + 1) // k) for i in range(k)]
+
+
+def score_blocks(model, ids: list[int], is_context: list[bool], cfg: SpecPCConfig, eos: set[int] | None = None,
+                 size: int | None = None, score=None) -> tuple[DraftPass, int]:
+    """Draft scores of ``ids`` and the number of passes: one ``score`` pass (``scoring.draft_scores``) if it
+    fits ``size`` tokens, else blocks.
+
+    ``is_context`` marks the compressible tokens; the head and tail (the rest before and after them) go
+    into every pass, and their score is the max over passes.
+    """
+    size, score = block_size_for(model, size), score or draft_scores
+    n = len(ids)
+    if n + cfg.lookahead_tokens <= size:
+        return score(model, ids, cfg, eos), 1
+    ctx = [i for i, c in enumerate(is_context) if c]
+    if not ctx:
+        raise ValueError(f"the prompt is {n} tokens, more than the draft's {size} per pass, and has no "
+                         "compressible context to split")
+    head, tail = ctx[0], n - ctx[-1] - 1
+    blocks = split(n, head, tail, size)
+    no_lookahead = cfg.replace(lookahead_tokens=0)
+    scores = torch.zeros(n)
+    for lo, hi in blocks:
+        s = score(model, ids[:head] + ids[lo:hi] + ids[n - tail:], no_lookahead).scores
+        scores[lo:hi] = s[head: head + hi - lo]
+        torch.maximum(scores[:head], s[:head], out=scores[:head])
+        torch.maximum(scores[n - tail:], s[head + hi - lo:], out=scores[n - tail:])
+    return DraftPass(scores, []), len(blocks)
