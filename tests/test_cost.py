@@ -27,7 +27,7 @@ def test_cost_rows_have_every_field_and_scaled_figures(tmp_path):
         ("full", "None"), ("specpc", "0.5"), ("speckv", "64"), ("speckv-pc", "[0.5, 64]")}
     for r in rows:
         assert r["scaled"] and r["measured_layers"] == 2 and r["repeats"] == 2
-        for k in ("ttft_s", "e2e_s", "decode_s_per_token", "draft_s", "plain_draft_s", "prefill_s", "peak_bytes",
+        for k in ("ttft_s", "e2e_s", "decode_s_per_token", "draft_s", "scoring_s", "plain_draft_s", "prefill_s", "peak_bytes",
                   "kv_bytes", "speedup_e2e"):
             assert r[k] is not None and r[k] >= 0, k
         assert r["e2e_s"] == pytest.approx(r["ttft_s"] + 2 * r["decode_s_per_token"])
@@ -45,7 +45,7 @@ def test_cost_rows_have_every_field_and_scaled_figures(tmp_path):
 
 def test_median_over_repetitions():
     samples = [{"layers": 6, "target_tokens": 10, "prefill_s": p, "prefill_layers_s": p, "decode_s_per_token": 0.0,
-                "decode_layers_s_per_token": 0.0, "kv_bytes": 0, "peak_bytes": 0, "draft_s": 1.0,
+                "decode_layers_s_per_token": 0.0, "kv_bytes": 0, "peak_bytes": 0, "draft_s": 1.0, "scoring_s": 0.9,
                 "plain_draft_s": 1.0} for p in (1.0, 5.0, 2.0)]
     row = cost._row(samples, "tiny", 6, 1)
     assert row["prefill_s"] == 2.0 and row["ttft_s"] == 3.0

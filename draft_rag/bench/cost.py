@@ -226,6 +226,14 @@ def cells_for(budgets) -> list[tuple[str, Budget | None]]:
     return [("full", None)] + [(m, b) for m in METHODS[1:] for b in budgets]
 
 
+def _scoring_seconds(stages: dict, key: str | None) -> float:
+    """The draft forward alone: SpecPC's scoring pass (without selection), SpecKV's lookahead drafting."""
+    if key is None:
+        return 0.0
+    result, seconds = stages[key]
+    return result.seconds["draft"] if hasattr(result, "seconds") else seconds
+
+
 def _draft_key(method: str, budget: Budget | None) -> str | None:
     if method == "full":
         return None
@@ -259,8 +267,8 @@ def run_cost(draft_ref: str, shapes: list[str], lengths: list[int], *, budgets=D
                     run = target_run(target, method, budget, segments, stages, new_tokens)
                     key = _draft_key(method, budget)
                     raw.setdefault((shape, length, method, budget), []).append(
-                        {"draft_s": stages[key][1] if key else 0.0, "plain_draft_s": stages["plain"][1],
-                         "draft_tokens": stages["plain"][0], **run})
+                        {"draft_s": stages[key][1] if key else 0.0, "scoring_s": _scoring_seconds(stages, key),
+                         "plain_draft_s": stages["plain"][1], "draft_tokens": stages["plain"][0], **run})
             logger.info("cost: %d tokens, repetition %d done in %.0f s", length, rep + 1, time.perf_counter() - t0)
             rows = summarize(raw, draft, new_tokens)
             if out is not None:
@@ -278,7 +286,8 @@ def _row(samples: list[dict], shape: str, layers: int, new_tokens: int) -> dict:
              "kv_bytes": scale(s["kv_bytes"], s["kv_bytes"], n, layers),  # every layer holds the same entries
              "peak_bytes": scale(s["peak_bytes"], s["kv_bytes"], n, layers)}  # + each added layer's KV
         ttft = s["draft_s"] + t["prefill_s"]
-        return {**t, "draft_s": s["draft_s"], "plain_draft_s": s["plain_draft_s"], "ttft_s": ttft,
+        return {**t, "draft_s": s["draft_s"], "scoring_s": s["scoring_s"], "plain_draft_s": s["plain_draft_s"],
+                "ttft_s": ttft,
                 "e2e_s": ttft + (new_tokens - 1) * t["decode_s_per_token"]}
 
     reps = [per_rep(s) for s in samples]
