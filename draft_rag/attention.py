@@ -75,15 +75,21 @@ def window_probs(query: torch.Tensor, key: torch.Tensor, attention_mask, kwargs:
     b, hq, q_len, d = query.shape
     hkv, k_len = key.shape[1], key.shape[2]
     w = min(window, q_len)
-    q = query[:, :, -w:].float().reshape(b, hkv, hq // hkv, w, d)
+    q = query[:, :, -w:].reshape(b, hkv, hq // hkv, w, d)
     scale = scaling if scaling is not None else kwargs.get("scaling") or d ** -0.5
-    logits = torch.einsum("bhgwd,bhkd->bhgwk", q, key.float()) * scale
+    # In the keys' own dtype (no fp32 copy of all keys), as the layer's attention does; fp32 from the logits on.
+    logits = torch.einsum("bhgwd,bhkd->bhgwk", q, key).float().mul_(scale)
     softcap = kwargs.get("softcap")
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
-    allowed = _allowed(attention_mask, b, q_len, k_len, w, kwargs.get("sliding_window"), query.device)
-    logits = logits.masked_fill(~allowed[:, None, None], float("-inf"))
-    return torch.softmax(logits, dim=-1).nan_to_num(0.0)
+    if attention_mask is None and not kwargs.get("sliding_window"):
+        # plain causal: only the last w keys can be in a window query's future
+        future = torch.ones(w, w, dtype=torch.bool, device=query.device).triu_(1)
+        logits[..., k_len - w:].masked_fill_(future, float("-inf"))
+    else:
+        allowed = _allowed(attention_mask, b, q_len, k_len, w, kwargs.get("sliding_window"), query.device)
+        logits.masked_fill_(~allowed[:, None, None], float("-inf"))
+    return torch.softmax(logits, dim=-1).nan_to_num_(0.0)
 
 
 def _allowed(attention_mask, b: int, q_len: int, k_len: int, w: int, sliding_window, device) -> torch.Tensor:

@@ -38,7 +38,7 @@ class _Reducer:
         probs = window_probs(query, key, attention_mask, kwargs, self.cfg.window_size)
         if query.shape[2] > 1 and self.cfg.weighted_query:  # prefill window: later queries count more
             w = probs.shape[3]
-            probs = probs * torch.linspace(0, 1, w, device=probs.device)[:, None]
+            probs.mul_(torch.linspace(0, 1, w, device=probs.device)[:, None])
         per_key = (probs.amax(dim=(1, 2, 3)) if self.cfg.reduction_type == "max" else probs.mean(dim=(1, 2, 3)))[0]
         # A sliding-window layer holds only the most recent keys: place them at their absolute positions.
         first = self.total - per_key.shape[0]

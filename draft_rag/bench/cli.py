@@ -180,3 +180,7 @@ def add_subcommand(sub) -> None:
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads (1 is fastest on a busy machine)")
     p.set_defaults(func=_cmd_bench, pair_default=f"{DEFAULT_MODEL}:{DEFAULT_MODEL}")
 
+    from .cost import add_parser as add_cost_parser
+
+    add_cost_parser(sub)
+

@@ -1,0 +1,64 @@
+"""Cost benchmark harness on a tiny random draft: every field present, medians, per-layer scaling."""
+import pytest
+import torch
+
+from conftest import tiny_model
+from draft_rag import SpecPCConfig
+from draft_rag.bench import cost
+
+
+@pytest.fixture(autouse=True)
+def tiny_shape(monkeypatch):
+    shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=6, num_attention_heads=4,
+                 num_key_value_heads=2, rope_theta=10000.0, tie_word_embeddings=True)
+    monkeypatch.setitem(cost.SHAPES, "tiny", shape)
+
+
+def test_scale_is_linear_in_layers():
+    assert cost.scale(10.0, 4.0, 2, 6) == pytest.approx(18.0)  # 6 fixed + 2 per layer
+    assert cost.scale(10.0, 4.0, 2, 2) == 10.0
+
+
+def test_cost_rows_have_every_field_and_scaled_figures(tmp_path):
+    rows = cost.run_cost(tiny_model("llama"), ["tiny"], [800], budgets=[cost.Budget(0.5, 64)], repeats=2,
+                         new_tokens=3, slice_layers=2, out=tmp_path,
+                         specpc=SpecPCConfig(starting_layer_index=1, window_size=8, kernel_size=5))
+    assert {(r["method"], str(r["budget"])) for r in rows} == {
+        ("full", "None"), ("specpc", "0.5"), ("speckv", "64"), ("speckv-pc", "[0.5, 64]")}
+    for r in rows:
+        assert r["scaled"] and r["measured_layers"] == 2 and r["repeats"] == 2
+        for k in ("ttft_s", "e2e_s", "decode_s_per_token", "draft_s", "scoring_s", "plain_draft_s", "prefill_s", "peak_bytes",
+                  "kv_bytes", "speedup_e2e"):
+            assert r[k] is not None and r[k] >= 0, k
+        assert r["e2e_s"] == pytest.approx(r["ttft_s"] + 2 * r["decode_s_per_token"])
+        assert r["ttft_s"] == pytest.approx(r["draft_s"] + r["prefill_s"])
+    by = {r["method"]: r for r in rows}
+    assert by["full"]["draft_s"] == 0 and by["specpc"]["draft_s"] > 0
+    # KV scales exactly: 6 layers x 2 KV heads x 8 dims x K+V x fp32 per entry
+    assert by["full"]["kv_bytes"] == 6 * 2 * 8 * 2 * 4 * by["full"]["target_tokens"]
+    assert by["speckv"]["kv_bytes"] == 6 * 2 * 8 * 2 * 4 * 64
+    assert by["specpc"]["target_tokens"] < by["full"]["target_tokens"]
+    assert (tmp_path / "cost.json").exists()
+    assert "specpc@50%" in cost.table(rows) and "(scaled)" in cost.table(rows)
+    assert cost.plot(rows, tmp_path / "cost.png").stat().st_size > 0
+
+
+def test_median_over_repetitions():
+    samples = [{"layers": 6, "target_tokens": 10, "prefill_s": p, "prefill_layers_s": p, "decode_s_per_token": 0.0,
+                "decode_layers_s_per_token": 0.0, "kv_bytes": 0, "peak_bytes": 0, "draft_s": 1.0, "scoring_s": 0.9,
+                "plain_draft_s": 1.0} for p in (1.0, 5.0, 2.0)]
+    row = cost._row(samples, "tiny", 6, 1)
+    assert row["prefill_s"] == 2.0 and row["ttft_s"] == 3.0
+
+
+def test_layer_clock_times_only_the_decoder_layers():
+    model = tiny_model("llama").model
+    with cost.LayerClock(model) as clock, torch.no_grad():
+        model(torch.tensor([[5, 6, 7]]))
+    assert clock.seconds > 0
+    assert all(not layer._forward_hooks and not layer._forward_pre_hooks for layer in model.model.layers)
+
+
+def test_unknown_shape_is_a_clear_error():
+    with pytest.raises(ValueError, match="shape must be one of"):
+        cost.build_target("gpt-5", tiny_model("llama"))
