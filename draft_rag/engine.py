@@ -1,9 +1,12 @@
 """DraftEngine: prompt -> [SpecPC with the draft] -> local target generation, with stats.
 
-The one place both framework adapters call. Thread-safe: calls on one engine run one at a time.
+The one place both framework adapters call. Thread-safe: the engine's lock is held only while a step
+computes (a compression, a stream's setup and prefill, one decoded token), never between a stream's pieces,
+so an abandoned or unfinished stream never blocks other calls, from this thread or any other.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
@@ -77,7 +80,7 @@ class DraftEngine:
         self.specpc = specpc or SpecPCConfig()
         self.speckv = speckv or SpecKVConfig()
         self.method = method
-        self._lock = threading.Lock()  # not an RLock: a stream may be finished from another thread
+        self._lock = threading.Lock()  # held per step only (see the module docstring)
 
     # -- compression ---------------------------------------------------------------------------
     def compress(self, prompt: str | None = None, *, chunks=None, instruction: str | None = None,
@@ -139,33 +142,47 @@ class DraftEngine:
         stats = GenerationStats(method)
         gs = GenerationStream(iter(()), stats, None)
 
+        def setup() -> Iterator[str]:
+            t0 = time.perf_counter()
+            full_ids = self._target_ids(segments, template, system)
+            stats.original_tokens = len(full_ids)
+            ids = full_ids
+            if method == "specpc":
+                cp = compress(self.draft.model, self.draft.tokenizer, segments, chunk_list, cfg, template=template,
+                              target_tokenizer=self.target.tokenizer)
+                gs.compressed = cp
+                stats.seconds.update(draft=cp.seconds["draft"], select=cp.seconds["select"])
+                ids = self._target_ids(_compressed_segments(cp, segments), template, system)
+            prefill = functools.partial(_prefill_with_stats, speckv.plain_prefill_stats, stats)
+            if method in baselines.KV_METHODS:
+                ids, prefill, gs.compressed = self._kv_setup(
+                    method, segments, chunk_list, ids, template, system, sampling, stats,
+                    budget=budget, ratio=ratio, pc_budget=pc_budget, pc_ratio=pc_ratio, lookahead=lookahead_tokens)
+            stats.prompt_tokens = len(ids)
+            return t0, stream(self.target.model, self.target.tokenizer, ids, sampling, prefill, info)
+
         def run() -> Iterator[str]:
             with self._lock:
-                t0 = time.perf_counter()
-                full_ids = self._target_ids(segments, template, system)
-                stats.original_tokens = len(full_ids)
-                ids = full_ids
-                if method == "specpc":
-                    cp = compress(self.draft.model, self.draft.tokenizer, segments, chunk_list, cfg, template=template,
-                                  target_tokenizer=self.target.tokenizer)
-                    gs.compressed = cp
-                    stats.seconds.update(draft=cp.seconds["draft"], select=cp.seconds["select"])
-                    ids = self._target_ids(_compressed_segments(cp, segments), template, system)
-                prefill = functools.partial(_prefill_with_stats, speckv.plain_prefill_stats, stats)
-                if method in baselines.KV_METHODS:
-                    ids, prefill, gs.compressed = self._kv_setup(
-                        method, segments, chunk_list, ids, template, system, sampling, stats,
-                        budget=budget, ratio=ratio, pc_budget=pc_budget, pc_ratio=pc_ratio, lookahead=lookahead_tokens)
-                stats.prompt_tokens = len(ids)
-                t1 = time.perf_counter()
-                info: dict = {}
-                yield from stream(self.target.model, self.target.tokenizer, ids, sampling, prefill, info)
-                t2 = time.perf_counter()
-                stats.new_tokens, stats.finish_reason = info["new_tokens"], info["finish_reason"]
-                stats.seconds.update(target=t2 - t1, total=t2 - t0)
+                t0, pieces = setup()
+            t1 = time.perf_counter()
+            with contextlib.closing(pieces):
+                yield from self._locked_steps(pieces)
+            t2 = time.perf_counter()
+            stats.new_tokens, stats.finish_reason = info["new_tokens"], info["finish_reason"]
+            stats.seconds.update(target=t2 - t1, total=t2 - t0)
 
+        info: dict = {}
         gs._pieces = run()
         return gs
+
+    def _locked_steps(self, pieces: Iterator[str]) -> Iterator[str]:
+        """Each ``next(pieces)`` under the engine lock; the lock is free while the caller holds a piece."""
+        while True:
+            with self._lock:
+                piece = next(pieces, None)
+            if piece is None:
+                return
+            yield piece
 
     def generate(self, prompt: str | None = None, **kwargs) -> Generation:
         """Like ``stream`` but returns the whole text with stats (and the CompressedPrompt for SpecPC)."""
