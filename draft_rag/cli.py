@@ -120,7 +120,10 @@ def specpc_from_args(args) -> SpecPCConfig:
 def _cmd_compress(args) -> int:
     from .engine import DraftEngine
 
+    from .prompt import build_segments
+
     text, specpc = _read(args.file), specpc_from_args(args)
+    build_segments(text, question=args.question)  # nothing to compress: said before a model loads
     check_model_args(args, "draft")
     engine = DraftEngine(draft=args.draft, specpc=specpc)
     t0 = time.perf_counter()
@@ -142,7 +145,10 @@ def _cmd_compress(args) -> int:
 def _cmd_generate(args) -> int:
     from .engine import DraftEngine
 
+    from .prompt import build_segments
+
     text, specpc = _read(args.file), specpc_from_args(args)
+    build_segments(text)
     check_model_args(args, "target", "draft")
     engine = DraftEngine(target=args.target, draft=args.draft, specpc=specpc)
     kwargs = dict(method=args.method, budget=args.budget, ratio=args.ratio, template=args.template,

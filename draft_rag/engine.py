@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from . import baselines, speckv
-from .config import SpecKVConfig, SpecPCConfig
+from .config import SpecKVConfig, SpecPCConfig, check_budget
 from .generation import Sampling, eos_ids, stream
 from .models import DEFAULT_MODEL, LoadedModel, load_model
 from .scoring import chunk_scores, draft_scores
@@ -113,6 +113,7 @@ class DraftEngine:
         return chunk_scores(dp.scores, tok.segment, [s.chunk for s in layout], len(chunk_list), reduce)
 
     def _config(self, budget, ratio) -> SpecPCConfig:
+        check_budget(budget, ratio)
         if budget is not None or ratio is not None:
             return self.specpc.replace(max_capacity_prompt=budget, ratio=ratio)
         return self.specpc
@@ -139,6 +140,7 @@ class DraftEngine:
         segments, chunk_list = build_segments(prompt, chunks=chunks, instruction=instruction, question=question,
                                               answer_prefix=answer_prefix)
         cfg = self._config(budget, ratio)
+        check_budget(pc_budget, pc_ratio, "pc_")
         stats = GenerationStats(method)
         gs = GenerationStream(iter(()), stats, None)
 

@@ -77,8 +77,8 @@ class DraftDocumentCompressor(BaseDocumentCompressor):
         keep = self._select(docs, scores)
         logger.debug("kept %d of %d documents", len(keep), len(docs))
         if not self.compress_tokens:
-            return [_annotate(docs[i], docs[i].page_content, scores[i], [(0, len(docs[i].page_content))], 1.0)
-                    for i in keep]
+            return [_annotate(docs[i], docs[i].page_content, scores[i],
+                              [(0, len(docs[i].page_content))] if docs[i].page_content else [], 1.0) for i in keep]
         kept_chunks = [chunks[i] for i in keep]
         cp = self._engine.compress(chunks=kept_chunks, question=query, instruction=self.instruction,
                                    budget=self.budget, ratio=self.ratio)
