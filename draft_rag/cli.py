@@ -244,13 +244,19 @@ def _extra_subcommands():
         yield module.add_subcommand
 
 
+def _setup_logging(verbose: bool) -> None:
+    """Our INFO messages (or everything's DEBUG with -v); other libraries only warn, and show no nested bars."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
 def main(argv=None) -> int:
     """Run the CLI; every error is one line on stderr: exit code 2 for bad input, 1 for an internal error."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2, already printed)
         return exc.code if isinstance(exc.code, int) else 2
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _setup_logging(args.verbose)
     try:
         return args.func(args)
     except KeyboardInterrupt:
