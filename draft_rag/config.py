@@ -27,6 +27,15 @@ def _check_budget(max_capacity_prompt, ratio, minimum: int) -> None:
         raise ValueError(f"ratio must be a number in (0, 1], got {ratio!r}")
 
 
+def check_budget(budget, ratio, prefix: str = "") -> None:
+    """Check a call's ``budget`` (tokens, >= 1) / ``ratio`` (in (0, 1]) pair, naming them as the caller did."""
+    if budget is not None and ratio is not None:
+        raise ValueError(f"give either {prefix}budget (tokens) or {prefix}ratio (a fraction), not both")
+    _check_int(prefix + "budget", budget, 1, allow_none=True)
+    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1):
+        raise ValueError(f"{prefix}ratio must be a number in (0, 1], got {ratio!r}")
+
+
 class _Budgeted:
     """Budget helpers shared by both configs: ``max_capacity_prompt`` tokens or a ``ratio``; default 1024."""
 

@@ -116,7 +116,7 @@ class Index:
     def search(self, query: str, k: int = 10) -> list[tuple[Chunk, float]]:
         if not isinstance(query, str) or not query.strip():
             raise ValueError("query must be a non-empty string")
-        q = self.embedder.encode([query], normalize_embeddings=True, convert_to_numpy=True)[0]
+        q = self.embedder.encode([query], normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)[0]
         sims = self.embeddings @ q
         order = np.argsort(-sims, kind="stable")[:k]
         return [(self.chunks[i], float(sims[i])) for i in order]
@@ -160,7 +160,8 @@ def build_index(chunks: list[Chunk], *, embedder=None, batch_size: int = 32, pro
     parts = []
     for i in tqdm(range(0, len(chunks), batch_size), desc="indexing", unit="batch", disable=not progress):
         batch = [c.text for c in chunks[i:i + batch_size]]
-        parts.append(embedder.encode(batch, normalize_embeddings=True, convert_to_numpy=True, batch_size=batch_size))
+        parts.append(embedder.encode(batch, normalize_embeddings=True, convert_to_numpy=True, batch_size=batch_size,
+                                    show_progress_bar=False))
     embeddings = np.concatenate(parts).astype(np.float32)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)

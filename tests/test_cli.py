@@ -31,11 +31,78 @@ def test_generate_full_prints_only_the_answer(tiny_dir, prompt_file, capsys):
     assert out["stats"]["method"] == "full" and out["stats"]["new_tokens"] <= 4
 
 
-def test_errors_exit_non_zero_with_a_message(tiny_dir, prompt_file, caplog):
+def test_errors_exit_non_zero_with_a_message(tiny_dir, prompt_file, capsys):
     assert main(["compress", "--draft", tiny_dir, "--ratio", "1.5", prompt_file]) == 2
-    assert "ratio" in caplog.text
-    with pytest.raises(SystemExit):
-        main(["compress", prompt_file])  # a budget is required
+    assert "--ratio" in capsys.readouterr().err
+    assert main(["compress", prompt_file]) == 2  # a budget is required
+    assert "--budget" in capsys.readouterr().err
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Fail the test if the CLI gets as far as loading a model."""
+    import draft_rag.engine
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr(draft_rag.engine, "load_model", refuse)
+
+
+def _bad_inputs(tmp_path, tiny_dir):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    binary = tmp_path / "latin1.txt"
+    binary.write_bytes("caf\xe9 au lait".encode("latin-1"))
+    ok = tmp_path / "ok.txt"
+    ok.write_text("some text")
+    return [
+        (["compress", "--budget", "10", str(tmp_path)], "is a directory"),
+        (["compress", "--budget", "10", str(tmp_path / "missing.txt")], "input file not found"),
+        (["compress", "--budget", "10", str(binary)], "not UTF-8"),
+        (["compress", "--budget", "0", str(ok)], "--budget"),
+        (["compress", "--ratio", "nan", str(ok)], "--ratio"),
+        (["compress", "--budget", "10", "--draft", str(tmp_path / "no-such-model"), str(ok)], "--draft"),
+        (["compress", "--budget", "10", "--draft", "./nothing/here", str(ok)], "not found"),
+        (["compress", "--budget", "10", "--draft", str(broken), str(ok)], "not a valid model config"),
+        (["compress", "--budget", "10", "--draft", str(ok), str(ok)], "not a .gguf"),
+        (["compress", "--budget", "10", "--draft", tiny_dir, "--window-size", "0", str(ok)], "window_size"),
+        (["generate", "--target", str(tmp_path / "nope.gguf"), str(ok)], "GGUF file not found"),
+        (["generate", "--target", tiny_dir, "--temperature", "-1", str(ok)], "--temperature"),
+        (["generate", "--target", tiny_dir, "--max-new-tokens", "0", str(ok)], "--max-new-tokens"),
+        (["models", "pull", "gpt-5"], "unknown built-in model"),
+    ]
+
+
+def test_bad_input_is_one_line_exit_2_before_any_model_loads(tmp_path, tiny_dir, no_model_loads, capsys):
+    for argv, words in _bad_inputs(tmp_path, tiny_dir):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+
+
+def test_invalid_utf8_on_stdin(monkeypatch, no_model_loads, capsys):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"ok \xff\xfe broken")))
+    assert main(["compress", "--budget", "5", "-"]) == 2
+    assert "stdin is not UTF-8 text" in capsys.readouterr().err
+
+
+def test_internal_error_exit_1_and_debug_shows_it(monkeypatch, tiny_dir, prompt_file, capsys):
+    import draft_rag.engine
+
+    def crash(*args, **kwargs):
+        raise KeyError("boom")
+
+    monkeypatch.setattr(draft_rag.engine.DraftEngine, "compress", crash)
+    argv = ["compress", "--draft", tiny_dir, "--budget", "10", "--starting-layer-index", "0", prompt_file]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("draft-rag: internal error: 'boom' (KeyError") and err.count("\n") == 1
+    with pytest.raises(KeyError):
+        main(["--debug"] + argv)
 
 
 def test_generate_speckv_pc_takes_both_budgets(tiny_dir, prompt_file, capsys):

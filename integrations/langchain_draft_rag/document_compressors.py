@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from typing import Annotated, Any, Optional, Sequence
 
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
-from pydantic import ConfigDict, PrivateAttr, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from draft_rag import Chunk, DraftEngine
 from draft_rag.prompt import count_tokens
@@ -37,24 +37,28 @@ class DraftDocumentCompressor(BaseDocumentCompressor):
     """
 
     draft: Any = None
-    budget: int | None = None
-    ratio: float | None = None
-    top_n: int | None = None
-    threshold: float | None = None
+    """The draft model (anything ``draft_rag.load_model`` accepts); default: the built-in SmolLM2."""
+    budget: common.Budget = None
+    """Draft tokens of documents to keep (or, with ``compress_tokens``, of kept text)."""
+    ratio: common.Ratio = None
+    """The budget as a fraction of all document tokens, in (0, 1]."""
+    top_n: Optional[Annotated[int, Field(ge=1, strict=True)]] = None
+    """Keep at most this many documents."""
+    threshold: Optional[float] = Field(None, allow_inf_nan=False)
+    """Drop documents whose draft score is below this."""
     compress_tokens: bool = False
-    instruction: str | None = None
+    """Spend budget/ratio with SpecPC inside the documents instead of dropping whole ones."""
+    instruction: Optional[str] = None
+    """Task text the draft reads before the documents."""
     specpc: Any = None
+    """A ``draft_rag.SpecPCConfig`` for the draft's scoring window and layers."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", use_attribute_docstrings=True)
     _engine: DraftEngine = PrivateAttr()
 
     @model_validator(mode="after")
     def _setup(self) -> "DraftDocumentCompressor":
         common.check_budget(self.budget, self.ratio)
-        common.check_positive_int("top_n", self.top_n, allow_none=True)
-        if self.threshold is not None and (isinstance(self.threshold, bool)
-                                           or not isinstance(self.threshold, (int, float))):
-            raise ValueError(f"threshold must be a number, got {self.threshold!r}")
         if self.compress_tokens and self.budget is None and self.ratio is None:
             raise ValueError("compress_tokens=True needs budget=... or ratio=... for SpecPC")
         self._engine = common.shared_engine(None, self.draft, self.specpc)
@@ -73,8 +77,8 @@ class DraftDocumentCompressor(BaseDocumentCompressor):
         keep = self._select(docs, scores)
         logger.debug("kept %d of %d documents", len(keep), len(docs))
         if not self.compress_tokens:
-            return [_annotate(docs[i], docs[i].page_content, scores[i], [(0, len(docs[i].page_content))], 1.0)
-                    for i in keep]
+            return [_annotate(docs[i], docs[i].page_content, scores[i],
+                              [(0, len(docs[i].page_content))] if docs[i].page_content else [], 1.0) for i in keep]
         kept_chunks = [chunks[i] for i in keep]
         cp = self._engine.compress(chunks=kept_chunks, question=query, instruction=self.instruction,
                                    budget=self.budget, ratio=self.ratio)

@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import threading
-from typing import Any, AsyncIterator, Callable, Iterator, Literal, Optional, Sequence, Union
+from typing import Annotated, Any, Iterator, Literal, Optional, Sequence, Union
 
 from llama_index.core.base.llms.types import (ChatMessage, ChatResponse, ChatResponseAsyncGen, ChatResponseGen,
                                               CompletionResponse, CompletionResponseAsyncGen,
@@ -23,7 +22,7 @@ from llama_index.core.llms.llm import LLM
 
 from draft_rag import DraftEngine
 from draft_rag import engine as engine_module
-from draft_rag.scoring import select_chunks
+from draft_rag.aio import iterate_in_thread
 
 from .events import DraftCompressionEvent, dispatcher
 
@@ -48,15 +47,20 @@ class DraftCompressedLLM(LLM):
     draft: Any = Field(default=None, exclude=True, description="draft model; defaults to the target or SmolLM2")
     llm: Optional[LLM] = Field(default=None, exclude=True, description="LlamaIndex LLM to put SpecPC in front of")
     method: str = Field(default="specpc", description="one of draft_rag.engine.METHODS")
-    budget: Union[int, Literal["auto"], None] = Field(
+    budget: Union[Annotated[int, Field(ge=1, strict=True)], Literal["auto"], None] = Field(
         default=None, description="prompt budget in draft tokens, or 'auto' (also the default for specpc): fit the "
                                   "context window (the target's; with llm=..., its metadata's minus num_output)")
-    ratio: Optional[float] = Field(default=None, description="prompt budget as a fraction of the prompt")
-    max_new_tokens: int = Field(default=256, description="local generation length")
-    temperature: float = Field(default=0.0, description="local sampling temperature (0 = greedy)")
-    pc_budget: Optional[int] = Field(default=None, description="speckv-pc: SpecPC prompt budget (draft tokens)")
-    pc_ratio: Optional[float] = Field(default=None, description="speckv-pc: SpecPC budget as a fraction")
-    context_window: Optional[int] = Field(default=None, description="override the reported context window")
+    ratio: Optional[float] = Field(default=None, gt=0, le=1, allow_inf_nan=False,
+                                   description="prompt budget as a fraction of the prompt")
+    max_new_tokens: int = Field(default=256, ge=1, strict=True, description="local generation length")
+    temperature: float = Field(default=0.0, ge=0, allow_inf_nan=False,
+                               description="local sampling temperature (0 = greedy)")
+    pc_budget: Optional[int] = Field(default=None, ge=1, strict=True,
+                                     description="speckv-pc: SpecPC prompt budget (draft tokens)")
+    pc_ratio: Optional[float] = Field(default=None, gt=0, le=1, allow_inf_nan=False,
+                                      description="speckv-pc: SpecPC budget as a fraction")
+    context_window: Optional[int] = Field(default=None, ge=1, strict=True,
+                                          description="override the reported context window")
     specpc: Any = Field(default=None, exclude=True, description="draft_rag.SpecPCConfig")
     speckv: Any = Field(default=None, exclude=True, description="draft_rag.SpecKVConfig (KV methods)")
     _engine: DraftEngine = PrivateAttr()
@@ -74,9 +78,8 @@ class DraftCompressedLLM(LLM):
         if llm is not None and self.method != "specpc":
             raise ValueError(f"with llm=... only method='specpc' is possible (the wrapped LLM does its own "
                              f"prefill), got {self.method!r}")
-        if self.budget == "auto" and self.ratio is not None:
-            raise ValueError("give either budget='auto' or ratio, not both")
-        select_chunks([], [], budget=None if self.budget == "auto" else self.budget, ratio=self.ratio)  # validates
+        if self.budget is not None and self.ratio is not None:
+            raise ValueError("give either budget (tokens or 'auto') or ratio (a fraction), not both")
         self._engine = engine or DraftEngine(target=target, draft=draft, method=self.method, specpc=self.specpc,
                                              speckv=self.speckv)
 
@@ -199,7 +202,7 @@ class DraftCompressedLLM(LLM):
                                **kwargs: Any) -> CompletionResponseAsyncGen:
         if self.llm is None:
             args = _local_args(prompt, self._take(prompt))
-            return _in_thread(lambda: self._local_stream(args, kwargs))
+            return iterate_in_thread(lambda: self._local_stream(args, kwargs))
         text, stats = await asyncio.to_thread(self._front_prompt, prompt)
         inner = await self.llm.astream_complete(text, formatted=formatted, **kwargs)
         return (_annotate(r, stats) async for r in inner)
@@ -231,7 +234,7 @@ class DraftCompressedLLM(LLM):
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         if self.llm is None:
             args = _chat_args(messages)
-            return _in_thread(lambda: (_as_chat(r) for r in self._local_stream(args, kwargs)))
+            return iterate_in_thread(lambda: (_as_chat(r) for r in self._local_stream(args, kwargs)))
         msgs, stats = await asyncio.to_thread(self._front_messages, messages)
         inner = await self.llm.astream_chat(msgs, **kwargs)
         return (_annotate(r, stats) async for r in inner)
@@ -343,33 +346,3 @@ def _last(responses: Iterator[CompletionResponse]) -> CompletionResponse:
         pass
     last.delta = None
     return last
-
-
-async def _in_thread(make: Callable[[], Iterator]) -> AsyncIterator:
-    """Run a blocking iterator in one worker thread (the engine's lock stays with it); yield without blocking."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-    stop = threading.Event()
-
-    def work() -> None:
-        try:
-            with contextlib.closing(iter(make())) as items:
-                for item in items:
-                    loop.call_soon_threadsafe(queue.put_nowait, (True, item))
-                    if stop.is_set():
-                        break
-            loop.call_soon_threadsafe(queue.put_nowait, (False, None))
-        except BaseException as exc:  # handed to the consumer
-            loop.call_soon_threadsafe(queue.put_nowait, (False, exc))
-
-    threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True).start()
-    try:
-        while True:
-            ok, item = await queue.get()
-            if not ok:
-                if item is not None:
-                    raise item
-                return
-            yield item
-    finally:
-        stop.set()

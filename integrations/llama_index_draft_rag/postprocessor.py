@@ -27,8 +27,9 @@ KEPT_SPANS_KEY = "draft_rag_kept_spans"
 class DraftNodePostprocessor(BaseNodePostprocessor):
     """Chunk-level pruning with the draft's attention while it reads the query; optional token-level compression.
 
-    Every kept node is the caller's ``NodeWithScore`` with ``score`` set to the draft importance (a float)
-    and the retrieval score kept in ``node.metadata["retrieval_score"]`` (hidden from LLM/embedding text).
+    Every kept node is a copy of the caller's ``NodeWithScore`` (same id, metadata and relationships; the
+    caller's objects are not changed) with ``score`` set to the draft importance (a float) and the retrieval
+    score kept in ``node.metadata["retrieval_score"]`` (hidden from LLM/embedding text; an existing one wins).
     ``top_n``/``threshold`` filter whole nodes; ``budget`` (draft tokens) or ``ratio`` is met by dropping
     whole nodes (``draft_rag.scoring.select_chunks``), or with ``compress_tokens=True`` by SpecPC inside
     the kept nodes (query and instruction count towards the budget; changed nodes are copies with the same
@@ -38,10 +39,13 @@ class DraftNodePostprocessor(BaseNodePostprocessor):
     """
 
     draft: Any = Field(default=None, exclude=True, description="draft model: anything load_model accepts")
-    top_n: Optional[int] = Field(default=None, description="keep at most this many nodes")
-    budget: Optional[int] = Field(default=None, description="token budget of the kept context (draft tokens)")
-    ratio: Optional[float] = Field(default=None, description="budget as a fraction of the input tokens")
-    threshold: Optional[float] = Field(default=None, description="drop nodes whose draft score is below this")
+    top_n: Optional[int] = Field(default=None, ge=1, strict=True, description="keep at most this many nodes")
+    budget: Optional[int] = Field(default=None, ge=1, strict=True,
+                                  description="token budget of the kept context (draft tokens)")
+    ratio: Optional[float] = Field(default=None, gt=0, le=1, allow_inf_nan=False,
+                                   description="budget as a fraction of the input tokens")
+    threshold: Optional[float] = Field(default=None, allow_inf_nan=False,
+                                       description="drop nodes whose draft score is below this")
     compress_tokens: bool = Field(default=False, description="meet budget/ratio by token-level SpecPC in nodes")
     sort_by_score: bool = Field(default=False, description="return nodes by draft score instead of input order")
     metadata_mode: MetadataMode = Field(default=MetadataMode.NONE, description="node text the draft scores")
@@ -54,9 +58,6 @@ class DraftNodePostprocessor(BaseNodePostprocessor):
         select_chunks([], [], top_n=self.top_n, budget=self.budget, ratio=self.ratio)  # validates the arguments
         if self.compress_tokens and self.budget is None and self.ratio is None:
             raise ValueError("compress_tokens=True needs budget=<tokens> or ratio=<fraction>")
-        if self.threshold is not None and (isinstance(self.threshold, bool)
-                                           or not isinstance(self.threshold, (int, float))):
-            raise ValueError(f"threshold must be a number, got {self.threshold!r}")
         self._engine = engine or DraftEngine(draft=draft, specpc=self.specpc)
 
     @classmethod
@@ -135,14 +136,18 @@ class DraftNodePostprocessor(BaseNodePostprocessor):
 
 
 def _rescore(nws: NodeWithScore, score: float) -> NodeWithScore:
-    """Keep the retrieval score in metadata (hidden from prompts and embeddings); set the draft score."""
+    """A copy scored by the draft; the first retrieval score stays in metadata (hidden from prompts and embeddings).
+
+    The caller's objects are left as they are, so running again (or chaining) never loses the retrieval score.
+    """
     node = nws.node
-    node.metadata[RETRIEVAL_SCORE_KEY] = nws.score
-    for keys in (node.excluded_llm_metadata_keys, node.excluded_embed_metadata_keys):
-        if RETRIEVAL_SCORE_KEY not in keys:
-            keys.append(RETRIEVAL_SCORE_KEY)
-    nws.score = float(score)
-    return nws
+    hide = [] if RETRIEVAL_SCORE_KEY in node.excluded_llm_metadata_keys else [RETRIEVAL_SCORE_KEY]
+    hide_embed = [] if RETRIEVAL_SCORE_KEY in node.excluded_embed_metadata_keys else [RETRIEVAL_SCORE_KEY]
+    copy = node.model_copy(update={
+        "metadata": {RETRIEVAL_SCORE_KEY: nws.score, **node.metadata},
+        "excluded_llm_metadata_keys": node.excluded_llm_metadata_keys + hide,
+        "excluded_embed_metadata_keys": node.excluded_embed_metadata_keys + hide_embed})
+    return NodeWithScore(node=copy, score=float(score))
 
 
 def _with_text(node, result):

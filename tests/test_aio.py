@@ -1,0 +1,100 @@
+"""draft_rag.aio.iterate_in_thread: errors reach the consumer, early stops close the iterator, closed loops are left alone."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from draft_rag.aio import iterate_in_thread
+
+
+class Counting:
+    """An iterator that records whether it was closed."""
+
+    def __init__(self, n: int, fail_at: int | None = None, delay: float = 0.0):
+        self.n, self.fail_at, self.delay, self.closed, self.i = n, fail_at, delay, threading.Event(), 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        time.sleep(self.delay)
+        if self.i == self.fail_at:
+            raise ValueError("boom")
+        if self.i >= self.n:
+            raise StopIteration
+        self.i += 1
+        return self.i
+
+    def close(self):
+        self.closed.set()
+
+
+@pytest.fixture
+def thread_errors():
+    """Exceptions raised in any thread during the test."""
+    seen, old = [], threading.excepthook
+    threading.excepthook = lambda args: seen.append(args.exc_value)
+    yield seen
+    threading.excepthook = old
+
+
+async def test_items_and_error():
+    assert [x async for x in iterate_in_thread(lambda: Counting(3))] == [1, 2, 3]
+    with pytest.raises(ValueError, match="boom"):
+        async for _ in iterate_in_thread(lambda: Counting(5, fail_at=2)):
+            pass
+    with pytest.raises(TypeError):
+        async for _ in iterate_in_thread(lambda: None):
+            pass
+
+
+async def test_break_and_cancel_close_the_iterator():
+    it = Counting(1000, delay=0.001)
+    async for x in iterate_in_thread(lambda: it):
+        if x == 3:
+            break
+    assert await asyncio.to_thread(it.closed.wait, 5)
+
+    slow = Counting(1000, delay=0.01)
+
+    async def consume():
+        async for _ in iterate_in_thread(lambda: slow):
+            pass
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await asyncio.to_thread(slow.closed.wait, 5)
+    assert slow.i < 1000
+
+
+def test_loop_closed_while_worker_runs(thread_errors):
+    slow = Counting(30, delay=0.01)
+
+    async def first_then_raise():
+        async for _ in iterate_in_thread(lambda: slow):
+            raise RuntimeError("consumer failed")
+
+    with pytest.raises(RuntimeError, match="consumer failed"):
+        asyncio.run(first_then_raise())
+    assert slow.closed.wait(5)
+    time.sleep(0.05)
+    assert thread_errors == []
+
+
+def test_adapter_ainvoke_that_raises_leaves_no_thread_error(thread_errors):
+    from langchain_core.messages import SystemMessage
+
+    from conftest import tiny_model
+    from langchain_draft_rag import ChatDraftCompressed
+
+    chat = ChatDraftCompressed(target=tiny_model("llama"), max_tokens=2)
+    with pytest.raises(ValueError, match="human message"):
+        asyncio.run(chat.ainvoke([SystemMessage("only a system message")]))
+    time.sleep(0.1)
+    assert thread_errors == []
