@@ -220,7 +220,7 @@ def test_engine_streaming_sampling_and_stop():
 
 def test_bad_arguments_are_named():
     engine = _engine()
-    with pytest.raises(ValueError, match="max_capacity_prompt"):
+    with pytest.raises(ValueError, match="budget must be an integer >= 1"):
         "".join(engine.stream(TEXT, method="speckv", budget=0))
     with pytest.raises(ValueError, match="lookahead_tokens"):
         "".join(engine.stream(TEXT, method="speckv", budget=10, lookahead_tokens=-1))
