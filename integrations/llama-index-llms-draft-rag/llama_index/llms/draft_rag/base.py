@@ -25,7 +25,7 @@ from draft_rag import DraftEngine
 from draft_rag import engine as engine_module
 from draft_rag.scoring import select_chunks
 
-from .events import DraftCompressionEvent, dispatcher
+from llama_index.llms.draft_rag.events import DraftCompressionEvent, dispatcher
 
 _CONTEXT = "\u2063DRAFTRAG-CONTEXT\u2063"
 CONTEXT_KEYS = ("context_str", "context_msg")  # what LlamaIndex's QA/refine/summary templates call retrieved text

@@ -15,7 +15,7 @@ from draft_rag import Chunk, DraftEngine
 from draft_rag.prompt import count_tokens
 from draft_rag.scoring import select_chunks
 
-from .events import DraftCompressionEvent, dispatcher
+from llama_index.llms.draft_rag.events import DraftCompressionEvent, dispatcher
 
 logger = logging.getLogger(__name__)
 
