@@ -13,7 +13,7 @@ from typing import Iterator
 from . import baselines, speckv
 from .config import SpecKVConfig, SpecPCConfig
 from .generation import Sampling, eos_ids, stream
-from .models import DEFAULT_MODEL, LoadedModel, load_model
+from .models import DEFAULT_MODEL, LoadedModel, load_model, load_options
 from .scoring import chunk_scores, draft_scores
 from .prompt import Segment, build_segments, has_chat_template, tokenize, wrap
 from .specpc import CompressedPrompt, compress
@@ -61,19 +61,33 @@ class GenerationStream:
 class DraftEngine:
     """Draft-guided compression and generation.
 
-    ``target`` and ``draft`` are anything ``load_model`` accepts (alias, path, hub id, loaded model).
     ``target=None`` gives a compression-only engine (e.g. in front of a remote LLM). ``draft`` defaults
     to the target itself when given, else to the built-in SmolLM2; one loaded model may serve as both.
+
+    Args:
+        target: the model that answers: anything ``load_model`` accepts (alias, path, hub id, loaded model).
+        draft: the small model whose attention guides compression (same forms).
+        specpc: SpecPC settings (window, pooling, budget); defaults to ``SpecPCConfig()``.
+        method: default generation method, one of ``METHODS``.
+        device, dtype, device_map, attn_implementation: ``load_model`` options for both models.
+        speckv: SpecKV settings for the KV methods; defaults to ``SpecKVConfig()``.
+        target_kwargs, draft_kwargs: ``load_model`` options for one model only, overriding the shared
+            ones, e.g. ``target_kwargs={"device_map": "auto", "model_kwargs": {"quantization_config": q}}``.
     """
 
     def __init__(self, target=None, draft=None, *, specpc: SpecPCConfig | None = None, method: str = "specpc",
-                 device: str | None = None, dtype=None, speckv: SpecKVConfig | None = None):
+                 device: str | None = None, dtype=None, speckv: SpecKVConfig | None = None, device_map=None,
+                 attn_implementation: str | None = None, target_kwargs: dict | None = None,
+                 draft_kwargs: dict | None = None):
         _check_method(method)
-        self.target: LoadedModel | None = load_model(target, device=device, dtype=dtype) if target is not None else None
+        shared = {k: v for k, v in dict(device=device, dtype=dtype, device_map=device_map,
+                                        attn_implementation=attn_implementation).items() if v is not None}
+        t_opts, d_opts = _options(shared, target_kwargs, "target_kwargs"), _options(shared, draft_kwargs, "draft_kwargs")
+        self.target: LoadedModel | None = load_model(target, **t_opts) if target is not None else None
         if draft is None:
-            self.draft = self.target or load_model(DEFAULT_MODEL, device=device, dtype=dtype)
+            self.draft = self.target or load_model(DEFAULT_MODEL, **d_opts)
         else:
-            self.draft = load_model(draft, device=device, dtype=dtype)
+            self.draft = load_model(draft, **d_opts)
         self.specpc = specpc or SpecPCConfig()
         self.speckv = speckv or SpecKVConfig()
         self.method = method
@@ -85,8 +99,17 @@ class DraftEngine:
                  ratio: float | None = None, template: str = "chat") -> CompressedPrompt:
         """SpecPC on a prompt string or on chunks; protected segments are always kept.
 
-        ``budget``/``ratio`` override the engine's SpecPCConfig for this call. Token counts in the result
-        use the target's tokenizer when the engine has a target.
+        Args:
+            prompt: the text to compress (all of it compressible), or None when ``chunks`` are given.
+            chunks: retrieved passages (strings or ``Chunk``), compressed each with its own provenance.
+            instruction, question, answer_prefix: protected text, kept word for word.
+            budget, ratio: the prompt budget in draft tokens, or as a fraction of the prompt; they override
+                the engine's SpecPCConfig for this call.
+            template: ``"chat"`` (the draft's chat template) or ``"raw"``.
+
+        Returns:
+            A ``CompressedPrompt``: the kept text, per-chunk results and token counts (in the target's
+            tokenizer when the engine has a target).
         """
         segments, chunk_list = build_segments(prompt, chunks=chunks, instruction=instruction, question=question,
                                               answer_prefix=answer_prefix)
@@ -99,8 +122,15 @@ class DraftEngine:
                      reduce: str = "max", template: str = "chat") -> list[float]:
         """One draft pass over instruction + chunks + question; the draft's attention score of each chunk.
 
-        Always runs the draft (no budget). Higher means the draft attended to the chunk more while
-        reading the question. Chunks with empty text score 0.0.
+        Args:
+            chunks: the passages to score (strings or ``Chunk``).
+            question, instruction: read by the draft around the chunks (the question last).
+            reduce: ``"max"`` or ``"mean"`` of a chunk's token scores.
+            template: ``"chat"`` or ``"raw"``.
+
+        Returns:
+            One float per chunk; higher means the draft attended to it more while reading the question.
+            Chunks with empty text score 0.0. Always runs the draft (no budget).
         """
         segments, chunk_list = build_segments(None, chunks=chunks, instruction=instruction, question=question)
         layout = wrap(segments, self.draft.tokenizer, template)
@@ -123,9 +153,19 @@ class DraftEngine:
                pc_ratio: float | None = None, lookahead_tokens: int | None = None) -> GenerationStream:
         """Generate with the local target; yields text pieces as they are decoded.
 
-        ``budget``/``ratio`` are the prompt budget for ``specpc`` and the KV budget (entries per layer and
-        KV head) for the KV methods; ``speckv-pc`` takes its prompt budget as ``pc_budget``/``pc_ratio``
-        (default 2048 tokens). ``lookahead_tokens`` overrides SpecKVConfig's (default: ``max_new_tokens``).
+        Args:
+            prompt, chunks, instruction, question, answer_prefix: as in ``compress``.
+            method: one of ``METHODS``; defaults to the engine's.
+            budget, ratio: the prompt budget for ``specpc``, the KV budget (entries per layer and KV head)
+                for the KV methods.
+            template: ``"chat"``/``"raw"``; defaults to chat when the target's tokenizer has a template.
+            system: system prompt (chat template only).
+            max_new_tokens, temperature, top_p, top_k, stop, seed: decoding settings (temperature 0 = greedy).
+            pc_budget, pc_ratio: ``speckv-pc``'s prompt budget (default 2048 tokens).
+            lookahead_tokens: SpecKV's draft lookahead; overrides SpecKVConfig's (default: ``max_new_tokens``).
+
+        Returns:
+            A ``GenerationStream`` of text pieces; its ``stats`` and ``compressed`` are complete once exhausted.
         """
         if self.target is None:
             raise ValueError("this engine has no target model: pass target=... to DraftEngine to generate")
@@ -168,7 +208,14 @@ class DraftEngine:
         return gs
 
     def generate(self, prompt: str | None = None, **kwargs) -> Generation:
-        """Like ``stream`` but returns the whole text with stats (and the CompressedPrompt for SpecPC)."""
+        """Like ``stream`` but returns the whole text.
+
+        Args:
+            prompt, kwargs: as in ``stream``.
+
+        Returns:
+            A ``Generation``: the text, its ``GenerationStats`` and (SpecPC methods) the ``CompressedPrompt``.
+        """
         gs = self.stream(prompt, **kwargs)
         text = "".join(gs)
         return Generation(text, gs.stats, gs.compressed)
@@ -227,6 +274,13 @@ def _prefill_with_stats(run, stats: GenerationStats, model, ids):
     stats.kv_bytes, stats.kv_bytes_full, stats.kv_entries = kv.kv_bytes, kv.kv_bytes_full, kv.entries
     stats.seconds.update(prefill=kv.seconds["prefill"], kv_select=kv.seconds["select"])
     return state
+
+
+def _options(shared: dict, own: dict | None, name: str) -> dict:
+    """One model's ``load_model`` options: the shared ones, overridden by its own (a device by a device_map)."""
+    own = load_options(own, name)
+    placed = {"device", "device_map"} & set(own)
+    return {**{k: v for k, v in shared.items() if not (placed and k in ("device", "device_map"))}, **own}
 
 
 def _check_method(method: str) -> None:

@@ -25,6 +25,7 @@ from transformers.cache_utils import DynamicLayer
 from .attention import observe, window_probs
 from .config import SpecKVConfig
 from .generation import Prefilled, plain_prefill
+from .models import input_device
 from .prompt import Segment, tokenize
 from .scoring import cache_kwarg, num_layers, pool
 
@@ -139,7 +140,7 @@ def compressed_prefill(model, prompt_ids: list[int], lookahead_ids: list[int], b
             layer.activate_past_recording()  # keep every entry until the observer has chosen
     full_entries = [min(n, layer.sliding_window - 1) if layer.is_sliding else n for layer in cache.layers]
     evictor = _Evictor(cache, n, budget, window, scorer, horizon, num_layers(model))
-    ids = torch.tensor([list(prompt_ids) + list(lookahead_ids)], device=model.device)
+    ids = torch.tensor([list(prompt_ids) + list(lookahead_ids)], device=input_device(model))
     with observe(model, evictor):
         out = model(input_ids=ids, use_cache=True, logits_to_keep=n_look + 1, **{cache_kwarg(model): cache})
     missing = [i for i, d in enumerate(evictor.done) if not d]
@@ -176,8 +177,8 @@ def draft_lookahead(model, input_ids: list[int], n_tokens: int, eos_ids: set[int
         out.append(tok)
         if step + 1 == n_tokens:
             break
-        res = model(input_ids=torch.tensor([[tok]], device=model.device),
-                    position_ids=torch.tensor([[len(input_ids) + step]], device=model.device),
+        res = model(input_ids=torch.tensor([[tok]], device=input_device(model)),
+                    position_ids=torch.tensor([[len(input_ids) + step]], device=input_device(model)),
                     use_cache=True, **{ck: state.cache})
         logits = res.logits[0, -1]
     return out
