@@ -90,3 +90,23 @@ def test_inputs_go_to_the_embedding_device():
 
     assert input_device(Split()).type == "meta"
     assert models.LOAD_OPTIONS == ("device", "dtype", "attn_implementation", "device_map", "model_kwargs")
+
+
+def test_every_adapter_passes_load_options_to_its_models(tiny_dir):
+    from langchain_draft_rag import ChatDraftCompressed, DraftCompressedLLM, DraftDocumentCompressor
+    from llama_index.llms.draft_rag import DraftCompressedLLM as LlamaLLM
+    from llama_index.postprocessor.draft_rag import DraftNodePostprocessor
+
+    target = {"model_kwargs": {"max_position_embeddings": 2222}}
+    draft = {"device_map": "auto", "model_kwargs": {"max_position_embeddings": 3333}}
+    adapters = [ChatDraftCompressed(target=tiny_dir, draft=tiny_dir, target_kwargs=target, draft_kwargs=draft),
+                DraftCompressedLLM(target=tiny_dir, draft=tiny_dir, target_kwargs=target, draft_kwargs=draft),
+                LlamaLLM(target=tiny_dir, draft=tiny_dir, target_kwargs=target, draft_kwargs=draft)]
+    for adapter in adapters:
+        assert adapter._engine.target.model.config.max_position_embeddings == 2222
+        assert adapter._engine.draft.model.config.max_position_embeddings == 3333
+    for pruner in (DraftDocumentCompressor(draft=tiny_dir, draft_kwargs=draft),
+                   DraftNodePostprocessor(draft=tiny_dir, draft_kwargs=draft)):
+        assert pruner._engine.draft.model.config.max_position_embeddings == 3333
+    with pytest.raises(ValueError, match="draft_kwargs has unknown keys"):
+        DraftNodePostprocessor(draft=tiny_dir, draft_kwargs={"trust_remote_code": True})

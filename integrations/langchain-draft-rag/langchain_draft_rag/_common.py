@@ -12,21 +12,26 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from draft_rag import DraftEngine, SpecKVConfig, SpecPCConfig, load_model
 from draft_rag import engine as _engine_module
-from draft_rag.models import DEFAULT_MODEL
+from draft_rag.models import DEFAULT_MODEL, load_options
 
 _engines: dict[tuple, DraftEngine] = {}
 _engines_lock = threading.Lock()
 
 
 def shared_engine(target: Any = None, draft: Any = None, specpc: SpecPCConfig | None = None,
-                  speckv: SpecKVConfig | None = None) -> DraftEngine:
-    """One ``DraftEngine`` per (target, draft, SpecPC and SpecKV settings), so adapters on the same models share it."""
+                  speckv: SpecKVConfig | None = None, target_kwargs: dict | None = None,
+                  draft_kwargs: dict | None = None) -> DraftEngine:
+    """One ``DraftEngine`` per (target, draft, SpecPC and SpecKV settings), so adapters on the same models share it.
+
+    ``target_kwargs`` / ``draft_kwargs`` are ``load_model`` options (``device_map``, ``dtype``, ``model_kwargs``, ...).
+    """
     if specpc is not None and not isinstance(specpc, SpecPCConfig):
         raise TypeError(f"specpc must be a draft_rag.SpecPCConfig, got {type(specpc).__name__}")
     if speckv is not None and not isinstance(speckv, SpecKVConfig):
         raise TypeError(f"speckv must be a draft_rag.SpecKVConfig, got {type(speckv).__name__}")
-    t = load_model(target) if target is not None else None
-    d = load_model(draft) if draft is not None else (t or load_model(DEFAULT_MODEL))
+    t_opts, d_opts = load_options(target_kwargs, "target_kwargs"), load_options(draft_kwargs, "draft_kwargs")
+    t = load_model(target, **t_opts) if target is not None else None
+    d = load_model(draft, **d_opts) if draft is not None else (t or load_model(DEFAULT_MODEL, **d_opts))
     key = (id(t), id(d), specpc, speckv)
     with _engines_lock:
         if key not in _engines:
@@ -100,6 +105,8 @@ class DraftSettings(BaseModel):
     template: str | None = None
     specpc: Any = None
     speckv: Any = None
+    target_kwargs: dict | None = None
+    draft_kwargs: dict | None = None
 
     model_config = CONFIG
     _engine: DraftEngine = PrivateAttr()
@@ -123,7 +130,8 @@ class DraftSettings(BaseModel):
         if self.template not in (None, "chat", "raw"):
             raise ValueError(f"template must be 'chat', 'raw' or None, got {self.template!r}")
         self.stop = stop_list(self.stop) or None
-        self._engine = shared_engine(self.target, self.draft, self.specpc, self.speckv)
+        self._engine = shared_engine(self.target, self.draft, self.specpc, self.speckv, self.target_kwargs,
+                                     self.draft_kwargs)
 
     @property
     def model_name(self) -> str:

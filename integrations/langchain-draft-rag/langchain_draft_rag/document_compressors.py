@@ -44,6 +44,7 @@ class DraftDocumentCompressor(BaseDocumentCompressor):
     compress_tokens: bool = False
     instruction: str | None = None
     specpc: Any = None
+    draft_kwargs: dict | None = None  # draft_rag.load_model options: device_map, dtype, model_kwargs, ...
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
     _engine: DraftEngine = PrivateAttr()
@@ -57,7 +58,7 @@ class DraftDocumentCompressor(BaseDocumentCompressor):
             raise ValueError(f"threshold must be a number, got {self.threshold!r}")
         if self.compress_tokens and self.budget is None and self.ratio is None:
             raise ValueError("compress_tokens=True needs budget=... or ratio=... for SpecPC")
-        self._engine = common.shared_engine(None, self.draft, self.specpc)
+        self._engine = common.shared_engine(None, self.draft, self.specpc, draft_kwargs=self.draft_kwargs)
         return self
 
     def compress_documents(self, documents: Sequence[Document], query: str,

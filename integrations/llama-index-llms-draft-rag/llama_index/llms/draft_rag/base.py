@@ -57,6 +57,9 @@ class DraftCompressedLLM(LLM):
     context_window: Optional[int] = Field(default=None, description="override the reported context window")
     specpc: Any = Field(default=None, exclude=True, description="draft_rag.SpecPCConfig")
     speckv: Any = Field(default=None, exclude=True, description="draft_rag.SpecKVConfig (KV methods)")
+    target_kwargs: Optional[dict] = Field(default=None, description="draft_rag.load_model options for the target: "
+                                          "device_map, dtype, attn_implementation, device, model_kwargs")
+    draft_kwargs: Optional[dict] = Field(default=None, description="draft_rag.load_model options for the draft")
     _engine: DraftEngine = PrivateAttr()
 
     def __init__(self, target: Any = None, draft: Any = None, *, llm: Optional[LLM] = None,
@@ -74,7 +77,8 @@ class DraftCompressedLLM(LLM):
                              f"prefill), got {self.method!r}")
         select_chunks([], [], budget=self.budget, ratio=self.ratio)  # validates budget/ratio
         self._engine = engine or DraftEngine(target=target, draft=draft, method=self.method, specpc=self.specpc,
-                                             speckv=self.speckv)
+                                             speckv=self.speckv, target_kwargs=self.target_kwargs,
+                                             draft_kwargs=self.draft_kwargs)
 
     @classmethod
     def class_name(cls) -> str:

@@ -47,6 +47,8 @@ class DraftNodePostprocessor(BaseNodePostprocessor):
     metadata_mode: MetadataMode = Field(default=MetadataMode.NONE, description="node text the draft scores")
     instruction: Optional[str] = Field(default=None, description="task text the draft reads before the nodes")
     specpc: Any = Field(default=None, exclude=True, description="draft_rag.SpecPCConfig for the draft pass")
+    draft_kwargs: Optional[dict] = Field(default=None, description="draft_rag.load_model options for the draft: "
+                                         "device_map, dtype, attn_implementation, device, model_kwargs")
     _engine: DraftEngine = PrivateAttr()
 
     def __init__(self, draft: Any = None, *, engine: DraftEngine | None = None, **kwargs: Any):
@@ -57,7 +59,7 @@ class DraftNodePostprocessor(BaseNodePostprocessor):
         if self.threshold is not None and (isinstance(self.threshold, bool)
                                            or not isinstance(self.threshold, (int, float))):
             raise ValueError(f"threshold must be a number, got {self.threshold!r}")
-        self._engine = engine or DraftEngine(draft=draft, specpc=self.specpc)
+        self._engine = engine or DraftEngine(draft=draft, specpc=self.specpc, draft_kwargs=self.draft_kwargs)
 
     @classmethod
     def class_name(cls) -> str:
