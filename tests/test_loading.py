@@ -32,10 +32,9 @@ def test_device_map_auto_on_cpu_generates_like_a_plain_load(tiny_dir, from_pretr
     assert mapped is not plain and from_pretrained_calls["AutoModelForCausalLM"]["device_map"] == "auto"
     assert input_device(mapped.model).type == "cpu"
     for method in ("specpc", "speckv"):
-        a = DraftEngine(plain, specpc=PC, speckv=KV).generate(CONTEXT, question="What is the magic number?", method=method, budget=48,
-                                        max_new_tokens=6)
-        b = DraftEngine(mapped, specpc=PC, speckv=KV).generate(CONTEXT, question="What is the magic number?", method=method, budget=48,
-                                         max_new_tokens=6)
+        args = dict(question="What is the magic number?", method=method, budget=48, max_new_tokens=6)
+        a = DraftEngine(plain, specpc=PC, speckv=KV).generate(CONTEXT, **args)
+        b = DraftEngine(mapped, specpc=PC, speckv=KV).generate(CONTEXT, **args)
         assert a.text == b.text and a.stats.prompt_tokens == b.stats.prompt_tokens
         assert a.stats.kv_entries == b.stats.kv_entries
 
