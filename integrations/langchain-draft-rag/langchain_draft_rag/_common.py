@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from typing import Any, AsyncIterator, Callable, Iterator
@@ -145,7 +146,10 @@ class DraftSettings(BaseModel):
         return {"model_name": self.model_name, "draft": self._engine.draft.name, "method": self.method,
                 "budget": self.budget, "ratio": self.ratio, "pc_budget": self.pc_budget, "pc_ratio": self.pc_ratio,
                 "max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                "top_k": self.top_k, "seed": self.seed, "stop": self.stop, "template": self.template}
+                "top_k": self.top_k, "seed": self.seed, "stop": self.stop, "template": self.template,
+                "lookahead_tokens": self.lookahead_tokens, "specpc": dataclasses.asdict(self._engine.specpc),
+                "speckv": dataclasses.asdict(self._engine.speckv), "target_kwargs": self.target_kwargs,
+                "draft_kwargs": self.draft_kwargs}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         model_type = "chat" if isinstance(self, BaseChatModel) else "llm"

@@ -26,6 +26,7 @@ from draft_rag import engine as engine_module
 from draft_rag.scoring import select_chunks
 
 from llama_index.llms.draft_rag.events import DraftCompressionEvent, dispatcher
+from llama_index.llms.draft_rag.utils import configs_from_dict, engine_dict
 
 _CONTEXT = "\u2063DRAFTRAG-CONTEXT\u2063"
 CONTEXT_KEYS = ("context_str", "context_msg")  # what LlamaIndex's QA/refine/summary templates call retrieved text
@@ -84,6 +85,18 @@ class DraftCompressedLLM(LLM):
     def class_name(cls) -> str:
         return "DraftCompressedLLM"
 
+    def to_dict(self, **kwargs: Any) -> dict:
+        """The settings, with the models as reference strings and the configs as dicts (``from_dict`` reloads them).
+
+        A wrapped ``llm`` is not serialised: give it again, ``DraftCompressedLLM.from_dict(data, llm=...)``.
+        """
+        keys = ("draft", "specpc", "speckv") + (("target",) if self.llm is None else ())
+        return {**super().to_dict(**kwargs), **engine_dict(self._engine, *keys)}
+
+    @classmethod
+    def from_dict(cls, data: dict, **kwargs: Any) -> "DraftCompressedLLM":
+        return super().from_dict(configs_from_dict(data), **kwargs)
+
     @property
     def engine(self) -> DraftEngine:
         return self._engine
@@ -97,7 +110,10 @@ class DraftCompressedLLM(LLM):
             return inner.model_copy(update={"context_window": window,
                                             "model_name": f"{inner.model_name} (specpc, draft {draft.name})"})
         target = self._engine.target
-        return LLMMetadata(context_window=self.context_window or min(_window(target), _window(draft)),
+        windows = [_window(target)] + ([_window(draft)] if self.method != "full" else [])  # the draft reads it too
+        # is_chat_model=False: LlamaIndex then hands over formatted templates, whose context alone is compressed;
+        # the target's chat template is still applied (DraftEngine.stream's template="chat").
+        return LLMMetadata(context_window=self.context_window or min(windows),
                            num_output=self.max_new_tokens, is_chat_model=False,
                            model_name=f"{target.name} ({self.method}, draft {draft.name})")
 

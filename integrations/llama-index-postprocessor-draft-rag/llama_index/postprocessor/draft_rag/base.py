@@ -16,6 +16,7 @@ from draft_rag.prompt import count_tokens
 from draft_rag.scoring import select_chunks
 
 from llama_index.llms.draft_rag.events import DraftCompressionEvent, dispatcher
+from llama_index.llms.draft_rag.utils import configs_from_dict, engine_dict
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,14 @@ class DraftNodePostprocessor(BaseNodePostprocessor):
     @classmethod
     def class_name(cls) -> str:
         return "DraftNodePostprocessor"
+
+    def to_dict(self, **kwargs: Any) -> dict:
+        """The settings, with the draft as a reference string and ``specpc`` as a dict (``from_dict`` reloads them)."""
+        return {**super().to_dict(**kwargs), **engine_dict(self._engine, "draft", "specpc")}
+
+    @classmethod
+    def from_dict(cls, data: dict, **kwargs: Any) -> "DraftNodePostprocessor":
+        return super().from_dict(configs_from_dict(data), **kwargs)
 
     @property
     def engine(self) -> DraftEngine:
