@@ -82,7 +82,8 @@ class DraftEngine:
         _check_method(method)
         shared = {k: v for k, v in dict(device=device, dtype=dtype, device_map=device_map,
                                         attn_implementation=attn_implementation).items() if v is not None}
-        t_opts, d_opts = _options(shared, target_kwargs, "target_kwargs"), _options(shared, draft_kwargs, "draft_kwargs")
+        t_opts = _options(shared, target_kwargs, "target_kwargs")
+        d_opts = _options(shared, draft_kwargs, "draft_kwargs")
         self.target: LoadedModel | None = load_model(target, **t_opts) if target is not None else None
         if draft is None:
             self.draft = self.target or load_model(DEFAULT_MODEL, **d_opts)

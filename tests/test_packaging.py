@@ -12,7 +12,8 @@ import pytest
 pytest.importorskip("build")
 
 ROOT = Path(__file__).resolve().parents[1]
-DISTRIBUTIONS = ["draft-rag", "langchain-draft-rag", "llama-index-llms-draft-rag", "llama-index-postprocessor-draft-rag"]
+DISTRIBUTIONS = ["draft-rag", "langchain-draft-rag", "llama-index-llms-draft-rag",
+                 "llama-index-postprocessor-draft-rag"]
 PIP = ["-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-input"]
 
 SCRIPT = textwrap.dedent('''
@@ -43,7 +44,8 @@ SCRIPT = textwrap.dedent('''
     answer = chain.invoke("What is the magic number?")
     assert isinstance(answer, str)
 
-    index = VectorStoreIndex.from_documents([LlamaDocument(text=t) for t in texts], embed_model=MockEmbedding(embed_dim=8))
+    nodes = [LlamaDocument(text=t) for t in texts]
+    index = VectorStoreIndex.from_documents(nodes, embed_model=MockEmbedding(embed_dim=8))
     engine = index.as_query_engine(
         llm=DraftCompressedLLM(target=model, specpc=cfg, ratio=0.5, max_new_tokens=4), similarity_top_k=3,
         node_postprocessors=[DraftNodePostprocessor(draft=model, specpc=cfg, top_n=2)])
@@ -89,7 +91,7 @@ def test_wheels_install_in_a_fresh_venv_and_run_a_chain_and_a_query_engine(tmp_p
     for name in ("draft_rag", "integrations"):
         shutil.copytree(ROOT / name, src / name, ignore=ignore)
     wheels = tmp_path / "wheels"
-    for folder in [src] + sorted((src / "integrations").iterdir()):
+    for folder in [src] + sorted(p.parent for p in (src / "integrations").glob("*/pyproject.toml")):
         _run(sys.executable, "-m", "build", "--wheel", "--outdir", wheels, folder)
     built = sorted(p.name.split("-")[0] for p in wheels.glob("*.whl"))
     assert built == sorted(d.replace("-", "_") for d in DISTRIBUTIONS)
