@@ -17,7 +17,7 @@ from . import baselines, speckv
 from .config import SPECKV_PC_KERNEL, SPECKV_PC_LOOKAHEAD, SpecKVConfig, SpecPCConfig, check_budget
 from .generation import Sampling, eos_ids, stream
 from .blocks import block_size_for, score_blocks
-from .models import DEFAULT_MODEL, LoadedModel, context_window, load_model
+from .models import DEFAULT_MODEL, LoadedModel, context_window, load_model, load_options
 from .scoring import chunk_scores
 from .prompt import Segment, build_segments, has_chat_template, tokenize, wrap
 from .specpc import CompressedPrompt, compress
@@ -67,25 +67,39 @@ class GenerationStream:
 class DraftEngine:
     """Draft-guided compression and generation.
 
-    ``target`` and ``draft`` are anything ``load_model`` accepts (alias, path, hub id, loaded model).
     ``target=None`` gives a compression-only engine (e.g. in front of a remote LLM). ``draft`` defaults
     to the target itself when given, else to the built-in SmolLM2; one loaded model may serve as both.
 
-    ``threads`` sets torch's CPU threads for the whole process (``torch.set_num_threads``; on a busy
-    machine 1 is often fastest). ``block_size`` is the most draft tokens per pass (default
-    ``blocks.DEFAULT_BLOCK_SIZE``, capped at the draft's window): longer prompts are scored in blocks.
+    Args:
+        target: the model that answers: anything ``load_model`` accepts (alias, path, hub id, loaded model).
+        draft: the small model whose attention guides compression (same forms).
+        specpc: SpecPC settings (window, pooling, budget); defaults to ``SpecPCConfig()``.
+        method: default generation method, one of ``METHODS``.
+        device, dtype, device_map, attn_implementation: ``load_model`` options for both models.
+        speckv: SpecKV settings for the KV methods; defaults to ``SpecKVConfig()``.
+        target_kwargs, draft_kwargs: ``load_model`` options for one model only, overriding the shared
+            ones, e.g. ``target_kwargs={"device_map": "auto", "model_kwargs": {"quantization_config": q}}``.
+        threads: torch's CPU threads for the whole process (``torch.set_num_threads``; on a busy machine
+            1 is often fastest).
+        block_size: the most draft tokens per draft pass (default ``blocks.DEFAULT_BLOCK_SIZE``, capped at the
+            draft's window); longer prompts are scored in blocks.
     """
 
     def __init__(self, target=None, draft=None, *, specpc: SpecPCConfig | None = None, method: str = "specpc",
-                 device: str | None = None, dtype=None, speckv: SpecKVConfig | None = None,
-                 threads: int | None = None, block_size: int | None = None):
+                 device: str | None = None, dtype=None, speckv: SpecKVConfig | None = None, device_map=None,
+                 attn_implementation: str | None = None, target_kwargs: dict | None = None,
+                 draft_kwargs: dict | None = None, threads: int | None = None, block_size: int | None = None):
         _check_method(method)
         set_threads(threads)
-        self.target: LoadedModel | None = load_model(target, device=device, dtype=dtype) if target is not None else None
+        shared = {k: v for k, v in dict(device=device, dtype=dtype, device_map=device_map,
+                                        attn_implementation=attn_implementation).items() if v is not None}
+        t_opts = _options(shared, target_kwargs, "target_kwargs")
+        d_opts = _options(shared, draft_kwargs, "draft_kwargs")
+        self.target: LoadedModel | None = load_model(target, **t_opts) if target is not None else None
         if draft is None:
-            self.draft = self.target or load_model(DEFAULT_MODEL, device=device, dtype=dtype)
+            self.draft = self.target or load_model(DEFAULT_MODEL, **d_opts)
         else:
-            self.draft = load_model(draft, device=device, dtype=dtype)
+            self.draft = load_model(draft, **d_opts)
         self.specpc = specpc or SpecPCConfig()
         self.speckv = speckv or SpecKVConfig()
         self.method = method
@@ -101,9 +115,19 @@ class DraftEngine:
                  context_window: int | None = None) -> CompressedPrompt:
         """SpecPC on a prompt string or on chunks; protected segments are always kept.
 
-        ``budget``/``ratio`` override the engine's SpecPCConfig for this call. ``budget="auto"`` keeps as
-        much as fits ``context_window`` tokens (default: the target's window), with a small margin for
-        re-tokenisation. Token counts in the result use the target's tokenizer when the engine has a target.
+        Args:
+            prompt: the text to compress (all of it compressible), or None when ``chunks`` are given.
+            chunks: retrieved passages (strings or ``Chunk``), compressed each with its own provenance.
+            instruction, question, answer_prefix: protected text, kept word for word.
+            budget, ratio: the prompt budget in draft tokens, or as a fraction of the prompt; they override
+                the engine's SpecPCConfig for this call. ``budget="auto"`` keeps as much as fits ``context_window``
+                tokens (default: the target's window), with a small margin for re-tokenisation.
+            context_window: the window ``budget="auto"`` fits (default: the target's).
+            template: ``"chat"`` (the draft's chat template) or ``"raw"``.
+
+        Returns:
+            A ``CompressedPrompt``: the kept text, per-chunk results and token counts (in the target's
+            tokenizer when the engine has a target).
         """
         segments, chunk_list = build_segments(prompt, chunks=chunks, instruction=instruction, question=question,
                                               answer_prefix=answer_prefix)
@@ -120,8 +144,15 @@ class DraftEngine:
                      reduce: str = "max", template: str = "chat") -> list[float]:
         """One draft pass over instruction + chunks + question; the draft's attention score of each chunk.
 
-        Always runs the draft (no budget). Higher means the draft attended to the chunk more while
-        reading the question. Chunks with empty text score 0.0.
+        Args:
+            chunks: the passages to score (strings or ``Chunk``).
+            question, instruction: read by the draft around the chunks (the question last).
+            reduce: ``"max"`` or ``"mean"`` of a chunk's token scores.
+            template: ``"chat"`` or ``"raw"``.
+
+        Returns:
+            One float per chunk; higher means the draft attended to it more while reading the question.
+            Chunks with empty text score 0.0. Always runs the draft (no budget).
         """
         segments, chunk_list = build_segments(None, chunks=chunks, instruction=instruction, question=question)
         layout = wrap(segments, self.draft.tokenizer, template)
@@ -146,15 +177,21 @@ class DraftEngine:
                pc_ratio: float | None = None, lookahead_tokens: int | None = None) -> GenerationStream:
         """Generate with the local target; yields text pieces as they are decoded.
 
-        ``budget``/``ratio`` are the prompt budget for ``specpc`` and the KV budget (entries per layer and
-        KV head) for the KV methods; ``speckv-pc`` takes its prompt budget as ``pc_budget``/``pc_ratio``
-        (default 2048 tokens). ``lookahead_tokens`` overrides SpecKVConfig's (default: ``max_new_tokens`` for
-        speckv; for speckv-pc, the 20 tokens its SpecPC stage drafts, kernel = neighbours = 32 unless the
-        engine's SpecPCConfig sets them, as in the official SpecKV-PC configs).
+        Args:
+            prompt, chunks, instruction, question, answer_prefix: as in ``compress``.
+            method: one of ``METHODS``; defaults to the engine's.
+            budget, ratio: the prompt budget for ``specpc``, the KV budget (entries per layer and KV head)
+                for the KV methods. ``specpc`` with no budget, or ``budget="auto"``, compresses to fit the
+                target's window; a prompt that (plus ``max_new_tokens``) exceeds it raises ``ValueError`` early.
+            template: ``"chat"``/``"raw"``; defaults to chat when the target's tokenizer has a template.
+            system: system prompt (chat template only).
+            max_new_tokens, temperature, top_p, top_k, stop, seed: decoding settings (temperature 0 = greedy).
+            pc_budget, pc_ratio: ``speckv-pc``'s prompt budget (default 2048 tokens).
+            lookahead_tokens: SpecKV's draft lookahead; overrides SpecKVConfig's (default: ``max_new_tokens``
+                for speckv; for speckv-pc, the 20 tokens its SpecPC stage drafts, as in the official configs).
 
-        The prompt the target reads plus ``max_new_tokens`` must fit the target's context window, else
-        ``ValueError`` (before the target runs). ``specpc`` with no budget (here or in the engine's
-        SpecPCConfig), or ``budget="auto"``, compresses to fit that window.
+        Returns:
+            A ``GenerationStream`` of text pieces; its ``stats`` and ``compressed`` are complete once exhausted.
         """
         if self.target is None:
             raise ValueError("this engine has no target model: pass target=... to DraftEngine to generate")
@@ -222,7 +259,14 @@ class DraftEngine:
             yield piece
 
     def generate(self, prompt: str | None = None, **kwargs) -> Generation:
-        """Like ``stream`` but returns the whole text with stats (and the CompressedPrompt for SpecPC)."""
+        """Like ``stream`` but returns the whole text.
+
+        Args:
+            prompt, kwargs: as in ``stream``.
+
+        Returns:
+            A ``Generation``: the text, its ``GenerationStats`` and (SpecPC methods) the ``CompressedPrompt``.
+        """
         gs = self.stream(prompt, **kwargs)
         text = "".join(gs)
         return Generation(text, gs.stats, gs.compressed)
@@ -340,6 +384,13 @@ def _check_auto(ratio, method: str = "specpc") -> None:
         raise ValueError(f"budget='auto' (fit the target's window) is for method='specpc', got method={method!r}")
     if ratio is not None:
         raise ValueError("give either budget='auto' or ratio, not both")
+
+
+def _options(shared: dict, own: dict | None, name: str) -> dict:
+    """One model's ``load_model`` options: the shared ones, overridden by its own (a device by a device_map)."""
+    own = load_options(own, name)
+    placed = {"device", "device_map"} & set(own)
+    return {**{k: v for k, v in shared.items() if not (placed and k in ("device", "device_map"))}, **own}
 
 
 def _check_method(method: str) -> None:

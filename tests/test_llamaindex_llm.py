@@ -14,7 +14,7 @@ from llama_index.core.llms import MockLLM  # noqa: E402
 
 from draft_rag import DraftEngine, SpecPCConfig  # noqa: E402
 from draft_rag.engine import METHODS  # noqa: E402
-from llama_index_draft_rag import DraftCompressedLLM  # noqa: E402
+from llama_index.llms.draft_rag import DraftCompressedLLM  # noqa: E402
 from conftest import needle_prompt, tiny_model  # noqa: E402
 
 TINY_SPECPC = SpecPCConfig(starting_layer_index=0, window_size=8, kernel_size=5, neighbor_tokens=4)

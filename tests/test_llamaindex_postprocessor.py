@@ -15,7 +15,7 @@ from llama_index.core.schema import (ImageNode, MetadataMode, NodeRelationship, 
 
 from draft_rag import SpecPCConfig  # noqa: E402
 from draft_rag.scoring import select_chunks  # noqa: E402
-from llama_index_draft_rag import DraftNodePostprocessor  # noqa: E402
+from llama_index.postprocessor.draft_rag import DraftNodePostprocessor  # noqa: E402
 from conftest import tiny_model  # noqa: E402
 
 TEXTS = ["Bananas are yellow fruits that grow in warm countries and are rich in potassium.",

@@ -260,7 +260,7 @@ def test_langchain_document_compressor(data):
 def test_llamaindex_postprocessor(data):
     from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
-    from llama_index_draft_rag import DraftNodePostprocessor
+    from llama_index.postprocessor.draft_rag import DraftNodePostprocessor
 
     rows = data.draw(st.lists(st.tuples(text, metadata, st.one_of(st.none(), st.floats(0, 1))), max_size=5))
     nodes = [NodeWithScore(node=TextNode(text=t, id_=f"n{i}", metadata=m), score=s) for i, (t, m, s) in enumerate(rows)]
@@ -295,7 +295,7 @@ def test_llamaindex_postprocessor(data):
 def test_llamaindex_llm(data):
     from llama_index.core.base.llms.types import ChatMessage, MessageRole
 
-    from llama_index_draft_rag import DraftCompressedLLM
+    from llama_index.llms.draft_rag import DraftCompressedLLM
 
     b, r = budget_and_ratio(data.draw, 200)
     n = data.draw(st.integers(1, 2))

@@ -6,7 +6,7 @@ from typing import Optional
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events import BaseEvent
 
-dispatcher = get_dispatcher("llama_index_draft_rag")
+dispatcher = get_dispatcher(__name__)
 
 
 class DraftCompressionEvent(BaseEvent):

@@ -1,6 +1,7 @@
 """Shared by the LangChain adapters: their settings, argument checks, shared engines, thread-backed async iteration."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from typing import Annotated, Any, AsyncIterator, Callable, Iterator, Literal, Optional, Union
@@ -12,21 +13,26 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from draft_rag import DraftEngine, SpecKVConfig, SpecPCConfig, load_model
 from draft_rag import engine as _engine_module
 from draft_rag.aio import iterate_in_thread
-from draft_rag.models import DEFAULT_MODEL
+from draft_rag.models import DEFAULT_MODEL, load_options
 
 _engines: dict[tuple, DraftEngine] = {}
 _engines_lock = threading.Lock()
 
 
 def shared_engine(target: Any = None, draft: Any = None, specpc: SpecPCConfig | None = None,
-                  speckv: SpecKVConfig | None = None) -> DraftEngine:
-    """One ``DraftEngine`` per (target, draft, SpecPC and SpecKV settings), so adapters on the same models share it."""
+                  speckv: SpecKVConfig | None = None, target_kwargs: dict | None = None,
+                  draft_kwargs: dict | None = None) -> DraftEngine:
+    """One ``DraftEngine`` per (target, draft, SpecPC and SpecKV settings), so adapters on the same models share it.
+
+    ``target_kwargs`` / ``draft_kwargs`` are ``load_model`` options (``device_map``, ``dtype``, ``model_kwargs``, ...).
+    """
     if specpc is not None and not isinstance(specpc, SpecPCConfig):
         raise TypeError(f"specpc must be a draft_rag.SpecPCConfig, got {type(specpc).__name__}")
     if speckv is not None and not isinstance(speckv, SpecKVConfig):
         raise TypeError(f"speckv must be a draft_rag.SpecKVConfig, got {type(speckv).__name__}")
-    t = load_model(target) if target is not None else None
-    d = load_model(draft) if draft is not None else (t or load_model(DEFAULT_MODEL))
+    t_opts, d_opts = load_options(target_kwargs, "target_kwargs"), load_options(draft_kwargs, "draft_kwargs")
+    t = load_model(target, **t_opts) if target is not None else None
+    d = load_model(draft, **d_opts) if draft is not None else (t or load_model(DEFAULT_MODEL, **d_opts))
     key = (id(t), id(d), specpc, speckv)
     with _engines_lock:
         if key not in _engines:
@@ -123,6 +129,10 @@ class DraftSettings(BaseModel):
     """A ``draft_rag.SpecPCConfig`` for SpecPC's other settings (window, kernel, layers)."""
     speckv: Any = None
     """A ``draft_rag.SpecKVConfig`` for the KV methods' other settings."""
+    target_kwargs: Optional[dict] = None
+    """``draft_rag.load_model`` options for the target only (device_map, dtype, model_kwargs, ...)."""
+    draft_kwargs: Optional[dict] = None
+    """``draft_rag.load_model`` options for the draft only."""
 
     model_config = CONFIG
     _engine: DraftEngine = PrivateAttr()
@@ -139,7 +149,8 @@ class DraftSettings(BaseModel):
         check_budget(self.budget, self.ratio)
         check_budget(self.pc_budget, self.pc_ratio, "pc_")
         self.stop = stop_list(self.stop) or None
-        self._engine = shared_engine(self.target, self.draft, self.specpc, self.speckv)
+        self._engine = shared_engine(self.target, self.draft, self.specpc, self.speckv, self.target_kwargs,
+                                     self.draft_kwargs)
 
     @property
     def model_name(self) -> str:
@@ -154,7 +165,10 @@ class DraftSettings(BaseModel):
                 "budget": self.budget, "ratio": self.ratio, "context_window": self.context_window,
                 "pc_budget": self.pc_budget, "pc_ratio": self.pc_ratio,
                 "max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                "top_k": self.top_k, "seed": self.seed, "stop": self.stop, "template": self.template}
+                "top_k": self.top_k, "seed": self.seed, "stop": self.stop, "template": self.template,
+                "lookahead_tokens": self.lookahead_tokens, "specpc": dataclasses.asdict(self._engine.specpc),
+                "speckv": dataclasses.asdict(self._engine.speckv), "target_kwargs": self.target_kwargs,
+                "draft_kwargs": self.draft_kwargs}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         model_type = "chat" if isinstance(self, BaseChatModel) else "llm"

@@ -55,6 +55,8 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
         max_retries: accepted for LangChain's standard interface; local generation is never retried.
         template: "chat" or "raw" prompt wrapping for the local target (default: chat if it has a template).
         specpc / speckv: ``draft_rag.SpecPCConfig`` / ``SpecKVConfig`` for the other settings (window, kernel, ...).
+        target_kwargs / draft_kwargs: ``draft_rag.load_model`` options for each model: ``device_map`` ("auto"),
+            ``dtype``, ``attn_implementation``, ``device``, ``model_kwargs`` (``quantization_config``, ...).
     """
 
     model_config = common.CONFIG

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Annotated, Any, Optional, Sequence
 
-from langchain_core.callbacks import Callbacks
+from langchain_core.callbacks import CallbackManager, Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
@@ -16,6 +17,7 @@ from . import _common as common
 
 logger = logging.getLogger(__name__)
 SCORE_KEY = "draft_rag_score"
+RELEVANCE_KEY = "relevance_score"  # what LangChain's rerankers (Cohere, FlashRank, ...) set
 SPANS_KEY = "draft_rag_kept_spans"
 FRACTION_KEY = "draft_rag_kept_fraction"
 
@@ -31,9 +33,11 @@ class DraftDocumentCompressor(BaseDocumentCompressor):
     inside the documents that survived ``threshold``/``top_n``.
 
     ``specpc`` (a ``draft_rag.SpecPCConfig``) sets the draft's scoring window and layers.
-    Every returned document is a copy with its own metadata and id plus ``draft_rag_score``,
+    Every returned document is a copy with its own metadata and id plus ``draft_rag_score`` (also as
+    ``relevance_score``, the key LangChain's rerankers set),
     ``draft_rag_kept_spans`` (character spans of the original ``page_content``) and
-    ``draft_rag_kept_fraction``.
+    ``draft_rag_kept_fraction``. Each call is a child run ``DraftDocumentCompressor`` in the callbacks
+    (tracing), its outputs the stats: documents and draft tokens in/out, seconds.
     """
 
     draft: Any = None
@@ -52,6 +56,8 @@ class DraftDocumentCompressor(BaseDocumentCompressor):
     """Task text the draft reads before the documents."""
     specpc: Any = None
     """A ``draft_rag.SpecPCConfig`` for the draft's scoring window and layers."""
+    draft_kwargs: Optional[dict] = None
+    """``draft_rag.load_model`` options for the draft (device_map, dtype, model_kwargs, ...)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", use_attribute_docstrings=True)
     _engine: DraftEngine = PrivateAttr()
@@ -61,7 +67,7 @@ class DraftDocumentCompressor(BaseDocumentCompressor):
         common.check_budget(self.budget, self.ratio)
         if self.compress_tokens and self.budget is None and self.ratio is None:
             raise ValueError("compress_tokens=True needs budget=... or ratio=... for SpecPC")
-        self._engine = common.shared_engine(None, self.draft, self.specpc)
+        self._engine = common.shared_engine(None, self.draft, self.specpc, draft_kwargs=self.draft_kwargs)
         return self
 
     def compress_documents(self, documents: Sequence[Document], query: str,
@@ -70,8 +76,24 @@ class DraftDocumentCompressor(BaseDocumentCompressor):
         docs = _check_documents(documents)
         if not isinstance(query, str) or not query.strip():
             raise ValueError(f"query must be a non-empty string, got {query!r}")
-        if not docs:
-            return []
+        run = CallbackManager.configure(callbacks).on_chain_start(
+            None, {"query": query, "documents": len(docs)}, name=type(self).__name__)
+        try:
+            t0 = time.perf_counter()
+            out = self._compress(docs, query) if docs else []
+            run.on_chain_end(self._stats(docs, out, time.perf_counter() - t0))
+        except BaseException as exc:
+            run.on_chain_error(exc)
+            raise
+        return out
+
+    def _stats(self, docs: list[Document], out: list[Document], seconds: float) -> dict:
+        tok = self._engine.draft.tokenizer
+        return {"documents_in": len(docs), "documents_out": len(out), "seconds": seconds,
+                "original_tokens": sum(count_tokens(tok, d.page_content) for d in docs),
+                "compressed_tokens": sum(count_tokens(tok, d.page_content) for d in out)}
+
+    def _compress(self, docs: list[Document], query: str) -> list[Document]:
         chunks = [Chunk(d.page_content, id=i) for i, d in enumerate(docs)]
         scores = self._engine.score_chunks(chunks, question=query, instruction=self.instruction)
         keep = self._select(docs, scores)
@@ -104,6 +126,6 @@ def _check_documents(documents) -> list[Document]:
 
 
 def _annotate(doc: Document, text: str, score: float, spans, fraction: float) -> Document:
-    metadata = {**doc.metadata, SCORE_KEY: float(score), SPANS_KEY: [list(s) for s in spans],
+    metadata = {**doc.metadata, SCORE_KEY: float(score), RELEVANCE_KEY: float(score), SPANS_KEY: [list(s) for s in spans],
                 FRACTION_KEY: float(fraction)}
     return doc.model_copy(update={"page_content": text, "metadata": metadata})

@@ -24,7 +24,8 @@ from draft_rag import DraftEngine
 from draft_rag import engine as engine_module
 from draft_rag.aio import iterate_in_thread
 
-from .events import DraftCompressionEvent, dispatcher
+from llama_index.llms.draft_rag.events import DraftCompressionEvent, dispatcher
+from llama_index.llms.draft_rag.utils import configs_from_dict, engine_dict
 
 _CONTEXT = "\u2063DRAFTRAG-CONTEXT\u2063"
 CONTEXT_KEYS = ("context_str", "context_msg")  # what LlamaIndex's QA/refine/summary templates call retrieved text
@@ -63,6 +64,9 @@ class DraftCompressedLLM(LLM):
                                           description="override the reported context window")
     specpc: Any = Field(default=None, exclude=True, description="draft_rag.SpecPCConfig")
     speckv: Any = Field(default=None, exclude=True, description="draft_rag.SpecKVConfig (KV methods)")
+    target_kwargs: Optional[dict] = Field(default=None, description="draft_rag.load_model options for the target: "
+                                          "device_map, dtype, attn_implementation, device, model_kwargs")
+    draft_kwargs: Optional[dict] = Field(default=None, description="draft_rag.load_model options for the draft")
     _engine: DraftEngine = PrivateAttr()
 
     def __init__(self, target: Any = None, draft: Any = None, *, llm: Optional[LLM] = None,
@@ -81,11 +85,24 @@ class DraftCompressedLLM(LLM):
         if self.budget is not None and self.ratio is not None:
             raise ValueError("give either budget (tokens or 'auto') or ratio (a fraction), not both")
         self._engine = engine or DraftEngine(target=target, draft=draft, method=self.method, specpc=self.specpc,
-                                             speckv=self.speckv)
+                                             speckv=self.speckv, target_kwargs=self.target_kwargs,
+                                             draft_kwargs=self.draft_kwargs)
 
     @classmethod
     def class_name(cls) -> str:
         return "DraftCompressedLLM"
+
+    def to_dict(self, **kwargs: Any) -> dict:
+        """The settings, with the models as reference strings and the configs as dicts (``from_dict`` reloads them).
+
+        A wrapped ``llm`` is not serialised: give it again, ``DraftCompressedLLM.from_dict(data, llm=...)``.
+        """
+        keys = ("draft", "specpc", "speckv") + (("target",) if self.llm is None else ())
+        return {**super().to_dict(**kwargs), **engine_dict(self._engine, *keys)}
+
+    @classmethod
+    def from_dict(cls, data: dict, **kwargs: Any) -> "DraftCompressedLLM":
+        return super().from_dict(configs_from_dict(data), **kwargs)
 
     @property
     def engine(self) -> DraftEngine:

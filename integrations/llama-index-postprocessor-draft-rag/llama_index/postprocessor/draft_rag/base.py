@@ -15,7 +15,8 @@ from draft_rag import Chunk, DraftEngine
 from draft_rag.prompt import count_tokens
 from draft_rag.scoring import select_chunks
 
-from .events import DraftCompressionEvent, dispatcher
+from llama_index.llms.draft_rag.events import DraftCompressionEvent, dispatcher
+from llama_index.llms.draft_rag.utils import configs_from_dict, engine_dict
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ class DraftNodePostprocessor(BaseNodePostprocessor):
     metadata_mode: MetadataMode = Field(default=MetadataMode.NONE, description="node text the draft scores")
     instruction: Optional[str] = Field(default=None, description="task text the draft reads before the nodes")
     specpc: Any = Field(default=None, exclude=True, description="draft_rag.SpecPCConfig for the draft pass")
+    draft_kwargs: Optional[dict] = Field(default=None, description="draft_rag.load_model options for the draft: "
+                                         "device_map, dtype, attn_implementation, device, model_kwargs")
     _engine: DraftEngine = PrivateAttr()
 
     def __init__(self, draft: Any = None, *, engine: DraftEngine | None = None, **kwargs: Any):
@@ -58,11 +61,19 @@ class DraftNodePostprocessor(BaseNodePostprocessor):
         select_chunks([], [], top_n=self.top_n, budget=self.budget, ratio=self.ratio)  # validates the arguments
         if self.compress_tokens and self.budget is None and self.ratio is None:
             raise ValueError("compress_tokens=True needs budget=<tokens> or ratio=<fraction>")
-        self._engine = engine or DraftEngine(draft=draft, specpc=self.specpc)
+        self._engine = engine or DraftEngine(draft=draft, specpc=self.specpc, draft_kwargs=self.draft_kwargs)
 
     @classmethod
     def class_name(cls) -> str:
         return "DraftNodePostprocessor"
+
+    def to_dict(self, **kwargs: Any) -> dict:
+        """The settings, with the draft as a reference string and ``specpc`` as a dict (``from_dict`` reloads them)."""
+        return {**super().to_dict(**kwargs), **engine_dict(self._engine, "draft", "specpc")}
+
+    @classmethod
+    def from_dict(cls, data: dict, **kwargs: Any) -> "DraftNodePostprocessor":
+        return super().from_dict(configs_from_dict(data), **kwargs)
 
     @property
     def engine(self) -> DraftEngine:
