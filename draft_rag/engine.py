@@ -144,36 +144,33 @@ class DraftEngine:
         stats = GenerationStats(method)
         gs = GenerationStream(iter(()), stats, None)
 
-        def setup() -> Iterator[str]:
-            t0 = time.perf_counter()
-            full_ids = self._target_ids(segments, template, system)
-            stats.original_tokens = len(full_ids)
-            ids = full_ids
-            if method == "specpc":
-                cp = compress(self.draft.model, self.draft.tokenizer, segments, chunk_list, cfg, template=template,
-                              target_tokenizer=self.target.tokenizer)
-                gs.compressed = cp
-                stats.seconds.update(draft=cp.seconds["draft"], select=cp.seconds["select"])
-                ids = self._target_ids(_compressed_segments(cp, segments), template, system)
-            prefill = functools.partial(_prefill_with_stats, speckv.plain_prefill_stats, stats)
-            if method in baselines.KV_METHODS:
-                ids, prefill, gs.compressed = self._kv_setup(
-                    method, segments, chunk_list, ids, template, system, sampling, stats,
-                    budget=budget, ratio=ratio, pc_budget=pc_budget, pc_ratio=pc_ratio, lookahead=lookahead_tokens)
-            stats.prompt_tokens = len(ids)
-            return t0, stream(self.target.model, self.target.tokenizer, ids, sampling, prefill, info)
-
         def run() -> Iterator[str]:
             with self._lock:
-                t0, pieces = setup()
-            t1 = time.perf_counter()
-            with contextlib.closing(pieces):
+                t0 = time.perf_counter()
+                full_ids = self._target_ids(segments, template, system)
+                stats.original_tokens = len(full_ids)
+                ids = full_ids
+                if method == "specpc":
+                    cp = compress(self.draft.model, self.draft.tokenizer, segments, chunk_list, cfg, template=template,
+                                  target_tokenizer=self.target.tokenizer)
+                    gs.compressed = cp
+                    stats.seconds.update(draft=cp.seconds["draft"], select=cp.seconds["select"])
+                    ids = self._target_ids(_compressed_segments(cp, segments), template, system)
+                prefill = functools.partial(_prefill_with_stats, speckv.plain_prefill_stats, stats)
+                if method in baselines.KV_METHODS:
+                    ids, prefill, gs.compressed = self._kv_setup(
+                        method, segments, chunk_list, ids, template, system, sampling, stats,
+                        budget=budget, ratio=ratio, pc_budget=pc_budget, pc_ratio=pc_ratio, lookahead=lookahead_tokens)
+                stats.prompt_tokens = len(ids)
+                t1 = time.perf_counter()
+                info: dict = {}
+            pieces = stream(self.target.model, self.target.tokenizer, ids, sampling, prefill, info)
+            with contextlib.closing(pieces):  # prefill and each token run under the lock, one step at a time
                 yield from self._locked_steps(pieces)
             t2 = time.perf_counter()
             stats.new_tokens, stats.finish_reason = info["new_tokens"], info["finish_reason"]
             stats.seconds.update(target=t2 - t1, total=t2 - t0)
 
-        info: dict = {}
         gs._pieces = run()
         return gs
 
