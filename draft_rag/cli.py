@@ -274,16 +274,15 @@ def _extra_subcommands():
 
 def _setup_logging(verbose: bool) -> None:
     """Our INFO messages (or everything's DEBUG with -v); other libraries only warn, and show no nested bars."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def main(argv=None) -> int:
-    """Run the CLI; every error is one line on stderr: exit code 2 for bad input, 1 for an internal error."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # argparse: --help (0) or a usage error (2, already printed)
-        return exc.code if isinstance(exc.code, int) else 2
+    """Run the CLI. Every error is one line on stderr: exit code 2 for bad input (argparse's own usage errors
+    included), 1 for an internal error; ``--debug`` re-raises with the traceback."""
+    args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
         from .engine import set_threads
@@ -291,7 +290,7 @@ def main(argv=None) -> int:
         set_threads(args.threads)
         return args.func(args)
     except KeyboardInterrupt:
-        print("draft-rag: interrupted", file=sys.stderr)
+        logger.error("interrupted")
         return 130
     except Exception as exc:
         if args.debug:
@@ -299,7 +298,7 @@ def main(argv=None) -> int:
         bad_input = isinstance(exc, (ValueError, TypeError, OSError))
         detail = " ".join(str(exc).split()) or type(exc).__name__
         hint = "" if bad_input else f" ({type(exc).__name__}; rerun with --debug for the traceback)"
-        print(f"draft-rag: {'error' if bad_input else 'internal error'}: {detail}{hint}", file=sys.stderr)
+        logger.error("%s%s", "" if bad_input else "internal error: ", detail + hint)
         return 2 if bad_input else 1
 
 

@@ -233,19 +233,20 @@ class DraftEngine:
                     budget=budget, ratio=ratio, pc_budget=pc_budget, pc_ratio=pc_ratio, lookahead=lookahead_tokens)
                 self._check_fits(len(ids), max_new_tokens, stats.lookahead_tokens)
             stats.prompt_tokens = len(ids)
-            return t0, stream(self.target.model, self.target.tokenizer, ids, sampling, prefill, info)
+            return t0, ids, prefill
 
         def run() -> Iterator[str]:
             with self._lock:
-                t0, pieces = setup()
+                t0, ids, prefill = setup()
             t1 = time.perf_counter()
-            with contextlib.closing(pieces):
+            info: dict = {}
+            pieces = stream(self.target.model, self.target.tokenizer, ids, sampling, prefill, info)
+            with contextlib.closing(pieces):  # prefill and each token run under the lock, one step at a time
                 yield from self._locked_steps(pieces)
             t2 = time.perf_counter()
             stats.new_tokens, stats.finish_reason = info["new_tokens"], info["finish_reason"]
             stats.seconds.update(target=t2 - t1, total=t2 - t0)
 
-        info: dict = {}
         gs._pieces = run()
         return gs
 

@@ -244,6 +244,11 @@ def check_ref(ref: str) -> None:
                 raise ValueError("not a JSON object")
         except (ValueError, UnicodeDecodeError) as exc:
             raise ValueError(f"{config} is not a valid model config ({exc})") from None
+        for weights in path.glob("*.safetensors"):
+            try:
+                _check_safetensors(weights)
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise ValueError(f"{weights} is truncated or corrupt ({exc})") from None
 
 
 def pull(alias: str, force: bool = False) -> str:

@@ -1,5 +1,7 @@
 """The draft-rag CLI on a tiny local model directory."""
 import json
+import logging
+import shutil
 
 import pytest
 
@@ -31,11 +33,22 @@ def test_generate_full_prints_only_the_answer(tiny_dir, prompt_file, capsys):
     assert out["stats"]["method"] == "full" and out["stats"]["new_tokens"] <= 4
 
 
-def test_errors_exit_non_zero_with_a_message(tiny_dir, prompt_file, capsys):
-    assert main(["compress", "--draft", tiny_dir, "--ratio", "1.5", prompt_file]) == 2
-    assert "--ratio" in capsys.readouterr().err
-    assert main(["compress", prompt_file]) == 2  # a budget is required
-    assert "--budget" in capsys.readouterr().err
+def run_cli(argv, capsys, caplog) -> tuple[int, str]:
+    """Exit code and what went to stderr: argparse's usage errors plus the logged error line."""
+    caplog.clear()
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    logged = "".join(f"{r.getMessage()}\n" for r in caplog.records if r.levelno >= logging.ERROR)
+    return code, capsys.readouterr().err + logged
+
+
+def test_errors_exit_non_zero_with_a_message(tiny_dir, prompt_file, capsys, caplog):
+    code, err = run_cli(["compress", "--draft", tiny_dir, "--ratio", "1.5", prompt_file], capsys, caplog)
+    assert code == 2 and "--ratio" in err
+    code, err = run_cli(["compress", prompt_file], capsys, caplog)  # a budget is required
+    assert code == 2 and "--budget" in err
 
 
 @pytest.fixture
@@ -55,6 +68,10 @@ def _bad_inputs(tmp_path, tiny_dir):
     (broken / "config.json").write_text("{not json")
     binary = tmp_path / "latin1.txt"
     binary.write_bytes("caf\xe9 au lait".encode("latin-1"))
+    truncated = tmp_path / "truncated-model"
+    shutil.copytree(tiny_dir, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
     ok = tmp_path / "ok.txt"
     ok.write_text("some text")
     return [
@@ -67,6 +84,7 @@ def _bad_inputs(tmp_path, tiny_dir):
         (["compress", "--budget", "10", "--draft", "./nothing/here", str(ok)], "not found"),
         (["compress", "--budget", "10", "--draft", str(broken), str(ok)], "not a valid model config"),
         (["compress", "--budget", "10", "--draft", str(ok), str(ok)], "not a .gguf"),
+        (["compress", "--budget", "10", "--draft", str(truncated), str(ok)], "truncated or corrupt"),
         (["compress", "--budget", "10", "--draft", tiny_dir, "--window-size", "0", str(ok)], "window_size"),
         (["generate", "--target", str(tmp_path / "nope.gguf"), str(ok)], "GGUF file not found"),
         (["generate", "--target", tiny_dir, "--temperature", "-1", str(ok)], "--temperature"),
@@ -75,22 +93,21 @@ def _bad_inputs(tmp_path, tiny_dir):
     ]
 
 
-def test_bad_input_is_one_line_exit_2_before_any_model_loads(tmp_path, tiny_dir, no_model_loads, capsys):
+def test_bad_input_is_one_line_exit_2_before_any_model_loads(tmp_path, tiny_dir, no_model_loads, capsys, caplog):
     for argv, words in _bad_inputs(tmp_path, tiny_dir):
-        assert main(argv) == 2, argv
-        err = capsys.readouterr().err
-        assert words in err and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+        code, err = run_cli(argv, capsys, caplog)
+        assert code == 2 and words in err and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
 
 
-def test_invalid_utf8_on_stdin(monkeypatch, no_model_loads, capsys):
+def test_invalid_utf8_on_stdin(monkeypatch, no_model_loads, capsys, caplog):
     import io
 
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"ok \xff\xfe broken")))
-    assert main(["compress", "--budget", "5", "-"]) == 2
-    assert "stdin is not UTF-8 text" in capsys.readouterr().err
+    assert run_cli(["compress", "--budget", "5", "-"], capsys, caplog) == (2, "stdin is not UTF-8 text "
+                                                                            "(invalid byte at offset 3)\n")
 
 
-def test_internal_error_exit_1_and_debug_shows_it(monkeypatch, tiny_dir, prompt_file, capsys):
+def test_internal_error_exit_1_and_debug_shows_it(monkeypatch, tiny_dir, prompt_file, capsys, caplog):
     import draft_rag.engine
 
     def crash(*args, **kwargs):
@@ -98,9 +115,8 @@ def test_internal_error_exit_1_and_debug_shows_it(monkeypatch, tiny_dir, prompt_
 
     monkeypatch.setattr(draft_rag.engine.DraftEngine, "compress", crash)
     argv = ["compress", "--draft", tiny_dir, "--budget", "10", "--starting-layer-index", "0", prompt_file]
-    assert main(argv) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("draft-rag: internal error: 'boom' (KeyError") and err.count("\n") == 1
+    code, err = run_cli(argv, capsys, caplog)
+    assert code == 1 and err.startswith("internal error: 'boom' (KeyError") and err.count("\n") == 1
     with pytest.raises(KeyError):
         main(["--debug"] + argv)
 

@@ -259,7 +259,7 @@ def with_deadline(pieces: Iterator[str], timeout: float | None) -> Iterator[str]
 
 
 async def astream_in_thread(make_iter: Callable[[], Iterator], run_manager) -> AsyncIterator:
-    """``draft_rag.aio.iterate_in_thread``, reporting each chunk to the async ``run_manager`` (if any) as a new token."""
+    """``draft_rag.aio.iterate_in_thread``, reporting each chunk to the async ``run_manager`` (if any) as a token."""
     async for chunk in iterate_in_thread(make_iter):
         if run_manager:
             await run_manager.on_llm_new_token(chunk.text, chunk=chunk)

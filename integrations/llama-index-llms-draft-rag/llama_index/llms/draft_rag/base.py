@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-from typing import Annotated, Any, Iterator, Literal, Optional, Sequence, Union
+from typing import Annotated, Any, Callable, Iterator, Literal, Optional, Sequence, Union
 
 from llama_index.core.base.llms.types import (ChatMessage, ChatResponse, ChatResponseAsyncGen, ChatResponseGen,
                                               CompletionResponse, CompletionResponseAsyncGen,
@@ -210,7 +210,7 @@ class DraftCompressedLLM(LLM):
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         if self.llm is None:
             args = _local_args(prompt, self._take(prompt))
-            return await asyncio.to_thread(lambda: _last(self._local_stream(args, kwargs)))
+            return await _alast(lambda: self._local_stream(args, kwargs))
         text, stats = await asyncio.to_thread(self._front_prompt, prompt)
         return _annotate(await self.llm.acomplete(text, formatted=formatted, **kwargs), stats)
 
@@ -243,7 +243,7 @@ class DraftCompressedLLM(LLM):
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         if self.llm is None:
             args = _chat_args(messages)
-            return _as_chat(await asyncio.to_thread(lambda: _last(self._local_stream(args, kwargs))))
+            return _as_chat(await _alast(lambda: self._local_stream(args, kwargs)))
         msgs, stats = await asyncio.to_thread(self._front_messages, messages)
         return _annotate(await self.llm.achat(msgs, **kwargs), stats)
 
@@ -360,6 +360,15 @@ def _annotate(response, stats: dict):
 def _last(responses: Iterator[CompletionResponse]) -> CompletionResponse:
     last = None
     for last in responses:
+        pass
+    last.delta = None
+    return last
+
+
+async def _alast(make: Callable[[], Iterator[CompletionResponse]]) -> CompletionResponse:
+    """``_last`` off the event loop; cancelling the caller closes the stream (and frees the engine)."""
+    last = None
+    async for last in iterate_in_thread(make):
         pass
     last.delta = None
     return last
