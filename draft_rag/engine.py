@@ -5,19 +5,22 @@ The one place both framework adapters call. Thread-safe: calls on one engine run
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
 from . import baselines, speckv
+from . import messages as chat
 from .config import SpecKVConfig, SpecPCConfig
 from .generation import Sampling, eos_ids, stream
 from .models import DEFAULT_MODEL, LoadedModel, load_model
 from .scoring import chunk_scores, draft_scores
-from .prompt import Segment, build_segments, has_chat_template, tokenize, wrap
+from .prompt import Segment, build_segments, count_tokens, has_chat_template, template_parts, tokenize, wrap
 from .specpc import CompressedPrompt, compress
 
+logger = logging.getLogger(__name__)
 METHODS = ("full", "specpc") + baselines.KV_METHODS
 DEFAULT_PC_BUDGET = 2048  # SpecPC's prompt budget inside speckv-pc when neither pc_budget nor pc_ratio is given
 
@@ -36,6 +39,7 @@ class GenerationStats:
     kv_bytes_full: int = 0  # what a plain prefill of the same prompt holds
     kv_entries: list = field(default_factory=list)  # cache entries per KV head, per layer, after prefill
     lookahead_tokens: int = 0  # draft tokens the target prefilled as SpecKV's lookahead (target tokenizer)
+    compression: dict = field(default_factory=dict)  # messages=...: CompressedMessages.stats
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -114,14 +118,62 @@ class DraftEngine:
             return self.specpc.replace(max_capacity_prompt=budget, ratio=ratio)
         return self.specpc
 
+    def compress_messages(self, messages: list[dict], *, budget: int | None = None,
+                          ratio: float | None = None) -> chat.CompressedMessages:
+        """SpecPC on the retrieved context inside a conversation (OpenAI-style message dicts).
+
+        Which text is context and which is protected (instructions, questions, short messages) is the rule in
+        ``draft_rag.messages``; ``ratio`` is the fraction of the context kept. Only ``content`` of messages whose
+        context was compressed changes; the draft reads the conversation in its own chat template.
+        """
+        cfg = self._config(budget, ratio)
+        lay = chat.layout(messages)
+        with self._lock:
+            return self._compress_layout(list(messages), lay, cfg)
+
+    def _compress_layout(self, messages: list[dict], lay: chat.Layout, cfg: SpecPCConfig) -> chat.CompressedMessages:
+        """``compress_messages`` with the lock held."""
+        draft = self.draft
+        counter = self.target.tokenizer if self.target else draft.tokenizer
+        template = "chat" if has_chat_template(draft.tokenizer) else "raw"
+        segments = _drop_lead(chat.render(messages, lay, draft.tokenizer, template), draft.tokenizer)
+        indices = chat.rendered_indices(segments, lay)
+        stats: dict = {"token_counts": "target tokenizer" if self.target else "draft tokenizer", "messages": []}
+        if not indices:
+            n = sum(count_tokens(draft.tokenizer, s.text) for s in segments if s.in_output)
+            budget = None if cfg.ratio is not None else cfg.budget_for(n)
+            stats.update(original_tokens=n, compressed_tokens=n, token_counts="draft tokenizer",
+                         seconds={"draft": 0.0, "select": 0.0})
+            if budget is not None and n > budget:
+                stats["warning"] = (f"the conversation has {n} draft tokens, over the budget of {budget}, but no "
+                                    "retrieved context to compress (see draft_rag.messages); sent whole")
+                _warn_once(stats["warning"])
+            return chat.CompressedMessages([dict(m) for m in messages], stats, None)
+        cp = compress(draft.model, draft.tokenizer, segments, lay.chunks, cfg, template="raw",
+                      target_tokenizer=counter)
+        out = chat.rebuild(messages, lay, cp, indices)
+        for i in sorted(indices):
+            before = "".join(c.text for c in lay.chunks if c.id == i)
+            after = "".join(cp.chunks[k].text for k, c in enumerate(lay.chunks) if c.id == i)
+            stats["messages"].append({"message_index": i, "context_tokens": count_tokens(counter, before),
+                                      "kept_fraction": count_tokens(counter, after) / max(1, count_tokens(counter, before))})
+        stats.update(original_tokens=cp.original_tokens, compressed_tokens=cp.compressed_tokens,
+                     draft_original_tokens=cp.draft_original_tokens, draft_kept_tokens=cp.draft_kept_tokens,
+                     seconds=dict(cp.seconds))
+        return chat.CompressedMessages(out, stats, cp)
+
     # -- generation ----------------------------------------------------------------------------
     def stream(self, prompt: str | None = None, *, chunks=None, instruction: str | None = None,
                question: str | None = None, answer_prefix: str | None = None, method: str | None = None,
                budget: int | None = None, ratio: float | None = None, template: str | None = None,
                system: str | None = None, max_new_tokens: int = 256, temperature: float = 0.0,
                top_p: float = 1.0, top_k: int = 0, stop=(), seed: int | None = None, pc_budget: int | None = None,
-               pc_ratio: float | None = None, lookahead_tokens: int | None = None) -> GenerationStream:
+               pc_ratio: float | None = None, lookahead_tokens: int | None = None,
+               messages: list[dict] | None = None) -> GenerationStream:
         """Generate with the local target; yields text pieces as they are decoded.
+
+        ``messages`` (OpenAI-style dicts, instead of a prompt) is answered in the target's own chat template,
+        with SpecPC compressing the retrieved context inside the messages (see ``compress_messages``).
 
         ``budget``/``ratio`` are the prompt budget for ``specpc`` and the KV budget (entries per layer and
         KV head) for the KV methods; ``speckv-pc`` takes its prompt budget as ``pc_budget``/``pc_ratio``
@@ -133,6 +185,13 @@ class DraftEngine:
         _check_method(method)
         sampling = Sampling(max_new_tokens, temperature, top_p, top_k, tuple([stop] if isinstance(stop, str) else stop or ()), seed)
         template = template or ("chat" if has_chat_template(self.target.tokenizer) else "raw")
+        if messages is not None:
+            if prompt is not None or chunks is not None or question is not None or instruction is not None:
+                raise ValueError("give messages=... or a prompt (prompt/chunks/instruction/question), not both")
+            if system is not None or answer_prefix is not None:
+                raise ValueError("with messages=..., put the system prompt and answer prefix in the messages")
+            return self._stream_messages(messages, method, template, sampling, budget=budget, ratio=ratio,
+                                         pc_budget=pc_budget, pc_ratio=pc_ratio, lookahead=lookahead_tokens)
         segments, chunk_list = build_segments(prompt, chunks=chunks, instruction=instruction, question=question,
                                               answer_prefix=answer_prefix)
         cfg = self._config(budget, ratio)
@@ -160,6 +219,52 @@ class DraftEngine:
                 t1 = time.perf_counter()
                 info: dict = {}
                 yield from stream(self.target.model, self.target.tokenizer, ids, sampling, prefill, info)
+                t2 = time.perf_counter()
+                stats.new_tokens, stats.finish_reason = info["new_tokens"], info["finish_reason"]
+                stats.seconds.update(target=t2 - t1, total=t2 - t0)
+
+        gs._pieces = run()
+        return gs
+
+    def _stream_messages(self, messages, method, template, sampling, *, budget, ratio, pc_budget, pc_ratio,
+                         lookahead) -> GenerationStream:
+        """``stream(messages=...)``: the conversation in the target's chat template; SpecPC on its context."""
+        lay = chat.layout(messages)
+        bad = [i for i, only in enumerate(lay.text_only) if not only]
+        if bad:
+            raise ValueError(f"messages{bad} have non-text parts; a local target reads text only")
+        messages = list(messages)
+        stats = GenerationStats(method)
+        gs = GenerationStream(iter(()), stats, None)
+
+        def run() -> Iterator[str]:
+            with self._lock:
+                t0 = time.perf_counter()
+                target = self.target.tokenizer
+                stats.original_tokens = len(tokenize(target, chat.render(messages, lay, target, template)).ids)
+                msgs, m_lay = messages, lay
+                if method in ("specpc", "speckv-pc"):
+                    pc = self._config(budget, ratio) if method == "specpc" else self._config(
+                        DEFAULT_PC_BUDGET if pc_budget is None and pc_ratio is None else pc_budget, pc_ratio)
+                    cm = self._compress_layout(messages, lay, pc)
+                    gs.compressed, stats.compression = cm.compressed, cm.stats
+                    stats.seconds.update(cm.stats["seconds"])
+                    msgs = cm.messages
+                    m_lay = chat.layout(msgs)
+                segments = chat.render(msgs, m_lay, target, template)
+                ids = tokenize(target, segments).ids
+                prefill = functools.partial(_prefill_with_stats, speckv.plain_prefill_stats, stats)
+                if method in baselines.KV_METHODS:
+                    draft_template = template if has_chat_template(self.draft.tokenizer) else "raw"
+                    draft_segments = chat.render(msgs, m_lay, self.draft.tokenizer, draft_template)
+                    ids, prefill, _ = self._kv_setup(
+                        "speckv" if method == "speckv-pc" else method, _drop_lead(draft_segments, self.draft.tokenizer),
+                        [], ids, "raw", None, sampling, stats, budget=budget, ratio=ratio, pc_budget=None,
+                        pc_ratio=None, lookahead=lookahead)
+                stats.prompt_tokens = len(ids)
+                t1 = time.perf_counter()
+                info: dict = {}
+                yield from stream(self.target.model, target, ids, sampling, prefill, info)
                 t2 = time.perf_counter()
                 stats.new_tokens, stats.finish_reason = info["new_tokens"], info["finish_reason"]
                 stats.seconds.update(target=t2 - t1, total=t2 - t0)
@@ -227,6 +332,24 @@ def _prefill_with_stats(run, stats: GenerationStats, model, ids):
     stats.kv_bytes, stats.kv_bytes_full, stats.kv_entries = kv.kv_bytes, kv.kv_bytes_full, kv.entries
     stats.seconds.update(prefill=kv.seconds["prefill"], kv_select=kv.seconds["select"])
     return state
+
+
+def _drop_lead(segments: list[Segment], tokenizer) -> list[Segment]:
+    """Rendered segments without the leading special tokens (e.g. ``<bos>``) that ``wrap(..., "raw")`` adds."""
+    lead = template_parts(tokenizer, "raw")[0]
+    if lead and segments and segments[0].role == "template" and segments[0].text.startswith(lead):
+        return [Segment(segments[0].text[len(lead):], "template")] + segments[1:]
+    return segments
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str, key: str = "over budget, nothing compressible") -> None:
+    """Log ``message`` as a warning the first time a warning of this ``key`` comes up in the process."""
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning(message)
 
 
 def _check_method(method: str) -> None:
