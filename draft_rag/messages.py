@@ -38,7 +38,6 @@ _PARAGRAPH = re.compile(r"\S(?:.*?\S)?(?=\s*\n[ \t]*\n|\s*$)", re.S)
 _LINE = re.compile(r"[^\n]*\S[^\n]*")
 _SENTINEL = "\u2063DRAFTRAG{}\u2063"
 _SENTINELS = re.compile("\u2063DRAFTRAG(\\d+)\u2063")
-ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
 
 @dataclass
@@ -92,8 +91,6 @@ def check(messages) -> list[dict]:
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise TypeError(f"messages[{i}] must be a dict with a 'role' string, got {m!r:.80}")
-        if m["role"] not in ROLES:
-            raise ValueError(f"messages[{i}]['role'] must be one of {ROLES}, got {m['role']!r}")
     return list(messages)
 
 
