@@ -7,9 +7,9 @@ The rule, per message (``role`` and ``content``; every other key is carried thro
 * a long system, developer or user message is split. Labelled parts (``Question:``, ``Context:``, ``Answer:``,
   ``## Context``, ``<context>...</context>``, ...) start at their label; the body of a context label
   (``CONTEXT_LABELS``) is context, every other label and its body is protected. Unlabelled text is split into
-  paragraphs (lines, if it is one long paragraph): the first paragraph (up to ``FIRST_CHARS``) and further
-  paragraphs at each end, up to ``SHORT_CHARS`` each way, are protected (instructions before the context, a
-  question or request after it), the rest is context;
+  paragraphs at blank lines and rule lines like ``-----`` (lines, if it is one long paragraph): the first paragraph
+  (up to ``FIRST_CHARS``) and short paragraphs at each end (``UNIT_CHARS``, ``SHORT_CHARS`` in all) are protected
+  (instructions before the context, a question or request after it), the rest is context;
 * the last paragraph of the last user message (the question) is always protected.
 
 Multi-turn history follows the same rule: earlier questions and answers are short, so protected; a long earlier
@@ -25,7 +25,7 @@ from .prompt import Chunk, Segment, has_chat_template
 from .specpc import CompressedPrompt
 
 FIRST_CHARS = 1000  # the first paragraph of a long message, up to this long, is protected (instructions)
-SHORT_CHARS = 400  # then more paragraphs at each end, up to this many characters in all
+UNIT_CHARS, SHORT_CHARS = 200, 400  # then paragraphs up to UNIT_CHARS long at each end, SHORT_CHARS in all
 LONG_CHARS = 1200  # messages shorter than this are protected whole
 CONTEXT_LABELS = ("context", "contexts", "retrieved context", "documents", "document", "docs", "sources",
                   "passages", "search results", "background", "knowledge")
@@ -34,7 +34,7 @@ OTHER_LABELS = ("question", "query", "user question", "input", "answer", "helpfu
 _NAMES = "|".join(sorted((re.escape(n) for n in CONTEXT_LABELS + OTHER_LABELS), key=len, reverse=True))
 _LABEL = re.compile(rf"(?im)^[ \t]*(?:#+[ \t]*)?(?:\*\*)?({_NAMES})(?:\*\*)?[ \t]*(?::|$)[ \t]*")
 _TAG = re.compile(r"(?i)<(/?)(context|documents?|sources|passages|search_results)>")
-_PARAGRAPH = re.compile(r"\S(?:.*?\S)?(?=\s*\n[ \t]*\n|\s*$)", re.S)
+_BREAK = re.compile(r"\n[ \t]*\n|^[ \t]*[-=*_~#]{3,}[ \t]*$", re.M)
 _LINE = re.compile(r"[^\n]*\S[^\n]*")
 _SENTINEL = "\u2063DRAFTRAG{}\u2063"
 _SENTINELS = re.compile("\u2063DRAFTRAG(\\d+)\u2063")
@@ -138,24 +138,32 @@ def split_text(text: str, question_last: bool = False) -> list[tuple[int, int, b
 
 
 def _units(text: str, a: int, b: int) -> list[tuple[int, int]]:
-    units = [(a + m.start(), a + m.end()) for m in _PARAGRAPH.finditer(text[a:b])]
+    """Paragraphs of ``text[a:b]`` (split at blank lines and rule lines such as ``-----``), or its lines if it is
+    one long paragraph; as ``(start, end)`` without the whitespace around them."""
+    units, pos = [], a
+    for m in [*_BREAK.finditer(text, a, b), None]:
+        end = m.start() if m else b
+        piece = text[pos:end]
+        if piece.strip():
+            units.append((pos + len(piece) - len(piece.lstrip()), end - len(piece) + len(piece.rstrip())))
+        pos = m.end() if m else b
     if len(units) == 1 and units[0][1] - units[0][0] > SHORT_CHARS:
         units = [(a + m.start(), a + m.end()) for m in _LINE.finditer(text[a:b])]
     return units
 
 
 def _plain(text: str, a: int, b: int, final: bool) -> list[tuple[int, int, bool]]:
-    """Leading and trailing short paragraphs protected, the middle is context."""
+    """The first paragraph and short paragraphs at both ends protected, the middle is context."""
     units = _units(text, a, b)
+    size = [e - s for s, e in units]
     j = len(units) - (1 if final and units else 0)
-    i = total = 0
-    if i < j and units[0][1] - units[0][0] <= FIRST_CHARS:
-        i, total = 1, units[0][1] - units[0][0]
-    while i < j and total + units[i][1] - units[i][0] <= SHORT_CHARS:
-        total, i = total + units[i][1] - units[i][0], i + 1
+    i = 1 if j and size[0] <= FIRST_CHARS else 0
     total = 0
-    while j > i and total + units[j - 1][1] - units[j - 1][0] <= SHORT_CHARS:
-        total, j = total + units[j - 1][1] - units[j - 1][0], j - 1
+    while i < j and size[i] <= UNIT_CHARS and total + size[i] <= SHORT_CHARS:
+        total, i = total + size[i], i + 1
+    total = 0
+    while j > i and size[j - 1] <= UNIT_CHARS and total + size[j - 1] <= SHORT_CHARS:
+        total, j = total + size[j - 1], j - 1
     if i >= j:
         return [(a, b, True)]
     return [(a, units[i][0], True), (units[i][0], units[j - 1][1], False), (units[j - 1][1], b, True)]

@@ -23,6 +23,7 @@ from llama_index.core.llms.llm import LLM
 
 from draft_rag import DraftEngine
 from draft_rag import engine as engine_module
+from draft_rag.prompt import has_chat_template
 from draft_rag.scoring import select_chunks
 
 from .events import DraftCompressionEvent, dispatcher
@@ -94,7 +95,7 @@ class DraftCompressedLLM(LLM):
                                             "model_name": f"{inner.model_name} (specpc, draft {draft.name})"})
         target = self._engine.target
         return LLMMetadata(context_window=self.context_window or min(_window(target), _window(draft)),
-                           num_output=self.max_new_tokens, is_chat_model=False,
+                           num_output=self.max_new_tokens, is_chat_model=has_chat_template(target.tokenizer),
                            model_name=f"{target.name} ({self.method}, draft {draft.name})")
 
     # -- templates: find the retrieved context inside a formatted prompt --------------------------
@@ -274,14 +275,14 @@ class DraftCompressedLLM(LLM):
         return cp.text, stats
 
     def _front_messages(self, messages: Sequence[ChatMessage]) -> tuple[list, dict]:
-        """SpecPC on the last user message; the other messages are passed on as they are."""
-        last = max((i for i, m in enumerate(messages) if m.role == MessageRole.USER), default=None)
-        if last is None or not messages[last].content:
-            raise ValueError("messages must contain a user message with text to compress")
-        cp, stats = self._compress(prompt=messages[last].content)
-        msgs = list(messages)
-        msgs[last] = _with_text(msgs[last], cp.text)
-        return msgs, stats
+        """SpecPC on the retrieved context inside the messages (``draft_rag.messages``'s rule); the rest as is."""
+        cm = self._engine.compress_messages(_dicts(messages), budget=self.budget, ratio=self.ratio)
+        stats = {"method": "specpc", "original_tokens": cm.stats["original_tokens"],
+                 "compressed_tokens": cm.stats["compressed_tokens"], "seconds": cm.stats["seconds"]}
+        dispatcher.event(DraftCompressionEvent(component="llm", **stats))
+        changed = {m["message_index"] for m in cm.stats["messages"]}
+        msgs = [_with_text(m, cm.messages[i]["content"]) if i in changed else m for i, m in enumerate(messages)]
+        return msgs, {**stats, **{k: cm.stats[k] for k in ("messages", "warning") if k in cm.stats}}
 
 
 def _window(loaded) -> int:
@@ -295,15 +296,26 @@ def _local_args(prompt: str, plan: dict | None) -> dict:
 
 
 def _chat_args(messages: Sequence[ChatMessage]) -> dict:
-    """System messages -> system prompt; earlier turns -> instruction; last user message -> prompt."""
+    """The conversation for the engine: answered in the target's chat template, structure kept."""
+    return {"messages": _dicts(messages)}
+
+
+_ROLES = {"chatbot": "assistant", "model": "assistant"}
+
+
+def _dicts(messages: Sequence[ChatMessage]) -> list[dict]:
+    """LlamaIndex messages as the core's OpenAI-style dicts (non-text blocks stay visible as non-text parts)."""
     if not messages:
         raise ValueError("messages must not be empty")
-    system = "\n\n".join(m.content for m in messages if m.role == MessageRole.SYSTEM and m.content)
-    turns = [m for m in messages if m.role != MessageRole.SYSTEM]
-    if not turns or turns[-1].role != MessageRole.USER:
-        raise ValueError("messages must end with a user message")
-    history = "\n".join(f"{m.role.value}: {m.content or ''}" for m in turns[:-1])
-    return {"prompt": turns[-1].content or "", "instruction": history or None, "system": system or None}
+    out = []
+    for m in messages:
+        others = [{"type": b.block_type} for b in m.blocks if not isinstance(b, TextBlock)]
+        text = "".join(b.text for b in m.blocks if isinstance(b, TextBlock))
+        d = {"role": _ROLES.get(m.role.value, m.role.value),
+             "content": [{"type": "text", "text": text}] + others if others else text}
+        d.update({k: m.additional_kwargs[k] for k in ("tool_calls", "tool_call_id", "name") if m.additional_kwargs.get(k)})
+        out.append(d)
+    return out
 
 
 def _with_text(message: ChatMessage, text: str) -> ChatMessage:
