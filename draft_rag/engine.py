@@ -118,16 +118,17 @@ class DraftEngine:
             return self.specpc.replace(max_capacity_prompt=budget, ratio=ratio)
         return self.specpc
 
-    def compress_messages(self, messages: list[dict], *, budget: int | None = None,
-                          ratio: float | None = None) -> chat.CompressedMessages:
+    def compress_messages(self, messages: list[dict], *, budget: int | None = None, ratio: float | None = None,
+                          context: list[str] | None = None) -> chat.CompressedMessages:
         """SpecPC on the retrieved context inside a conversation (OpenAI-style message dicts).
 
         Which text is context and which is protected (instructions, questions, short messages) is the rule in
         ``draft_rag.messages``; ``ratio`` is the fraction of the context kept. Only ``content`` of messages whose
-        context was compressed changes; the draft reads the conversation in its own chat template.
+        context was compressed changes; the draft reads the conversation in its own chat template. ``context``:
+        texts known to be the retrieved context (see ``draft_rag.messages.layout``).
         """
         cfg = self._config(budget, ratio)
-        lay = chat.layout(messages)
+        lay = chat.layout(messages, context)
         with self._lock:
             return self._compress_layout(list(messages), lay, cfg)
 
@@ -169,11 +170,12 @@ class DraftEngine:
                system: str | None = None, max_new_tokens: int = 256, temperature: float = 0.0,
                top_p: float = 1.0, top_k: int = 0, stop=(), seed: int | None = None, pc_budget: int | None = None,
                pc_ratio: float | None = None, lookahead_tokens: int | None = None,
-               messages: list[dict] | None = None) -> GenerationStream:
+               messages: list[dict] | None = None, context: list[str] | None = None) -> GenerationStream:
         """Generate with the local target; yields text pieces as they are decoded.
 
         ``messages`` (OpenAI-style dicts, instead of a prompt) is answered in the target's own chat template,
-        with SpecPC compressing the retrieved context inside the messages (see ``compress_messages``).
+        with SpecPC compressing the retrieved context inside the messages (see ``compress_messages``, also for
+        ``context``).
 
         ``budget``/``ratio`` are the prompt budget for ``specpc`` and the KV budget (entries per layer and
         KV head) for the KV methods; ``speckv-pc`` takes its prompt budget as ``pc_budget``/``pc_ratio``
@@ -185,12 +187,14 @@ class DraftEngine:
         _check_method(method)
         sampling = Sampling(max_new_tokens, temperature, top_p, top_k, tuple([stop] if isinstance(stop, str) else stop or ()), seed)
         template = template or ("chat" if has_chat_template(self.target.tokenizer) else "raw")
+        if context is not None and messages is None:
+            raise ValueError("context=... names retrieved text inside messages=...; give messages too")
         if messages is not None:
             if prompt is not None or chunks is not None or question is not None or instruction is not None:
                 raise ValueError("give messages=... or a prompt (prompt/chunks/instruction/question), not both")
             if system is not None or answer_prefix is not None:
                 raise ValueError("with messages=..., put the system prompt and answer prefix in the messages")
-            return self._stream_messages(messages, method, template, sampling, budget=budget, ratio=ratio,
+            return self._stream_messages(messages, context, method, template, sampling, budget=budget, ratio=ratio,
                                          pc_budget=pc_budget, pc_ratio=pc_ratio, lookahead=lookahead_tokens)
         segments, chunk_list = build_segments(prompt, chunks=chunks, instruction=instruction, question=question,
                                               answer_prefix=answer_prefix)
@@ -226,10 +230,10 @@ class DraftEngine:
         gs._pieces = run()
         return gs
 
-    def _stream_messages(self, messages, method, template, sampling, *, budget, ratio, pc_budget, pc_ratio,
+    def _stream_messages(self, messages, context, method, template, sampling, *, budget, ratio, pc_budget, pc_ratio,
                          lookahead) -> GenerationStream:
         """``stream(messages=...)``: the conversation in the target's chat template; SpecPC on its context."""
-        lay = chat.layout(messages)
+        lay = chat.layout(messages, context)
         for i, only in enumerate(lay.text_only):
             if not only:
                 kinds = sorted({p.get("type", "?") if isinstance(p, dict) else type(p).__name__

@@ -94,15 +94,23 @@ def check(messages) -> list[dict]:
     return list(messages)
 
 
-def layout(messages: list[dict]) -> Layout:
-    """Split every message's text by the module's rule (see the module docstring)."""
+def layout(messages: list[dict], context: list[str] | None = None) -> Layout:
+    """Split every message's text by the module's rule (see the module docstring).
+
+    ``context``: texts known to be retrieved context (e.g. a template's ``{context_str}``); in a message that
+    contains one, those texts are the context and the rest of it is protected, instead of the rule.
+    """
     messages = check(messages)
+    known = [c for c in context or () if isinstance(c, str) and c.strip()]
     last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
     lay = Layout([])
     for i, m in enumerate(messages):
         text, only_text = text_of(m, i)
         lay.text_only.append(only_text)
-        if not only_text or m["role"] == "assistant" or len(text) < LONG_CHARS:
+        found = _occurrences(text, known) if only_text and m["role"] != "assistant" else []
+        if found:
+            spans = found
+        elif not only_text or m["role"] == "assistant" or len(text) < LONG_CHARS:
             spans = [(0, len(text), True)]
         elif m["role"] in ("tool", "function"):
             spans = [(0, len(text), False)]
@@ -117,6 +125,17 @@ def layout(messages: list[dict]) -> Layout:
                 lay.chunks.append(Chunk(text[s:e], id=i, metadata={"message_index": i}))
         lay.contents.append(segments)
     return lay
+
+
+def _occurrences(text: str, known: list[str]) -> list[tuple[int, int, bool]]:
+    """Spans covering ``text``: each occurrence of a ``known`` context text is context, the rest protected."""
+    hits = sorted((m.start(), m.start() + len(k)) for k in known for m in re.finditer(re.escape(k), text))
+    spans, pos = [], 0
+    for s, e in hits:
+        if s >= pos:
+            spans += [(pos, s, True), (s, e, False)]
+            pos = e
+    return [sp for sp in spans + [(pos, len(text), True)] if sp[1] > sp[0]] if hits else []
 
 
 def split_text(text: str, question_last: bool = False) -> list[tuple[int, int, bool]]:

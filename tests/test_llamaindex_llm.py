@@ -22,7 +22,6 @@ TEMPLATE = PromptTemplate("Read the notes below.\n---\n{context_str}\n---\nQuest
 CONTEXT, QUESTION, ANSWER = needle_prompt(8)
 PARAGRAPHS = CONTEXT.replace(". ", ".\n\n")
 LONG = needle_prompt(24)[0]  # long enough to hold retrieved context (draft_rag.messages.LONG_CHARS)
-LONG_PARAGRAPHS = LONG.replace(". ", ".\n\n")
 def tiny_llm(method="full", **kwargs) -> DraftCompressedLLM:
     return DraftCompressedLLM(target=tiny_model("llama"), method=method, max_new_tokens=6, specpc=TINY_SPECPC,
                               **kwargs)
@@ -99,14 +98,14 @@ def test_budget_larger_than_the_prompt_passes_it_through():
 
 def test_predict_protects_the_template_and_counts_tokens():
     counter = TokenCountingHandler()
-    llm = tiny_llm("specpc", budget=600, callback_manager=CallbackManager([counter]), system_prompt="Be brief.")
-    llm.predict(TEMPLATE, context_str=LONG_PARAGRAPHS, query_str=QUESTION)  # a chat model: system + user message
+    llm = tiny_llm("specpc", budget=200, callback_manager=CallbackManager([counter]), system_prompt="Be brief.")
+    llm.predict(TEMPLATE, context_str=PARAGRAPHS, query_str=QUESTION)  # a chat model: system + user message
     (event,) = counter.llm_token_counts
     assert event.prompt_token_count < len(tiny_model("llama").tokenizer(event.prompt)["input_ids"])
     engine = DraftEngine(tiny_model("llama"), specpc=TINY_SPECPC)  # the same call straight to the engine
-    user = TEMPLATE.format(context_str=LONG_PARAGRAPHS, query_str=QUESTION)
+    user = TEMPLATE.format(context_str=PARAGRAPHS, query_str=QUESTION)
     direct = engine.generate(messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": user}],
-                             budget=600, max_new_tokens=6)
+                             context=[PARAGRAPHS], budget=200, max_new_tokens=6)  # the template's context only
     assert event.prompt_token_count == direct.stats.prompt_tokens
     assert event.completion == f"assistant: {direct.text}"  # a chat event: the message, with its role
 

@@ -137,7 +137,11 @@ class DraftCompressedLLM(LLM):
     def _get_messages(self, prompt, **prompt_args: Any) -> list[ChatMessage]:
         if self.llm is not None:
             return self.llm._get_messages(prompt, **prompt_args)
-        return super()._get_messages(prompt, **prompt_args)
+        messages = super()._get_messages(prompt, **prompt_args)
+        plan = self._plan(prompt, prompt_args)
+        if plan is not None:  # chat() picks it up: the template's context variable is the retrieved context
+            _prepared.set((_key(messages), {"context": [prompt_args[plan["key"]]]}))
+        return messages
 
     def _plan(self, prompt, prompt_args: dict) -> dict | None:
         """Instruction / context chunks / question of a template with a non-empty context variable."""
@@ -204,21 +208,21 @@ class DraftCompressedLLM(LLM):
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         if self.llm is None:
-            return _as_chat(_last(self._local_stream(_chat_args(messages), kwargs)))
+            return _as_chat(_last(self._local_stream(self._chat_args(messages), kwargs)))
         msgs, stats = self._front_messages(messages)
         return _annotate(self.llm.chat(msgs, **kwargs), stats)
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         if self.llm is None:
-            return (_as_chat(r) for r in self._local_stream(_chat_args(messages), kwargs))
+            return (_as_chat(r) for r in self._local_stream(self._chat_args(messages), kwargs))
         msgs, stats = self._front_messages(messages)
         return (_annotate(r, stats) for r in self.llm.stream_chat(msgs, **kwargs))
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         if self.llm is None:
-            args = _chat_args(messages)
+            args = self._chat_args(messages)
             return _as_chat(await asyncio.to_thread(lambda: _last(self._local_stream(args, kwargs))))
         msgs, stats = await asyncio.to_thread(self._front_messages, messages)
         return _annotate(await self.llm.achat(msgs, **kwargs), stats)
@@ -226,13 +230,17 @@ class DraftCompressedLLM(LLM):
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         if self.llm is None:
-            args = _chat_args(messages)
+            args = self._chat_args(messages)
             return _in_thread(lambda: (_as_chat(r) for r in self._local_stream(args, kwargs)))
         msgs, stats = await asyncio.to_thread(self._front_messages, messages)
         inner = await self.llm.astream_chat(msgs, **kwargs)
         return (_annotate(r, stats) async for r in inner)
 
     # -- local target ----------------------------------------------------------------------------
+    def _chat_args(self, messages: Sequence[ChatMessage]) -> dict:
+        """The conversation for the engine (answered in the target's chat template), and the template's context."""
+        return {"messages": _dicts(messages), **(self._take(_key(messages)) or {})}
+
     def _local_stream(self, args: dict, kwargs: dict) -> Iterator[CompletionResponse]:
         """Responses as pieces are decoded; the last one carries the stats (and ``raw['usage']``)."""
         unknown = set(kwargs) - set(GENERATION_KWARGS)
@@ -295,9 +303,8 @@ def _local_args(prompt: str, plan: dict | None) -> dict:
     return plan if plan is not None else {"prompt": prompt}
 
 
-def _chat_args(messages: Sequence[ChatMessage]) -> dict:
-    """The conversation for the engine: answered in the target's chat template, structure kept."""
-    return {"messages": _dicts(messages)}
+def _key(messages: Sequence[ChatMessage]) -> tuple:
+    return tuple((m.role, m.content) for m in messages)
 
 
 _ROLES = {"chatbot": "assistant", "model": "assistant"}
