@@ -178,3 +178,17 @@ def test_real_draft_keeps_the_needle_and_the_template(smollm):
     assert answer in sent and len(sent) < len(text) / 2
     assert sent.startswith("Context information is below.\n---\n")
     assert sent.endswith(f"\n---\nAnswer the query.\nQuery: {question}\nAnswer: ")
+
+
+@pytest.mark.parametrize("mode", ["context", "condense_plus_context"])
+def test_chat_engines_compress_the_retrieved_context(mode, draft_events):
+    from llama_index.core import Document, MockEmbedding, VectorStoreIndex
+
+    index = VectorStoreIndex.from_documents([Document(text=LONG)], embed_model=MockEmbedding(embed_dim=8))
+    llm = tiny_llm("specpc", ratio=0.25)
+    chat_engine = index.as_chat_engine(chat_mode=mode, llm=llm)
+    chat_engine.chat("Hello?")  # a first turn, then a follow-up over the same context
+    chat_engine.chat(QUESTION)
+    assert len(draft_events) >= 2
+    for event in draft_events:
+        assert event.compressed_tokens < 0.6 * event.original_tokens
