@@ -34,7 +34,7 @@ OTHER_LABELS = ("question", "query", "user question", "input", "answer", "helpfu
 _NAMES = "|".join(sorted((re.escape(n) for n in CONTEXT_LABELS + OTHER_LABELS), key=len, reverse=True))
 _LABEL = re.compile(rf"(?im)^[ \t]*(?:#+[ \t]*)?(?:\*\*)?({_NAMES})(?:\*\*)?[ \t]*(?::|$)[ \t]*")
 _TAG = re.compile(r"(?i)<(/?)(context|documents?|sources|passages|search_results)>")
-_BREAK = re.compile(r"\n[ \t]*\n|^[ \t]*[-=*_~#]{3,}[ \t]*$", re.M)
+_BREAK = re.compile(r"\n[ \t]*\n|^[ \t]*[-=*_~#]{3,}[ \t]*$", re.MULTILINE)
 _LINE = re.compile(r"[^\n]*\S[^\n]*")
 _SENTINEL = "\u2063DRAFTRAG{}\u2063"
 _SENTINELS = re.compile("\u2063DRAFTRAG(\\d+)\u2063")
@@ -60,10 +60,6 @@ class Layout:
     contents: list[list[Segment]]
     chunks: list[Chunk] = field(default_factory=list)
     text_only: list[bool] = field(default_factory=list)
-
-    @property
-    def compressible(self) -> set[int]:
-        return {c.id for c in self.chunks}
 
 
 def text_of(message: dict, index: int) -> tuple[str, bool]:

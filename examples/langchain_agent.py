@@ -18,9 +18,8 @@ from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import tool
 from langchain_core.vectorstores import InMemoryVectorStore
-from langchain_rag import MiniLMEmbeddings, passages
-
 from langchain_draft_rag import ChatDraftCompressed, DraftCompressionMiddleware
+from langchain_rag import MiniLMEmbeddings, passages
 
 
 class RetrieveThenAnswer(BaseChatModel):

@@ -10,9 +10,8 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.prompts import ChatPromptTemplate
-from pydantic import Field
-
 from langchain_draft_rag import ChatDraftCompressed
+from pydantic import Field
 
 pytestmark = pytest.mark.slow
 

@@ -6,18 +6,17 @@ import asyncio
 import pytest
 
 pytest.importorskip("langchain.agents")
-from langchain.agents import create_agent  # noqa: E402
-from langchain_core.language_models import BaseChatModel  # noqa: E402
-from langchain_core.messages import AIMessage, HumanMessage, ToolMessage  # noqa: E402
-from langchain_core.outputs import ChatGeneration, ChatResult  # noqa: E402
-from langchain_core.tools import tool  # noqa: E402
-from pydantic import Field  # noqa: E402
+from conftest import tiny_model
+from langchain.agents import create_agent
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.tools import tool
+from langchain_draft_rag import ChatDraftCompressed, DraftCompressionMiddleware
+from pydantic import Field
+from test_chat_shapes import ANSWER, CONTEXT, NEEDLE, QUESTION
 
-from draft_rag import SpecPCConfig  # noqa: E402
-from langchain_draft_rag import ChatDraftCompressed, DraftCompressionMiddleware  # noqa: E402
-
-from conftest import tiny_model  # noqa: E402
-from test_chat_shapes import ANSWER, CONTEXT, NEEDLE, QUESTION  # noqa: E402
+from draft_rag import SpecPCConfig
 
 CFG = SpecPCConfig(starting_layer_index=1, window_size=8, kernel_size=8, neighbor_tokens=8)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 import pytest
-
 from conftest import needle_prompt, tiny_model, tiny_tokenizer
+
 from draft_rag import CompressedMessages, DraftEngine, SpecPCConfig
 from draft_rag import engine as engine_module
 from draft_rag.messages import layout
