@@ -24,7 +24,7 @@ def add_budget_args(p: argparse.ArgumentParser, required: bool = False, kv: bool
     g = p.add_mutually_exclusive_group(required=required)
     extra = "; for KV methods: KV entries kept per layer and KV head" if kv else ""
     g.add_argument("--budget", type=int, help="keep this many prompt tokens (draft tokenizer)" + extra)
-    g.add_argument("--ratio", type=float, help="keep this fraction of the context (question kept on top), in (0, 1]" + extra)
+    g.add_argument("--ratio", type=float, help="fraction of the context kept, question on top, in (0, 1]" + extra)
 
 
 def add_specpc_args(p: argparse.ArgumentParser) -> None:

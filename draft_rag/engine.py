@@ -154,10 +154,10 @@ class DraftEngine:
                       target_tokenizer=counter)
         out = chat.rebuild(messages, lay, cp, indices)
         for i in sorted(indices):
-            before = "".join(c.text for c in lay.chunks if c.id == i)
-            after = "".join(cp.chunks[k].text for k, c in enumerate(lay.chunks) if c.id == i)
-            stats["messages"].append({"message_index": i, "context_tokens": count_tokens(counter, before),
-                                      "kept_fraction": count_tokens(counter, after) / max(1, count_tokens(counter, before))})
+            before = count_tokens(counter, "".join(c.text for c in lay.chunks if c.id == i))
+            after = count_tokens(counter, "".join(cp.chunks[k].text for k, c in enumerate(lay.chunks) if c.id == i))
+            stats["messages"].append({"message_index": i, "context_tokens": before,
+                                      "kept_fraction": after / max(1, before)})
         stats.update(original_tokens=cp.original_tokens, compressed_tokens=cp.compressed_tokens,
                      draft_original_tokens=cp.draft_original_tokens, draft_kept_tokens=cp.draft_kept_tokens,
                      seconds=dict(cp.seconds))

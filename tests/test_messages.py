@@ -52,7 +52,8 @@ def test_compress_messages_changes_only_the_content_of_context_messages():
                 {"role": "user", "content": QUESTION, "id": "u1"},
                 {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function"}]},
                 {"role": "tool", "tool_call_id": "c1", "name": "search", "content": CONTEXT},
-                {"role": "user", "content": [{"type": "text", "text": CONTEXT}, {"type": "image_url", "image_url": {}}]}]
+                {"role": "user", "content": [{"type": "text", "text": CONTEXT},
+                                             {"type": "image_url", "image_url": {}}]}]
     snapshot = [dict(m) for m in messages]
     cm = engine().compress_messages(messages, ratio=0.25)
     assert isinstance(cm, CompressedMessages) and messages == snapshot  # the input is not modified

@@ -320,7 +320,8 @@ def _dicts(messages: Sequence[ChatMessage]) -> list[dict]:
         text = "".join(b.text for b in m.blocks if isinstance(b, TextBlock))
         d = {"role": _ROLES.get(m.role.value, m.role.value),
              "content": [{"type": "text", "text": text}] + others if others else text}
-        d.update({k: m.additional_kwargs[k] for k in ("tool_calls", "tool_call_id", "name") if m.additional_kwargs.get(k)})
+        extra = m.additional_kwargs
+        d.update({k: extra[k] for k in ("tool_calls", "tool_call_id", "name") if extra.get(k)})
         out.append(d)
     return out
 
