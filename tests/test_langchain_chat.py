@@ -325,3 +325,12 @@ def test_smollm_answers_from_the_compressed_context_local_and_wrapped(smollm):
     outer = wrapped.response_metadata["draft_rag"]
     assert answer in wrapped.content and outer["compressed_tokens"] < 320 < 1000 < outer["original_tokens"]
     assert wrapped.usage_metadata["input_tokens"] < 400  # what the wrapped model really read
+
+
+def test_over_budget_without_context_is_sent_whole_and_says_so():
+    short_turns = [HumanMessage("hello there " * 20), AIMessage("hi " * 20), HumanMessage("and now? " * 20)]
+    local = chat(budget=20).invoke(short_turns).response_metadata["draft_rag"]
+    rec = Recorder()
+    wrapped = ChatDraftCompressed(llm=rec, draft=tiny(), specpc=CFG, budget=20).invoke(short_turns)
+    assert "no retrieved context" in local["warning"] and rec.calls[-1]["messages"] == short_turns
+    assert "no retrieved context" in wrapped.response_metadata["draft_rag"]["warning"]
