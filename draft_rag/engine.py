@@ -234,13 +234,7 @@ class DraftEngine:
                          lookahead) -> GenerationStream:
         """``stream(messages=...)``: the conversation in the target's chat template; SpecPC on its context."""
         lay = chat.layout(messages, context)
-        for i, only in enumerate(lay.text_only):
-            if not only:
-                kinds = sorted({p.get("type", "?") if isinstance(p, dict) else type(p).__name__
-                                for p in messages[i]["content"]
-                                if not isinstance(p, str) and not (isinstance(p, dict) and p.get("type") == "text")})
-                raise ValueError(f"messages[{i}] has non-text parts {kinds}; a local target reads text only "
-                                 "(compress_messages passes them through to a multimodal model)")
+        chat.check_text_only(messages, lay)
         messages = list(messages)
         stats = GenerationStats(method)
         gs = GenerationStream(iter(()), stats, None)

@@ -81,6 +81,17 @@ def text_of(message: dict, index: int) -> tuple[str, bool]:
     return "".join(texts), only_text
 
 
+def check_text_only(messages: list[dict], lay: Layout) -> None:
+    """A local target reads text only: name the first message with other parts (images, audio, ...)."""
+    for i, only in enumerate(lay.text_only):
+        if not only:
+            kinds = sorted({p.get("type", "?") if isinstance(p, dict) else type(p).__name__
+                            for p in messages[i]["content"]
+                            if not isinstance(p, str) and not (isinstance(p, dict) and p.get("type") == "text")})
+            raise ValueError(f"messages[{i}] has non-text parts {kinds}; a local target reads text only "
+                             "(compress_messages passes them through to a multimodal model)")
+
+
 def check(messages) -> list[dict]:
     if not isinstance(messages, (list, tuple)) or not messages:
         raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
