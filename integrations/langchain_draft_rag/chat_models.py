@@ -45,7 +45,8 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
         method: a name in ``draft_rag.engine.METHODS`` ("full" disables compression); with ``llm`` only
             "specpc" and "full" apply.
         budget / ratio: the method's budget, passed to ``DraftEngine.stream``: prompt tokens for "specpc"
-            (default 1024), KV entries per layer and head for the KV methods ("speckv", ...).
+            (default 1024; ``ratio`` is the fraction of the retrieved context kept), KV entries per layer and
+            head for the KV methods ("speckv", ...).
         pc_budget / pc_ratio / lookahead_tokens: SpecKV-PC's prompt budget and the draft lookahead length.
         max_tokens, temperature, top_p, top_k, seed, stop: decoding settings. With ``llm`` they are forwarded
             to the wrapped model only when set explicitly (at construction or per call); ``stop`` always.
