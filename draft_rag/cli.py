@@ -108,7 +108,7 @@ def add_budget_args(p: argparse.ArgumentParser, required: bool = False, kv: bool
     extra = "; for KV methods: KV entries kept per layer and KV head" if kv else ""
     g.add_argument("--budget", type=budget_arg, help="keep this many prompt tokens (draft tokenizer), or 'auto': "
                    "as many as fit the context window" + extra)
-    g.add_argument("--ratio", type=fraction, help="keep this fraction of the prompt tokens, in (0, 1]" + extra)
+    g.add_argument("--ratio", type=fraction, help="fraction of the context kept, question on top, in (0, 1]" + extra)
 
 
 def add_specpc_args(p: argparse.ArgumentParser) -> None:

@@ -68,7 +68,8 @@ class SpecPCConfig(_Budgeted):
     """Prompt compression from the draft's attention (paper defaults).
 
     The budget is either ``max_capacity_prompt`` tokens (of the draft's tokenizer, counted over the
-    compressible text plus protected segments) or ``ratio`` of them; with neither, 1024 tokens.
+    compressible text plus protected segments) or the protected segments plus ``ratio`` of the compressible
+    text; with neither, 1024 tokens.
 
     ``kernel_size=None`` takes the paper's value for the draft's family (``family_kernel_size``: 64 for
     Qwen-family drafts, 32 for Llama-family and every other architecture); ``neighbor_tokens=None``

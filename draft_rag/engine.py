@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
 from . import baselines, speckv
+from . import messages as chat
+from .blocks import block_size_for, score_blocks
 from .config import SPECKV_PC_KERNEL, SPECKV_PC_LOOKAHEAD, SpecKVConfig, SpecPCConfig, check_budget
 from .generation import Sampling, eos_ids, stream
-from .blocks import block_size_for, score_blocks
 from .models import DEFAULT_MODEL, LoadedModel, context_window, load_model, load_options
+from .prompt import Segment, build_segments, count_tokens, has_chat_template, template_parts, tokenize, wrap
 from .scoring import chunk_scores
-from .prompt import Segment, build_segments, has_chat_template, tokenize, wrap
 from .specpc import CompressedPrompt, compress
 
+logger = logging.getLogger(__name__)
 METHODS = ("full", "specpc") + baselines.KV_METHODS
 AUTO_MARGIN = 0.97  # budget="auto" aims at 97% of the room: kept pieces may re-tokenise a little longer
 DEFAULT_PC_BUDGET = 2048  # SpecPC's prompt budget inside speckv-pc when neither pc_budget nor pc_ratio is given
@@ -42,6 +45,7 @@ class GenerationStats:
     kv_entries: list = field(default_factory=list)  # cache entries per KV head, per layer, after prefill
     lookahead_tokens: int = 0  # draft tokens the target prefilled as SpecKV's lookahead (target tokenizer)
     draft_blocks: int = 0  # SpecPC's draft passes over the prompt (>1: scored in blocks; 0: not run)
+    compression: dict = field(default_factory=dict)  # messages=...: CompressedMessages.stats
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -168,16 +172,78 @@ class DraftEngine:
             return self.specpc.replace(max_capacity_prompt=budget, ratio=ratio)
         return self.specpc
 
+    def compress_messages(self, messages: list[dict], *, budget: int | str | None = None,
+                          ratio: float | None = None, context: list[str] | None = None,
+                          context_window: int | None = None) -> chat.CompressedMessages:
+        """SpecPC on the retrieved context inside a conversation (OpenAI-style message dicts).
+
+        Which text is context and which is protected (instructions, questions, short messages) is the rule in
+        ``draft_rag.messages``; ``ratio`` is the fraction of the context kept. Only ``content`` of messages whose
+        context was compressed changes; the draft reads the conversation in its own chat template. ``context``:
+        texts known to be the retrieved context (see ``draft_rag.messages.layout``). ``budget="auto"`` keeps as
+        much as fits ``context_window`` tokens (default: the target's window).
+        """
+        fit = None
+        if budget == "auto":
+            _check_auto(ratio)
+            fit, budget = context_window or self.target_window, None
+            if fit is None:
+                raise ValueError("budget='auto' needs a context window: pass context_window=... or give the engine "
+                                 "a target")
+        cfg = self._config(budget, ratio)
+        lay = chat.layout(messages, context)
+        with self._lock:
+            return self._compress_layout(list(messages), lay, cfg, fit)
+
+    def _compress_layout(self, messages: list[dict], lay: chat.Layout, cfg: SpecPCConfig,
+                         fit: int | None = None) -> chat.CompressedMessages:
+        """``compress_messages`` with the lock held; ``fit``: the window a ``budget="auto"`` fills."""
+        draft = self.draft
+        counter = self.target.tokenizer if self.target else draft.tokenizer
+        template = "chat" if has_chat_template(draft.tokenizer) else "raw"
+        segments = _drop_lead(chat.render(messages, lay, draft.tokenizer, template), draft.tokenizer)
+        if fit is not None:
+            budget = self._fit_budget(segments, "raw", fit, 0, full_ids=tokenize(counter, segments).ids)
+            cfg = cfg.replace(max_capacity_prompt=budget)
+        indices = chat.rendered_indices(segments, lay)
+        stats: dict = {"token_counts": "target tokenizer" if self.target else "draft tokenizer", "messages": []}
+        if not indices:
+            n = sum(count_tokens(draft.tokenizer, s.text) for s in segments if s.in_output)
+            budget = None if cfg.ratio is not None else cfg.budget_for(n)
+            stats.update(original_tokens=n, compressed_tokens=n, token_counts="draft tokenizer",
+                         seconds={"draft": 0.0, "select": 0.0})
+            if budget is not None and n > budget:
+                stats["warning"] = (f"the conversation has {n} draft tokens, over the budget of {budget}, but no "
+                                    "retrieved context to compress (see draft_rag.messages); sent whole")
+                _warn_once(stats["warning"])
+            return chat.CompressedMessages([dict(m) for m in messages], stats, None)
+        cp = compress(draft.model, draft.tokenizer, segments, lay.chunks, cfg, template="raw",
+                      target_tokenizer=counter, block_size=self.block_size)
+        out = chat.rebuild(messages, lay, cp, indices)
+        for i in sorted(indices):
+            before = count_tokens(counter, "".join(c.text for c in lay.chunks if c.id == i))
+            after = count_tokens(counter, "".join(cp.chunks[k].text for k, c in enumerate(lay.chunks) if c.id == i))
+            stats["messages"].append({"message_index": i, "context_tokens": before,
+                                      "kept_fraction": after / max(1, before)})
+        stats.update(original_tokens=cp.original_tokens, compressed_tokens=cp.compressed_tokens,
+                     draft_original_tokens=cp.draft_original_tokens, draft_kept_tokens=cp.draft_kept_tokens,
+                     draft_blocks=cp.draft_blocks, seconds=dict(cp.seconds))
+        return chat.CompressedMessages(out, stats, cp)
+
     # -- generation ----------------------------------------------------------------------------
     def stream(self, prompt: str | None = None, *, chunks=None, instruction: str | None = None,
                question: str | None = None, answer_prefix: str | None = None, method: str | None = None,
                budget: int | None = None, ratio: float | None = None, template: str | None = None,
                system: str | None = None, max_new_tokens: int = 256, temperature: float = 0.0,
                top_p: float = 1.0, top_k: int = 0, stop=(), seed: int | None = None, pc_budget: int | None = None,
-               pc_ratio: float | None = None, lookahead_tokens: int | None = None) -> GenerationStream:
+               pc_ratio: float | None = None, lookahead_tokens: int | None = None,
+               messages: list[dict] | None = None, context: list[str] | None = None) -> GenerationStream:
         """Generate with the local target; yields text pieces as they are decoded.
 
         Args:
+            messages: OpenAI-style dicts instead of a prompt, answered in the target's own chat template;
+                SpecPC compresses the retrieved context inside them (see ``compress_messages``, also for
+                ``context``).
             prompt, chunks, instruction, question, answer_prefix: as in ``compress``.
             method: one of ``METHODS``; defaults to the engine's.
             budget, ratio: the prompt budget for ``specpc``, the KV budget (entries per layer and KV head)
@@ -199,6 +265,15 @@ class DraftEngine:
         _check_method(method)
         sampling = Sampling(max_new_tokens, temperature, top_p, top_k, tuple([stop] if isinstance(stop, str) else stop or ()), seed)
         template = template or ("chat" if has_chat_template(self.target.tokenizer) else "raw")
+        if context is not None and messages is None:
+            raise ValueError("context=... names retrieved text inside messages=...; give messages too")
+        if messages is not None:
+            if prompt is not None or chunks is not None or question is not None or instruction is not None:
+                raise ValueError("give messages=... or a prompt (prompt/chunks/instruction/question), not both")
+            if system is not None or answer_prefix is not None:
+                raise ValueError("with messages=..., put the system prompt and answer prefix in the messages")
+            return self._stream_messages(messages, context, method, template, sampling, budget=budget, ratio=ratio,
+                                         pc_budget=pc_budget, pc_ratio=pc_ratio, lookahead=lookahead_tokens)
         segments, chunk_list = build_segments(prompt, chunks=chunks, instruction=instruction, question=question,
                                               answer_prefix=answer_prefix)
         auto = method == "specpc" and (budget == "auto" or (
@@ -258,6 +333,57 @@ class DraftEngine:
             if piece is None:
                 return
             yield piece
+
+    def _stream_messages(self, messages, context, method, template, sampling, *, budget, ratio, pc_budget, pc_ratio,
+                         lookahead) -> GenerationStream:
+        """``stream(messages=...)``: the conversation in the target's chat template; SpecPC on its context."""
+        lay = chat.layout(messages, context)
+        chat.check_text_only(messages, lay)
+        messages = list(messages)
+        stats = GenerationStats(method)
+        gs = GenerationStream(iter(()), stats, None)
+
+        def setup():
+            t0 = time.perf_counter()
+            target = self.target.tokenizer
+            stats.original_tokens = len(tokenize(target, chat.render(messages, lay, target, template)).ids)
+            msgs, m_lay = messages, lay
+            if method in ("specpc", "speckv-pc"):
+                pc = self._config(budget, ratio) if method == "specpc" else self._config(
+                    DEFAULT_PC_BUDGET if pc_budget is None and pc_ratio is None else pc_budget, pc_ratio)
+                cm = self._compress_layout(messages, lay, pc)
+                gs.compressed, stats.compression = cm.compressed, cm.stats
+                stats.seconds.update(cm.stats["seconds"])
+                msgs = cm.messages
+                m_lay = chat.layout(msgs)
+            segments = chat.render(msgs, m_lay, target, template)
+            ids = tokenize(target, segments).ids
+            prefill = functools.partial(_prefill_with_stats, speckv.plain_prefill_stats, stats)
+            if method in baselines.KV_METHODS:
+                draft_template = template if has_chat_template(self.draft.tokenizer) else "raw"
+                draft_segments = chat.render(msgs, m_lay, self.draft.tokenizer, draft_template)
+                ids, prefill, _ = self._kv_setup(
+                    "speckv" if method == "speckv-pc" else method, _drop_lead(draft_segments, self.draft.tokenizer),
+                    [], ids, "raw", None, sampling, stats, budget=budget, ratio=ratio, pc_budget=None,
+                    pc_ratio=None, lookahead=lookahead)
+            self._check_fits(len(ids), sampling.max_new_tokens, stats.lookahead_tokens)
+            stats.prompt_tokens = len(ids)
+            return t0, ids, prefill
+
+        def run() -> Iterator[str]:
+            with self._lock:
+                t0, ids, prefill = setup()
+            t1 = time.perf_counter()
+            info: dict = {}
+            pieces = stream(self.target.model, self.target.tokenizer, ids, sampling, prefill, info)
+            with contextlib.closing(pieces):  # prefill and each token run under the lock, one step at a time
+                yield from self._locked_steps(pieces)
+            t2 = time.perf_counter()
+            stats.new_tokens, stats.finish_reason = info["new_tokens"], info["finish_reason"]
+            stats.seconds.update(target=t2 - t1, total=t2 - t0)
+
+        gs._pieces = run()
+        return gs
 
     def generate(self, prompt: str | None = None, **kwargs) -> Generation:
         """Like ``stream`` but returns the whole text.
@@ -392,6 +518,24 @@ def _options(shared: dict, own: dict | None, name: str) -> dict:
     own = load_options(own, name)
     placed = {"device", "device_map"} & set(own)
     return {**{k: v for k, v in shared.items() if not (placed and k in ("device", "device_map"))}, **own}
+
+
+def _drop_lead(segments: list[Segment], tokenizer) -> list[Segment]:
+    """Rendered segments without the leading special tokens (e.g. ``<bos>``) that ``wrap(..., "raw")`` adds."""
+    lead = template_parts(tokenizer, "raw")[0]
+    if lead and segments and segments[0].role == "template" and segments[0].text.startswith(lead):
+        return [Segment(segments[0].text[len(lead):], "template")] + segments[1:]
+    return segments
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str, key: str = "over budget, nothing compressible") -> None:
+    """Log ``message`` as a warning the first time a warning of this ``key`` comes up in the process."""
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning(message)
 
 
 def _check_method(method: str) -> None:

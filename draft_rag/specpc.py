@@ -101,7 +101,8 @@ def compress(draft, tokenizer, segments: list[Segment], chunks: list[Chunk], cfg
     in_output = np.array([r != "template" for r in roles])
     protected = np.array([r not in ("context", "template") for r in roles])
     n_out = int(in_output.sum())
-    budget = cfg.budget_for(n_out)
+    n_protected = int(protected.sum())  # ratio: the fraction of the compressible context kept
+    budget = n_protected + cfg.budget_for(n_out - n_protected) if cfg.ratio is not None else cfg.budget_for(n_out)
     starts, original = _output_offsets(layout)
     counter = target_tokenizer or tokenizer
     if n_out <= budget:  # nothing to do: unchanged, the draft is not run

@@ -47,10 +47,10 @@ def build_chain(model="smollm2-135m-instruct", method="specpc", budget=384, top_
     retriever = InMemoryVectorStore.from_documents(passages(), MiniLMEmbeddings()).as_retriever(
         search_kwargs={"k": top_k})
     pruner = DraftDocumentCompressor(draft=model, top_n=top_n)
-    prompt = ChatPromptTemplate.from_messages([
-        ("system", "Answer the question from the Python documentation given. Be brief."),
-        ("human", "Documentation:\n\n{context}"),  # its own message: the part ChatDraftCompressed compresses
-        ("human", "{question}")])
+    prompt = ChatPromptTemplate.from_messages([  # LangChain's two-step RAG: the context in the system prompt
+        ("system", "You are an assistant for question-answering tasks. Answer the question from the pieces of "
+                   "Python documentation below. Be brief.\n\n{context}"),
+        ("human", "{question}")])  # ChatDraftCompressed compresses the documentation, keeps the rest verbatim
     llm = ChatDraftCompressed(target=model, method=method, budget=budget, max_tokens=max_tokens)
     retrieve = RunnableLambda(lambda q: pruner.compress_documents(retriever.invoke(q), q))
     join = RunnableLambda(lambda x: "\n\n".join(d.page_content for d in x["docs"]))

@@ -13,14 +13,15 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import Field
 
-from draft_rag import Chunk, SpecPCConfig
+from draft_rag import SpecPCConfig
 from langchain_draft_rag import ChatDraftCompressed, DraftCompressedLLM
 from langchain_draft_rag._common import shared_engine
+from langchain_draft_rag._messages import to_dicts
 
 from conftest import needle_prompt, tiny_model
 
 CFG = SpecPCConfig(starting_layer_index=1, window_size=8, kernel_size=8, neighbor_tokens=8)
-CONTEXT, QUESTION, _ = needle_prompt(12)
+CONTEXT, QUESTION, _ = needle_prompt(30)  # one long paragraph: all retrieved context
 SYSTEM = "Answer from the context only."
 
 
@@ -85,8 +86,7 @@ class Tokens(BaseCallbackHandler):
 def test_local_invoke_is_the_engine_result_with_stats():
     model = chat()
     msg = model.invoke(rag_messages())
-    g = shared_engine(tiny(), None, CFG).generate(chunks=[Chunk(CONTEXT, id=1)], question=QUESTION, system=SYSTEM,
-                                                  budget=96, max_new_tokens=6)
+    g = shared_engine(tiny(), None, CFG).generate(messages=to_dicts(rag_messages()), budget=96, max_new_tokens=6)
     assert msg.content == g.text and msg.content
     stats = msg.response_metadata["draft_rag"]
     assert stats["method"] == "specpc" and stats["prompt_tokens"] < stats["original_tokens"]
@@ -106,8 +106,8 @@ def test_full_method_does_not_compress():
 def test_kv_methods_pass_through_to_the_engine(method):
     kw = {"pc_budget": 120} if method == "speckv-pc" else {}
     msg = chat(method=method, budget=40, **kw).invoke(rag_messages())
-    g = shared_engine(tiny(), None, CFG).generate(chunks=[Chunk(CONTEXT, id=1)], question=QUESTION, system=SYSTEM,
-                                                  method=method, budget=40, max_new_tokens=6, **kw)
+    g = shared_engine(tiny(), None, CFG).generate(messages=to_dicts(rag_messages()), method=method, budget=40,
+                                                  max_new_tokens=6, **kw)
     assert msg.content == g.text
     assert msg.response_metadata["draft_rag"]["method"] == method
 
@@ -176,10 +176,9 @@ def test_conversation_roles_and_answer_prefix():
     msgs = [SystemMessage("s1"), HumanMessage("hello"), AIMessage("hi there"),
             ChatMessage(role="critic", content="too short"), HumanMessage("how are you?"), AIMessage("I am")]
     msg = chat(method="full").invoke(msgs)
-    g = shared_engine(tiny(), None, CFG).generate(
-        chunks=["hello", "Assistant: hi there", "Critic: too short"], question="how are you?", answer_prefix="I am",
-        system="s1", method="full", max_new_tokens=6)
+    g = shared_engine(tiny(), None, CFG).generate(messages=to_dicts(msgs), method="full", max_new_tokens=6)
     assert msg.content == g.text
+    assert [m["role"] for m in to_dicts(msgs)] == ["system", "user", "assistant", "critic", "user", "assistant"]
 
 
 # -- wrapped chat model ---------------------------------------------------------------------------
@@ -191,24 +190,25 @@ def test_wrapped_compresses_context_keeps_system_question_ids_and_metadata():
     assert [type(m) for m in sent] == [SystemMessage, HumanMessage, HumanMessage]
     assert sent[0].content == SYSTEM and sent[2].content == QUESTION
     assert sent[1].id == "ctx-1" and sent[1].additional_kwargs == {"source": "doc"}
-    cp = shared_engine(None, tiny(), CFG).compress(chunks=[Chunk(CONTEXT, id=1)], instruction=SYSTEM,
-                                                   question=QUESTION, budget=96)
-    assert sent[1].content == cp.chunks[0].text and len(sent[1].content) < len(CONTEXT)
+    cm = shared_engine(None, tiny(), CFG).compress_messages(to_dicts(rag_messages()), budget=96)
+    assert sent[1].content == cm.messages[1]["content"] and len(sent[1].content) < len(CONTEXT)
     stats = msg.response_metadata["draft_rag"]
-    assert stats["compressed_tokens"] < stats["original_tokens"] and stats["compressed_messages"] == 1
+    assert stats["compressed_tokens"] < stats["original_tokens"] and len(stats["messages"]) == 1
     assert msg.content.startswith("3 messages") and msg.usage_metadata["output_tokens"] == 3
 
 
 def test_wrapped_passes_tools_and_multimodal_through_and_forwards_options():
     rec = Recorder()
-    image = HumanMessage(content=[{"type": "text", "text": CONTEXT},
+    image = HumanMessage(content=[{"type": "text", "text": "Here is a picture."},
                                   {"type": "image", "url": "https://example.com/a.png"}])
     tool_call = AIMessage("", tool_calls=[{"name": "f", "args": {}, "id": "c1"}])
     msgs = [image, tool_call, ToolMessage(CONTEXT, tool_call_id="c1"), HumanMessage(CONTEXT), HumanMessage(QUESTION)]
     model = ChatDraftCompressed(llm=rec, draft=tiny(), specpc=CFG, budget=96, max_tokens=7)
     model.invoke(msgs, stop=["x"])
     call = rec.calls[-1]
-    assert call["messages"][:3] == msgs[:3] and call["messages"][4] == msgs[4]
+    assert call["messages"][:2] == msgs[:2] and call["messages"][4] == msgs[4]  # non-text parts, tool calls
+    tool = call["messages"][2]  # a tool result is retrieved context: compressed, its id kept
+    assert tool.tool_call_id == "c1" and tool.id == msgs[2].id and len(tool.content) < len(CONTEXT)
     assert len(call["messages"][3].content) < len(CONTEXT)
     assert call["stop"] == ["x"] and call["kwargs"] == {"max_tokens": 7}
     model.invoke(msgs, temperature=0.5, top_p=0.9, custom="kept")
@@ -224,10 +224,10 @@ def test_wrapped_full_sends_messages_unchanged_and_streams_async():
     assert rec.calls[-1]["messages"] == rag_messages()
     compressing = ChatDraftCompressed(llm=rec, draft=tiny(), specpc=CFG, budget=96)
     chunks = list(compressing.stream(rag_messages()))
-    assert chunks[0].response_metadata["draft_rag"]["compressed_messages"] == 1
+    assert len(chunks[0].response_metadata["draft_rag"]["messages"]) == 1
     sync_sent = rec.calls[-1]["messages"]
     msg = asyncio.run(compressing.ainvoke(rag_messages()))
-    assert rec.calls[-1]["messages"] == sync_sent and msg.response_metadata["draft_rag"]["compressed_messages"] == 1
+    assert rec.calls[-1]["messages"] == sync_sent and len(msg.response_metadata["draft_rag"]["messages"]) == 1
 
 
 def test_wrapped_tool_calling_goes_through_the_wrapped_model():
@@ -296,8 +296,6 @@ def test_bad_messages_and_call_options():
     model = chat()
     with pytest.raises(ValueError, match=r"messages\[0\] has non-text parts \['image'\]"):
         model.invoke([HumanMessage(content=[{"type": "image", "url": "https://example.com/a.png"}])])
-    with pytest.raises(ValueError, match="human message"):
-        model.invoke([SystemMessage("only a system prompt")])
     with pytest.raises(TypeError, match="unexpected keyword arguments"):
         model.invoke("Hello", tools=[])
     with pytest.raises(ValueError, match="per-call model"):
@@ -335,3 +333,12 @@ def test_smollm_answers_from_the_compressed_context_local_and_wrapped(smollm):
 def test_sampling_settings_checked_at_construction(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         ChatDraftCompressed(target=tiny(), **kwargs)
+
+
+def test_over_budget_without_context_is_sent_whole_and_says_so():
+    short_turns = [HumanMessage("hello there " * 20), AIMessage("hi " * 20), HumanMessage("and now? " * 20)]
+    local = chat(budget=20).invoke(short_turns).response_metadata["draft_rag"]
+    rec = Recorder()
+    wrapped = ChatDraftCompressed(llm=rec, draft=tiny(), specpc=CFG, budget=20).invoke(short_turns)
+    assert "no retrieved context" in local["warning"] and rec.calls[-1]["messages"] == short_turns
+    assert "no retrieved context" in wrapped.response_metadata["draft_rag"]["warning"]

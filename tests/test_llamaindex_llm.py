@@ -21,6 +21,7 @@ TINY_SPECPC = SpecPCConfig(starting_layer_index=0, window_size=8, kernel_size=5,
 TEMPLATE = PromptTemplate("Read the notes below.\n---\n{context_str}\n---\nQuestion: {query_str}\nAnswer:")
 CONTEXT, QUESTION, ANSWER = needle_prompt(8)
 PARAGRAPHS = CONTEXT.replace(". ", ".\n\n")
+LONG = needle_prompt(24)[0]  # long enough to hold retrieved context (draft_rag.messages.LONG_CHARS)
 def tiny_llm(method="full", **kwargs) -> DraftCompressedLLM:
     return DraftCompressedLLM(target=tiny_model("llama"), method=method, max_new_tokens=6, specpc=TINY_SPECPC,
                               **kwargs)
@@ -43,12 +44,12 @@ def test_bad_arguments_are_named(kwargs, error, match):
 def test_metadata_and_bad_call_arguments():
     llm = tiny_llm()
     meta = llm.metadata
-    assert (meta.context_window, meta.num_output, meta.is_chat_model) == (4096, 6, False)
+    assert (meta.context_window, meta.num_output, meta.is_chat_model) == (4096, 6, True)  # it has a chat template
     assert "tiny-llama" in meta.model_name and "full" in meta.model_name
     with pytest.raises(TypeError, match="unsupported generation arguments"):
         llm.complete("hi", max_tokens=3)
-    with pytest.raises(ValueError, match="end with a user message"):
-        llm.chat([ChatMessage(role=MessageRole.ASSISTANT, content="hi")])
+    with pytest.raises(ValueError, match="messages must not be empty"):
+        llm.chat([])
 
 
 def test_complete_stream_and_chat_agree(draft_events):
@@ -62,12 +63,17 @@ def test_complete_stream_and_chat_agree(draft_events):
     pieces = list(llm.stream_complete(prompt))
     assert "".join(p.delta for p in pieces) == pieces[-1].text == full.text
     assert pieces[-1].additional_kwargs["draft_rag"]["prompt_tokens"] == stats["prompt_tokens"]
-    chat = llm.chat([ChatMessage(role=MessageRole.USER, content=prompt)])
-    assert chat.message.role == MessageRole.ASSISTANT and chat.message.content == full.text
-    streamed = list(llm.stream_chat([ChatMessage(role=MessageRole.USER, content=prompt)]))
-    assert "".join(r.delta for r in streamed) == full.text
-    assert streamed[-1].additional_kwargs["draft_rag"]["prompt_tokens"] == stats["prompt_tokens"]
-    assert chat.raw["usage"] == full.raw["usage"]
+    messages = [ChatMessage(role=MessageRole.SYSTEM, content="Be brief."),
+                ChatMessage(role=MessageRole.USER, content=LONG + "\n\n" + QUESTION)]
+    chat = llm.chat(messages)  # the conversation, in the chat template; the context compressed
+    direct = llm.engine.generate(messages=[{"role": "system", "content": "Be brief."},
+                                           {"role": "user", "content": LONG + "\n\n" + QUESTION}],
+                                 budget=40, max_new_tokens=6)
+    assert chat.message.role == MessageRole.ASSISTANT and chat.message.content == direct.text
+    assert chat.raw["usage"]["prompt_tokens"] == direct.stats.prompt_tokens < direct.stats.original_tokens
+    streamed = list(llm.stream_chat(messages))
+    assert "".join(r.delta for r in streamed) == chat.message.content
+    assert streamed[-1].additional_kwargs["draft_rag"]["prompt_tokens"] == direct.stats.prompt_tokens
     assert len(draft_events) == 4 and {e.component for e in draft_events} == {"llm"}
     assert draft_events[0].compressed_tokens == stats["prompt_tokens"]
 
@@ -93,15 +99,15 @@ def test_budget_larger_than_the_prompt_passes_it_through():
 def test_predict_protects_the_template_and_counts_tokens():
     counter = TokenCountingHandler()
     llm = tiny_llm("specpc", budget=200, callback_manager=CallbackManager([counter]), system_prompt="Be brief.")
-    llm.predict(TEMPLATE, context_str=PARAGRAPHS, query_str=QUESTION)
+    llm.predict(TEMPLATE, context_str=PARAGRAPHS, query_str=QUESTION)  # a chat model: system + user message
     (event,) = counter.llm_token_counts
     assert event.prompt_token_count < len(tiny_model("llama").tokenizer(event.prompt)["input_ids"])
     engine = DraftEngine(tiny_model("llama"), specpc=TINY_SPECPC)  # the same call straight to the engine
-    direct = engine.generate(chunks=[p for p in PARAGRAPHS.split("\n\n") if p.strip()],
-                             instruction="Be brief.\n\nRead the notes below.\n---",
-                             question=f"---\nQuestion: {QUESTION}\nAnswer:", budget=200, max_new_tokens=6)
+    user = TEMPLATE.format(context_str=PARAGRAPHS, query_str=QUESTION)
+    direct = engine.generate(messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": user}],
+                             context=[PARAGRAPHS], budget=200, max_new_tokens=6)  # the template's context only
     assert event.prompt_token_count == direct.stats.prompt_tokens
-    assert event.completion == direct.text
+    assert event.completion == f"assistant: {direct.text}"  # a chat event: the message, with its role
 
 
 def test_wrapping_another_llm_compresses_only_the_context(draft_events):
@@ -118,8 +124,9 @@ def test_wrapping_another_llm_compresses_only_the_context(draft_events):
         "original_tokens"]
     assert len(direct.text) < len(CONTEXT + QUESTION)
     chat = llm.chat([ChatMessage(role=MessageRole.SYSTEM, content="Be brief."),
-                     ChatMessage(role=MessageRole.USER, content=CONTEXT + QUESTION)])
-    assert "Be brief." in chat.message.content and len(chat.message.content) < len(CONTEXT + QUESTION)
+                     ChatMessage(role=MessageRole.USER, content=LONG + "\n\n" + QUESTION)])
+    assert "Be brief." in chat.message.content and len(chat.message.content) < len(LONG)
+    assert chat.message.content.endswith(f"\n\n{QUESTION}\nassistant: ")  # MockLLM echoes what it received
 
 
 async def test_async_paths_do_not_block_the_event_loop():
@@ -171,3 +178,17 @@ def test_real_draft_keeps_the_needle_and_the_template(smollm):
     assert answer in sent and len(sent) < len(text) / 2
     assert sent.startswith("Context information is below.\n---\n")
     assert sent.endswith(f"\n---\nAnswer the query.\nQuery: {question}\nAnswer: ")
+
+
+@pytest.mark.parametrize("mode", ["context", "condense_plus_context"])
+def test_chat_engines_compress_the_retrieved_context(mode, draft_events):
+    from llama_index.core import Document, MockEmbedding, VectorStoreIndex
+
+    index = VectorStoreIndex.from_documents([Document(text=LONG)], embed_model=MockEmbedding(embed_dim=8))
+    llm = tiny_llm("specpc", ratio=0.25)
+    chat_engine = index.as_chat_engine(chat_mode=mode, llm=llm)
+    chat_engine.chat("Hello?")  # a first turn, then a follow-up over the same context
+    chat_engine.chat(QUESTION)
+    assert len(draft_events) >= 2
+    for event in draft_events:
+        assert event.compressed_tokens < 0.6 * event.original_tokens

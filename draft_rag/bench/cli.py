@@ -143,7 +143,7 @@ def add_subcommand(sub) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--budget", type=_positive_int,
                    help="prompt tokens kept (draft tokenizer) for prompt compressors; KV entries for KV methods")
-    g.add_argument("--ratio", type=_ratio, help="fraction of the prompt kept, in (0, 1]")
+    g.add_argument("--ratio", type=_ratio, help="fraction of the compressible context kept, in (0, 1]")
     p.add_argument("--target", default=DEFAULT_MODEL)
     p.add_argument("--draft", default=None, help="draft model (default: the target)")
     p.add_argument("--max-new-tokens", type=_positive_int,

@@ -96,7 +96,8 @@ class LLMLinguaClient:
     """One long-lived worker process holding LongLLMLingua with the draft model as its small LM.
 
     ``tokenizer`` (the draft's, in this process) measures budgets; ``budget``/``ratio`` mean what they
-    mean for SpecPC: tokens kept of instruction + context + question, protected parts included.
+    mean for SpecPC: ``budget`` tokens kept of instruction + context + question, protected parts included;
+    ``ratio`` of the context kept, the protected parts on top.
     """
 
     def __init__(self, draft_ref: str, tokenizer, python: Path | None = None):
@@ -139,7 +140,7 @@ class LLMLinguaClient:
         docs = split_documents(context) if isinstance(context, str) else list(context)
         protected = self._count(instruction) + self._count(question)
         total = protected + sum(self._count(d) for d in docs)
-        keep = budget if budget is not None else round((ratio if ratio is not None else 1.0) * total)
+        keep = budget if budget is not None else protected + round((ratio or 1.0) * (total - protected))
         target = max(1, keep - protected)
         return self._ask({"op": "compress", "context": docs, "question": question, "target_token": target})["compressed"]
 

@@ -3,4 +3,12 @@ from .chat_models import ChatDraftCompressed
 from .document_compressors import DraftDocumentCompressor
 from .llms import DraftCompressedLLM
 
-__all__ = ["ChatDraftCompressed", "DraftCompressedLLM", "DraftDocumentCompressor"]
+__all__ = ["ChatDraftCompressed", "DraftCompressedLLM", "DraftCompressionMiddleware", "DraftDocumentCompressor"]
+
+
+def __getattr__(name: str):
+    if name == "DraftCompressionMiddleware":  # imported on use: it needs the `langchain` (v1) package
+        from .middleware import DraftCompressionMiddleware
+
+        return DraftCompressionMiddleware
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

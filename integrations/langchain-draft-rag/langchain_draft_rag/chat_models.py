@@ -7,8 +7,9 @@ Two modes:
 * wrapped -- ``ChatDraftCompressed(llm=<any BaseChatModel>, draft=...)`` compresses the context messages
   with SpecPC and sends the shorter conversation to the wrapped model.
 
-System messages and the last human message (the question) are never compressed; every other message is
-context, one chunk per message.
+The retrieved context inside the messages is compressed wherever the prompt template put it (a system prompt,
+a ``Context:`` part of a human message, a tool result); instructions, the question and the chat structure are
+kept word for word. The rule is ``draft_rag.messages``'s, shared with the LlamaIndex adapter and the server.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from langchain_core.runnables import RunnableBinding
 from pydantic import model_validator
 
 from . import _common as common
-from ._messages import Layout, rebuild, split
+from ._messages import rebuild, to_dicts
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
             ``budget="auto"``) "specpc" fits the prompt to the model's context window: the local target's,
             or with ``llm`` ``context_window`` / the chat model's ``profile["max_input_tokens"]`` (else 1024).
         context_window: with ``llm``: input tokens the wrapped model accepts (default: its profile's).
+            ``ratio`` is the fraction of the retrieved context kept (question and instructions on top).
         pc_budget / pc_ratio / lookahead_tokens: SpecKV-PC's prompt budget and the draft lookahead length.
         max_tokens, temperature, top_p, top_k, seed, stop: decoding settings. With ``llm`` they are forwarded
             to the wrapped model only when set explicitly (at construction or per call); ``stop`` always.
@@ -80,14 +82,9 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
 
     # -- local target --------------------------------------------------------------------------
     def _local_args(self, messages: list[BaseMessage], o: dict) -> dict:
-        lay = split(messages, wrapped=False)
-        if not lay.context and lay.question is None:
-            raise ValueError("messages need a human message or other non-system content to answer")
-        return dict(chunks=lay.context, question=lay.question, answer_prefix=lay.answer_prefix,
-                    system=lay.system, method=o["method"],
-                    budget=o["budget"], ratio=o["ratio"], template=self.template, max_new_tokens=o["max_tokens"],
-                    temperature=o["temperature"], top_p=o["top_p"], top_k=o["top_k"], stop=o["stop"],
-                    seed=o["seed"], **self._kv_args())
+        return dict(messages=to_dicts(messages), method=o["method"], budget=o["budget"], ratio=o["ratio"],
+                    template=self.template, max_new_tokens=o["max_tokens"], temperature=o["temperature"],
+                    top_p=o["top_p"], top_k=o["top_k"], stop=o["stop"], seed=o["seed"], **self._kv_args())
 
     def _kv_args(self) -> dict:
         """SpecKV-PC's prompt budget and the draft lookahead, passed only when set (KV methods only)."""
@@ -97,11 +94,9 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
     def _local_final(self, text: str, gs) -> ChatGenerationChunk:
         st = gs.stats
         stats = st.to_dict()
-        cp = gs.compressed
-        if cp is not None:
-            stats.update(draft_original_tokens=cp.draft_original_tokens, draft_kept_tokens=cp.draft_kept_tokens,
-                         messages=[{"message_index": c.id, "kept_fraction": c.kept_fraction, "score": c.score}
-                                   for c in cp.chunks])
+        compression = stats.pop("compression")
+        stats.update({k: compression[k] for k in ("messages", "warning", "draft_original_tokens",
+                                                   "draft_kept_tokens") if k in compression})
         usage = UsageMetadata(input_tokens=st.prompt_tokens, output_tokens=st.new_tokens,
                               total_tokens=st.prompt_tokens + st.new_tokens)
         msg = AIMessageChunk(content=text, usage_metadata=usage, chunk_position="last",
@@ -120,21 +115,13 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
 
     # -- wrapped chat model --------------------------------------------------------------------
     def _compress_messages(self, messages: list[BaseMessage], o: dict) -> tuple[list[BaseMessage], dict]:
-        lay: Layout = split(messages, wrapped=True)
-        stats: dict = {"method": o["method"], "compressed_messages": 0}
-        if o["method"] == "full" or not any(c.text.strip() for c in lay.context):
-            return list(messages), stats
-        cp = self._engine.compress(chunks=lay.context, instruction=lay.system, question=lay.question,
-                                   **self._wrapped_budget(o))
-        texts = {c.id: c.text for c in cp.chunks}
-        stats.update(original_tokens=cp.original_tokens, compressed_tokens=cp.compressed_tokens,
-                     token_counts="draft tokenizer", compressed_messages=len(texts),
-                     dropped_messages=[i for i, t in texts.items() if not t], seconds=dict(cp.seconds),
-                     messages=[{"message_index": c.id, "kept_fraction": c.kept_fraction, "score": c.score}
-                               for c in cp.chunks])
-        logger.debug("compressed %d context messages: %d -> %d draft tokens", len(texts), cp.original_tokens,
-                     cp.compressed_tokens)
-        return rebuild(messages, lay, texts), stats
+        dicts = to_dicts(messages)
+        if o["method"] == "full":
+            return list(messages), {"method": "full", "messages": []}
+        cm = self._engine.compress_messages(dicts, **self._wrapped_budget(o))
+        logger.debug("compressed %d messages: %s -> %s tokens", len(cm.stats["messages"]),
+                     cm.stats["original_tokens"], cm.stats["compressed_tokens"])
+        return rebuild(messages, cm), {"method": o["method"], **cm.stats}
 
     def _forwarded(self, o: dict) -> dict:
         """Keyword arguments for the wrapped model: unknown per-call ones, plus decoding settings set explicitly."""

@@ -23,6 +23,7 @@ from llama_index.core.llms.llm import LLM
 from draft_rag import DraftEngine
 from draft_rag import engine as engine_module
 from draft_rag.aio import iterate_in_thread
+from draft_rag.prompt import has_chat_template
 
 from llama_index.llms.draft_rag.events import DraftCompressionEvent, dispatcher
 from llama_index.llms.draft_rag.utils import configs_from_dict, engine_dict
@@ -119,7 +120,7 @@ class DraftCompressedLLM(LLM):
                                             "model_name": f"{inner.model_name} (specpc, draft {draft.name})"})
         target = self._engine.target
         return LLMMetadata(context_window=self.context_window or _window(target),
-                           num_output=self.max_new_tokens, is_chat_model=False,
+                           num_output=self.max_new_tokens, is_chat_model=has_chat_template(target.tokenizer),
                            model_name=f"{target.name} ({self.method}, draft {draft.name})")
 
     # -- templates: find the retrieved context inside a formatted prompt --------------------------
@@ -161,7 +162,11 @@ class DraftCompressedLLM(LLM):
     def _get_messages(self, prompt, **prompt_args: Any) -> list[ChatMessage]:
         if self.llm is not None:
             return self.llm._get_messages(prompt, **prompt_args)
-        return super()._get_messages(prompt, **prompt_args)
+        messages = super()._get_messages(prompt, **prompt_args)
+        plan = self._plan(prompt, prompt_args)
+        if plan is not None:  # chat() picks it up: the template's context variable is the retrieved context
+            _prepared.set((_key(messages), {"context": [prompt_args[plan["key"]]]}))
+        return messages
 
     def _plan(self, prompt, prompt_args: dict) -> dict | None:
         """Instruction / context chunks / question of a template with a non-empty context variable."""
@@ -228,21 +233,21 @@ class DraftCompressedLLM(LLM):
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         if self.llm is None:
-            return _as_chat(_last(self._local_stream(_chat_args(messages), kwargs)))
+            return _as_chat(_last(self._local_stream(self._chat_args(messages), kwargs)))
         msgs, stats = self._front_messages(messages)
         return _annotate(self.llm.chat(msgs, **kwargs), stats)
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         if self.llm is None:
-            return (_as_chat(r) for r in self._local_stream(_chat_args(messages), kwargs))
+            return (_as_chat(r) for r in self._local_stream(self._chat_args(messages), kwargs))
         msgs, stats = self._front_messages(messages)
         return (_annotate(r, stats) for r in self.llm.stream_chat(msgs, **kwargs))
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         if self.llm is None:
-            args = _chat_args(messages)
+            args = self._chat_args(messages)
             return _as_chat(await _alast(lambda: self._local_stream(args, kwargs)))
         msgs, stats = await asyncio.to_thread(self._front_messages, messages)
         return _annotate(await self.llm.achat(msgs, **kwargs), stats)
@@ -250,13 +255,17 @@ class DraftCompressedLLM(LLM):
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         if self.llm is None:
-            args = _chat_args(messages)
+            args = self._chat_args(messages)
             return iterate_in_thread(lambda: (_as_chat(r) for r in self._local_stream(args, kwargs)))
         msgs, stats = await asyncio.to_thread(self._front_messages, messages)
         inner = await self.llm.astream_chat(msgs, **kwargs)
         return (_annotate(r, stats) async for r in inner)
 
     # -- local target ----------------------------------------------------------------------------
+    def _chat_args(self, messages: Sequence[ChatMessage]) -> dict:
+        """The conversation for the engine (answered in the target's chat template), and the template's context."""
+        return {"messages": _dicts(messages), **(self._take(_key(messages)) or {})}
+
     def _local_stream(self, args: dict, kwargs: dict) -> Iterator[CompletionResponse]:
         """Responses as pieces are decoded; the last one carries the stats (and ``raw['usage']``)."""
         unknown = set(kwargs) - set(GENERATION_KWARGS)
@@ -309,14 +318,14 @@ class DraftCompressedLLM(LLM):
         return cp.text, stats
 
     def _front_messages(self, messages: Sequence[ChatMessage]) -> tuple[list, dict]:
-        """SpecPC on the last user message; the other messages are passed on as they are."""
-        last = max((i for i, m in enumerate(messages) if m.role == MessageRole.USER), default=None)
-        if last is None or not messages[last].content:
-            raise ValueError("messages must contain a user message with text to compress")
-        cp, stats = self._compress(prompt=messages[last].content)
-        msgs = list(messages)
-        msgs[last] = _with_text(msgs[last], cp.text)
-        return msgs, stats
+        """SpecPC on the retrieved context inside the messages (``draft_rag.messages``'s rule); the rest as is."""
+        cm = self._engine.compress_messages(_dicts(messages), budget=self.budget, ratio=self.ratio)
+        stats = {"method": "specpc", "original_tokens": cm.stats["original_tokens"],
+                 "compressed_tokens": cm.stats["compressed_tokens"], "seconds": cm.stats["seconds"]}
+        dispatcher.event(DraftCompressionEvent(component="llm", **stats))
+        changed = {m["message_index"] for m in cm.stats["messages"]}
+        msgs = [_with_text(m, cm.messages[i]["content"]) if i in changed else m for i, m in enumerate(messages)]
+        return msgs, {**stats, **{k: cm.stats[k] for k in ("messages", "warning") if k in cm.stats}}
 
 
 def _window(loaded) -> int:
@@ -329,16 +338,27 @@ def _local_args(prompt: str, plan: dict | None) -> dict:
     return plan if plan is not None else {"prompt": prompt}
 
 
-def _chat_args(messages: Sequence[ChatMessage]) -> dict:
-    """System messages -> system prompt; earlier turns -> instruction; last user message -> prompt."""
+def _key(messages: Sequence[ChatMessage]) -> tuple:
+    return tuple((m.role, m.content) for m in messages)
+
+
+_ROLES = {"chatbot": "assistant", "model": "assistant"}
+
+
+def _dicts(messages: Sequence[ChatMessage]) -> list[dict]:
+    """LlamaIndex messages as the core's OpenAI-style dicts (non-text blocks stay visible as non-text parts)."""
     if not messages:
         raise ValueError("messages must not be empty")
-    system = "\n\n".join(m.content for m in messages if m.role == MessageRole.SYSTEM and m.content)
-    turns = [m for m in messages if m.role != MessageRole.SYSTEM]
-    if not turns or turns[-1].role != MessageRole.USER:
-        raise ValueError("messages must end with a user message")
-    history = "\n".join(f"{m.role.value}: {m.content or ''}" for m in turns[:-1])
-    return {"prompt": turns[-1].content or "", "instruction": history or None, "system": system or None}
+    out = []
+    for m in messages:
+        others = [{"type": b.block_type} for b in m.blocks if not isinstance(b, TextBlock)]
+        text = "".join(b.text for b in m.blocks if isinstance(b, TextBlock))
+        d = {"role": _ROLES.get(m.role.value, m.role.value),
+             "content": [{"type": "text", "text": text}] + others if others else text}
+        extra = m.additional_kwargs
+        d.update({k: extra[k] for k in ("tool_calls", "tool_call_id", "name") if extra.get(k)})
+        out.append(d)
+    return out
 
 
 def _with_text(message: ChatMessage, text: str) -> ChatMessage:

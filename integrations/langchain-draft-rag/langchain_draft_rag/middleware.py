@@ -1,0 +1,74 @@
+"""DraftCompressionMiddleware: SpecPC on the retrieved context of every model call a LangChain v1 agent makes.
+
+Setup::
+
+    from langchain.agents import create_agent
+    from langchain_draft_rag.middleware import DraftCompressionMiddleware
+
+    agent = create_agent(model, tools=[retrieve], middleware=[DraftCompressionMiddleware(ratio=0.25)])
+
+The agent's state keeps the full messages; each model call sees them with the retrieved context (tool results,
+long context in the system prompt or a human message) compressed by ``draft_rag.messages``'s rule, the question,
+instructions, tool calls and ids unchanged. The stats are in ``response_metadata["draft_rag"]`` of the model's
+reply. Needs the ``langchain`` (v1) package.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
+from langchain.agents.middleware.types import ExtendedModelResponse
+from langchain_core.messages import AIMessage
+
+from . import _common as common
+from ._messages import rebuild, to_dicts
+
+
+class DraftCompressionMiddleware(AgentMiddleware):
+    """Compress the retrieved context in front of any chat model an agent calls, sync and async.
+
+    Args:
+        draft: the draft model (anything ``draft_rag.load_model`` accepts); default: the built-in SmolLM2.
+        budget: draft tokens the prompt is compressed to (protected text included; default 1024).
+        ratio: instead of ``budget``, the fraction of the retrieved context kept.
+        specpc: a ``draft_rag.SpecPCConfig`` for the other SpecPC settings.
+    """
+
+    def __init__(self, draft: Any = None, *, budget: int | None = None, ratio: float | None = None,
+                 specpc: Any = None) -> None:
+        super().__init__()
+        common.check_budget(budget, ratio)
+        self.budget, self.ratio = budget, ratio
+        self.engine = common.shared_engine(None, draft, specpc)
+
+    def compress(self, request: ModelRequest) -> tuple[ModelRequest, dict]:
+        """The request with its messages' retrieved context compressed, and the stats."""
+        system = [request.system_message] if request.system_message is not None else []
+        messages = system + list(request.messages)
+        cm = self.engine.compress_messages(to_dicts(messages), budget=self.budget, ratio=self.ratio)
+        new = rebuild(messages, cm)
+        return request.override(system_message=new[0] if system else None, messages=new[len(system):]), cm.stats
+
+    def wrap_model_call(self, request: ModelRequest, handler) -> Any:
+        new, stats = self.compress(request)
+        return _with_stats(handler(new), stats)
+
+    async def awrap_model_call(self, request: ModelRequest, handler) -> Any:
+        new, stats = await asyncio.to_thread(self.compress, request)
+        return _with_stats(await handler(new), stats)
+
+
+def _with_stats(response: Any, stats: dict) -> Any:
+    """The model's reply with ``response_metadata["draft_rag"] = stats`` on its (last) AI message."""
+    if isinstance(response, AIMessage):
+        return response.model_copy(update={"response_metadata": {**response.response_metadata, "draft_rag": stats}})
+    if isinstance(response, ExtendedModelResponse):
+        return ExtendedModelResponse(_with_stats(response.model_response, stats), response.command)
+    if isinstance(response, ModelResponse):
+        result = list(response.result)
+        last = max((i for i, m in enumerate(result) if isinstance(m, AIMessage)), default=None)
+        if last is not None:
+            result[last] = _with_stats(result[last], stats)
+        return ModelResponse(result=result, structured_response=response.structured_response)
+    return response

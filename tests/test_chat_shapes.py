@@ -1,0 +1,119 @@
+"""Every RAG prompt shape LangChain users write, with the real SmolLM2 draft: local and wrapped, sync, async and
+streaming. The retrieved context is compressed (ratio=0.25: at most ~40% reaches the model), the question,
+instructions and chat structure arrive verbatim, the needle survives and the local target answers it."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_draft_rag import ChatDraftCompressed
+from pydantic import Field
+
+pytestmark = pytest.mark.slow
+
+FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. " * 3).strip()
+NEEDLE, ANSWER = "The special magic number for ocean is 4728163.", "4728163"
+CONTEXT = "\n\n".join([f"{FILLER}"] * 9 + [NEEDLE] + [f"{FILLER}"] * 4)  # ~1.3k tokens, 14 passages
+QUESTION = "What is the special magic number for ocean?"
+INSTRUCTIONS = ("You are an assistant for question-answering tasks. Use the following pieces of retrieved context "
+                "to answer the question. If you don't know the answer, say that you don't know.")
+
+
+def system_context():
+    """LangChain's two-step RAG: the context in the system prompt, the question in the human message."""
+    prompt = ChatPromptTemplate.from_messages([("system", INSTRUCTIONS + "\n\n{context}"), ("human", "{input}")])
+    return prompt.format_messages(context=CONTEXT, input=QUESTION)
+
+
+def hub_prompt():
+    """The classic hub RAG prompt: instructions, Question, Context and Answer in one human message."""
+    return [HumanMessage(f"{INSTRUCTIONS}\nQuestion: {QUESTION} \nContext: {CONTEXT} \nAnswer:")]
+
+
+def context_in_human():
+    return [SystemMessage(INSTRUCTIONS), HumanMessage(f"Context: {CONTEXT}\n\nQuestion: {QUESTION}", id="h-1")]
+
+
+def tool_result():
+    """Agentic RAG: the retrieval tool's result carries the context."""
+    call = {"name": "retrieve", "args": {"query": QUESTION}, "id": "call-1", "type": "tool_call"}
+    return [SystemMessage(INSTRUCTIONS), HumanMessage(QUESTION, id="q-1"), AIMessage("", tool_calls=[call], id="a-1"),
+            ToolMessage(CONTEXT, tool_call_id="call-1", name="retrieve", artifact={"docs": 14}, id="t-1")]
+
+
+def follow_up():
+    """A second question over the same context, after a first turn."""
+    return system_context()[:1] + [HumanMessage("What colour is the sky?"), AIMessage("The sky is blue."),
+                                   HumanMessage(QUESTION)]
+
+
+SHAPES = [system_context, hub_prompt, context_in_human, tool_result, follow_up]
+
+
+class Recorder(BaseChatModel):
+    """Stands for a remote chat API: records the messages it receives."""
+
+    calls: list = Field(default_factory=list)
+
+    @property
+    def _llm_type(self) -> str:
+        return "recorder"
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        self.calls.append(messages)
+        return ChatResult(generations=[ChatGeneration(message=AIMessage("ok"))])
+
+
+def run(model, messages, call: str):
+    if call == "sync":
+        return model.invoke(messages)
+    if call == "stream":
+        chunks = list(model.stream(messages))
+        return sum(chunks[1:], chunks[0])
+    return asyncio.run(model.ainvoke(messages))
+
+
+def kept_context(sent, messages) -> float:
+    """Fraction of the context's characters that reached the model (everything else is protected and kept)."""
+    other = sum(len(m.text) for m in messages) - len(CONTEXT)
+    return (sum(len(m.text) for m in sent) - other) / len(CONTEXT)
+
+
+@pytest.mark.parametrize("call", ["sync", "async", "stream"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda f: f.__name__)
+def test_wrapped_model_receives_compressed_context_and_verbatim_structure(smollm, shape, call):
+    rec, messages = Recorder(), shape()
+    reply = run(ChatDraftCompressed(llm=rec, draft=smollm, ratio=0.25), messages, call)
+    sent = rec.calls[-1]
+    assert [type(m) for m in sent] == [type(m) for m in messages]
+    for m, s in zip(messages, sent):
+        assert s.id == m.id and getattr(s, "tool_calls", None) == getattr(m, "tool_calls", None)
+        if isinstance(m, ToolMessage):
+            assert (s.tool_call_id, s.name, s.artifact) == (m.tool_call_id, m.name, m.artifact)
+        if CONTEXT not in m.text:
+            assert s.content == m.content  # messages without context arrive verbatim
+        else:  # the instructions, the question and labels around the context are kept verbatim
+            head, tail = m.text.split(CONTEXT)
+            assert s.text.startswith(head.rstrip()) and s.text.endswith(tail.lstrip())
+    assert any(QUESTION in m.text for m in sent)
+    assert kept_context(sent, messages) <= 0.40 and NEEDLE in "".join(m.text for m in sent)
+    stats = reply.response_metadata["draft_rag"]
+    assert stats["messages"] and stats["compressed_tokens"] < stats["original_tokens"]
+
+
+LOCAL = [(shape, "sync") for shape in SHAPES] + [(shape, call) for shape in (tool_result, follow_up)
+                                                 for call in ("async", "stream")]  # one compression path: a sample
+
+
+@pytest.mark.parametrize("shape, call", LOCAL, ids=lambda v: getattr(v, "__name__", v))
+def test_local_target_answers_from_the_compressed_context(smollm, shape, call):
+    reply = run(ChatDraftCompressed(target=smollm, ratio=0.25, max_tokens=24), shape(), call)
+    stats = reply.response_metadata["draft_rag"]
+    assert ANSWER in reply.text, reply.text
+    assert [m["kept_fraction"] for m in stats["messages"]] and all(
+        m["kept_fraction"] <= 0.40 for m in stats["messages"])
+    assert stats["prompt_tokens"] < 0.6 * stats["original_tokens"]
