@@ -88,13 +88,14 @@ def test_loop_closed_while_worker_runs(thread_errors):
 
 
 def test_adapter_ainvoke_that_raises_leaves_no_thread_error(thread_errors):
-    from langchain_core.messages import SystemMessage
+    from langchain_core.messages import HumanMessage
 
     from conftest import tiny_model
     from langchain_draft_rag import ChatDraftCompressed
 
     chat = ChatDraftCompressed(target=tiny_model("llama"), max_tokens=2)
-    with pytest.raises(ValueError, match="human message"):
-        asyncio.run(chat.ainvoke([SystemMessage("only a system message")]))
+    image = HumanMessage([{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}])
+    with pytest.raises(ValueError, match="non-text parts"):  # raised inside the worker thread
+        asyncio.run(chat.ainvoke([image]))
     time.sleep(0.1)
     assert thread_errors == []

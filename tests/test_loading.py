@@ -23,6 +23,7 @@ def from_pretrained_calls(monkeypatch) -> dict:
             return _orig(klass, path, *args, **kwargs)
 
         monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    monkeypatch.setattr(models, "_loaded", {})  # loads cached by earlier tests would skip from_pretrained
     return seen
 
 
