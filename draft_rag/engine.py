@@ -340,6 +340,10 @@ class DraftEngine:
         lay = chat.layout(messages, context)
         chat.check_text_only(messages, lay)
         messages = list(messages)
+        auto = method == "specpc" and (budget == "auto" or (
+            budget is None and ratio is None and self.specpc.max_capacity_prompt is None and self.specpc.ratio is None))
+        if budget == "auto":
+            _check_auto(ratio, method)
         stats = GenerationStats(method)
         gs = GenerationStream(iter(()), stats, None)
 
@@ -349,9 +353,10 @@ class DraftEngine:
             stats.original_tokens = len(tokenize(target, chat.render(messages, lay, target, template)).ids)
             msgs, m_lay = messages, lay
             if method in ("specpc", "speckv-pc"):
-                pc = self._config(budget, ratio) if method == "specpc" else self._config(
+                pc = self._config(None if auto else budget, ratio) if method == "specpc" else self._config(
                     DEFAULT_PC_BUDGET if pc_budget is None and pc_ratio is None else pc_budget, pc_ratio)
-                cm = self._compress_layout(messages, lay, pc)
+                fit = self.target_window - sampling.max_new_tokens if auto and self.target_window else None
+                cm = self._compress_layout(messages, lay, pc, fit)
                 gs.compressed, stats.compression = cm.compressed, cm.stats
                 stats.seconds.update(cm.stats["seconds"])
                 msgs = cm.messages

@@ -242,7 +242,7 @@ def test_langchain_wrapped_chat_model_fits_its_window():
 
     from tests.test_langchain_chat import Recorder
 
-    msgs = [HumanMessage(real_text()), HumanMessage(QUESTION)]
+    msgs = [HumanMessage("Context:\n" + real_text() * 3), HumanMessage(QUESTION)]  # labelled: all of it context
     for kwargs in ({"context_window": 150}, {"budget": "auto", "context_window": 150}):
         rec = Recorder()
         ChatDraftCompressed(llm=rec, draft=short_window_model(), specpc=CFG, **kwargs).invoke(msgs)
@@ -260,7 +260,7 @@ def test_langchain_local_target_accepts_budget_auto():
     from langchain_draft_rag import ChatDraftCompressed
 
     chat = ChatDraftCompressed(target=short_window_model(), specpc=CFG, budget="auto", max_tokens=8)
-    out = chat.invoke([HumanMessage(real_text()), HumanMessage(QUESTION)])
+    out = chat.invoke([HumanMessage("Context:\n" + real_text() * 3), HumanMessage(QUESTION)])
     stats = out.response_metadata["draft_rag"]
     assert stats["original_tokens"] > WINDOW and stats["prompt_tokens"] + 8 <= WINDOW
 

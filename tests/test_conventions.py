@@ -47,7 +47,7 @@ def test_llamaindex_llm_round_trips_through_a_dict_with_model_refs_as_strings(ti
 def test_llamaindex_metadata_reports_the_targets_window_and_chat_mode(tiny_dir):
     llm = DraftCompressedLLM(target=tiny_dir, method="full")
     window = llm.engine.target.model.config.max_position_embeddings
-    assert llm.metadata.context_window == window and llm.metadata.is_chat_model is False
+    assert llm.metadata.context_window == window and llm.metadata.is_chat_model is True  # it has a chat template
     inner = MockLLM(max_tokens=8)
     front = DraftCompressedLLM(llm=inner, draft=tiny_dir, budget=16, specpc=CFG)
     assert front.metadata.is_chat_model == inner.metadata.is_chat_model
