@@ -51,7 +51,7 @@ def _cmd_serve(args) -> int:
     cfg = ServeConfig(method=args.method, budget=args.budget, ratio=args.ratio, model_name=args.model_name,
                       api_key=args.api_key, upstream=args.upstream, upstream_api_key=args.upstream_api_key,
                       max_body_bytes=args.max_body_bytes, max_tokens=args.max_tokens,
-                      default_max_tokens=min(256, args.max_tokens), max_queue=args.max_queue,
+                      max_queue=args.max_queue,
                       queue_timeout=args.queue_timeout)
     if args.upstream:
         engine = DraftEngine(draft=args.draft or DEFAULT_MODEL, specpc=specpc_from_args(args))

@@ -42,7 +42,7 @@ class ServeConfig:
     upstream_api_key: str | None = None
     max_body_bytes: int = 4_000_000
     max_tokens: int = 2048  # the most completion tokens a request may ask for
-    default_max_tokens: int = 256
+    default_max_tokens: int = 256  # when a request names none (capped at max_tokens)
     max_queue: int = 8  # requests that may wait for the engine beside the one it runs; more get 429
     queue_timeout: float = 60.0  # seconds a request may wait for the engine before a 503
 
@@ -56,8 +56,6 @@ class ServeConfig:
             raise ValueError(f"max_queue must be an integer >= 0, got {self.max_queue!r}")
         if self.upstream and self.method not in ("specpc", "full"):
             raise ValueError(f"with upstream (proxy mode) method must be 'specpc' or 'full', got {self.method!r}")
-        if self.default_max_tokens > self.max_tokens:
-            raise ValueError(f"default_max_tokens ({self.default_max_tokens}) must be <= max_tokens ({self.max_tokens})")
 
 
 class ApiError(Exception):
@@ -186,7 +184,7 @@ def sampling_options(body: dict, cfg: ServeConfig) -> dict:
         raise ApiError(400, f"n must be 1 (one choice per request), got {body.get('n')!r}", "n")
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = body.get(key)
-    max_tokens = cfg.default_max_tokens if max_tokens is None else max_tokens
+    max_tokens = min(cfg.default_max_tokens, cfg.max_tokens) if max_tokens is None else max_tokens
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= cfg.max_tokens:
         raise ApiError(400, f"{key} must be an integer in [1, {cfg.max_tokens}], got {max_tokens!r}", key)
     out = dict(max_new_tokens=max_tokens, temperature=_number(body, "temperature", 0.0),
