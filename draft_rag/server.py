@@ -52,6 +52,8 @@ class ServeConfig:
         for name in ("max_body_bytes", "max_tokens", "default_max_tokens"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.api_key is not None and not (isinstance(self.api_key, str) and self.api_key.strip()):
+            raise ValueError("api_key must be a non-empty string (or None for an open server)")
         if not isinstance(self.max_queue, int) or self.max_queue < 0:
             raise ValueError(f"max_queue must be an integer >= 0, got {self.max_queue!r}")
         if self.upstream and self.method not in ("specpc", "full"):
@@ -182,16 +184,26 @@ def sampling_options(body: dict, cfg: ServeConfig) -> dict:
     """Engine keyword arguments for decoding; greedy unless ``temperature`` is given."""
     if body.get("n", 1) != 1:
         raise ApiError(400, f"n must be 1 (one choice per request), got {body.get('n')!r}", "n")
-    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    max_tokens = body.get(key)
-    max_tokens = min(cfg.default_max_tokens, cfg.max_tokens) if max_tokens is None else max_tokens
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= cfg.max_tokens:
-        raise ApiError(400, f"{key} must be an integer in [1, {cfg.max_tokens}], got {max_tokens!r}", key)
-    out = dict(max_new_tokens=max_tokens, temperature=_number(body, "temperature", 0.0),
+    for key in ("logprobs", "tools", "functions"):
+        if body.get(key):
+            raise ApiError(400, f"{key} is not supported by a local target (a proxy to a server that has it can)", key)
+    if (body.get("response_format") or {}).get("type", "text") != "text":
+        raise ApiError(400, "response_format must be text for a local target", "response_format")
+    out = dict(max_new_tokens=max_tokens(body, cfg), temperature=_number(body, "temperature", 0.0),
                top_p=_number(body, "top_p", 1.0), stop=body.get("stop") or ())
     if body.get("seed") is not None:
         out["seed"] = body["seed"]
     return out
+
+
+def max_tokens(body: dict, cfg: ServeConfig) -> int:
+    """The request's ``max_completion_tokens``/``max_tokens`` within the server's limit (its default if absent)."""
+    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    value = body.get(key)
+    value = min(cfg.default_max_tokens, cfg.max_tokens) if value is None else value
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= cfg.max_tokens:
+        raise ApiError(400, f"{key} must be an integer in [1, {cfg.max_tokens}], got {value!r}", key)
+    return value
 
 
 def _number(body: dict, key: str, default: float) -> float:
@@ -219,9 +231,11 @@ def completion_prompt(body: dict) -> str:
         prompt = prompt[0]
     if not isinstance(prompt, str) or not prompt:
         raise ApiError(400, "prompt must be a non-empty string (or a list of one string)", "prompt")
-    for key in ("echo", "suffix", "logprobs", "best_of"):
-        if body.get(key) not in (None, False, 1) or (key == "suffix" and body.get(key)):
-            raise ApiError(400, f"{key} is not supported by draft-rag serve", key)
+    for key in ("echo", "suffix"):
+        if body.get(key):
+            raise ApiError(400, f"{key} is not supported by a local target", key)
+    if body.get("best_of", 1) != 1:
+        raise ApiError(400, "best_of must be 1", "best_of")
     return prompt
 
 
@@ -278,7 +292,7 @@ class AccessLog:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         t0, rid, seen = time.perf_counter(), uuid.uuid4().hex[:16], {"status": 500, "bytes": 0}
-        scope.setdefault("state", {})["request_id"] = rid
+        scope.setdefault("state", {})
 
         async def send_logged(message):
             if message["type"] == "http.response.start":
@@ -409,6 +423,8 @@ def create_app(engine: DraftEngine, cfg: ServeConfig | None = None) -> FastAPI:
         body = await read_json(request, cfg.max_body_bytes)
         messages = chat_messages(body)
         opts = draft_options(body, cfg)
+        if body.get("max_tokens") is not None or body.get("max_completion_tokens") is not None:
+            max_tokens(body, cfg)  # the proxy's own limit; the upstream applies its default when none is given
         if opts["method"] not in ("specpc", "full"):
             raise ApiError(400, "in proxy mode draft_rag.method must be 'specpc' or 'full' (KV methods need a local "
                                 "target)", "draft_rag.method")

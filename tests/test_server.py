@@ -118,6 +118,7 @@ def test_auth_refused_without_the_key(local):
     ({"messages": []}, 400, "messages"),
     ({"n": 2}, 400, "n"),
     ({"temperature": "hot"}, 400, "temperature"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
     ({"messages": [{"role": "user", "content": "x" * 30_000}]}, 413, None),
 ])
 def test_bad_requests_get_openai_errors(local, body, status, param):
@@ -252,8 +253,12 @@ def test_proxy_compresses_in_front_of_an_openai_server():
             with pytest.raises(openai.AuthenticationError):
                 openai.OpenAI(base_url=url + "/v1", api_key="no", max_retries=0).chat.completions.create(
                     model="vllm", messages=LONG, max_tokens=4)
-            with pytest.raises(openai.BadRequestError):  # upstream's own 400 comes back as is
+            with pytest.raises(openai.BadRequestError) as err:  # the proxy's own limit
                 c.chat.completions.create(model="vllm", messages=LONG, max_tokens=100_000)
+            assert err.value.body["param"] == "max_tokens"
+            with pytest.raises(openai.BadRequestError) as err:  # the upstream's 400 comes back as is
+                c.chat.completions.create(model="vllm", messages=LONG, max_tokens=4, n=2)
+            assert err.value.body["param"] == "n"
 
 
 def test_proxy_upstream_down_is_502():
