@@ -308,3 +308,38 @@ def test_real_smollm_through_the_openai_client(smollm):
         r = c.chat.completions.create(model="m", max_tokens=8, messages=[{"role": "user", "content": text + question}],
                                       extra_body={"draft_rag": {"method": "specpc", "budget": 256}})
         assert r.usage.prompt_tokens < 300 < 900 < r.draft_rag["original_tokens"]
+
+
+@pytest.mark.slow  # a fresh process imports torch, transformers and FastAPI: ~10 s idle, more on a busy machine
+def test_cli_serve_starts_answers_and_stops_on_sigterm(tiny_dir):
+    """``draft-rag serve`` as a process: key from the environment, /health open, SIGTERM exits cleanly."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "DRAFT_RAG_API_KEY": KEY, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "draft_rag.cli", "serve", "--target", tiny_dir, "--port", str(port),
+                             "--starting-layer-index", "1", "--ratio", "0.5"], env=env, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.2)
+        assert httpx.post(url + "/v1/completions", json={"prompt": "hi"}).status_code == 401
+        c = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+        r = c.chat.completions.create(model="m", messages=LONG, max_tokens=4)
+        assert r.draft_rag["prompt_tokens"] < r.draft_rag["original_tokens"]  # --ratio 0.5 is the default
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+    log = proc.stderr.read().decode()
+    assert code in (0, -signal.SIGTERM) and "Finished server process" in log
+    assert '"path": "/v1/chat/completions"' in log and "sky" not in log
