@@ -15,6 +15,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from typing import ClassVar
 
 import anyio
 import httpx
@@ -63,8 +64,9 @@ class ServeConfig:
 class ApiError(Exception):
     """An error answered as OpenAI's ``{"error": {...}}`` JSON."""
 
-    TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-             413: "invalid_request_error", 429: "rate_limit_error", 502: "upstream_error", 503: "server_overloaded"}
+    TYPES: ClassVar[dict] = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+                             413: "invalid_request_error", 429: "rate_limit_error", 502: "upstream_error",
+                             503: "server_overloaded"}
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
         super().__init__(message)
@@ -189,8 +191,8 @@ def sampling_options(body: dict, cfg: ServeConfig) -> dict:
             raise ApiError(400, f"{key} is not supported by a local target (a proxy to a server that has it can)", key)
     if (body.get("response_format") or {}).get("type", "text") != "text":
         raise ApiError(400, "response_format must be text for a local target", "response_format")
-    out = dict(max_new_tokens=max_tokens(body, cfg), temperature=_number(body, "temperature", 0.0),
-               top_p=_number(body, "top_p", 1.0), stop=body.get("stop") or ())
+    out = {"max_new_tokens": max_tokens(body, cfg), "temperature": _number(body, "temperature", 0.0),
+           "top_p": _number(body, "top_p", 1.0), "stop": body.get("stop") or ()}
     if body.get("seed") is not None:
         out["seed"] = body["seed"]
     return out

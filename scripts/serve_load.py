@@ -75,14 +75,17 @@ async def one_request(http: httpx.AsyncClient, url: str, body: dict, out: dict) 
             out["latency"].append(time.perf_counter() - t0)
         else:
             kind = str(r.status_code) if r.status_code in (429, 503) else "lost"
-    except httpx.HTTPError:
+            if kind == "lost":
+                out["lost_detail"].append(f"status {r.status_code}, last line {lines[-1][:200] if lines else None!r}")
+    except httpx.HTTPError as exc:
         kind = "lost"
+        out["lost_detail"].append(f"{type(exc).__name__}: {exc}")
     out[kind] += 1
     return kind
 
 
 async def load(url: str, body: dict, clients: int, seconds: float) -> dict:
-    out = {"ok": 0, "429": 0, "503": 0, "lost": 0, "ttft": [], "latency": []}
+    out = {"ok": 0, "429": 0, "503": 0, "lost": 0, "ttft": [], "latency": [], "lost_detail": []}
     stop = time.monotonic() + seconds
 
     async def client(http):
@@ -145,11 +148,14 @@ def main() -> int:
             proc.kill()
             code = "killed"
     total = res["ok"] + res["429"] + res["503"] + res["lost"]
-    med = lambda xs: round(statistics.median(xs), 3) if xs else None  # noqa: E731
+
+    def med(xs):
+        return round(statistics.median(xs), 3) if xs else None
+
     print(json.dumps({
         "target": args.target, "clients": args.clients, "seconds": round(wall, 1), "threads": args.threads,
         "max_queue": args.max_queue, "requests": total, "answered": res["ok"], "refused_429": res["429"],
-        "refused_503": res["503"], "lost": res["lost"], "warmup_answered": warm["ok"],
+        "refused_503": res["503"], "lost": res["lost"], "lost_detail": res["lost_detail"][:5], "warmup_answered": warm["ok"],
         "median_ttft_s": med(res["ttft"]), "median_latency_s": med(res["latency"]),
         "rss_baseline_mib": round(baseline, 1), "rss_peak_mib": round(peak, 1), "rss_after_mib": round(after, 1),
         "queued_after": queued, "sigterm_exit_code": code, "load_average": [round(x, 1) for x in os.getloadavg()]},
