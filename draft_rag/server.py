@@ -362,11 +362,16 @@ def create_app(engine: DraftEngine, cfg: ServeConfig | None = None) -> FastAPI:
         await queue.acquire()
         run = None
         try:
+            if await request.is_disconnected():  # gone while it waited: skip the work
+                raise ApiError(400, "the client disconnected while queued", code="client_disconnected")
             run = EngineRun(engine.stream(**kwargs), queue)
             await run.start()
             return run
         except BaseException as exc:
-            run.close() if run is not None else queue.release()
+            if run is None:
+                queue.release()
+            else:
+                run.close()
             if isinstance(exc, (ValueError, TypeError)):
                 raise ApiError(400, str(exc)) from None
             raise
@@ -379,7 +384,7 @@ def create_app(engine: DraftEngine, cfg: ServeConfig | None = None) -> FastAPI:
         reply = _Reply(chat, cfg.model_name)
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return ClosingStream(sse_pieces(request, run, reply, include_usage), on_close=closer(request, run),
+            return ClosingStream(sse_pieces(run, reply, include_usage), on_close=closer(request, run),
                                  media_type="text/event-stream", headers={"cache-control": "no-cache"})
         try:
             parts = [run.first or ""]
@@ -401,7 +406,7 @@ def create_app(engine: DraftEngine, cfg: ServeConfig | None = None) -> FastAPI:
                                     "completion_tokens": run.stream.stats.new_tokens, "finished": done}
         return close
 
-    async def sse_pieces(request: Request, run: EngineRun, reply: _Reply, include_usage: bool):
+    async def sse_pieces(run: EngineRun, reply: _Reply, include_usage: bool):
         extra = {"usage": None} if include_usage else {}
         if reply.chat:
             yield sse(reply.chunk(role=True, **extra))

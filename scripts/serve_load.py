@@ -6,7 +6,7 @@ stream (``data: [DONE]``) or a 429/503 refusal; anything else counts as lost. Af
 server's RSS came back near its baseline and that SIGTERM shuts it down cleanly (uvicorn finishes, then
 re-raises the signal: exit code -15). Prints one JSON object; exits 1 if a request was lost.
 
-    python scripts/serve_load.py --target smollm2-135m-instruct --clients 32 --seconds 60 --filler 8
+    python scripts/serve_load.py --target smollm2-135m-instruct --clients 32 --seconds 45 --rounds 2
 """
 from __future__ import annotations
 
@@ -71,6 +71,7 @@ async def one_request(http: httpx.AsyncClient, url: str, body: dict, out: dict) 
                     lines.append(line)
         if r.status_code == 200 and lines and lines[-1] == "data: [DONE]":
             kind = "ok"
+            out["engine"].append(json.loads(lines[-2][6:])["draft_rag"]["seconds"]["total"])
             out["ttft"].append(first)
             out["latency"].append(time.perf_counter() - t0)
         else:
@@ -84,14 +85,14 @@ async def one_request(http: httpx.AsyncClient, url: str, body: dict, out: dict) 
     return kind
 
 
-async def load(url: str, body: dict, clients: int, seconds: float) -> dict:
-    out = {"ok": 0, "429": 0, "503": 0, "lost": 0, "ttft": [], "latency": [], "lost_detail": []}
+async def load(url: str, body: dict, clients: int, seconds: float, backoff: float = 0.5) -> dict:
+    out = {"ok": 0, "429": 0, "503": 0, "lost": 0, "ttft": [], "latency": [], "engine": [], "lost_detail": []}
     stop = time.monotonic() + seconds
 
     async def client(http):
         while time.monotonic() < stop:
             if await one_request(http, url, body, out) in ("429", "503"):
-                await asyncio.sleep(0.1)  # a refused client backs off a little, as a real one would
+                await asyncio.sleep(backoff)  # a refused client backs off, as the openai client does
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(timeout=600, limits=limits) as http:
@@ -110,6 +111,8 @@ def main() -> int:
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--ratio", type=float, default=0.25, help="SpecPC ratio per request")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the server")
+    p.add_argument("--rounds", type=int, default=1, help="repeat the load, recording RSS after each round")
+    p.add_argument("--backoff", type=float, default=0.5, help="seconds a refused client waits before its next request")
     args = p.parse_args()
 
     port = free_port()
@@ -123,22 +126,23 @@ def main() -> int:
         warm = asyncio.run(load(url, body, clients=2, seconds=3))  # first requests allocate the steady state
         time.sleep(1)
         baseline = rss_mib(proc)
-        peak = baseline
+        peak, after, rounds = baseline, [], []
         t0 = time.perf_counter()
-        task = load(url, body, args.clients, args.seconds)
 
         async def run_and_watch():
             nonlocal peak
-            fut = asyncio.ensure_future(task)
+            fut = asyncio.ensure_future(load(url, body, args.clients, args.seconds, args.backoff))
             while not fut.done():
                 peak = max(peak, rss_mib(proc))
                 await asyncio.sleep(0.5)
             return fut.result()
 
-        res = asyncio.run(run_and_watch())
+        for _ in range(args.rounds):  # RSS after each round: growing round over round would be a leak
+            rounds.append(asyncio.run(run_and_watch()))
+            time.sleep(2)
+            after.append(round(rss_mib(proc), 1))
         wall = time.perf_counter() - t0
-        time.sleep(2)
-        after = rss_mib(proc)
+        res = {k: sum((r[k] for r in rounds), [] if isinstance(rounds[0][k], list) else 0) for k in rounds[0]}
         queued = httpx.get(f"http://127.0.0.1:{port}/health").json()["queued"]
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -153,11 +157,12 @@ def main() -> int:
         return round(statistics.median(xs), 3) if xs else None
 
     print(json.dumps({
-        "target": args.target, "clients": args.clients, "seconds": round(wall, 1), "threads": args.threads,
+        "target": args.target, "clients": args.clients, "backoff_s": args.backoff, "seconds_per_round": args.seconds, "rounds": args.rounds, "wall_s": round(wall, 1), "threads": args.threads,
         "max_queue": args.max_queue, "requests": total, "answered": res["ok"], "refused_429": res["429"],
         "refused_503": res["503"], "lost": res["lost"], "lost_detail": res["lost_detail"][:5], "warmup_answered": warm["ok"],
         "median_ttft_s": med(res["ttft"]), "median_latency_s": med(res["latency"]),
-        "rss_baseline_mib": round(baseline, 1), "rss_peak_mib": round(peak, 1), "rss_after_mib": round(after, 1),
+        "median_engine_s": med(res["engine"]),
+        "rss_baseline_mib": round(baseline, 1), "rss_peak_mib": round(peak, 1), "rss_after_each_round_mib": after,
         "queued_after": queued, "sigterm_exit_code": code, "load_average": [round(x, 1) for x in os.getloadavg()]},
         indent=1))
     return 0 if res["lost"] == 0 and queued == 0 and code in (0, -signal.SIGTERM) else 1

@@ -24,13 +24,13 @@ LONG = [{"role": "system", "content": "Answer from the context."},
 
 
 @contextlib.contextmanager
-def serving(app):
+def serving(app, shutdown_timeout: float = 5):
     """Run ``app`` with uvicorn in a thread on a free 127.0.0.1 port; always stop it."""
     import uvicorn
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=shutdown_timeout))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
@@ -205,8 +205,8 @@ def test_queue_timeout_is_503():
 
 def test_graceful_shutdown_finishes_the_stream_in_flight():
     engine = tiny_engine()
-    body = {"messages": LONG, "max_tokens": 500, "stream": True}
-    with serving(create_app(engine, ServeConfig(max_tokens=500))) as (url, server), \
+    body = {"messages": LONG, "max_tokens": 300, "stream": True}
+    with serving(create_app(engine, ServeConfig()), shutdown_timeout=120) as (url, server), \
             httpx.stream("POST", url + "/v1/chat/completions", timeout=30, json=body) as r:
         lines = r.iter_lines()
         assert next(lines).startswith("data: ")
