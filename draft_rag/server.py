@@ -14,6 +14,7 @@ import json
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -79,11 +80,23 @@ class ApiError(Exception):
 
 
 class EngineQueue:
-    """One engine job at a time; ``size`` more may wait (more get 429); a wait over ``timeout`` s gets 503."""
+    """One engine job at a time; ``size`` more may wait (more get 429); a wait over ``timeout`` s gets 503.
+
+    Engine work runs on one thread of its own (``call``), so the model's memory stays in one allocator arena.
+    """
 
     def __init__(self, size: int, timeout: float):
         self.size, self.timeout, self.admitted = size, timeout, 0
         self._lock = asyncio.Lock()
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="draft-rag-engine")
+
+    async def call(self, fn, *args):
+        """``fn(*args)`` on the engine thread; a cancelled caller still waits for it, so work never half-runs."""
+        with anyio.CancelScope(shield=True):
+            return await asyncio.wrap_future(self._thread.submit(fn, *args))
+
+    def shutdown(self) -> None:
+        self._thread.shutdown(wait=False)
 
     async def acquire(self) -> None:
         if self.admitted > self.size:
@@ -119,7 +132,7 @@ class EngineRun:
         self.first = await self.next()
 
     async def next(self) -> str | None:
-        return await anyio.to_thread.run_sync(next, self._pieces, None)  # not cancellable mid-piece
+        return await self._queue.call(next, self._pieces, None)
 
     def close(self) -> None:
         if not self.closed:
@@ -329,6 +342,7 @@ def create_app(engine: DraftEngine, cfg: ServeConfig | None = None) -> FastAPI:
             state["upstream"] = httpx.AsyncClient(base_url=cfg.upstream, headers=headers,
                                                   timeout=httpx.Timeout(30.0, read=None))
         yield
+        queue.shutdown()
         if "upstream" in state:
             await state["upstream"].aclose()
 
@@ -439,7 +453,7 @@ def create_app(engine: DraftEngine, cfg: ServeConfig | None = None) -> FastAPI:
         if opts["method"] == "specpc":
             await queue.acquire()
             try:
-                cm = await anyio.to_thread.run_sync(
+                cm = await queue.call(
                     lambda: engine.compress_messages(messages, budget=opts["budget"], ratio=opts["ratio"]))
             except (ValueError, TypeError) as exc:
                 raise ApiError(400, str(exc)) from None
