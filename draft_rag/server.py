@@ -14,7 +14,6 @@ import json
 import logging
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -82,21 +81,19 @@ class ApiError(Exception):
 class EngineQueue:
     """One engine job at a time; ``size`` more may wait (more get 429); a wait over ``timeout`` s gets 503.
 
-    Engine work runs on one thread of its own (``call``), so the model's memory stays in one allocator arena.
+    Engine work runs in worker threads one call at a time (``call``): an idle worker is reused, so the model's
+    memory stays in few allocator arenas.
     """
 
     def __init__(self, size: int, timeout: float):
         self.size, self.timeout, self.admitted = size, timeout, 0
         self._lock = asyncio.Lock()
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="draft-rag-engine")
+        self._limiter: anyio.CapacityLimiter | None = None
 
     async def call(self, fn, *args):
-        """``fn(*args)`` on the engine thread; a cancelled caller still waits for it, so work never half-runs."""
-        with anyio.CancelScope(shield=True):
-            return await asyncio.wrap_future(self._thread.submit(fn, *args))
-
-    def shutdown(self) -> None:
-        self._thread.shutdown(wait=False)
+        """``fn(*args)`` in a worker thread; a cancelled caller still waits for it, so work never half-runs."""
+        self._limiter = self._limiter or anyio.CapacityLimiter(1)
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
     async def acquire(self) -> None:
         if self.admitted > self.size:
@@ -342,7 +339,6 @@ def create_app(engine: DraftEngine, cfg: ServeConfig | None = None) -> FastAPI:
             state["upstream"] = httpx.AsyncClient(base_url=cfg.upstream, headers=headers,
                                                   timeout=httpx.Timeout(30.0, read=None))
         yield
-        queue.shutdown()
         if "upstream" in state:
             await state["upstream"].aclose()
 
