@@ -21,11 +21,11 @@ def add_subcommand(sub) -> None:
     p.add_argument("--method", default="specpc", choices=METHODS, help="default compression; requests may override")
     add_budget_args(p, kv=True)
     p.add_argument("--upstream", metavar="URL", help="proxy mode: OpenAI-compatible base URL, e.g. http://gpu:8000/v1")
-    p.add_argument("--upstream-api-key", default=os.environ.get("DRAFT_RAG_UPSTREAM_API_KEY"),
+    p.add_argument("--upstream-api-key",
                    help="bearer token for the upstream (default: $DRAFT_RAG_UPSTREAM_API_KEY)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind; 0.0.0.0 exposes the server to the network")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", default=os.environ.get("DRAFT_RAG_API_KEY"),
+    p.add_argument("--api-key",
                    help="require 'Authorization: Bearer KEY' on /v1/* (default: $DRAFT_RAG_API_KEY; none: open)")
     p.add_argument("--model-name", default="draft-rag", help="model id listed by /v1/models")
     p.add_argument("--max-tokens", type=int, default=2048, help="largest max_tokens a request may ask for")
@@ -48,8 +48,10 @@ def _cmd_serve(args) -> int:
     from .cli import specpc_from_args
     from .engine import DraftEngine
 
+    api_key = args.api_key or os.environ.get("DRAFT_RAG_API_KEY") or None  # keys never appear in --help
+    upstream_key = args.upstream_api_key or os.environ.get("DRAFT_RAG_UPSTREAM_API_KEY") or None
     cfg = ServeConfig(method=args.method, budget=args.budget, ratio=args.ratio, model_name=args.model_name,
-                      api_key=args.api_key, upstream=args.upstream, upstream_api_key=args.upstream_api_key,
+                      api_key=api_key, upstream=args.upstream, upstream_api_key=upstream_key,
                       max_body_bytes=args.max_body_bytes, max_tokens=args.max_tokens,
                       max_queue=args.max_queue,
                       queue_timeout=args.queue_timeout)
@@ -57,7 +59,7 @@ def _cmd_serve(args) -> int:
         engine = DraftEngine(draft=args.draft or DEFAULT_MODEL, specpc=specpc_from_args(args))
     else:
         engine = DraftEngine(target=args.target, draft=args.draft, specpc=specpc_from_args(args), method=args.method)
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         logger.warning("serving on %s without --api-key: anyone who can reach it can use it", args.host)
     app = create_app(engine, cfg)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info",
