@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from . import baselines, speckv
-from . import messages as _messages  # TEMP contract placeholder
 from .config import SpecKVConfig, SpecPCConfig
 from .generation import Sampling, eos_ids, stream
 from .models import DEFAULT_MODEL, LoadedModel, load_model
@@ -96,9 +95,6 @@ class DraftEngine:
             return compress(self.draft.model, self.draft.tokenizer, segments, chunk_list, cfg, template=template,
                             target_tokenizer=self.target.tokenizer if self.target else None)
 
-    def compress_messages(self, messages, *, budget=None, ratio=None):  # TEMP contract placeholder
-        return _messages.compress_messages(self, messages, budget=budget, ratio=ratio)
-
     def score_chunks(self, chunks, *, question: str | None = None, instruction: str | None = None,
                      reduce: str = "max", template: str = "chat") -> list[float]:
         """One draft pass over instruction + chunks + question; the draft's attention score of each chunk.
@@ -124,7 +120,7 @@ class DraftEngine:
                budget: int | None = None, ratio: float | None = None, template: str | None = None,
                system: str | None = None, max_new_tokens: int = 256, temperature: float = 0.0,
                top_p: float = 1.0, top_k: int = 0, stop=(), seed: int | None = None, pc_budget: int | None = None,
-               pc_ratio: float | None = None, lookahead_tokens: int | None = None, messages=None) -> GenerationStream:
+               pc_ratio: float | None = None, lookahead_tokens: int | None = None) -> GenerationStream:
         """Generate with the local target; yields text pieces as they are decoded.
 
         ``budget``/``ratio`` are the prompt budget for ``specpc`` and the KV budget (entries per layer and
@@ -135,7 +131,6 @@ class DraftEngine:
             raise ValueError("this engine has no target model: pass target=... to DraftEngine to generate")
         method = method or self.method
         _check_method(method)
-        prompt = _messages.as_prompt(messages) if messages is not None else prompt  # TEMP contract placeholder
         sampling = Sampling(max_new_tokens, temperature, top_p, top_k, tuple([stop] if isinstance(stop, str) else stop or ()), seed)
         template = template or ("chat" if has_chat_template(self.target.tokenizer) else "raw")
         segments, chunk_list = build_segments(prompt, chunks=chunks, instruction=instruction, question=question,
