@@ -262,7 +262,7 @@ def _extra_subcommands():
     """Subcommands that live beside the modules they drive (each module exposes ``add_subcommand``)."""
     import importlib
 
-    for name in ("draft_rag.bench.cli", "draft_rag.demo"):
+    for name in ("draft_rag.bench.cli", "draft_rag.demo", "draft_rag.serve"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
