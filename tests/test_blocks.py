@@ -192,7 +192,6 @@ def test_plain_speckv_refuses_a_prompt_past_the_drafts_window():
         big.model.config.max_position_embeddings = WINDOW
 
 
-@pytest.mark.slow  # ~20 s of CPU: a 16k-token prefill, even of a tiny model
 def test_speckv_holds_one_full_layer_at_a_time_at_16k(monkeypatch):
     """At a 16k-token prompt, when layer i is scored, layers < i already hold only the budget and layers > i
     nothing: the full KV of one layer at most, whatever the prompt length."""
