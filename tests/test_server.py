@@ -20,7 +20,8 @@ from draft_rag.server import ServeConfig, create_app
 pytest.importorskip("uvicorn")
 KEY = "test-key"
 LONG = [{"role": "system", "content": "Answer from the context."},
-        {"role": "user", "content": "The grass is green. The sky is blue. " * 30 + "What colour is the sky?"}]
+        {"role": "user", "content": "Context:\n" + "The grass is green. The sky is blue. " * 40
+                                    + "\n\nQuestion: What colour is the sky?"}]
 
 
 @contextlib.contextmanager
@@ -177,7 +178,7 @@ def test_disconnect_cancels_generation_and_frees_engine(caplog):
     with serving(create_app(engine, ServeConfig(max_tokens=4000, max_queue=0))) as (url, _), \
             caplog.at_level(logging.INFO, logger="draft_rag.access"):
         c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
-        stream = c.chat.completions.create(model="m", messages=LONG, max_tokens=4000, stream=True)
+        stream = c.chat.completions.create(model="m", messages=LONG, max_tokens=3000, stream=True)
         next(iter(stream)), next(iter(stream))
         with pytest.raises(openai.RateLimitError):  # the one engine slot is taken, no queue
             c.chat.completions.create(model="m", messages=LONG, max_tokens=4)
@@ -189,14 +190,14 @@ def test_disconnect_cancels_generation_and_frees_engine(caplog):
         assert c.chat.completions.create(model="m", messages=LONG, max_tokens=4).usage.completion_tokens == 4
     logged = [json.loads(r.getMessage()) for r in caplog.records if r.name == "draft_rag.access"]
     cut = [r for r in logged if r.get("finished") is False]
-    assert len(cut) == 1 and cut[0]["completion_tokens"] < 4000
+    assert len(cut) == 1 and cut[0]["completion_tokens"] < 3000
 
 
 def test_queue_timeout_is_503():
     engine = tiny_engine()
     with serving(create_app(engine, ServeConfig(max_tokens=4000, max_queue=1, queue_timeout=0.2))) as (url, _):
         c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
-        with c.chat.completions.create(model="m", messages=LONG, max_tokens=4000, stream=True) as stream:
+        with c.chat.completions.create(model="m", messages=LONG, max_tokens=3000, stream=True) as stream:
             next(iter(stream))
             with pytest.raises(openai.InternalServerError) as err:
                 c.chat.completions.create(model="m", messages=LONG, max_tokens=4)
