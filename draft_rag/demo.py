@@ -178,20 +178,8 @@ def run_demo(args) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def add_subcommand(subparsers) -> None:
-    from .cli import add_budget_args
+    from .cli import add_budget_args, positive_int
 
     p = subparsers.add_parser(
         "demo", help="RAG over the stdlib docs: full context vs draft-compressed, side by side",
@@ -204,10 +192,10 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--draft", default=None, help="draft model (default: the target itself)")
     add_budget_args(p)
     p.add_argument("--methods", nargs="+", help="methods to compare, from engine.METHODS (default: full specpc speckv)")
-    p.add_argument("--context-tokens", type=_positive_int, default=2500,
+    p.add_argument("--context-tokens", type=positive_int, default=2500,
                    help="retrieve chunks up to this many target tokens (default 2500)")
-    p.add_argument("--chunk-chars", type=_positive_int, default=1000, help="chunk size in characters")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=32)
+    p.add_argument("--chunk-chars", type=positive_int, default=1000, help="chunk size in characters")
+    p.add_argument("--max-new-tokens", type=positive_int, default=32)
     p.add_argument("--html", metavar="OUT.html", help="write a page showing what SpecPC kept for each question")
     p.add_argument("--json", metavar="OUT.json", help="write every answer, token count and timing as JSON")
     p.add_argument("--no-cache", action="store_true", help="re-embed the corpus instead of using the cached index")

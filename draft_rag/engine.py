@@ -310,20 +310,21 @@ class DraftEngine:
             stats.prompt_tokens = len(ids)
             return t0, ids, prefill
 
-        def run() -> Iterator[str]:
-            with self._lock:
-                t0, ids, prefill = setup()
-            t1 = time.perf_counter()
-            info: dict = {}
-            pieces = stream(self.target.model, self.target.tokenizer, ids, sampling, prefill, info)
-            with contextlib.closing(pieces):  # prefill and each token run under the lock, one step at a time
-                yield from self._locked_steps(pieces)
-            t2 = time.perf_counter()
-            stats.new_tokens, stats.finish_reason = info["new_tokens"], info["finish_reason"]
-            stats.seconds.update(target=t2 - t1, total=t2 - t0)
-
-        gs._pieces = run()
+        gs._pieces = self._run(setup, sampling, stats)
         return gs
+
+    def _run(self, setup, sampling: Sampling, stats: GenerationStats) -> Iterator[str]:
+        """``setup()`` -> (t0, target ids, prefill) under the lock, then decode one locked step at a time."""
+        with self._lock:
+            t0, ids, prefill = setup()
+        t1 = time.perf_counter()
+        info: dict = {}
+        pieces = stream(self.target.model, self.target.tokenizer, ids, sampling, prefill, info)
+        with contextlib.closing(pieces):  # prefill and each token run under the lock, one step at a time
+            yield from self._locked_steps(pieces)
+        t2 = time.perf_counter()
+        stats.new_tokens, stats.finish_reason = info["new_tokens"], info["finish_reason"]
+        stats.seconds.update(target=t2 - t1, total=t2 - t0)
 
     def _locked_steps(self, pieces: Iterator[str]) -> Iterator[str]:
         """Each ``next(pieces)`` under the engine lock; the lock is free while the caller holds a piece."""
@@ -375,19 +376,7 @@ class DraftEngine:
             stats.prompt_tokens = len(ids)
             return t0, ids, prefill
 
-        def run() -> Iterator[str]:
-            with self._lock:
-                t0, ids, prefill = setup()
-            t1 = time.perf_counter()
-            info: dict = {}
-            pieces = stream(self.target.model, self.target.tokenizer, ids, sampling, prefill, info)
-            with contextlib.closing(pieces):  # prefill and each token run under the lock, one step at a time
-                yield from self._locked_steps(pieces)
-            t2 = time.perf_counter()
-            stats.new_tokens, stats.finish_reason = info["new_tokens"], info["finish_reason"]
-            stats.seconds.update(target=t2 - t1, total=t2 - t0)
-
-        gs._pieces = run()
+        gs._pieces = self._run(setup, sampling, stats)
         return gs
 
     def generate(self, prompt: str | None = None, **kwargs) -> Generation:

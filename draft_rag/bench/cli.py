@@ -1,32 +1,13 @@
 """``draft-rag eval`` (one method on RULER-format JSONL) and ``draft-rag bench`` (generated tasks x grid)."""
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
 
+from ..cli import fraction, positive_int
+
 logger = logging.getLogger("draft_rag.bench")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _ratio(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
-    return value
 
 
 def _threads(args) -> None:
@@ -138,19 +119,19 @@ def add_subcommand(sub) -> None:
     methods = all_methods()
     p = sub.add_parser("eval", help="score one method on RULER-format JSONL (string-match-all, 0-100)")
     p.add_argument("--data", required=True, help="RULER-format JSONL: input, outputs, answer_prefix")
-    p.add_argument("--limit", type=_positive_int, help="first N records")
+    p.add_argument("--limit", type=positive_int, help="first N records")
     p.add_argument("--method", required=True, choices=methods)
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--budget", type=_positive_int,
+    g.add_argument("--budget", type=positive_int,
                    help="prompt tokens kept (draft tokenizer) for prompt compressors; KV entries for KV methods")
-    g.add_argument("--ratio", type=_ratio, help="fraction of the compressible context kept, in (0, 1]")
+    g.add_argument("--ratio", type=fraction, help="fraction of the compressible context kept, in (0, 1]")
     p.add_argument("--target", default=DEFAULT_MODEL)
     p.add_argument("--draft", default=None, help="draft model (default: the target)")
-    p.add_argument("--max-new-tokens", type=_positive_int,
+    p.add_argument("--max-new-tokens", type=positive_int,
                    help="default: the record's tokens_to_generate, else 48")
     p.add_argument("--template", choices=("chat", "raw"), help="default: chat when the target has a template")
     p.add_argument("--json", metavar="OUT", help="also write the summary plus every prediction to OUT")
-    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (1 is fastest on a busy machine)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (1 is fastest on a busy machine)")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("bench", help="generate RULER's tasks, run methods x budgets, write table + plot + JSON")
@@ -158,17 +139,17 @@ def add_subcommand(sub) -> None:
                    help="draft:target pair (repeatable); default SmolLM2 -> SmolLM2")
     p.add_argument("--tasks", nargs="*", default=list(RULER_13), choices=list(TASKS),
                    help="tasks to generate (default: RULER's 13; none: only report / chunk bench)")
-    p.add_argument("--lengths", nargs="+", type=_positive_int, default=[4096],
+    p.add_argument("--lengths", nargs="+", type=positive_int, default=[4096],
                    help="task lengths in draft tokens, answer included as RULER counts (e.g. 4096 8192 16384)")
-    p.add_argument("--n", type=_positive_int, default=4, help="records per task and length")
+    p.add_argument("--n", type=positive_int, default=4, help="records per task and length")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--methods", nargs="+", choices=methods, help=f"default: all ({', '.join(methods)})")
-    p.add_argument("--ratios", nargs="+", type=_ratio, default=[0.25, 0.5], help="prompt-compression budgets")
-    p.add_argument("--kv-budgets", nargs="+", type=_positive_int, default=[128, 256], help="KV-entry budgets")
-    p.add_argument("--max-new-tokens", type=_positive_int, help="default: each task's tokens_to_generate")
+    p.add_argument("--ratios", nargs="+", type=fraction, default=[0.25, 0.5], help="prompt-compression budgets")
+    p.add_argument("--kv-budgets", nargs="+", type=positive_int, default=[128, 256], help="KV-entry budgets")
+    p.add_argument("--max-new-tokens", type=positive_int, help="default: each task's tokens_to_generate")
     p.add_argument("--chunk-queries", type=int, default=0, metavar="N",
                    help="also run the chunk-pruning benchmark on N retrieval-QA queries (first pair)")
-    p.add_argument("--chunks-per-query", type=_positive_int, default=8)
+    p.add_argument("--chunks-per-query", type=positive_int, default=8)
     p.add_argument("--rankers", nargs="+", default=["draft", "minilm", "bm25", "llmlingua"],
                    choices=["draft", "minilm", "bm25", "llmlingua"])
     p.add_argument("--overhead", type=int, default=0, metavar="N",
@@ -177,7 +158,7 @@ def add_subcommand(sub) -> None:
     p.add_argument("--fresh", action="store_true", help="recompute every cell instead of reusing results.json")
     p.add_argument("--merge", nargs="+", metavar="RESULTS.json",
                    help="first copy the cells (and chunk rows) of other bench runs into --out's results.json")
-    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (1 is fastest on a busy machine)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (1 is fastest on a busy machine)")
     p.set_defaults(func=_cmd_bench, pair_default=f"{DEFAULT_MODEL}:{DEFAULT_MODEL}")
 
     from .cost import add_parser as add_cost_parser

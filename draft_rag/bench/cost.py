@@ -420,25 +420,25 @@ def _cmd_cost(args) -> int:
 def add_parser(sub) -> None:
     """Add ``draft-rag cost`` to the main parser."""
     from ..models import DEFAULT_MODEL
-    from .cli import _positive_int, _ratio
+    from ..cli import fraction, positive_int
 
     p = sub.add_parser("cost", help="time full/specpc/speckv/speckv-pc with large random-weight target shapes")
     p.add_argument("--draft", default=DEFAULT_MODEL)
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    p.add_argument("--lengths", nargs="+", type=_positive_int, default=[2048, 4096, 8192], help="prompt draft tokens")
-    p.add_argument("--ratios", nargs="+", type=_ratio, default=[b.ratio for b in DEFAULT_BUDGETS],
+    p.add_argument("--lengths", nargs="+", type=positive_int, default=[2048, 4096, 8192], help="prompt draft tokens")
+    p.add_argument("--ratios", nargs="+", type=fraction, default=[b.ratio for b in DEFAULT_BUDGETS],
                    help="SpecPC prompt ratio per budget level")
-    p.add_argument("--kv-budgets", nargs="+", type=_positive_int, default=[b.kv for b in DEFAULT_BUDGETS],
+    p.add_argument("--kv-budgets", nargs="+", type=positive_int, default=[b.kv for b in DEFAULT_BUDGETS],
                    help="SpecKV entries per layer and KV head, per budget level")
-    p.add_argument("--repeats", type=_positive_int, default=2, help="interleaved repetitions (medians reported)")
-    p.add_argument("--new-tokens", type=_positive_int, default=8, help="tokens decoded per cell")
-    p.add_argument("--slice", type=_positive_int, default=1, metavar="L",
+    p.add_argument("--repeats", type=positive_int, default=2, help="interleaved repetitions (medians reported)")
+    p.add_argument("--new-tokens", type=positive_int, default=8, help="tokens decoded per cell")
+    p.add_argument("--slice", type=positive_int, default=1, metavar="L",
                    help="targets run their first L layers; figures are scaled to the full depth (labelled scaled)")
     p.add_argument("--no-slice", action="store_true", help="run every target with all its layers")
     p.add_argument("--full-shapes", nargs="*", choices=list(SHAPES), help="shapes run with all layers anyway")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", help="default: bfloat16 on CUDA, float32 on CPU")
-    p.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
     p.add_argument("--out", default="cost-out", help="folder for cost.json, cost.md, cost.png")
     p.add_argument("--report-only", action="store_true", help="redo the table and plot from --out's cost.json")
     p.add_argument("--merge", nargs="+", metavar="DIR", help="with --report-only: also the rows of these runs' cost.json")
