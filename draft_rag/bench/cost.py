@@ -251,7 +251,7 @@ def run_cost(draft_ref: str, shapes: list[str], lengths: list[int], *, budgets=D
     draft = load_model(draft_ref, device=device, dtype=dtype)
     targets = {shape: build_target(shape, draft, None if slice_layers is None or shape in full_shapes else slice_layers,
                                    device, dtype) for shape in shapes}
-    segments, chunks = prompt(draft.tokenizer, min(lengths) // 2)  # warm-up on a shorter prompt, not recorded
+    segments, chunks = prompt(draft.tokenizer, min(512, min(lengths) // 2))  # warm-up on a short prompt, not recorded
     stages = draft_stages(draft, segments, chunks, budgets, new_tokens, specpc)
     for target in targets.values():
         for method, budget in cells_for(budgets):
@@ -262,6 +262,7 @@ def run_cost(draft_ref: str, shapes: list[str], lengths: list[int], *, budgets=D
         for rep in range(repeats):
             t0 = time.perf_counter()
             stages = draft_stages(draft, segments, chunks, budgets, new_tokens, specpc)
+            logger.info("cost: %d tokens, draft stages %s", length, {k: round(v[1], 1) for k, v in stages.items()})
             for shape, target in targets.items():
                 for method, budget in cells_for(budgets):
                     run = target_run(target, method, budget, segments, stages, new_tokens)
@@ -353,12 +354,25 @@ def table(rows: list[dict]) -> str:
     head = ("| target | tokens | method | TTFT s | end-to-end s | speed-up | decode s/tok | draft s | plain draft s "
             "| target prefill s | peak MiB | KV MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
-    for r in sorted(rows, key=lambda r: (r["size_ratio"], r["length"], order[r["method"]], str(r["budget"]))):
+    for r in sorted(rows, key=lambda r: (r["size_ratio"], r["length"], order[r["method"]])):  # stable: budgets as run
         name = r["shape"] + (" (scaled)" if r["scaled"] else "")
         lines.append(f"| {name} | {r['draft_tokens']} | {_budget_label(r)} | {r['ttft_s']:.1f} | {r['e2e_s']:.1f} | "
                      f"{r['speedup_e2e']:.2f}x | {r['decode_s_per_token']:.3f} | {r['draft_s']:.1f} | "
                      f"{r['plain_draft_s']:.1f} | {r['prefill_s']:.1f} | {r['peak_bytes'] / 2**20:.0f} | "
                      f"{r['kv_bytes'] / 2**20:.1f} |")
+    return "\n".join(lines)
+
+
+def overhead_table(rows: list[dict]) -> str:
+    """The draft's scoring pass (SpecPC, no selection) against a plain draft forward of the same prompt."""
+    lines = ["| draft tokens | plain forward s | scoring pass s | overhead | repetitions |", "|---|---|---|---|---|"]
+    seen = set()
+    for r in sorted(rows, key=lambda r: r["length"]):
+        if r["method"] != "specpc" or r["length"] in seen:
+            continue
+        seen.add(r["length"])
+        lines.append(f"| {r['draft_tokens']} | {r['plain_draft_s']:.1f} | {r['scoring_s']:.1f} | "
+                     f"{r['scoring_s'] / r['plain_draft_s'] - 1:+.0%} | {r['repeats']} |")
     return "\n".join(lines)
 
 
@@ -380,15 +394,17 @@ def plot(rows: list[dict], path: Path) -> Path:
         ax.axhline(1, color="grey", lw=0.8, ls="--")
         scaled = any(r["scaled"] for r in rows if r["shape"] == shape)
         ax.set(title=shape + (" (scaled)" if scaled else ""), xlabel="prompt tokens", ylabel="speed-up vs full (e2e)")
-        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({r["length"] for r in rows if r["shape"] == shape}))
     ax = axes[0][-1]
-    longest = max(r["length"] for r in rows)
+    # the prompt length run with the most target shapes (the longest among ties)
+    longest = max({r["length"] for r in rows}, key=lambda n: (len({r["shape"] for r in rows if r["length"] == n}), n))
     for lab in labels:
         pts = sorted((r["size_ratio"], r["speedup_e2e"]) for r in rows if r["length"] == longest and _budget_label(r) == lab)
         if pts:
             ax.plot(*zip(*pts), marker="o", label=lab)
     ax.axhline(1, color="grey", lw=0.8, ls="--")
-    ax.set(title=f"{longest} tokens", xlabel="target / draft parameters", ylabel="speed-up vs full (e2e)")
+    ax.set(title=f"{longest}-token prompts", xlabel="target / draft parameters", ylabel="speed-up vs full (e2e)",
+           xscale="log")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -410,7 +426,7 @@ def _cmd_cost(args) -> int:
         rows = run_cost(args.draft, args.shapes, args.lengths, budgets=budgets, repeats=args.repeats,
                         new_tokens=args.new_tokens, slice_layers=None if args.no_slice else args.slice,
                         full_shapes=args.full_shapes or (), device=args.device, dtype=args.dtype, out=out)
-    md = table(rows)
+    md = table(rows) + "\n\n" + overhead_table(rows)
     (out / "cost.md").write_text(md + "\n")
     plot(rows, out / "cost.png")
     print(md)
