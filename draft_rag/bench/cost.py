@@ -405,6 +405,9 @@ def plot(rows: list[dict], path: Path) -> Path:
     ax.axhline(1, color="grey", lw=0.8, ls="--")
     ax.set(title=f"{longest}-token prompts", xlabel="target / draft parameters", ylabel="speed-up vs full (e2e)",
            xscale="log")
+    ratios = sorted({r["size_ratio"] for r in rows if r["length"] == longest})
+    ax.set_xticks(ratios, [f"{x:.1f}x" for x in ratios])
+    ax.minorticks_off()
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
