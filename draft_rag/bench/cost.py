@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import statistics
 import threading
 import time
@@ -120,9 +121,12 @@ class PeakMemory:
         self.peak = 0
 
     @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * 4096
+    def _rss() -> float:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:  # no /proc: peak unknown (nan), never a made-up number
+            return float("nan")
 
     def __enter__(self):
         if self.cuda:
