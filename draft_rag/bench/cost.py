@@ -10,6 +10,7 @@ time its decoder layers, and every target figure is extrapolated linearly in lay
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -39,14 +40,14 @@ logger = logging.getLogger(__name__)
 # is unreachable here). The vocabulary is replaced by the draft's; rope scaling is left out (it costs nothing).
 SHAPES = {
     # HuggingFaceTB/SmolLM2-360M-Instruct/config.json
-    "smollm2-360m": dict(hidden_size=960, intermediate_size=2560, num_hidden_layers=32, num_attention_heads=15,
-                         num_key_value_heads=5, rope_theta=100000.0, tie_word_embeddings=True),
+    "smollm2-360m": {"hidden_size": 960, "intermediate_size": 2560, "num_hidden_layers": 32, "num_attention_heads": 15,
+                     "num_key_value_heads": 5, "rope_theta": 100000.0, "tie_word_embeddings": True},
     # HuggingFaceTB/SmolLM2-1.7B-Instruct/config.json
-    "smollm2-1.7b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32,
-                         num_key_value_heads=32, rope_theta=130000.0, tie_word_embeddings=True),
+    "smollm2-1.7b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24, "num_attention_heads": 32,
+                     "num_key_value_heads": 32, "rope_theta": 130000.0, "tie_word_embeddings": True},
     # meta-llama/Llama-3.1-8B-Instruct/config.json (vocabulary 128,256 there; the draft's 49,152 here)
-    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                         num_key_value_heads=8, rope_theta=500000.0, tie_word_embeddings=False),
+    "llama-3.1-8b": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+                     "num_key_value_heads": 8, "rope_theta": 500000.0, "tie_word_embeddings": False},
 }
 METHODS = ("full", "specpc", "speckv", "speckv-pc")
 
@@ -184,20 +185,21 @@ def _timed(fn, device):
 
 
 def draft_stages(draft: LoadedModel, segments, chunks, budgets, new_tokens: int,
-                 specpc: SpecPCConfig = SpecPCConfig()) -> dict:
+                 specpc: SpecPCConfig | None = None) -> dict:
     """Every draft-side stage for one prompt: {stage: (result, seconds)}; stage names are method@budget."""
     model, tok, device = draft.model, draft.tokenizer, draft.model.device
+    specpc = specpc or SpecPCConfig()
     ids = tokenize(tok, wrap(segments, tok, "chat")).ids
     eos = {tok.eos_token_id}
     out = {"plain": (len(ids), _timed(lambda: model(input_ids=torch.tensor([ids], device=device),
                                                     logits_to_keep=1), device)[1])}
     for b in budgets:
-        out[f"specpc@{b.ratio}"] = _timed(lambda: compress(model, tok, segments, chunks, specpc.replace(ratio=b.ratio)),
-                                          device)
+        cfg = specpc.replace(ratio=b.ratio)
+        out[f"specpc@{b.ratio}"] = _timed(functools.partial(compress, model, tok, segments, chunks, cfg), device)
     out["speckv"] = _timed(lambda: speckv.draft_lookahead(model, ids, new_tokens, eos), device)
     for b in budgets:
         cfg = specpc.replace(ratio=b.ratio, lookahead_tokens=new_tokens)
-        out[f"speckv-pc@{b.ratio}"] = _timed(lambda: compress(model, tok, segments, chunks, cfg), device)
+        out[f"speckv-pc@{b.ratio}"] = _timed(functools.partial(compress, model, tok, segments, chunks, cfg), device)
     return out
 
 
@@ -213,8 +215,8 @@ def target_run(target: LoadedModel, method: str, budget: Budget | None, segments
     else:
         cp_or_look = stages["speckv"][0] if method == "speckv" else stages[f"{method}@{budget.ratio}"][0].lookahead_ids
         cfg = SpecKVConfig(max_capacity_prompt=budget.kv)
-        prefill = lambda m, i: speckv.compressed_prefill(  # noqa: E731
-            m, i, cp_or_look, budget.kv, scorer("speckv", cfg), window=cfg.window_size, horizon=new_tokens)
+        prefill = functools.partial(speckv.compressed_prefill, lookahead_ids=cp_or_look, budget=budget.kv,
+                                    scorer=scorer("speckv", cfg), window=cfg.window_size, horizon=new_tokens)
     with PeakMemory(device) as mem:
         with LayerClock(model) as in_prefill:
             (state, kv), seconds = _timed(lambda: prefill(model, ids), device)
@@ -246,7 +248,7 @@ def _draft_key(method: str, budget: Budget | None) -> str | None:
 
 def run_cost(draft_ref: str, shapes: list[str], lengths: list[int], *, budgets=DEFAULT_BUDGETS, repeats: int = 2,
              new_tokens: int = 8, slice_layers: int | None = 1, full_shapes=(), device=None,
-             dtype=None, specpc: SpecPCConfig = SpecPCConfig(), out: Path | None = None) -> list[dict]:
+             dtype=None, specpc: SpecPCConfig | None = None, out: Path | None = None) -> list[dict]:
     """Measure every (shape, length, method, budget) cell ``repeats`` times, interleaved; return median rows.
 
     Shapes in ``full_shapes`` (or all when ``slice_layers`` is None) run with all their layers; the others run
