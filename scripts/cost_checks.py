@@ -3,12 +3,15 @@
     python scripts/cost_checks.py scaling [--shape smollm2-360m] [--length 2048] [--repeats 2]
     python scripts/cost_checks.py attention [--shapes smollm2-1.7b] [--lengths 4096 8192]
     python scripts/cost_checks.py lookahead [--length 1024] [--tokens 16] [--repeats 3]
+    python scripts/cost_checks.py overhead [--lengths 4096 8192] [--repeats 3]
 
 ``scaling``: the full-context prefill and decode of a random-weight target with all its layers against the
 same figures scaled from a 1-layer slice (the cost bench's method), interleaved, medians.
 ``attention``: seconds of one decoder layer's prefill (forward hooks) and of its causal SDPA kernel alone on
 tensors of the layer's shape: the share of the prefill that a sparse prefill could cut.
 ``lookahead``: SpecKV's ``draft_lookahead`` against ``model.generate`` for the same greedy tokens.
+``overhead``: SpecPC's scoring pass (``draft_scores``, default config) against a plain draft forward of the same
+prompt, interleaved in one process; wall and CPU seconds (CPU seconds are steadier on a loaded machine).
 """
 from __future__ import annotations
 
@@ -103,9 +106,32 @@ def check_lookahead(args) -> None:
         print(f"{name}: {statistics.median(t[1:]):.2f} s")
 
 
+def check_overhead(args) -> None:
+    from draft_rag import SpecPCConfig
+    from draft_rag.scoring import draft_scores
+
+    lm = load_model(args.draft)
+    print(f"torch_threads={torch.get_num_threads()}, medians of {args.repeats} interleaved (after one warm-up each)")
+    print("| tokens | plain forward s (CPU s) | scoring pass s (CPU s) | overhead wall (CPU) |\n|---|---|---|---|")
+    runs = {"plain": lambda ids: lm.model(input_ids=torch.tensor([ids]), logits_to_keep=1),
+            "score": lambda ids: draft_scores(lm.model, ids, SpecPCConfig())}
+    for length in args.lengths:
+        ids = _prompt_ids(lm, length)
+        times: dict = {k: [] for k in runs}
+        for _ in range(args.repeats + 1):
+            for name, fn in runs.items():
+                t, c = time.perf_counter(), time.process_time()
+                with torch.no_grad():
+                    fn(ids)
+                times[name].append((time.perf_counter() - t, time.process_time() - c))
+        (pw, pc), (sw, sc) = ([statistics.median(x[i] for x in times[k][1:]) for i in (0, 1)] for k in runs)
+        print(f"| {len(ids)} | {pw:.2f} ({pc:.2f}) | {sw:.2f} ({sc:.2f}) | {sw / pw - 1:+.1%} ({sc / pc - 1:+.1%}) |",
+              flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("check", choices=("scaling", "attention", "lookahead"))
+    p.add_argument("check", choices=("scaling", "attention", "lookahead", "overhead"))
     p.add_argument("--draft", default="smollm2-135m-instruct")
     p.add_argument("--shape", default="smollm2-360m", choices=list(cost.SHAPES))
     p.add_argument("--shapes", nargs="+", default=["smollm2-1.7b"], choices=list(cost.SHAPES))
@@ -117,7 +143,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    {"scaling": check_scaling, "attention": check_attention, "lookahead": check_lookahead}[args.check](args)
+    {"scaling": check_scaling, "attention": check_attention, "lookahead": check_lookahead,
+     "overhead": check_overhead}[args.check](args)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,16 @@
 """Cost benchmark harness on a tiny random draft: every field present, medians, per-layer scaling."""
 import pytest
 import torch
-
 from conftest import tiny_model
+
 from draft_rag import SpecPCConfig
 from draft_rag.bench import cost
 
 
 @pytest.fixture(autouse=True)
 def tiny_shape(monkeypatch):
-    shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=6, num_attention_heads=4,
-                 num_key_value_heads=2, rope_theta=10000.0, tie_word_embeddings=True)
+    shape = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 6, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "rope_theta": 10000.0, "tie_word_embeddings": True}
     monkeypatch.setitem(cost.SHAPES, "tiny", shape)
 
 

@@ -3,8 +3,8 @@ import copy
 
 import pytest
 import torch
-
 from conftest import ARCHS, tiny_model
+
 from draft_rag import SpecPCConfig
 from draft_rag.attention import _allowed, observe, window_probs
 from draft_rag.scoring import cache_kwarg, draft_scores

@@ -10,8 +10,10 @@ time its decoder layers, and every target figure is extrapolated linearly in lay
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
 import statistics
 import threading
 import time
@@ -38,14 +40,14 @@ logger = logging.getLogger(__name__)
 # is unreachable here). The vocabulary is replaced by the draft's; rope scaling is left out (it costs nothing).
 SHAPES = {
     # HuggingFaceTB/SmolLM2-360M-Instruct/config.json
-    "smollm2-360m": dict(hidden_size=960, intermediate_size=2560, num_hidden_layers=32, num_attention_heads=15,
-                         num_key_value_heads=5, rope_theta=100000.0, tie_word_embeddings=True),
+    "smollm2-360m": {"hidden_size": 960, "intermediate_size": 2560, "num_hidden_layers": 32, "num_attention_heads": 15,
+                     "num_key_value_heads": 5, "rope_theta": 100000.0, "tie_word_embeddings": True},
     # HuggingFaceTB/SmolLM2-1.7B-Instruct/config.json
-    "smollm2-1.7b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32,
-                         num_key_value_heads=32, rope_theta=130000.0, tie_word_embeddings=True),
+    "smollm2-1.7b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24, "num_attention_heads": 32,
+                     "num_key_value_heads": 32, "rope_theta": 130000.0, "tie_word_embeddings": True},
     # meta-llama/Llama-3.1-8B-Instruct/config.json (vocabulary 128,256 there; the draft's 49,152 here)
-    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                         num_key_value_heads=8, rope_theta=500000.0, tie_word_embeddings=False),
+    "llama-3.1-8b": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+                     "num_key_value_heads": 8, "rope_theta": 500000.0, "tie_word_embeddings": False},
 }
 METHODS = ("full", "specpc", "speckv", "speckv-pc")
 
@@ -120,9 +122,12 @@ class PeakMemory:
         self.peak = 0
 
     @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * 4096
+    def _rss() -> float:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:  # no /proc: peak unknown (nan), never a made-up number
+            return float("nan")
 
     def __enter__(self):
         if self.cuda:
@@ -180,20 +185,21 @@ def _timed(fn, device):
 
 
 def draft_stages(draft: LoadedModel, segments, chunks, budgets, new_tokens: int,
-                 specpc: SpecPCConfig = SpecPCConfig()) -> dict:
+                 specpc: SpecPCConfig | None = None) -> dict:
     """Every draft-side stage for one prompt: {stage: (result, seconds)}; stage names are method@budget."""
     model, tok, device = draft.model, draft.tokenizer, draft.model.device
+    specpc = specpc or SpecPCConfig()
     ids = tokenize(tok, wrap(segments, tok, "chat")).ids
     eos = {tok.eos_token_id}
     out = {"plain": (len(ids), _timed(lambda: model(input_ids=torch.tensor([ids], device=device),
                                                     logits_to_keep=1), device)[1])}
     for b in budgets:
-        out[f"specpc@{b.ratio}"] = _timed(lambda: compress(model, tok, segments, chunks, specpc.replace(ratio=b.ratio)),
-                                          device)
+        cfg = specpc.replace(ratio=b.ratio)
+        out[f"specpc@{b.ratio}"] = _timed(functools.partial(compress, model, tok, segments, chunks, cfg), device)
     out["speckv"] = _timed(lambda: speckv.draft_lookahead(model, ids, new_tokens, eos), device)
     for b in budgets:
         cfg = specpc.replace(ratio=b.ratio, lookahead_tokens=new_tokens)
-        out[f"speckv-pc@{b.ratio}"] = _timed(lambda: compress(model, tok, segments, chunks, cfg), device)
+        out[f"speckv-pc@{b.ratio}"] = _timed(functools.partial(compress, model, tok, segments, chunks, cfg), device)
     return out
 
 
@@ -209,8 +215,8 @@ def target_run(target: LoadedModel, method: str, budget: Budget | None, segments
     else:
         cp_or_look = stages["speckv"][0] if method == "speckv" else stages[f"{method}@{budget.ratio}"][0].lookahead_ids
         cfg = SpecKVConfig(max_capacity_prompt=budget.kv)
-        prefill = lambda m, i: speckv.compressed_prefill(  # noqa: E731
-            m, i, cp_or_look, budget.kv, scorer("speckv", cfg), window=cfg.window_size, horizon=new_tokens)
+        prefill = functools.partial(speckv.compressed_prefill, lookahead_ids=cp_or_look, budget=budget.kv,
+                                    scorer=scorer("speckv", cfg), window=cfg.window_size, horizon=new_tokens)
     with PeakMemory(device) as mem:
         with LayerClock(model) as in_prefill:
             (state, kv), seconds = _timed(lambda: prefill(model, ids), device)
@@ -242,7 +248,7 @@ def _draft_key(method: str, budget: Budget | None) -> str | None:
 
 def run_cost(draft_ref: str, shapes: list[str], lengths: list[int], *, budgets=DEFAULT_BUDGETS, repeats: int = 2,
              new_tokens: int = 8, slice_layers: int | None = 1, full_shapes=(), device=None,
-             dtype=None, specpc: SpecPCConfig = SpecPCConfig(), out: Path | None = None) -> list[dict]:
+             dtype=None, specpc: SpecPCConfig | None = None, out: Path | None = None) -> list[dict]:
     """Measure every (shape, length, method, budget) cell ``repeats`` times, interleaved; return median rows.
 
     Shapes in ``full_shapes`` (or all when ``slice_layers`` is None) run with all their layers; the others run
@@ -251,7 +257,7 @@ def run_cost(draft_ref: str, shapes: list[str], lengths: list[int], *, budgets=D
     draft = load_model(draft_ref, device=device, dtype=dtype)
     targets = {shape: build_target(shape, draft, None if slice_layers is None or shape in full_shapes else slice_layers,
                                    device, dtype) for shape in shapes}
-    segments, chunks = prompt(draft.tokenizer, min(lengths) // 2)  # warm-up on a shorter prompt, not recorded
+    segments, chunks = prompt(draft.tokenizer, min(512, min(lengths) // 2))  # warm-up on a short prompt, not recorded
     stages = draft_stages(draft, segments, chunks, budgets, new_tokens, specpc)
     for target in targets.values():
         for method, budget in cells_for(budgets):
@@ -262,6 +268,7 @@ def run_cost(draft_ref: str, shapes: list[str], lengths: list[int], *, budgets=D
         for rep in range(repeats):
             t0 = time.perf_counter()
             stages = draft_stages(draft, segments, chunks, budgets, new_tokens, specpc)
+            logger.info("cost: %d tokens, draft stages %s", length, {k: round(v[1], 1) for k, v in stages.items()})
             for shape, target in targets.items():
                 for method, budget in cells_for(budgets):
                     run = target_run(target, method, budget, segments, stages, new_tokens)
@@ -353,12 +360,25 @@ def table(rows: list[dict]) -> str:
     head = ("| target | tokens | method | TTFT s | end-to-end s | speed-up | decode s/tok | draft s | plain draft s "
             "| target prefill s | peak MiB | KV MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
-    for r in sorted(rows, key=lambda r: (r["size_ratio"], r["length"], order[r["method"]], str(r["budget"]))):
+    for r in sorted(rows, key=lambda r: (r["size_ratio"], r["length"], order[r["method"]])):  # stable: budgets as run
         name = r["shape"] + (" (scaled)" if r["scaled"] else "")
         lines.append(f"| {name} | {r['draft_tokens']} | {_budget_label(r)} | {r['ttft_s']:.1f} | {r['e2e_s']:.1f} | "
                      f"{r['speedup_e2e']:.2f}x | {r['decode_s_per_token']:.3f} | {r['draft_s']:.1f} | "
                      f"{r['plain_draft_s']:.1f} | {r['prefill_s']:.1f} | {r['peak_bytes'] / 2**20:.0f} | "
                      f"{r['kv_bytes'] / 2**20:.1f} |")
+    return "\n".join(lines)
+
+
+def overhead_table(rows: list[dict]) -> str:
+    """The draft's scoring pass (SpecPC, no selection) against a plain draft forward of the same prompt."""
+    lines = ["| draft tokens | plain forward s | scoring pass s | overhead | repetitions |", "|---|---|---|---|---|"]
+    seen = set()
+    for r in sorted(rows, key=lambda r: r["length"]):
+        if r["method"] != "specpc" or r["length"] in seen:
+            continue
+        seen.add(r["length"])
+        lines.append(f"| {r['draft_tokens']} | {r['plain_draft_s']:.1f} | {r['scoring_s']:.1f} | "
+                     f"{r['scoring_s'] / r['plain_draft_s'] - 1:+.0%} | {r['repeats']} |")
     return "\n".join(lines)
 
 
@@ -380,15 +400,20 @@ def plot(rows: list[dict], path: Path) -> Path:
         ax.axhline(1, color="grey", lw=0.8, ls="--")
         scaled = any(r["scaled"] for r in rows if r["shape"] == shape)
         ax.set(title=shape + (" (scaled)" if scaled else ""), xlabel="prompt tokens", ylabel="speed-up vs full (e2e)")
-        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({r["length"] for r in rows if r["shape"] == shape}))
     ax = axes[0][-1]
-    longest = max(r["length"] for r in rows)
+    # the prompt length run with the most target shapes (the longest among ties)
+    longest = max({r["length"] for r in rows}, key=lambda n: (len({r["shape"] for r in rows if r["length"] == n}), n))
     for lab in labels:
         pts = sorted((r["size_ratio"], r["speedup_e2e"]) for r in rows if r["length"] == longest and _budget_label(r) == lab)
         if pts:
             ax.plot(*zip(*pts), marker="o", label=lab)
     ax.axhline(1, color="grey", lw=0.8, ls="--")
-    ax.set(title=f"{longest} tokens", xlabel="target / draft parameters", ylabel="speed-up vs full (e2e)")
+    ax.set(title=f"{longest}-token prompts", xlabel="target / draft parameters", ylabel="speed-up vs full (e2e)",
+           xscale="log")
+    ratios = sorted({r["size_ratio"] for r in rows if r["length"] == longest})
+    ax.set_xticks(ratios, [f"{x:.1f}x" for x in ratios])
+    ax.minorticks_off()
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -410,7 +435,7 @@ def _cmd_cost(args) -> int:
         rows = run_cost(args.draft, args.shapes, args.lengths, budgets=budgets, repeats=args.repeats,
                         new_tokens=args.new_tokens, slice_layers=None if args.no_slice else args.slice,
                         full_shapes=args.full_shapes or (), device=args.device, dtype=args.dtype, out=out)
-    md = table(rows)
+    md = table(rows) + "\n\n" + overhead_table(rows)
     (out / "cost.md").write_text(md + "\n")
     plot(rows, out / "cost.png")
     print(md)
