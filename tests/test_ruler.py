@@ -5,8 +5,8 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny_tokenizer
+
 from draft_rag.bench.data import load_jsonl, parse_record, split_input
 from draft_rag.bench.ruler import GEN_TOKENS
 from draft_rag.bench.tasks import RULER_13, generate

@@ -21,7 +21,7 @@ import random
 import re
 import string
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 from ..prompt import count_tokens
 
@@ -62,7 +62,7 @@ NIAH_TASKS = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def word_lists() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """(nouns, adjectives, verbs) from ``wonderwords`` (pip install "draft-rag[bench]")."""
     try:
@@ -73,7 +73,7 @@ def word_lists() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     return tuple(tuple(rw.filter(include_categories=[c])) for c in ("noun", "adjective", "verb"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def essay_words() -> tuple[str, ...]:
     """The essay haystack: the standard library's pydoc text, as words."""
     from ..corpus import stdlib_documents
