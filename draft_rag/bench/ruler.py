@@ -213,7 +213,7 @@ def variable_tracking(tokenizer, length: int, n: int, seed: int = 42, hops: int 
 def common_words(tokenizer, length: int, n: int, seed: int = 42, num_cw: int = 10) -> list[dict]:
     """RULER's cwe: the ``num_cw`` words repeated most in a numbered list, after one solved example."""
     gen, rng = GEN_TOKENS["cwe"], random.Random(f"cwe-{seed}")
-    pool = sorted(set(w for lst in word_lists() for w in lst))
+    pool = sorted({w for lst in word_lists() for w in lst})
     random.Random(seed).shuffle(pool)
     # RULER: below 4k tokens common words appear 6x, others once; from 4k on, 30x and 3x
     (ex_n, ex_c, ex_u), (cw, ucw) = ((20, 3, 1), (6, 1)) if length < 4096 else ((40, 10, 3), (30, 3))
