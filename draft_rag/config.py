@@ -98,7 +98,6 @@ class SpecPCConfig(_Budgeted):
         if not isinstance(self.weighted_query, bool):
             raise ValueError(f"weighted_query must be True or False, got {self.weighted_query!r}")
 
-
     def for_draft(self, model) -> "SpecPCConfig":
         """A copy with ``kernel_size`` / ``neighbor_tokens`` resolved for ``model`` (the draft)."""
         kernel = self.kernel_size if self.kernel_size is not None else family_kernel_size(model)
@@ -106,9 +105,9 @@ class SpecPCConfig(_Budgeted):
         return self.replace(kernel_size=kernel, neighbor_tokens=neighbors)
 
 
-# The paper's per-family SpecPC kernel (= neighbours): Qwen2.5 0.5B->14B used 64, Llama 3.2 1B->8B 32.
+# The paper's SpecPC kernel (= neighbours) per draft family: 64 for Qwen2.5 0.5B->14B, 32 for Llama 3.2 1B->8B.
 QWEN_FAMILY = ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe")
-FAMILY_KERNEL = {"qwen": 64, "other": 32}
+QWEN_KERNEL, OTHER_KERNEL = 64, 32
 # SpecPC inside SpecKV-PC (official speckvpc configs, every family): kernel = neighbours = 32, and the draft
 # generates 20 tokens (transformers' default when no max_new_tokens is given), reused as SpecKV's lookahead.
 SPECKV_PC_KERNEL = 32
@@ -119,7 +118,7 @@ def family_kernel_size(model) -> int:
     """SpecPC's default kernel for a draft: 64 for the Qwen family, 32 for Llama and all others."""
     config = getattr(model, "config", model)
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return FAMILY_KERNEL["qwen" if getattr(config, "model_type", "") in QWEN_FAMILY else "other"]
+    return QWEN_KERNEL if getattr(config, "model_type", "") in QWEN_FAMILY else OTHER_KERNEL
 
 
 @dataclass(frozen=True)

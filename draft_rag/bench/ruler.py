@@ -21,7 +21,7 @@ import random
 import re
 import string
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 from ..prompt import count_tokens
 
@@ -62,7 +62,7 @@ NIAH_TASKS = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def word_lists() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """(nouns, adjectives, verbs) from ``wonderwords`` (pip install "draft-rag[bench]")."""
     try:
@@ -73,7 +73,7 @@ def word_lists() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     return tuple(tuple(rw.filter(include_categories=[c])) for c in ("noun", "adjective", "verb"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def essay_words() -> tuple[str, ...]:
     """The essay haystack: the standard library's pydoc text, as words."""
     from ..corpus import stdlib_documents
@@ -213,7 +213,7 @@ def variable_tracking(tokenizer, length: int, n: int, seed: int = 42, hops: int 
 def common_words(tokenizer, length: int, n: int, seed: int = 42, num_cw: int = 10) -> list[dict]:
     """RULER's cwe: the ``num_cw`` words repeated most in a numbered list, after one solved example."""
     gen, rng = GEN_TOKENS["cwe"], random.Random(f"cwe-{seed}")
-    pool = sorted(set(w for lst in word_lists() for w in lst))
+    pool = sorted({w for lst in word_lists() for w in lst})
     random.Random(seed).shuffle(pool)
     # RULER: below 4k tokens common words appear 6x, others once; from 4k on, 30x and 3x
     (ex_n, ex_c, ex_u), (cw, ucw) = ((20, 3, 1), (6, 1)) if length < 4096 else ((40, 10, 3), (30, 3))
