@@ -7,10 +7,12 @@ The rule, per message (``role`` and ``content``; every other key is carried thro
 * a long system, developer or user message is split. Labelled parts (``Question:``, ``Context:``, ``Answer:``,
   ``## Context``, ``<context>...</context>``, ...) start at their label; the body of a context label
   (``CONTEXT_LABELS``) is context, every other label and its body is protected. Unlabelled text is split into
-  paragraphs at blank lines and rule lines like ``-----`` (lines, if it is one long paragraph): the first paragraph
+  paragraphs at blank lines and rule lines like ``-----`` (lines, or sentences, if it is one long paragraph): the first paragraph
   (up to ``FIRST_CHARS``) and short paragraphs at each end (``UNIT_CHARS``, ``SHORT_CHARS`` in all) are protected
   (instructions before the context, a question or request after it), the rest is context;
-* the last paragraph of the last user message (the question) is always protected.
+* the last paragraph of the last user message (the question) is always protected. When a tool result (or another
+  message) follows it, the draft reads that question once more after the conversation, so its window queries are
+  the question (the messages sent are unchanged).
 
 Multi-turn history follows the same rule: earlier questions and answers are short, so protected; a long earlier
 message (a pasted document, a tool result) is context, read with the latest question at the end of the prompt.
@@ -36,6 +38,7 @@ _LABEL = re.compile(rf"(?im)^[ \t]*(?:#+[ \t]*)?(?:\*\*)?({_NAMES})(?:\*\*)?[ \t
 _TAG = re.compile(r"(?i)<(/?)(context|documents?|sources|passages|search_results)>")
 _BREAK = re.compile(r"\n[ \t]*\n|^[ \t]*[-=*_~#]{3,}[ \t]*$", re.MULTILINE)
 _LINE = re.compile(r"[^\n]*\S[^\n]*")
+_SENTENCE = re.compile(r"\S[^.!?\n]*(?:[.!?]+|$)")
 _SENTINEL = "\u2063DRAFTRAG{}\u2063"
 _SENTINELS = re.compile("\u2063DRAFTRAG(\\d+)\u2063")
 
@@ -173,9 +176,22 @@ def _units(text: str, a: int, b: int) -> list[tuple[int, int]]:
         if piece.strip():
             units.append((pos + len(piece) - len(piece.lstrip()), end - len(piece) + len(piece.rstrip())))
         pos = m.end() if m else b
-    if len(units) == 1 and units[0][1] - units[0][0] > SHORT_CHARS:
-        units = [(a + m.start(), a + m.end()) for m in _LINE.finditer(text[a:b])]
+    for unit in (_LINE, _SENTENCE):  # one long paragraph: its lines; one long line: its sentences
+        if len(units) == 1 and units[0][1] - units[0][0] > SHORT_CHARS:
+            s0 = units[0][0]
+            units = [(s0 + m.start(), s0 + m.end()) for m in unit.finditer(text[s0:units[0][1]])]
     return units
+
+
+def trailing_question(messages: list[dict]) -> str | None:
+    """When the conversation ends after the last user message (a tool result, say), that message's last
+    paragraph: the question the draft should read last. None when it ends with a user message."""
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+    if last_user is None or last_user == len(messages) - 1:
+        return None
+    text, _ = text_of(messages[last_user], last_user)
+    units = _units(text, 0, len(text))
+    return text[units[-1][0]:units[-1][1]] if units else None
 
 
 def _plain(text: str, a: int, b: int, final: bool) -> list[tuple[int, int, bool]]:

@@ -226,7 +226,7 @@ def test_speckv_holds_one_full_layer_at_a_time_at_16k(monkeypatch):
     ids = torch.randint(10, 300, (n,)).tolist()
     _, kv = speckv.compressed_prefill(model, ids, list(range(10, 10 + look)), budget, recording_scorer, window=32,
                                       horizon=look)
-    assert len(totals) == 4 and kv.entries == [budget] * 4
+    assert len(totals) == 4 and kv.entries == [budget + 1] * 4  # + the last prompt token, fed again
     assert totals == [(n + look) + i * budget for i in range(4)]  # one full layer + the compressed ones
 
 

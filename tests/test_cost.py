@@ -36,7 +36,7 @@ def test_cost_rows_have_every_field_and_scaled_figures(tmp_path):
     assert by["full"]["draft_s"] == 0 and by["specpc"]["draft_s"] > 0
     # KV scales exactly: 6 layers x 2 KV heads x 8 dims x K+V x fp32 per entry
     assert by["full"]["kv_bytes"] == 6 * 2 * 8 * 2 * 4 * by["full"]["target_tokens"]
-    assert by["speckv"]["kv_bytes"] == 6 * 2 * 8 * 2 * 4 * 64
+    assert by["speckv"]["kv_bytes"] == 6 * 2 * 8 * 2 * 4 * (64 + 1)  # budget + the last prompt token, fed again
     assert by["specpc"]["target_tokens"] < by["full"]["target_tokens"]
     assert (tmp_path / "cost.json").exists()
     assert "specpc@50%" in cost.table(rows) and "(scaled)" in cost.table(rows)
