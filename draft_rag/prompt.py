@@ -3,10 +3,12 @@
 Only chat-template parts are tokenised with special tokens; every other segment (instructions,
 retrieved chunks, questions) is untrusted text, so ``<|im_start|>`` or ``<bos>`` inside it stays text.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 PROTECTED_ROLES = ("instruction", "question", "answer_prefix", "separator", "template")
 ROLES = PROTECTED_ROLES + ("context",)
@@ -49,17 +51,29 @@ def as_chunks(chunks: Iterable) -> list[Chunk]:
         elif isinstance(c, dict) and isinstance(c.get("text"), str):
             out.append(Chunk(c["text"], id=c.get("id", i), metadata=dict(c.get("metadata") or {})))
         else:
-            raise TypeError(f"chunks[{i}] must be a str, a Chunk or a dict with a 'text' string, got {type(c).__name__}")
+            raise TypeError(
+                f"chunks[{i}] must be a str, a Chunk or a dict with a 'text' string, got {type(c).__name__}"
+            )
     return out
 
 
-def build_segments(prompt: str | None = None, *, chunks=None, instruction: str | None = None,
-                   question: str | None = None, answer_prefix: str | None = None) -> tuple[list[Segment], list[Chunk]]:
+def build_segments(
+    prompt: str | None = None,
+    *,
+    chunks=None,
+    instruction: str | None = None,
+    question: str | None = None,
+    answer_prefix: str | None = None,
+) -> tuple[list[Segment], list[Chunk]]:
     """Lay out instruction, context (a prompt string or chunks), question and answer prefix as segments."""
     if prompt is not None and chunks is not None:
         raise ValueError("give either prompt (one text) or chunks (a list of passages), not both")
-    for name, value in (("prompt", prompt), ("instruction", instruction), ("question", question),
-                        ("answer_prefix", answer_prefix)):
+    for name, value in (
+        ("prompt", prompt),
+        ("instruction", instruction),
+        ("question", question),
+        ("answer_prefix", answer_prefix),
+    ):
         if value is not None and not isinstance(value, str):
             raise TypeError(f"{name} must be a string, got {type(value).__name__}")
     chunk_list = as_chunks(chunks) if chunks is not None else ([Chunk(prompt, id=0)] if prompt else [])
@@ -112,8 +126,12 @@ def wrap(segments: list[Segment], tokenizer, template: str = "chat", system: str
     prefix, suffix = template_parts(tokenizer, template, system)
     body = [s for s in segments if s.role != "answer_prefix"]
     tail = [s for s in segments if s.role == "answer_prefix"]
-    return ([Segment(prefix, "template")] if prefix else []) + body + (
-        [Segment(suffix, "template")] if suffix else []) + tail
+    return (
+        ([Segment(prefix, "template")] if prefix else [])
+        + body
+        + ([Segment(suffix, "template")] if suffix else [])
+        + tail
+    )
 
 
 @dataclass
@@ -130,8 +148,9 @@ def tokenize(tokenizer, segments: list[Segment]) -> Tokenized:
     for s_idx, s in enumerate(segments):
         if not s.text:
             continue
-        enc = tokenizer(s.text, add_special_tokens=False, return_offsets_mapping=True,
-                        split_special_tokens=s.role != "template")
+        enc = tokenizer(
+            s.text, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=s.role != "template"
+        )
         ids += enc["input_ids"]
         seg += [s_idx] * len(enc["input_ids"])
         offs += [tuple(o) for o in enc["offset_mapping"]]

@@ -1,4 +1,5 @@
 """Draft pass: one prefill (+ lookahead tokens) with window attention captured -> a score per token."""
+
 from __future__ import annotations
 
 import inspect
@@ -47,7 +48,7 @@ class _Reducer:
         lo = max(0, -first)
         hi = min(per_key.shape[0], self.n - first)
         if hi > lo:
-            scores[first + lo: first + hi] = per_key[lo:hi]
+            scores[first + lo : first + hi] = per_key[lo:hi]
         self._add(scores)
 
     def _add(self, scores: torch.Tensor) -> None:
@@ -124,8 +125,13 @@ def pool(scores: torch.Tensor, pool_type: str, kernel_size: int) -> torch.Tensor
     return y[..., :k].reshape(scores.shape)
 
 
-def chunk_scores(token_scores: torch.Tensor, token_segment: list[int], segment_chunk: list[int | None],
-                 n_chunks: int, reduce: str = "max") -> list[float]:
+def chunk_scores(
+    token_scores: torch.Tensor,
+    token_segment: list[int],
+    segment_chunk: list[int | None],
+    n_chunks: int,
+    reduce: str = "max",
+) -> list[float]:
     """Aggregate per-token draft scores into one score per chunk (``max`` or ``mean``); 0.0 for empty chunks."""
     if reduce not in ("max", "mean"):
         raise ValueError(f"reduce must be 'max' or 'mean', got {reduce!r}")
@@ -137,8 +143,15 @@ def chunk_scores(token_scores: torch.Tensor, token_segment: list[int], segment_c
     return out
 
 
-def select_chunks(scores: list[float], sizes: list[int], *, top_n: int | None = None, budget: int | None = None,
-                  ratio: float | None = None, threshold: float | None = None) -> list[int]:
+def select_chunks(
+    scores: list[float],
+    sizes: list[int],
+    *,
+    top_n: int | None = None,
+    budget: int | None = None,
+    ratio: float | None = None,
+    threshold: float | None = None,
+) -> list[int]:
     """Indices (in input order) of the chunks to keep, given draft ``scores`` and token ``sizes``.
 
     Filters apply in turn: ``threshold`` (score >= it), ``top_n`` best, then a token ``budget`` (or

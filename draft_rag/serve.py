@@ -1,4 +1,5 @@
 """The ``draft-rag serve`` subcommand: run the OpenAI-compatible server (draft_rag.server) with uvicorn."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,26 +15,33 @@ def add_subcommand(sub) -> None:
     from .cli import add_budget_args, add_specpc_args
     from .engine import METHODS
 
-    p = sub.add_parser("serve", help="OpenAI-compatible server: local target, or compression proxy (--upstream)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser(
+        "serve",
+        help="OpenAI-compatible server: local target, or compression proxy (--upstream)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--target", default=DEFAULT_MODEL, help="local target model (ignored with --upstream)")
     p.add_argument("--draft", default=None, help="draft model (default: the target; with --upstream: SmolLM2)")
     p.add_argument("--method", default="specpc", choices=METHODS, help="default compression; requests may override")
     add_budget_args(p, kv=True)
     p.add_argument("--upstream", metavar="URL", help="proxy mode: OpenAI-compatible base URL, e.g. http://gpu:8000/v1")
-    p.add_argument("--upstream-api-key",
-                   help="bearer token for the upstream (default: $DRAFT_RAG_UPSTREAM_API_KEY)")
+    p.add_argument("--upstream-api-key", help="bearer token for the upstream (default: $DRAFT_RAG_UPSTREAM_API_KEY)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind; 0.0.0.0 exposes the server to the network")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key",
-                   help="require 'Authorization: Bearer KEY' on /v1/* (default: $DRAFT_RAG_API_KEY; none: open)")
+    p.add_argument(
+        "--api-key", help="require 'Authorization: Bearer KEY' on /v1/* (default: $DRAFT_RAG_API_KEY; none: open)"
+    )
     p.add_argument("--model-name", default="draft-rag", help="model id listed by /v1/models")
     p.add_argument("--max-tokens", type=int, default=2048, help="largest max_tokens a request may ask for")
     p.add_argument("--max-body-bytes", type=int, default=4_000_000, help="largest request body (413 above)")
     p.add_argument("--max-queue", type=int, default=8, help="requests waiting for the engine (429 above)")
     p.add_argument("--queue-timeout", type=float, default=60.0, help="seconds a request may wait (503 after)")
-    p.add_argument("--shutdown-timeout", type=float, default=30.0,
-                   help="on SIGINT/SIGTERM, seconds in-flight requests get to finish before they are cancelled")
+    p.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        help="on SIGINT/SIGTERM, seconds in-flight requests get to finish before they are cancelled",
+    )
     add_specpc_args(p)
     p.set_defaults(func=_cmd_serve)
 
@@ -50,11 +58,19 @@ def _cmd_serve(args) -> int:
 
     api_key = args.api_key or os.environ.get("DRAFT_RAG_API_KEY") or None  # keys never appear in --help
     upstream_key = args.upstream_api_key or os.environ.get("DRAFT_RAG_UPSTREAM_API_KEY") or None
-    cfg = ServeConfig(method=args.method, budget=args.budget, ratio=args.ratio, model_name=args.model_name,
-                      api_key=api_key, upstream=args.upstream, upstream_api_key=upstream_key,
-                      max_body_bytes=args.max_body_bytes, max_tokens=args.max_tokens,
-                      max_queue=args.max_queue,
-                      queue_timeout=args.queue_timeout)
+    cfg = ServeConfig(
+        method=args.method,
+        budget=args.budget,
+        ratio=args.ratio,
+        model_name=args.model_name,
+        api_key=api_key,
+        upstream=args.upstream,
+        upstream_api_key=upstream_key,
+        max_body_bytes=args.max_body_bytes,
+        max_tokens=args.max_tokens,
+        max_queue=args.max_queue,
+        queue_timeout=args.queue_timeout,
+    )
     if args.upstream:
         engine = DraftEngine(draft=args.draft or DEFAULT_MODEL, specpc=specpc_from_args(args))
     else:
@@ -62,6 +78,12 @@ def _cmd_serve(args) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         logger.warning("serving on %s without --api-key: anyone who can reach it can use it", args.host)
     app = create_app(engine, cfg)
-    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info",
-                timeout_graceful_shutdown=args.shutdown_timeout)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        access_log=False,
+        log_level="info",
+        timeout_graceful_shutdown=args.shutdown_timeout,
+    )
     return 0

@@ -5,6 +5,7 @@ Local mode answers ``/v1/chat/completions`` and ``/v1/completions`` with ``Draft
 forwards it to an OpenAI-compatible upstream (vLLM, TGI, llama.cpp server), passing its answer back unchanged.
 Per request, ``"draft_rag": {"method": ..., "budget" | "ratio": ...}`` overrides the server's compression.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -64,17 +65,27 @@ class ServeConfig:
 class ApiError(Exception):
     """An error answered as OpenAI's ``{"error": {...}}`` JSON."""
 
-    TYPES: ClassVar[dict] = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-                             413: "invalid_request_error", 429: "rate_limit_error", 502: "upstream_error",
-                             503: "server_overloaded"}
+    TYPES: ClassVar[dict] = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        404: "not_found_error",
+        413: "invalid_request_error",
+        429: "rate_limit_error",
+        502: "upstream_error",
+        503: "server_overloaded",
+    }
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
 
     def response(self) -> JSONResponse:
-        err = {"message": self.message, "type": self.TYPES.get(self.status, "server_error"), "param": self.param,
-               "code": self.code}
+        err = {
+            "message": self.message,
+            "type": self.TYPES.get(self.status, "server_error"),
+            "param": self.param,
+            "code": self.code,
+        }
         return JSONResponse({"error": err}, status_code=self.status)
 
 
@@ -97,8 +108,11 @@ class EngineQueue:
 
     async def acquire(self) -> None:
         if self.admitted > self.size:
-            raise ApiError(429, f"the server is busy: {self.admitted} requests are running or queued; retry later",
-                           code="queue_full")
+            raise ApiError(
+                429,
+                f"the server is busy: {self.admitted} requests are running or queued; retry later",
+                code="queue_full",
+            )
         self.admitted += 1
         try:
             with anyio.fail_after(self.timeout):
@@ -106,7 +120,9 @@ class EngineQueue:
         except BaseException as exc:
             self.admitted -= 1
             if isinstance(exc, TimeoutError):
-                raise ApiError(503, f"no engine slot within {self.timeout:g} s; retry later", code="queue_timeout")
+                raise ApiError(
+                    503, f"no engine slot within {self.timeout:g} s; retry later", code="queue_timeout"
+                ) from None
             raise
 
     def release(self) -> None:
@@ -183,7 +199,9 @@ def draft_options(body: dict, cfg: ServeConfig) -> dict:
         raise ApiError(400, f"draft_rag has unknown keys {unknown}; expected some of {list(DRAFT_KEYS)}", "draft_rag")
     out = {"method": opts.get("method", cfg.method)}
     if out["method"] not in METHODS:
-        raise ApiError(400, f"draft_rag.method must be one of {list(METHODS)}, got {out['method']!r}", "draft_rag.method")
+        raise ApiError(
+            400, f"draft_rag.method must be one of {list(METHODS)}, got {out['method']!r}", "draft_rag.method"
+        )
     if "budget" in opts or "ratio" in opts:
         out.update(budget=opts.get("budget"), ratio=opts.get("ratio"))
     else:
@@ -201,8 +219,12 @@ def sampling_options(body: dict, cfg: ServeConfig) -> dict:
             raise ApiError(400, f"{key} is not supported by a local target (a proxy to a server that has it can)", key)
     if (body.get("response_format") or {}).get("type", "text") != "text":
         raise ApiError(400, "response_format must be text for a local target", "response_format")
-    out = {"max_new_tokens": max_tokens(body, cfg), "temperature": _number(body, "temperature", 0.0),
-           "top_p": _number(body, "top_p", 1.0), "stop": body.get("stop") or ()}
+    out = {
+        "max_new_tokens": max_tokens(body, cfg),
+        "temperature": _number(body, "temperature", 0.0),
+        "top_p": _number(body, "top_p", 1.0),
+        "stop": body.get("stop") or (),
+    }
     if body.get("seed") is not None:
         out["seed"] = body["seed"]
     return out
@@ -261,8 +283,11 @@ def draft_stats(stream) -> dict:
 
 def usage(stream) -> dict:
     s = stream.stats
-    return {"prompt_tokens": s.prompt_tokens, "completion_tokens": s.new_tokens,
-            "total_tokens": s.prompt_tokens + s.new_tokens}
+    return {
+        "prompt_tokens": s.prompt_tokens,
+        "completion_tokens": s.new_tokens,
+        "total_tokens": s.prompt_tokens + s.new_tokens,
+    }
 
 
 def sse(obj) -> bytes:
@@ -280,8 +305,15 @@ class _Reply:
     def whole(self, text: str, stream) -> dict:
         choice = {"index": 0, "finish_reason": stream.stats.finish_reason, "logprobs": None}
         choice.update({"message": {"role": "assistant", "content": text}} if self.chat else {"text": text})
-        return {"id": self.id, "object": self.object, "created": self.created, "model": self.model,
-                "choices": [choice], "usage": usage(stream), "draft_rag": draft_stats(stream)}
+        return {
+            "id": self.id,
+            "object": self.object,
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+            "usage": usage(stream),
+            "draft_rag": draft_stats(stream),
+        }
 
     def chunk(self, piece: str | None = None, finish: str | None = None, role: bool = False, **extra) -> dict:
         if self.chat:
@@ -289,8 +321,14 @@ class _Reply:
             choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
         else:
             choice = {"index": 0, "text": piece or "", "finish_reason": finish, "logprobs": None}
-        return {"id": self.id, "object": self.object + (".chunk" if self.chat else ""), "created": self.created,
-                "model": self.model, "choices": [choice], **extra}
+        return {
+            "id": self.id,
+            "object": self.object + (".chunk" if self.chat else ""),
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+            **extra,
+        }
 
 
 # -- the app ---------------------------------------------------------------------------------------
@@ -318,9 +356,16 @@ class AccessLog:
             await self.app(scope, receive, send_logged)
         finally:
             client = scope.get("client") or ("", 0)
-            record = {"request_id": rid, "client": client[0], "method": scope["method"], "path": scope["path"],
-                      "status": seen["status"], "bytes_out": seen["bytes"],
-                      "ms": round(1000 * (time.perf_counter() - t0), 1), **scope["state"].get("access", {})}
+            record = {
+                "request_id": rid,
+                "client": client[0],
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": seen["status"],
+                "bytes_out": seen["bytes"],
+                "ms": round(1000 * (time.perf_counter() - t0), 1),
+                **scope["state"].get("access", {}),
+            }
             access_log.info(json.dumps(record))
 
 
@@ -336,8 +381,9 @@ def create_app(engine: DraftEngine, cfg: ServeConfig | None = None) -> FastAPI:
     async def lifespan(app):
         if cfg.upstream:
             headers = {"Authorization": f"Bearer {cfg.upstream_api_key}"} if cfg.upstream_api_key else {}
-            state["upstream"] = httpx.AsyncClient(base_url=cfg.upstream, headers=headers,
-                                                  timeout=httpx.Timeout(30.0, read=None))
+            state["upstream"] = httpx.AsyncClient(
+                base_url=cfg.upstream, headers=headers, timeout=httpx.Timeout(30.0, read=None)
+            )
         yield
         if "upstream" in state:
             await state["upstream"].aclose()
@@ -364,8 +410,10 @@ def create_app(engine: DraftEngine, cfg: ServeConfig | None = None) -> FastAPI:
     async def models():
         if cfg.upstream:
             return await forward("models", None, {})
-        return {"object": "list", "data": [{"id": cfg.model_name, "object": "model", "created": 0,
-                                            "owned_by": "draft-rag"}]}
+        return {
+            "object": "list",
+            "data": [{"id": cfg.model_name, "object": "model", "created": 0, "owned_by": "draft-rag"}],
+        }
 
     async def start(request: Request, **kwargs) -> EngineRun:
         """Wait for the engine, start the generation and decode its first piece (so bad input is a 400)."""
@@ -394,8 +442,12 @@ def create_app(engine: DraftEngine, cfg: ServeConfig | None = None) -> FastAPI:
         reply = _Reply(chat, cfg.model_name)
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return ClosingStream(sse_pieces(run, reply, include_usage), on_close=closer(request, run),
-                                 media_type="text/event-stream", headers={"cache-control": "no-cache"})
+            return ClosingStream(
+                sse_pieces(run, reply, include_usage),
+                on_close=closer(request, run),
+                media_type="text/event-stream",
+                headers={"cache-control": "no-cache"},
+            )
         try:
             parts = [run.first or ""]
             while (piece := await run.next()) is not None:
@@ -410,10 +462,15 @@ def create_app(engine: DraftEngine, cfg: ServeConfig | None = None) -> FastAPI:
         async def close():
             done = run.stream.stats.finish_reason != ""
             run.close()
-            request.state.access = {"mode": "local", "draft_method": run.stream.stats.method,
-                                    "original_tokens": run.stream.stats.original_tokens,
-                                    "prompt_tokens": run.stream.stats.prompt_tokens,
-                                    "completion_tokens": run.stream.stats.new_tokens, "finished": done}
+            request.state.access = {
+                "mode": "local",
+                "draft_method": run.stream.stats.method,
+                "original_tokens": run.stream.stats.original_tokens,
+                "prompt_tokens": run.stream.stats.prompt_tokens,
+                "completion_tokens": run.stream.stats.new_tokens,
+                "finished": done,
+            }
+
         return close
 
     async def sse_pieces(run: EngineRun, reply: _Reply, include_usage: bool):
@@ -443,22 +500,29 @@ def create_app(engine: DraftEngine, cfg: ServeConfig | None = None) -> FastAPI:
         if body.get("max_tokens") is not None or body.get("max_completion_tokens") is not None:
             max_tokens(body, cfg)  # the proxy's own limit; the upstream applies its default when none is given
         if opts["method"] not in ("specpc", "full"):
-            raise ApiError(400, "in proxy mode draft_rag.method must be 'specpc' or 'full' (KV methods need a local "
-                                "target)", "draft_rag.method")
+            raise ApiError(
+                400,
+                "in proxy mode draft_rag.method must be 'specpc' or 'full' (KV methods need a local target)",
+                "draft_rag.method",
+            )
         stats = {"method": opts["method"]}
         if opts["method"] == "specpc":
             await queue.acquire()
             try:
                 cm = await queue.call(
-                    lambda: engine.compress_messages(messages, budget=opts["budget"], ratio=opts["ratio"]))
+                    lambda: engine.compress_messages(messages, budget=opts["budget"], ratio=opts["ratio"])
+                )
             except (ValueError, TypeError) as exc:
                 raise ApiError(400, str(exc)) from None
             finally:
                 queue.release()
             body["messages"], stats = cm.messages, {**stats, **cm.stats}
         body.pop("draft_rag", None)
-        request.state.access = {"mode": "proxy", "draft_method": opts["method"],
-                                **{k: stats.get(k) for k in ("original_tokens", "compressed_tokens")}}
+        request.state.access = {
+            "mode": "proxy",
+            "draft_method": opts["method"],
+            **{k: stats.get(k) for k in ("original_tokens", "compressed_tokens")},
+        }
         return await forward("chat/completions", body, stats)
 
     async def proxy_passthrough(request: Request):
@@ -471,12 +535,19 @@ def create_app(engine: DraftEngine, cfg: ServeConfig | None = None) -> FastAPI:
         try:
             resp = await client.send(req, stream=True)
         except httpx.HTTPError as exc:
-            raise ApiError(502, f"upstream {cfg.upstream} failed: {type(exc).__name__}: {exc}", code="upstream") from None
+            raise ApiError(
+                502, f"upstream {cfg.upstream} failed: {type(exc).__name__}: {exc}", code="upstream"
+            ) from None
         headers = {STATS_HEADER: json.dumps(stats, separators=(",", ":"))} if stats else {}
         media = resp.headers.get("content-type", "application/json")
         if media.startswith("text/event-stream"):
-            return ClosingStream(resp.aiter_bytes(), on_close=resp.aclose, status_code=resp.status_code,
-                                 media_type=media, headers=headers)
+            return ClosingStream(
+                resp.aiter_bytes(),
+                on_close=resp.aclose,
+                status_code=resp.status_code,
+                media_type=media,
+                headers=headers,
+            )
         try:
             content = await resp.aread()
         finally:
@@ -492,6 +563,7 @@ def create_app(engine: DraftEngine, cfg: ServeConfig | None = None) -> FastAPI:
         app.post("/v1/chat/completions", dependencies=auth)(proxy_chat)
         app.post("/v1/completions", dependencies=auth)(proxy_passthrough)
     else:
+
         async def chat_completions(request: Request):
             return await local(request, chat=True)
 

@@ -14,12 +14,13 @@ decoded, the layer attends like a full layer and is compressed like one. Otherwi
 prefill keeps, the last ``sliding_window - 1`` prompt tokens (already bounded), because transformers builds
 its mask from contiguous positions; only the lookahead's entries are removed there.
 """
+
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from transformers import DynamicCache
@@ -39,8 +40,9 @@ log = logging.getLogger(__name__)
 Scorer = Callable[..., torch.Tensor]
 
 
-def attention_scores(query, key, attention_mask, kwargs, n_prompt: int, window: int,
-                     cfg: SpecKVConfig = SpecKVConfig()) -> torch.Tensor:
+def attention_scores(
+    query, key, attention_mask, kwargs, n_prompt: int, window: int, cfg: SpecKVConfig = SpecKVConfig()
+) -> torch.Tensor:
     """Window-query attention to each prompt key, reduced over the GQA group and queries, pooled along keys."""
     n_queries = query.shape[2] - n_prompt + window  # last `window` prompt queries + all lookahead queries
     probs = window_probs(query, key, attention_mask, kwargs, n_queries)[..., : n_prompt - window]
@@ -103,7 +105,9 @@ class _Evictor:
                 self.kept[i] = idx
                 gather = idx[..., None].expand(*idx.shape, layer.keys.shape[-1])
                 keys = torch.gather(layer.keys[:, :, :n], 2, gather)
-                values = torch.gather(layer.values[:, :, :n], 2, idx[..., None].expand(*idx.shape, layer.values.shape[-1]))
+                values = torch.gather(
+                    layer.values[:, :, :n], 2, idx[..., None].expand(*idx.shape, layer.values.shape[-1])
+                )
             if layer.is_sliding:  # the window covers everything: a plain layer with scattered positions
                 layer = self.cache.layers[i] = DynamicLayer()
                 layer.lazy_initialization(keys, values)
@@ -114,8 +118,12 @@ class _Evictor:
 
 def kv_bytes(cache) -> int:
     """Bytes held by a cache's key and value tensors."""
-    return sum(t.numel() * t.element_size() for layer in cache.layers
-               for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if t is not None)
+    return sum(
+        t.numel() * t.element_size()
+        for layer in cache.layers
+        for t in (getattr(layer, "keys", None), getattr(layer, "values", None))
+        if t is not None
+    )
 
 
 def _entries(cache) -> list[int]:
@@ -123,8 +131,16 @@ def _entries(cache) -> list[int]:
 
 
 @torch.no_grad()
-def compressed_prefill(model, prompt_ids: list[int], lookahead_ids: list[int], budget: int, scorer: Scorer, *,
-                       window: int = 32, horizon: int = 1) -> tuple[Prefilled, KVStats]:
+def compressed_prefill(
+    model,
+    prompt_ids: list[int],
+    lookahead_ids: list[int],
+    budget: int,
+    scorer: Scorer,
+    *,
+    window: int = 32,
+    horizon: int = 1,
+) -> tuple[Prefilled, KVStats]:
     """Prefill ``prompt_ids + lookahead_ids``, keeping ``budget`` entries of the prompt before its last token
     per layer and KV head, then feed that last token again over the compressed cache.
 
@@ -154,14 +170,26 @@ def compressed_prefill(model, prompt_ids: list[int], lookahead_ids: list[int], b
         model(input_ids=ids, use_cache=True, logits_to_keep=1, **{ck: cache})
     missing = [i for i, d in enumerate(evictor.done) if not d]
     if missing:
-        raise RuntimeError(f"layers {missing} were not compressed: their attention did not go through draft_rag.attention")
-    out = model(input_ids=torch.tensor([[last]], device=input_device(model)),
-                position_ids=torch.tensor([[n]], device=input_device(model)), use_cache=True, **{ck: cache})
-    per_entry = [(layer.keys.numel() + layer.values.numel()) // max(1, layer.keys.shape[-2]) * layer.keys.element_size()
-                 for layer in cache.layers]
-    stats = KVStats(entries=_entries(cache), kept=evictor.kept, kv_bytes=kv_bytes(cache),
-                    kv_bytes_full=sum(e * f for e, f in zip(per_entry, full_entries)),
-                    seconds={"prefill": time.perf_counter() - t0, "select": evictor.seconds})
+        raise RuntimeError(
+            f"layers {missing} were not compressed: their attention did not go through draft_rag.attention"
+        )
+    out = model(
+        input_ids=torch.tensor([[last]], device=input_device(model)),
+        position_ids=torch.tensor([[n]], device=input_device(model)),
+        use_cache=True,
+        **{ck: cache},
+    )
+    per_entry = [
+        (layer.keys.numel() + layer.values.numel()) // max(1, layer.keys.shape[-2]) * layer.keys.element_size()
+        for layer in cache.layers
+    ]
+    stats = KVStats(
+        entries=_entries(cache),
+        kept=evictor.kept,
+        kv_bytes=kv_bytes(cache),
+        kv_bytes_full=sum(e * f for e, f in zip(per_entry, full_entries)),
+        seconds={"prefill": time.perf_counter() - t0, "select": evictor.seconds},
+    )
     return Prefilled(cache, out.logits[0, -1], n + 1), stats
 
 
@@ -170,8 +198,13 @@ def plain_prefill_stats(model, input_ids: list[int]) -> tuple[Prefilled, KVStats
     t0 = time.perf_counter()
     state = plain_prefill(model, input_ids)
     size = kv_bytes(state.cache)
-    return state, KVStats(entries=_entries(state.cache), kept=[], kv_bytes=size, kv_bytes_full=size,
-                          seconds={"prefill": time.perf_counter() - t0, "select": 0.0})
+    return state, KVStats(
+        entries=_entries(state.cache),
+        kept=[],
+        kv_bytes=size,
+        kv_bytes_full=size,
+        seconds={"prefill": time.perf_counter() - t0, "select": 0.0},
+    )
 
 
 @torch.no_grad()
@@ -188,9 +221,12 @@ def draft_lookahead(model, input_ids: list[int], n_tokens: int, eos_ids: set[int
         out.append(tok)
         if step + 1 == n_tokens:
             break
-        res = model(input_ids=torch.tensor([[tok]], device=input_device(model)),
-                    position_ids=torch.tensor([[len(input_ids) + step]], device=input_device(model)),
-                    use_cache=True, **{ck: state.cache})
+        res = model(
+            input_ids=torch.tensor([[tok]], device=input_device(model)),
+            position_ids=torch.tensor([[len(input_ids) + step]], device=input_device(model)),
+            use_cache=True,
+            **{ck: state.cache},
+        )
         logits = res.logits[0, -1]
     return out
 
@@ -200,7 +236,9 @@ def same_vocabulary(a, b) -> bool:
     return a is b or (type(a) is type(b) and len(a) == len(b) and a.get_vocab() == b.get_vocab())
 
 
-def lookahead_for_target(draft_tokenizer, target_tokenizer, ids: list[int], eos_ids: set[int] = frozenset()) -> list[int]:
+def lookahead_for_target(
+    draft_tokenizer, target_tokenizer, ids: list[int], eos_ids: set[int] = frozenset()
+) -> list[int]:
     """Draft lookahead ids in the target's tokenizer: as ids when the vocabularies match, else as text
     (untrusted: never turned into special tokens). End-of-sequence ids are dropped."""
     ids = [i for i in ids if i not in eos_ids]

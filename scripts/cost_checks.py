@@ -13,6 +13,7 @@ tensors of the layer's shape: the share of the prefill that a sparse prefill cou
 ``overhead``: SpecPC's scoring pass (``draft_scores``, default config) against a plain draft forward of the same
 prompt, interleaved in one process; wall and CPU seconds (CPU seconds are steadier on a loaded machine).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -99,9 +100,11 @@ def check_lookahead(args) -> None:
         with torch.no_grad():
             ref = lm.model.generate(x, max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False)
         times["model.generate"].append(time.perf_counter() - t0)
-    same = ours == ref[0, len(ids):].tolist()
-    print(f"{len(ids)} prompt tokens, {args.tokens} new tokens, torch_threads={torch.get_num_threads()}, "
-          f"medians of {args.repeats}, same tokens: {same}")
+    same = ours == ref[0, len(ids) :].tolist()
+    print(
+        f"{len(ids)} prompt tokens, {args.tokens} new tokens, torch_threads={torch.get_num_threads()}, "
+        f"medians of {args.repeats}, same tokens: {same}"
+    )
     for name, t in times.items():
         print(f"{name}: {statistics.median(t[1:]):.2f} s")
 
@@ -113,8 +116,10 @@ def check_overhead(args) -> None:
     lm = load_model(args.draft)
     print(f"torch_threads={torch.get_num_threads()}, medians of {args.repeats} interleaved (after one warm-up each)")
     print("| tokens | plain forward s (CPU s) | scoring pass s (CPU s) | overhead wall (CPU) |\n|---|---|---|---|")
-    runs = {"plain": lambda ids: lm.model(input_ids=torch.tensor([ids]), logits_to_keep=1),
-            "score": lambda ids: draft_scores(lm.model, ids, SpecPCConfig())}
+    runs = {
+        "plain": lambda ids: lm.model(input_ids=torch.tensor([ids]), logits_to_keep=1),
+        "score": lambda ids: draft_scores(lm.model, ids, SpecPCConfig()),
+    }
     for length in args.lengths:
         ids = _prompt_ids(lm, length)
         times: dict = {k: [] for k in runs}
@@ -125,8 +130,10 @@ def check_overhead(args) -> None:
                     fn(ids)
                 times[name].append((time.perf_counter() - t, time.process_time() - c))
         (pw, pc), (sw, sc) = ([statistics.median(x[i] for x in times[k][1:]) for i in (0, 1)] for k in runs)
-        print(f"| {len(ids)} | {pw:.2f} ({pc:.2f}) | {sw:.2f} ({sc:.2f}) | {sw / pw - 1:+.1%} ({sc / pc - 1:+.1%}) |",
-              flush=True)
+        print(
+            f"| {len(ids)} | {pw:.2f} ({pc:.2f}) | {sw:.2f} ({sc:.2f}) | {sw / pw - 1:+.1%} ({sc / pc - 1:+.1%}) |",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -143,8 +150,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    {"scaling": check_scaling, "attention": check_attention, "lookahead": check_lookahead,
-     "overhead": check_overhead}[args.check](args)
+    {"scaling": check_scaling, "attention": check_attention, "lookahead": check_lookahead, "overhead": check_overhead}[
+        args.check
+    ](args)
 
 
 if __name__ == "__main__":

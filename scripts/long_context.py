@@ -9,6 +9,7 @@ Prints a markdown table per length (draft seconds, blocks, peak memory, needle k
 ``--pass-cost 1024 2048 4096 8192`` instead times one plain draft pass (no blocks) per length, interleaved
 over ``--repeats``: the cost per token of one pass is what the default block size was chosen from.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,10 +18,44 @@ import statistics
 import time
 from pathlib import Path
 
-MODULES = ("bisect", "heapq", "textwrap", "json", "shutil", "functools", "secrets", "statistics", "zlib", "base64",
-           "difflib", "fnmatch", "glob", "colorsys", "calendar", "string", "random", "itertools", "collections",
-           "pathlib", "datetime", "typing", "argparse", "logging", "subprocess", "threading", "socket", "csv",
-           "decimal", "fractions", "enum", "dataclasses", "contextlib", "inspect", "tempfile", "uuid")
+MODULES = (
+    "bisect",
+    "heapq",
+    "textwrap",
+    "json",
+    "shutil",
+    "functools",
+    "secrets",
+    "statistics",
+    "zlib",
+    "base64",
+    "difflib",
+    "fnmatch",
+    "glob",
+    "colorsys",
+    "calendar",
+    "string",
+    "random",
+    "itertools",
+    "collections",
+    "pathlib",
+    "datetime",
+    "typing",
+    "argparse",
+    "logging",
+    "subprocess",
+    "threading",
+    "socket",
+    "csv",
+    "decimal",
+    "fractions",
+    "enum",
+    "dataclasses",
+    "contextlib",
+    "inspect",
+    "tempfile",
+    "uuid",
+)
 NEEDLE = "The secret code for the blue door is 7319465."
 QUESTION = "What is the secret code for the blue door mentioned in the text above?"
 ANSWER = "7319465"
@@ -75,10 +110,16 @@ def pass_cost(args) -> None:
             t0, c0 = time.perf_counter(), time.process_time()
             draft_scores(lm.model, ids[:n], cfg)
             times[n].append(time.process_time() - c0)
-            print(json.dumps({"tokens": n, "seconds": round(time.perf_counter() - t0, 2),
-                              "cpu_seconds": round(times[n][-1], 2)}), flush=True)
-    print(f"\ntorch threads {torch.get_num_threads()}\n| tokens per pass | CPU seconds (median) | CPU ms per token |\n"
-          "|---|---|---|")
+            print(
+                json.dumps(
+                    {"tokens": n, "seconds": round(time.perf_counter() - t0, 2), "cpu_seconds": round(times[n][-1], 2)}
+                ),
+                flush=True,
+            )
+    print(
+        f"\ntorch threads {torch.get_num_threads()}\n| tokens per pass | CPU seconds (median) | CPU ms per token |\n"
+        "|---|---|---|"
+    )
     for n, ts in times.items():
         print(f"| {n} | {statistics.median(ts):.1f} | {statistics.median(ts) / n * 1000:.1f} |")
 
@@ -87,8 +128,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384, 32768, 65536])
     p.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9])
-    p.add_argument("--max-depths", type=str, nargs="*", default=[],
-                   help="LENGTH=K: at this length run only K depths (spread over --depths), to save time")
+    p.add_argument(
+        "--max-depths",
+        type=str,
+        nargs="*",
+        default=[],
+        help="LENGTH=K: at this length run only K depths (spread over --depths), to save time",
+    )
     p.add_argument("--budget", type=int, default=1024)
     p.add_argument("--block-size", type=int, default=None)
     p.add_argument("--draft", default="smollm2-135m-instruct")
@@ -107,29 +153,44 @@ def main() -> None:
 
     limits = {int(k): int(v) for k, v in (x.split("=") for x in args.max_depths)}
     rows = []
-    print(f"draft {args.draft}, window {engine.draft_window}, block size {engine.block_size}, "
-          f"torch threads {torch.get_num_threads()}, budget {args.budget}", flush=True)
+    print(
+        f"draft {args.draft}, window {engine.draft_window}, block size {engine.block_size}, "
+        f"torch threads {torch.get_num_threads()}, budget {args.budget}",
+        flush=True,
+    )
     for length in args.lengths:
         lines = haystack_lines(engine.draft.tokenizer, length)
         depths = args.depths
         if length in limits and limits[length] < len(depths):
             k = limits[length]
-            depths = [depths[len(depths) // 2]] if k == 1 else [
-                depths[round(i * (len(depths) - 1) / (k - 1))] for i in range(k)]
+            depths = (
+                [depths[len(depths) // 2]]
+                if k == 1
+                else [depths[round(i * (len(depths) - 1) / (k - 1))] for i in range(k)]
+            )
         for depth in depths:
             _reset_peak()
             t0, c0 = time.perf_counter(), time.process_time()
             cp = engine.compress(prompt_at(lines, depth), question=QUESTION, budget=args.budget)
-            row = {"length": length, "depth": depth, "draft_tokens": cp.draft_original_tokens,
-                   "draft_seconds": round(cp.seconds["draft"], 2), "total_seconds": round(time.perf_counter() - t0, 2),
-                   "cpu_seconds": round(time.process_time() - c0, 2),
-                   "blocks": cp.draft_blocks, "kept": cp.draft_kept_tokens, "needle_kept": ANSWER in cp.text,
-                   "peak_rss_mib": round(_rss_peak_mib())}
+            row = {
+                "length": length,
+                "depth": depth,
+                "draft_tokens": cp.draft_original_tokens,
+                "draft_seconds": round(cp.seconds["draft"], 2),
+                "total_seconds": round(time.perf_counter() - t0, 2),
+                "cpu_seconds": round(time.process_time() - c0, 2),
+                "blocks": cp.draft_blocks,
+                "kept": cp.draft_kept_tokens,
+                "needle_kept": ANSWER in cp.text,
+                "peak_rss_mib": round(_rss_peak_mib()),
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
     Path(args.json).write_text(json.dumps({"threads": torch.get_num_threads(), "rows": rows}, indent=1))
-    print("\n| prompt tokens | blocks | CPU seconds (median) | CPU s per 1k tokens | wall seconds | peak RSS MiB "
-          "| needle kept at depth |")
+    print(
+        "\n| prompt tokens | blocks | CPU seconds (median) | CPU s per 1k tokens | wall seconds | peak RSS MiB "
+        "| needle kept at depth |"
+    )
     print("|---|---|---|---|---|---|---|")
     for length in args.lengths:
         rs = [r for r in rows if r["length"] == length]
@@ -137,8 +198,10 @@ def main() -> None:
         wall = statistics.median(r["total_seconds"] for r in rs)
         toks = statistics.median(r["draft_tokens"] for r in rs)
         kept = " ".join(f"{r['depth']:.0%}:{'yes' if r['needle_kept'] else 'NO'}" for r in rs)
-        print(f"| {toks:,.0f} | {rs[0]['blocks']} | {cpu:.1f} | {cpu / toks * 1000:.2f} | {wall:.0f} | "
-              f"{max(r['peak_rss_mib'] for r in rs):,} | {kept} |")
+        print(
+            f"| {toks:,.0f} | {rs[0]['blocks']} | {cpu:.1f} | {cpu / toks * 1000:.2f} | {wall:.0f} | "
+            f"{max(r['peak_rss_mib'] for r in rs):,} | {kept} |"
+        )
 
 
 if __name__ == "__main__":

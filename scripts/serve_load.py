@@ -8,6 +8,7 @@ re-raises the signal: exit code -15). Prints one JSON object; exits 1 if a reque
 
     python scripts/serve_load.py --target smollm2-135m-instruct --clients 32 --seconds 45 --rounds 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,20 @@ def free_port() -> int:
 
 
 def start_server(args, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "draft_rag.cli", "serve", "--target", args.target, "--port", str(port),
-           "--max-queue", str(args.max_queue), "--queue-timeout", str(args.queue_timeout)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "draft_rag.cli",
+        "serve",
+        "--target",
+        args.target,
+        "--port",
+        str(port),
+        "--max-queue",
+        str(args.max_queue),
+        "--queue-timeout",
+        str(args.queue_timeout),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -118,9 +131,13 @@ def main() -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     text = FILLER * (args.filler // 2) + NEEDLE + FILLER * (args.filler - args.filler // 2)
-    body = {"model": "draft-rag", "stream": True, "max_tokens": args.max_tokens,
-            "messages": [{"role": "user", "content": text + QUESTION}],
-            "draft_rag": {"method": "specpc", "ratio": args.ratio}}
+    body = {
+        "model": "draft-rag",
+        "stream": True,
+        "max_tokens": args.max_tokens,
+        "messages": [{"role": "user", "content": text + QUESTION}],
+        "draft_rag": {"method": "specpc", "ratio": args.ratio},
+    }
     proc = start_server(args, port)
     try:
         warm = asyncio.run(load(url, body, clients=2, seconds=3))  # first requests allocate the steady state
@@ -156,15 +173,37 @@ def main() -> int:
     def med(xs):
         return round(statistics.median(xs), 3) if xs else None
 
-    print(json.dumps({
-        "target": args.target, "clients": args.clients, "backoff_s": args.backoff, "seconds_per_round": args.seconds, "rounds": args.rounds, "wall_s": round(wall, 1), "threads": args.threads,
-        "max_queue": args.max_queue, "requests": total, "answered": res["ok"], "refused_429": res["429"],
-        "refused_503": res["503"], "lost": res["lost"], "lost_detail": res["lost_detail"][:5], "warmup_answered": warm["ok"],
-        "median_ttft_s": med(res["ttft"]), "median_latency_s": med(res["latency"]),
-        "median_engine_s": med(res["engine"]),
-        "rss_baseline_mib": round(baseline, 1), "rss_peak_mib": round(peak, 1), "rss_after_each_round_mib": after,
-        "queued_after": queued, "sigterm_exit_code": code, "load_average": [round(x, 1) for x in os.getloadavg()]},
-        indent=1))
+    print(
+        json.dumps(
+            {
+                "target": args.target,
+                "clients": args.clients,
+                "backoff_s": args.backoff,
+                "seconds_per_round": args.seconds,
+                "rounds": args.rounds,
+                "wall_s": round(wall, 1),
+                "threads": args.threads,
+                "max_queue": args.max_queue,
+                "requests": total,
+                "answered": res["ok"],
+                "refused_429": res["429"],
+                "refused_503": res["503"],
+                "lost": res["lost"],
+                "lost_detail": res["lost_detail"][:5],
+                "warmup_answered": warm["ok"],
+                "median_ttft_s": med(res["ttft"]),
+                "median_latency_s": med(res["latency"]),
+                "median_engine_s": med(res["engine"]),
+                "rss_baseline_mib": round(baseline, 1),
+                "rss_peak_mib": round(peak, 1),
+                "rss_after_each_round_mib": after,
+                "queued_after": queued,
+                "sigterm_exit_code": code,
+                "load_average": [round(x, 1) for x in os.getloadavg()],
+            },
+            indent=1,
+        )
+    )
     return 0 if res["lost"] == 0 and queued == 0 and code in (0, -signal.SIGTERM) else 1
 
 

@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny trained tokenizer, tiny random-weight decoders, and the real SmolLM2 (slow)."""
+
 from __future__ import annotations
 
 import functools
@@ -8,14 +9,18 @@ import pytest
 import torch
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<bos>"]
-CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-CORPUS = ("The quick brown fox jumps over the lazy dog. The special magic number for ocean is 4728163. "
-          "What is the special magic number mentioned in the provided text? Answer the question. "
-          "Grass is green, the sky is blue, the sun is yellow. Here we go, there and back again. ") * 20
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CORPUS = (
+    "The quick brown fox jumps over the lazy dog. The special magic number for ocean is 4728163. "
+    "What is the special magic number mentioned in the provided text? Answer the question. "
+    "Grass is green, the sky is blue, the sun is yellow. Here we go, there and back again. "
+) * 20
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_tokenizer():
     """A byte-level BPE trained in memory (no downloads) with chat special tokens and a chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -24,11 +29,17 @@ def tiny_tokenizer():
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator([CORPUS], trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   bos_token="<bos>", unk_token="<|endoftext|>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token="<bos>",
+        unk_token="<|endoftext|>",
+    )
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
@@ -36,22 +47,41 @@ def tiny_tokenizer():
 def tiny_config(arch: str, **overrides):
     import transformers as tf
 
-    common = dict(vocab_size=len(tiny_tokenizer()), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                  eos_token_id=tiny_tokenizer().eos_token_id, pad_token_id=tiny_tokenizer().pad_token_id,
-                  bos_token_id=tiny_tokenizer().bos_token_id)
-    classes = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config, "qwen3": tf.Qwen3Config,
-               "mistral": tf.MistralConfig, "gemma3": tf.Gemma3TextConfig}
-    extra = {"qwen3": dict(head_dim=16), "gemma3": dict(head_dim=16, sliding_window=32, query_pre_attn_scalar=16,
-                                                         layer_types=["sliding_attention", "full_attention",
-                                                                      "sliding_attention"])}
+    common = dict(
+        vocab_size=len(tiny_tokenizer()),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        eos_token_id=tiny_tokenizer().eos_token_id,
+        pad_token_id=tiny_tokenizer().pad_token_id,
+        bos_token_id=tiny_tokenizer().bos_token_id,
+    )
+    classes = {
+        "llama": tf.LlamaConfig,
+        "qwen2": tf.Qwen2Config,
+        "qwen3": tf.Qwen3Config,
+        "mistral": tf.MistralConfig,
+        "gemma3": tf.Gemma3TextConfig,
+    }
+    extra = {
+        "qwen3": dict(head_dim=16),
+        "gemma3": dict(
+            head_dim=16,
+            sliding_window=32,
+            query_pre_attn_scalar=16,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        ),
+    }
     return classes[arch](**{**common, **extra.get(arch, {}), **overrides})
 
 
 ARCHS = ["llama", "qwen2", "qwen3", "mistral", "gemma3"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_model(arch: str = "llama", attn: str = "sdpa"):
     """Deterministic random-weight model; returns a ``LoadedModel``."""
     from transformers import AutoModelForCausalLM

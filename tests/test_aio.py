@@ -1,4 +1,6 @@
-"""draft_rag.aio.iterate_in_thread: errors reach the consumer, early stops close the iterator, closed loops are left alone."""
+"""draft_rag.aio.iterate_in_thread: errors reach the consumer, early stops close the iterator, closed loops are
+left alone."""
+
 from __future__ import annotations
 
 import asyncio
@@ -88,9 +90,9 @@ def test_loop_closed_while_worker_runs(thread_errors):
 
 
 def test_adapter_ainvoke_that_raises_leaves_no_thread_error(thread_errors):
+    from conftest import tiny_model
     from langchain_core.messages import HumanMessage
 
-    from conftest import tiny_model
     from langchain_draft_rag import ChatDraftCompressed
 
     chat = ChatDraftCompressed(target=tiny_model("llama"), max_tokens=2)

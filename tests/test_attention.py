@@ -1,10 +1,11 @@
 """Window-attention capture: same probabilities as the model's own eager attention, outputs unchanged."""
+
 import copy
 
 import pytest
 import torch
-
 from conftest import ARCHS, tiny_model
+
 from draft_rag.attention import PREFIX, attach, observe, window_probs
 
 W = 6

@@ -1,11 +1,12 @@
 """draft_rag.bench: RULER data and metric, task generators, runner, grid, report and CLI (tiny models)."""
+
 import json
 import tempfile
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny_model, tiny_tokenizer
+
 from draft_rag import DraftEngine, SpecPCConfig
 from draft_rag.bench import evaluate, load_jsonl, score_all, split_input, string_match_all
 from draft_rag.bench.data import parse_record
@@ -15,10 +16,15 @@ from draft_rag.bench.tasks import LEGACY_TASKS, generate, retrieval_qa, stdlib_p
 from draft_rag.cli import main
 from draft_rag.prompt import count_tokens
 
-RULER_LINE = {"index": 0, "input": "A special magic number is hidden within the following text.\n"
-              "The grass is green.\nOne of the special magic numbers for calm-river is: 1234567.\n"
-              "What is the special magic number for calm-river mentioned in the provided text?",
-              "outputs": ["1234567"], "answer_prefix": " The special magic number for calm-river is", "length": 60}
+RULER_LINE = {
+    "index": 0,
+    "input": "A special magic number is hidden within the following text.\n"
+    "The grass is green.\nOne of the special magic numbers for calm-river is: 1234567.\n"
+    "What is the special magic number for calm-river mentioned in the provided text?",
+    "outputs": ["1234567"],
+    "answer_prefix": " The special magic number for calm-river is",
+    "length": 60,
+}
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +110,17 @@ def test_evaluate_full_and_specpc_on_a_tiny_model(tiny_engine):
     pc = evaluate(tiny_engine, recs, "specpc", ratio=0.5, max_new_tokens=4, progress=False)
     assert pc.avg_kept_tokens < 0.7 * pc.avg_input_tokens and pc.avg_input_tokens == full.avg_input_tokens
     assert pc.kv_bytes < full.kv_bytes and pc.seconds["draft"] > 0
-    assert set(pc.to_dict()) == {"method", "budget", "ratio", "n", "score", "avg_input_tokens", "avg_kept_tokens",
-                                 "seconds", "kv_bytes"}
+    assert set(pc.to_dict()) == {
+        "method",
+        "budget",
+        "ratio",
+        "n",
+        "score",
+        "avg_input_tokens",
+        "avg_kept_tokens",
+        "seconds",
+        "kv_bytes",
+    }
     with pytest.raises(ValueError, match="method must be one of"):
         evaluate(tiny_engine, recs, "nope", progress=False)
     with pytest.raises(ValueError, match="LLMLinguaClient"):
@@ -120,16 +135,35 @@ def test_evaluate_kv_method_reports_kept_entries(tiny_engine):
 
 def test_grid_reuses_cells_and_writes_report(tiny_dir, tmp_path):
     pair = Pair("tiny", tiny_dir, tiny_dir)
-    data = run_grid([pair], ["niah_single"], [200], 2, ["full", "snapkv"], kv_budgets=[64], out_dir=tmp_path,
-                    max_new_tokens=3, progress=False)
+    data = run_grid(
+        [pair],
+        ["niah_single"],
+        [200],
+        2,
+        ["full", "snapkv"],
+        kv_budgets=[64],
+        out_dir=tmp_path,
+        max_new_tokens=3,
+        progress=False,
+    )
     assert [(c["method"], c["budget"]) for c in data["results"]] == [("full", None), ("snapkv", 64)]
     stamp = [c["date"] for c in data["results"]]
-    again = run_grid([pair], ["niah_single"], [200], 2, ["full", "snapkv"], kv_budgets=[64, 32], out_dir=tmp_path,
-                     max_new_tokens=3, progress=False)
+    again = run_grid(
+        [pair],
+        ["niah_single"],
+        [200],
+        2,
+        ["full", "snapkv"],
+        kv_budgets=[64, 32],
+        out_dir=tmp_path,
+        max_new_tokens=3,
+        progress=False,
+    )
     assert [c["date"] for c in again["results"][:2]] == stamp and again["results"][2]["budget"] == 32
     assert load_results(tmp_path / "results.json") == again
-    assert (tmp_path / "data" / f"niah_single_200_{tmp_path.name and 'tiny-bench'}0.jsonl").exists() or \
-        list((tmp_path / "data").glob("niah_single_200_*.jsonl"))
+    assert (tmp_path / "data" / f"niah_single_200_{tmp_path.name and 'tiny-bench'}0.jsonl").exists() or list(
+        (tmp_path / "data").glob("niah_single_200_*.jsonl")
+    )
     paths = write_report(again, tmp_path)
     md = paths["markdown"].read_text()
     assert "| full |" in md and "snapkv @32" in md and "snapkv @64" in md
@@ -137,9 +171,20 @@ def test_grid_reuses_cells_and_writes_report(tiny_dir, tmp_path):
 
 
 def test_report_tables_from_cells():
-    cell = dict(pair="p", task="t", length=100, n=2, method="specpc", budget=None, ratio=0.25, score=50.0,
-                avg_input_tokens=100.0, avg_kept_tokens=25.0, seconds={"draft": 1.0, "target": 2.0, "total": 3.0},
-                kv_bytes=2 ** 20)
+    cell = dict(
+        pair="p",
+        task="t",
+        length=100,
+        n=2,
+        method="specpc",
+        budget=None,
+        ratio=0.25,
+        score=50.0,
+        avg_input_tokens=100.0,
+        avg_kept_tokens=25.0,
+        seconds={"draft": 1.0, "target": 2.0, "total": 3.0},
+        kv_bytes=2**20,
+    )
     table = grid_table([cell, {**cell, "method": "full", "ratio": None, "score": 100.0, "avg_kept_tokens": 100.0}])
     assert table.index("| full |") < table.index("| specpc @25% |") and "| 25 / 100 |" in table
     assert "| 1.0 |" in table  # KV MiB
@@ -158,8 +203,26 @@ def test_cli_eval_json_and_errors(tiny_dir, tmp_path, capsys, caplog):
     data = tmp_path / "d.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in generate("niah_single", tiny_tokenizer(), 400, 2)) + "\n")
     out = tmp_path / "r.json"
-    assert main(["eval", "--data", str(data), "--method", "full", "--target", tiny_dir, "--limit", "1",
-                 "--max-new-tokens", "3", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--data",
+                str(data),
+                "--method",
+                "full",
+                "--target",
+                tiny_dir,
+                "--limit",
+                "1",
+                "--max-new-tokens",
+                "3",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["n"] == 1 and summary["method"] == "full" and set(summary["seconds"]) == {"draft", "target", "total"}
     full = json.loads(out.read_text())
@@ -176,8 +239,10 @@ def test_merge_results_keeps_existing_cells(tmp_path):
 
     cell = dict(pair="p", task="t", length=1, n=1, seed=1, method="full", budget=None, ratio=None, score=1.0)
     save_results({"results": [cell], "chunks": []}, tmp_path / "a" / "results.json")
-    save_results({"results": [{**cell, "score": 2.0}, {**cell, "method": "x"}], "chunks": [{"ranker": "bm25"}]},
-                 tmp_path / "b.json")
+    save_results(
+        {"results": [{**cell, "score": 2.0}, {**cell, "method": "x"}], "chunks": [{"ranker": "bm25"}]},
+        tmp_path / "b.json",
+    )
     data = merge_results(tmp_path / "a" / "results.json", [tmp_path / "b.json"])
     assert [(c["method"], c["score"]) for c in data["results"]] == [("full", 1.0), ("x", 1.0)]
     assert data["chunks"] == [{"ranker": "bm25"}]
@@ -192,6 +257,7 @@ def test_draft_overhead_times_both_passes(tiny_engine):
     row = draft_overhead(tiny_engine, recs, ratio=0.5, repeats=1)
     assert row["n"] == 1 and row["plain_forward_s"] > 0 and row["specpc_draft_s"] > 0
     assert row["overhead_pct"] == pytest.approx(100 * (row["specpc_draft_s"] / row["plain_forward_s"] - 1))
-    md = write_report({"results": [], "chunks": [], "overhead": [{**row, "pair": "p", "length": 500}]},
-                      Path(tempfile.mkdtemp()))["markdown"].read_text()
+    md = write_report(
+        {"results": [], "chunks": [], "overhead": [{**row, "pair": "p", "length": 500}]}, Path(tempfile.mkdtemp())
+    )["markdown"].read_text()
     assert "| p | 500 | 1 |" in md

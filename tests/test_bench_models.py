@@ -1,9 +1,10 @@
 """Bench parts that need real models or the LongLLMLingua side environment (slow)."""
+
 import json
 
 import pytest
-
 from conftest import tiny_model
+
 from draft_rag import DraftEngine, SpecPCConfig
 from draft_rag.bench import evaluate
 from draft_rag.bench.chunks import make_queries, run_chunk_bench
@@ -32,8 +33,9 @@ def test_chunk_bench_rankers_on_tiny_engine():
     engine = DraftEngine(target=tiny_model("llama"), specpc=SpecPCConfig(starting_layer_index=0))
     queries = make_queries(2, k=4, seed=5)
     assert all(sum(c["id"] == q["gold"] for c in q["chunks"]) == 1 for q in queries)
-    rows = run_chunk_bench(engine, queries, rankers=("draft", "bm25"), keeps=(1 / 2, 1 / 4), max_new_tokens=2,
-                           progress=False)
+    rows = run_chunk_bench(
+        engine, queries, rankers=("draft", "bm25"), keeps=(1 / 2, 1 / 4), max_new_tokens=2, progress=False
+    )
     assert [(r["ranker"], r["keep"]) for r in rows] == [("draft", 0.5), ("draft", 0.25), ("bm25", 0.5), ("bm25", 0.25)]
     assert all(0 <= r["recall"] <= 100 and 0 <= r["score"] <= 100 and r["n"] == 2 for r in rows)
     assert rows[2]["recall"] >= rows[3]["recall"]  # keeping more chunks never loses the gold one
@@ -44,8 +46,9 @@ def test_chunk_bench_rankers_on_tiny_engine():
 @pytest.mark.slow
 def test_minilm_ranker_finds_gold_chunks():
     engine = DraftEngine(target=tiny_model("llama"))
-    rows = run_chunk_bench(engine, make_queries(4, k=4, seed=2), rankers=("minilm",), keeps=(1 / 2,), answer=False,
-                           progress=False)
+    rows = run_chunk_bench(
+        engine, make_queries(4, k=4, seed=2), rankers=("minilm",), keeps=(1 / 2,), answer=False, progress=False
+    )
     assert rows[0]["recall"] >= 50 and rows[0]["score"] is None
 
 
@@ -60,14 +63,20 @@ def test_real_smollm_full_and_specpc_on_needles(smollm):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (env_dir() / ".draft-rag-ready").exists(),
-                    reason="LongLLMLingua side env not created (python -m draft_rag.bench.llmlingua)")
+@pytest.mark.skipif(
+    not (env_dir() / ".draft-rag-ready").exists(),
+    reason="LongLLMLingua side env not created (python -m draft_rag.bench.llmlingua)",
+)
 def test_real_llmlingua_worker_compresses_and_ranks(tiny_dir):
     from conftest import tiny_tokenizer
+
     from draft_rag.bench.llmlingua import LLMLinguaClient
 
-    docs = ["The grass is green. The sky is blue. " * 3, "The special magic number for ocean is 4728163.",
-            "Here we go. There and back again. " * 3]
+    docs = [
+        "The grass is green. The sky is blue. " * 3,
+        "The special magic number for ocean is 4728163.",
+        "Here we go. There and back again. " * 3,
+    ]
     with LLMLinguaClient(str(tiny_dir), tiny_tokenizer()) as client:
         scores = client.rank(docs, "What is the special magic number for ocean?")
         assert sorted(scores) == [1.0, 2.0, 3.0]

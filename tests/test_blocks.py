@@ -1,4 +1,5 @@
 """Long prompts: block scoring past the draft's window, and the context-window checks for draft and target."""
+
 from __future__ import annotations
 
 import functools
@@ -28,8 +29,9 @@ def short_window_model(arch: str = "llama") -> LoadedModel:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(tiny_config(arch, max_position_embeddings=WINDOW),
-                                             attn_implementation="sdpa", dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_config(
+        tiny_config(arch, max_position_embeddings=WINDOW), attn_implementation="sdpa", dtype=torch.float32
+    ).eval()
     return LoadedModel(model, tiny_tokenizer(), f"tiny-{arch}-window{WINDOW}")
 
 
@@ -46,6 +48,7 @@ def counting(calls: list):
         assert len(ids) + cfg.lookahead_tokens <= WINDOW, "a draft pass ran past the window"
         calls.append(list(ids))
         return draft_scores(model, ids, cfg, eos)
+
     return score
 
 
@@ -62,8 +65,10 @@ def test_prompt_past_the_window_is_scored_in_blocks(arch, monkeypatch):
     scores = np.array([s for _, _, s in cp.token_scores])
     assert np.isfinite(scores).all()
     # every block was scored: each draft-token stretch of context has non-zero scores
-    assert all(any(s > 0 for a, b, s in cp.token_scores if lo <= a < hi)
-               for lo, hi in _char_blocks(cp.original_text, len(calls)))
+    assert all(
+        any(s > 0 for a, b, s in cp.token_scores if lo <= a < hi)
+        for lo, hi in _char_blocks(cp.original_text, len(calls))
+    )
     assert all(call[-12:] == calls[0][-12:] for call in calls)  # every pass ends with the question
 
 
@@ -85,9 +90,10 @@ def test_block_scores_are_those_of_a_pass_over_head_block_and_tail():
     assert k == len(parts) and parts[0][0] == head and parts[-1][1] == len(tok.ids) - tail
     assert max(hi - lo for lo, hi in parts) - min(hi - lo for lo, hi in parts) <= 1  # comparable blocks
     lo, hi = parts[1]
-    one = draft_scores(lm.model, tok.ids[:head] + tok.ids[lo:hi] + tok.ids[len(tok.ids) - tail:],
-                       CFG.replace(lookahead_tokens=0)).scores
-    torch.testing.assert_close(dp.scores[lo:hi], one[head: head + hi - lo])
+    one = draft_scores(
+        lm.model, tok.ids[:head] + tok.ids[lo:hi] + tok.ids[len(tok.ids) - tail :], CFG.replace(lookahead_tokens=0)
+    ).scores
+    torch.testing.assert_close(dp.scores[lo:hi], one[head : head + hi - lo])
     assert (dp.scores[lo:hi] > 0).all()
 
 
@@ -123,7 +129,7 @@ def test_score_chunks_past_the_window(monkeypatch):
     monkeypatch.setattr(blocks_mod, "draft_scores", counting(calls))
     engine = DraftEngine(draft=short_window_model(), specpc=CFG)
     text = real_text()
-    chunks = [text[i: i + 300] for i in range(0, len(text), 300)]
+    chunks = [text[i : i + 300] for i in range(0, len(text), 300)]
     scores = engine.score_chunks(chunks, question=QUESTION)
     assert len(calls) >= 3 and len(scores) == len(chunks) and all(np.isfinite(scores)) and min(scores) > 0
 
@@ -143,6 +149,7 @@ def test_threads_are_checked_and_set():
 def _forbid_forward(monkeypatch, lm):
     def boom(*a, **k):
         raise AssertionError("the model ran")
+
     monkeypatch.setattr(lm.model, "forward", boom)
 
 
@@ -202,8 +209,11 @@ def test_speckv_holds_one_full_layer_at_a_time_at_16k(monkeypatch):
     from draft_rag.config import SpecKVConfig
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(tiny_config("llama", max_position_embeddings=32768, num_hidden_layers=4),
-                                             attn_implementation="sdpa", dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_config(
+        tiny_config("llama", max_position_embeddings=32768, num_hidden_layers=4),
+        attn_implementation="sdpa",
+        dtype=torch.float32,
+    ).eval()
     caches, totals = [], []
 
     class Recording(DynamicCache):
@@ -224,8 +234,9 @@ def test_speckv_holds_one_full_layer_at_a_time_at_16k(monkeypatch):
     monkeypatch.setattr(speckv, "DynamicCache", Recording)
     n, look, budget = 16384, 8, 256
     ids = torch.randint(10, 300, (n,)).tolist()
-    _, kv = speckv.compressed_prefill(model, ids, list(range(10, 10 + look)), budget, recording_scorer, window=32,
-                                      horizon=look)
+    _, kv = speckv.compressed_prefill(
+        model, ids, list(range(10, 10 + look)), budget, recording_scorer, window=32, horizon=look
+    )
     assert len(totals) == 4 and kv.entries == [budget + 1] * 4  # + the last prompt token, fed again
     assert totals == [(n + look) + i * budget for i in range(4)]  # one full layer + the compressed ones
 
@@ -237,8 +248,8 @@ def _draft_tokens(text: str) -> int:
 
 def test_langchain_wrapped_chat_model_fits_its_window():
     from langchain_core.messages import HumanMessage
-    from langchain_draft_rag import ChatDraftCompressed
 
+    from langchain_draft_rag import ChatDraftCompressed
     from tests.test_langchain_chat import Recorder
 
     msgs = [HumanMessage("Context:\n" + real_text() * 3), HumanMessage(QUESTION)]  # labelled: all of it context
@@ -256,6 +267,7 @@ def test_langchain_wrapped_chat_model_fits_its_window():
 
 def test_langchain_local_target_accepts_budget_auto():
     from langchain_core.messages import HumanMessage
+
     from langchain_draft_rag import ChatDraftCompressed
 
     chat = ChatDraftCompressed(target=short_window_model(), specpc=CFG, budget="auto", max_tokens=8)
@@ -266,11 +278,13 @@ def test_langchain_local_target_accepts_budget_auto():
 
 def test_llamaindex_wrapped_llm_fits_its_window():
     from llama_index.core.llms import MockLLM
+
     from llama_index.llms.draft_rag import DraftCompressedLLM
 
     for budget in (None, "auto"):
-        llm = DraftCompressedLLM(llm=MockLLM(), draft=short_window_model(), specpc=CFG, budget=budget,
-                                 context_window=150)
+        llm = DraftCompressedLLM(
+            llm=MockLLM(), draft=short_window_model(), specpc=CFG, budget=budget, context_window=150
+        )
         sent = llm.complete(real_text()).text  # MockLLM echoes its prompt
         assert 100 < _draft_tokens(sent) <= 150
     with pytest.raises(ValueError, match="auto"):
@@ -280,8 +294,9 @@ def test_llamaindex_wrapped_llm_fits_its_window():
 def test_cli_parses_threads_budget_auto_and_block_size():
     from draft_rag.cli import build_parser
 
-    args = build_parser().parse_args(["--threads", "1", "compress", "f.txt", "--budget", "auto", "--context-window",
-                                      "4000", "--block-size", "1024"])
+    args = build_parser().parse_args(
+        ["--threads", "1", "compress", "f.txt", "--budget", "auto", "--context-window", "4000", "--block-size", "1024"]
+    )
     assert (args.threads, args.budget, args.context_window, args.block_size) == (1, "auto", 4000, 1024)
     args = build_parser().parse_args(["generate", "f.txt", "--threads", "2"])
     assert args.threads == 2 and args.budget is None

@@ -1,6 +1,7 @@
 """Every RAG prompt shape LangChain users write, with the real SmolLM2 draft: local and wrapped, sync, async and
 streaming. The retrieved context is compressed (ratio=0.25: at most ~40% reaches the model), the question,
 instructions and chat structure arrive verbatim, the needle survives and the local target answers it."""
+
 from __future__ import annotations
 
 import asyncio
@@ -10,8 +11,9 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.prompts import ChatPromptTemplate
-from langchain_draft_rag import ChatDraftCompressed
 from pydantic import Field
+
+from langchain_draft_rag import ChatDraftCompressed
 
 pytestmark = pytest.mark.slow
 
@@ -19,8 +21,10 @@ FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. T
 NEEDLE, ANSWER = "The special magic number for ocean is 4728163.", "4728163"
 CONTEXT = "\n\n".join([f"{FILLER}"] * 9 + [NEEDLE] + [f"{FILLER}"] * 4)  # ~1.3k tokens, 14 passages
 QUESTION = "What is the special magic number for ocean?"
-INSTRUCTIONS = ("You are an assistant for question-answering tasks. Use the following pieces of retrieved context "
-                "to answer the question. If you don't know the answer, say that you don't know.")
+INSTRUCTIONS = (
+    "You are an assistant for question-answering tasks. Use the following pieces of retrieved context "
+    "to answer the question. If you don't know the answer, say that you don't know."
+)
 
 
 def system_context():
@@ -41,14 +45,21 @@ def context_in_human():
 def tool_result():
     """Agentic RAG: the retrieval tool's result carries the context."""
     call = {"name": "retrieve", "args": {"query": QUESTION}, "id": "call-1", "type": "tool_call"}
-    return [SystemMessage(INSTRUCTIONS), HumanMessage(QUESTION, id="q-1"), AIMessage("", tool_calls=[call], id="a-1"),
-            ToolMessage(CONTEXT, tool_call_id="call-1", name="retrieve", artifact={"docs": 14}, id="t-1")]
+    return [
+        SystemMessage(INSTRUCTIONS),
+        HumanMessage(QUESTION, id="q-1"),
+        AIMessage("", tool_calls=[call], id="a-1"),
+        ToolMessage(CONTEXT, tool_call_id="call-1", name="retrieve", artifact={"docs": 14}, id="t-1"),
+    ]
 
 
 def follow_up():
     """A second question over the same context, after a first turn."""
-    return system_context()[:1] + [HumanMessage("What colour is the sky?"), AIMessage("The sky is blue."),
-                                   HumanMessage(QUESTION)]
+    return system_context()[:1] + [
+        HumanMessage("What colour is the sky?"),
+        AIMessage("The sky is blue."),
+        HumanMessage(QUESTION),
+    ]
 
 
 SHAPES = [system_context, hub_prompt, context_in_human, tool_result, follow_up]
@@ -105,8 +116,9 @@ def test_wrapped_model_receives_compressed_context_and_verbatim_structure(smollm
     assert stats["messages"] and stats["compressed_tokens"] < stats["original_tokens"]
 
 
-LOCAL = [(shape, "sync") for shape in SHAPES] + [(shape, call) for shape in (tool_result, follow_up)
-                                                 for call in ("async", "stream")]  # one compression path: a sample
+LOCAL = [(shape, "sync") for shape in SHAPES] + [
+    (shape, call) for shape in (tool_result, follow_up) for call in ("async", "stream")
+]  # one compression path: a sample
 
 
 @pytest.mark.parametrize("shape, call", LOCAL, ids=lambda v: getattr(v, "__name__", v))
@@ -115,5 +127,6 @@ def test_local_target_answers_from_the_compressed_context(smollm, shape, call):
     stats = reply.response_metadata["draft_rag"]
     assert ANSWER in reply.text, reply.text
     assert [m["kept_fraction"] for m in stats["messages"]] and all(
-        m["kept_fraction"] <= 0.40 for m in stats["messages"])
+        m["kept_fraction"] <= 0.40 for m in stats["messages"]
+    )
     assert stats["prompt_tokens"] < 0.6 * stats["original_tokens"]

@@ -1,11 +1,12 @@
 """The draft-rag CLI on a tiny local model directory."""
+
 import json
 import logging
 import shutil
 
 import pytest
-
 from conftest import needle_prompt
+
 from draft_rag.cli import main
 
 
@@ -18,17 +19,50 @@ def prompt_file(tmp_path):
 
 
 def test_compress_json(tiny_dir, prompt_file, capsys):
-    assert main(["compress", "--draft", tiny_dir, "--budget", "80", "--question", "Why?", "--json",
-                 "--starting-layer-index", "0", "--window-size", "8", prompt_file]) == 0
+    assert (
+        main(
+            [
+                "compress",
+                "--draft",
+                tiny_dir,
+                "--budget",
+                "80",
+                "--question",
+                "Why?",
+                "--json",
+                "--starting-layer-index",
+                "0",
+                "--window-size",
+                "8",
+                prompt_file,
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"text", "original_tokens", "compressed_tokens", "kept_spans", "seconds"}
     assert out["text"].endswith("Why?") and out["compressed_tokens"] < out["original_tokens"]
 
 
 def test_generate_full_prints_only_the_answer(tiny_dir, prompt_file, capsys):
-    assert main(["generate", "--target", tiny_dir, "--method", "full", "--max-new-tokens", "4", "--json",
-                 "--starting-layer-index", "0",
-                 prompt_file]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--target",
+                tiny_dir,
+                "--method",
+                "full",
+                "--max-new-tokens",
+                "4",
+                "--json",
+                "--starting-layer-index",
+                "0",
+                prompt_file,
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["stats"]["method"] == "full" and out["stats"]["new_tokens"] <= 4
 
@@ -103,8 +137,10 @@ def test_invalid_utf8_on_stdin(monkeypatch, no_model_loads, capsys, caplog):
     import io
 
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"ok \xff\xfe broken")))
-    assert run_cli(["compress", "--budget", "5", "-"], capsys, caplog) == (2, "stdin is not UTF-8 text "
-                                                                            "(invalid byte at offset 3)\n")
+    assert run_cli(["compress", "--budget", "5", "-"], capsys, caplog) == (
+        2,
+        "stdin is not UTF-8 text (invalid byte at offset 3)\n",
+    )
 
 
 def test_internal_error_exit_1_and_debug_shows_it(monkeypatch, tiny_dir, prompt_file, capsys, caplog):
@@ -122,7 +158,29 @@ def test_internal_error_exit_1_and_debug_shows_it(monkeypatch, tiny_dir, prompt_
 
 
 def test_generate_speckv_pc_takes_both_budgets(tiny_dir, prompt_file, capsys):
-    assert main(["generate", "--target", tiny_dir, "--method", "speckv-pc", "--budget", "40", "--pc-budget", "120",
-                 "--max-new-tokens", "3", "--json", "--starting-layer-index", "0", prompt_file]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--target",
+                tiny_dir,
+                "--method",
+                "speckv-pc",
+                "--budget",
+                "40",
+                "--pc-budget",
+                "120",
+                "--max-new-tokens",
+                "3",
+                "--json",
+                "--starting-layer-index",
+                "0",
+                prompt_file,
+            ]
+        )
+        == 0
+    )
     stats = json.loads(capsys.readouterr().out)["stats"]
-    assert stats["prompt_tokens"] < stats["original_tokens"] and max(stats["kv_entries"]) == 41  # 40 + the re-fed last prompt token
+    assert (
+        stats["prompt_tokens"] < stats["original_tokens"] and max(stats["kv_entries"]) == 41
+    )  # 40 + the re-fed last prompt token

@@ -1,4 +1,5 @@
 """32 concurrent async requests on one engine: mixed methods and adapters, some cancelled midway."""
+
 from __future__ import annotations
 
 import asyncio
@@ -6,6 +7,7 @@ import threading
 import time
 
 from conftest import CORPUS, tiny_model
+
 from draft_rag import SpecPCConfig
 from draft_rag.aio import iterate_in_thread
 from draft_rag.engine import METHODS
@@ -18,7 +20,7 @@ def _requests(n: int = 32):
     """(kind, prompt, kwargs) for each request (engine streams, LangChain and LlamaIndex adapters)."""
     out = []
     for i in range(n):
-        prompt = CORPUS[(37 * i) % 900:(37 * i) % 900 + 300 + 20 * i]
+        prompt = CORPUS[(37 * i) % 900 : (37 * i) % 900 + 300 + 20 * i]
         kind = "chat" if i % 8 == 3 else "llamaindex" if i % 8 == 5 else "engine"
         out.append((kind, prompt, dict(method=METHODS[i % len(METHODS)], budget=40 + i, max_new_tokens=6)))
     return out
@@ -39,15 +41,23 @@ async def test_32_concurrent_requests_finish_or_cancel_cleanly():
     def make(kind, prompt, kw):
         """A factory of a blocking piece iterator and the sequential (greedy) result of the same request."""
         if kind == "engine":
-            return (lambda: engine.stream(prompt, question=QUESTION, **kw),
-                    lambda: engine.generate(prompt, question=QUESTION, **kw).text)
+            return (
+                lambda: engine.stream(prompt, question=QUESTION, **kw),
+                lambda: engine.generate(prompt, question=QUESTION, **kw).text,
+            )
         if kind == "chat":
-            model = chat.setdefault(kw["method"], ChatDraftCompressed(target=tiny, specpc=CFG, method=kw["method"],
-                                                                      budget=kw["budget"], max_tokens=6))
+            model = chat.setdefault(
+                kw["method"],
+                ChatDraftCompressed(target=tiny, specpc=CFG, method=kw["method"], budget=kw["budget"], max_tokens=6),
+            )
             msgs = [HumanMessage(prompt + "\n" + QUESTION)]
             return (lambda: (c.content for c in model.stream(msgs)), lambda: model.invoke(msgs).content)
-        llm = llms.setdefault(kw["method"], DraftCompressedLLM(engine=engine, target=tiny, method=kw["method"],
-                                                               budget=kw["budget"], max_new_tokens=6, specpc=CFG))
+        llm = llms.setdefault(
+            kw["method"],
+            DraftCompressedLLM(
+                engine=engine, target=tiny, method=kw["method"], budget=kw["budget"], max_new_tokens=6, specpc=CFG
+            ),
+        )
         return (lambda: (r.delta for r in llm.stream_complete(prompt)), lambda: llm.complete(prompt).text)
 
     requests = [make(*r) for r in _requests()]

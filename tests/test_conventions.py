@@ -1,5 +1,6 @@
 """Framework conventions: LlamaIndex to_dict/from_dict and metadata; LangChain child runs, relevance_score and
 _identifying_params."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,15 @@ TEXTS = ["The grass is green. " * 6, "The special magic number for ocean is 4728
 
 
 def test_llamaindex_llm_round_trips_through_a_dict_with_model_refs_as_strings(tiny_dir):
-    llm = DraftCompressedLLM(target=tiny_dir, draft=tiny_dir, method="speckv", budget=32, specpc=CFG, speckv=KV,
-                             target_kwargs={"dtype": "float32"})
+    llm = DraftCompressedLLM(
+        target=tiny_dir,
+        draft=tiny_dir,
+        method="speckv",
+        budget=32,
+        specpc=CFG,
+        speckv=KV,
+        target_kwargs={"dtype": "float32"},
+    )
     data = json.loads(llm.to_json())
     assert data["class_name"] == DraftCompressedLLM.class_name() == "DraftCompressedLLM"
     assert data["target"] == data["draft"] == tiny_dir and data["specpc"]["window_size"] == 8
@@ -85,8 +93,15 @@ def test_langchain_compressor_is_a_child_run_with_its_stats_and_sets_relevance_s
 
 
 def test_langchain_identifying_params_are_complete(tiny_dir):
-    chat = ChatDraftCompressed(target=tiny_dir, specpc=CFG, speckv=KV, method="speckv", budget=64, lookahead_tokens=3,
-                               draft_kwargs={"dtype": "float32"})
+    chat = ChatDraftCompressed(
+        target=tiny_dir,
+        specpc=CFG,
+        speckv=KV,
+        method="speckv",
+        budget=64,
+        lookahead_tokens=3,
+        draft_kwargs={"dtype": "float32"},
+    )
     params = chat._identifying_params
     assert params["specpc"]["window_size"] == 8 and params["speckv"]["window_size"] == 8
     assert params["lookahead_tokens"] == 3 and params["draft_kwargs"] == {"dtype": "float32"}

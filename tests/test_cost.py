@@ -1,4 +1,5 @@
 """Cost benchmark harness on a tiny random draft: every field present, medians, per-layer scaling."""
+
 import pytest
 import torch
 from conftest import tiny_model
@@ -9,8 +10,15 @@ from draft_rag.bench import cost
 
 @pytest.fixture(autouse=True)
 def tiny_shape(monkeypatch):
-    shape = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 6, "num_attention_heads": 4,
-             "num_key_value_heads": 2, "rope_theta": 10000.0, "tie_word_embeddings": True}
+    shape = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": True,
+    }
     monkeypatch.setitem(cost.SHAPES, "tiny", shape)
 
 
@@ -20,15 +28,37 @@ def test_scale_is_linear_in_layers():
 
 
 def test_cost_rows_have_every_field_and_scaled_figures(tmp_path):
-    rows = cost.run_cost(tiny_model("llama"), ["tiny"], [800], budgets=[cost.Budget(0.5, 64)], repeats=2,
-                         new_tokens=3, slice_layers=2, out=tmp_path,
-                         specpc=SpecPCConfig(starting_layer_index=1, window_size=8, kernel_size=5))
+    rows = cost.run_cost(
+        tiny_model("llama"),
+        ["tiny"],
+        [800],
+        budgets=[cost.Budget(0.5, 64)],
+        repeats=2,
+        new_tokens=3,
+        slice_layers=2,
+        out=tmp_path,
+        specpc=SpecPCConfig(starting_layer_index=1, window_size=8, kernel_size=5),
+    )
     assert {(r["method"], str(r["budget"])) for r in rows} == {
-        ("full", "None"), ("specpc", "0.5"), ("speckv", "64"), ("speckv-pc", "[0.5, 64]")}
+        ("full", "None"),
+        ("specpc", "0.5"),
+        ("speckv", "64"),
+        ("speckv-pc", "[0.5, 64]"),
+    }
     for r in rows:
         assert r["scaled"] and r["measured_layers"] == 2 and r["repeats"] == 2
-        for k in ("ttft_s", "e2e_s", "decode_s_per_token", "draft_s", "scoring_s", "plain_draft_s", "prefill_s", "peak_bytes",
-                  "kv_bytes", "speedup_e2e"):
+        for k in (
+            "ttft_s",
+            "e2e_s",
+            "decode_s_per_token",
+            "draft_s",
+            "scoring_s",
+            "plain_draft_s",
+            "prefill_s",
+            "peak_bytes",
+            "kv_bytes",
+            "speedup_e2e",
+        ):
             assert r[k] is not None and r[k] >= 0, k
         assert r["e2e_s"] == pytest.approx(r["ttft_s"] + 2 * r["decode_s_per_token"])
         assert r["ttft_s"] == pytest.approx(r["draft_s"] + r["prefill_s"])
@@ -44,9 +74,22 @@ def test_cost_rows_have_every_field_and_scaled_figures(tmp_path):
 
 
 def test_median_over_repetitions():
-    samples = [{"layers": 6, "target_tokens": 10, "prefill_s": p, "prefill_layers_s": p, "decode_s_per_token": 0.0,
-                "decode_layers_s_per_token": 0.0, "kv_bytes": 0, "peak_bytes": 0, "draft_s": 1.0, "scoring_s": 0.9,
-                "plain_draft_s": 1.0} for p in (1.0, 5.0, 2.0)]
+    samples = [
+        {
+            "layers": 6,
+            "target_tokens": 10,
+            "prefill_s": p,
+            "prefill_layers_s": p,
+            "decode_s_per_token": 0.0,
+            "decode_layers_s_per_token": 0.0,
+            "kv_bytes": 0,
+            "peak_bytes": 0,
+            "draft_s": 1.0,
+            "scoring_s": 0.9,
+            "plain_draft_s": 1.0,
+        }
+        for p in (1.0, 5.0, 2.0)
+    ]
     row = cost._row(samples, "tiny", 6, 1)
     assert row["prefill_s"] == 2.0 and row["ttft_s"] == 3.0
 

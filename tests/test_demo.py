@@ -1,4 +1,5 @@
 """draft-rag demo: corpus, chunking, cached MiniLM index, retrieval, answer checks, CLI end to end."""
+
 from __future__ import annotations
 
 import json
@@ -6,23 +7,23 @@ import logging
 
 import numpy as np
 import pytest
-
 from conftest import tiny_tokenizer
+
 from draft_rag.cli import main
-from draft_rag.corpus import (build_index, chunk_documents, folder_documents, load_embedder,
-                              stdlib_documents)
+from draft_rag.corpus import build_index, chunk_documents, folder_documents, load_embedder, stdlib_documents
 from draft_rag.demo import QUESTIONS, check
 from draft_rag.prompt import count_tokens
 
 FACTS = {
-    "volcano.md": "# Mount Keldar\n\nMount Keldar is a shield volcano on the island of Ostra. It last erupted in 1873.\n\n"
-                  "Its summit crater holds a green acid lake called Vell.",
+    "volcano.md": "# Mount Keldar\n\nMount Keldar is a shield volcano on the island of Ostra. "
+    "It last erupted in 1873.\n\n"
+    "Its summit crater holds a green acid lake called Vell.",
     "bakery.txt": "The Harlow bakery opens at six in the morning.\n\nIts rye loaf uses a starter named Bramble "
-                  "that was first fed in 1962.",
+    "that was first fed in 1962.",
     "rivers.md": "The river Tamsk flows north for 412 kilometres before it reaches the Cold Sea.\n\n"
-                 "Salmon return to the Tamsk every October.",
+    "Salmon return to the Tamsk every October.",
     "chess.txt": "In the opening, a knight should usually be developed before the queen.\n\n"
-                 "Castling moves the king two squares towards a rook.",
+    "Castling moves the king two squares towards a rook.",
     "notes.bin": "not a text file",
 }
 
@@ -59,8 +60,9 @@ def test_chunks_cover_text_with_ids_and_metadata():
     for doc in docs:
         mine = [c for c in chunks if c.metadata["source"] == doc.source]
         assert [c.metadata["index"] for c in mine] == list(range(len(mine)))
-        assert all(c.id == f"{doc.source}#{c.metadata['index']}" and c.text.startswith(f"[{doc.source}]\n")
-                   for c in mine)
+        assert all(
+            c.id == f"{doc.source}#{c.metadata['index']}" and c.text.startswith(f"[{doc.source}]\n") for c in mine
+        )
         assert all(len(c.text) <= 600 + len(doc.source) + 3 for c in mine)
         joined = "\n".join(c.text for c in mine)
         for line in doc.text.splitlines():  # nothing lost: every line of the source is in some chunk
@@ -138,9 +140,25 @@ def test_demo_end_to_end(folder, tmp_path, capsys, smollm):
     from draft_rag.engine import METHODS
 
     out_json, out_html = tmp_path / "run.json", tmp_path / "kept.html"
-    argv = ["demo", "--corpus", str(folder), "--question", "In which year did Mount Keldar last erupt?",
-            "--context-tokens", "400", "--chunk-chars", "200", "--max-new-tokens", "12", "--ratio", "0.5",
-            "--json", str(out_json), "--html", str(out_html)]
+    argv = [
+        "demo",
+        "--corpus",
+        str(folder),
+        "--question",
+        "In which year did Mount Keldar last erupt?",
+        "--context-tokens",
+        "400",
+        "--chunk-chars",
+        "200",
+        "--max-new-tokens",
+        "12",
+        "--ratio",
+        "0.5",
+        "--json",
+        str(out_json),
+        "--html",
+        str(out_html),
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "Q1. In which year did Mount Keldar last erupt?" in printed and "summary |" in printed

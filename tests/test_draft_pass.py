@@ -1,4 +1,5 @@
 """The cheap draft pass gives the scores of the straightforward one (fp32 keys, full boolean mask)."""
+
 import copy
 
 import pytest
@@ -16,7 +17,7 @@ def reference_probs(query, key, attention_mask, kwargs, window):
     hkv, k_len = key.shape[1], key.shape[2]
     w = min(window, q_len)
     q = query[:, :, -w:].float().reshape(b, hkv, hq // hkv, w, d)
-    scale = kwargs.get("scaling") or d ** -0.5
+    scale = kwargs.get("scaling") or d**-0.5
     logits = torch.einsum("bhgwd,bhkd->bhgwk", q, key.float()) * scale
     if kwargs.get("softcap"):
         logits = torch.tanh(logits / kwargs["softcap"]) * kwargs["softcap"]

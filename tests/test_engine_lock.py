@@ -1,12 +1,13 @@
 """The engine lock is held per step: abandoned or interleaved streams never block another call."""
+
 from __future__ import annotations
 
 import gc
 import threading
 
 import pytest
-
 from conftest import CORPUS, tiny_model
+
 from draft_rag import DraftEngine, SpecPCConfig
 
 QUESTION = "What is the special magic number?"

@@ -1,8 +1,9 @@
 """Target decoding: greedy equals transformers' generate, streaming, stop strings, sampling, errors."""
+
 import pytest
 import torch
-
 from conftest import ARCHS, tiny_model
+
 from draft_rag import DraftEngine
 from draft_rag.generation import Sampling, stream
 from draft_rag.prompt import encode
@@ -12,8 +13,9 @@ from draft_rag.prompt import encode
 def test_greedy_matches_transformers_generate(arch):
     lm = tiny_model(arch)
     ids = encode(lm.tokenizer, "The quick brown fox jumps over the lazy dog. " * 5)
-    ref = lm.model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False, eos_token_id=None,
-                            pad_token_id=0)[0, len(ids):].tolist()
+    ref = lm.model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)[
+        0, len(ids) :
+    ].tolist()
     info = {}
     text = "".join(stream(lm.model, lm.tokenizer, ids, Sampling(max_new_tokens=12), stats=info))
     assert text == lm.tokenizer.decode(ref[: info["new_tokens"]], skip_special_tokens=True)
@@ -44,9 +46,16 @@ def test_seeded_sampling_is_reproducible():
     assert a == b
 
 
-@pytest.mark.parametrize("kwargs, word", [
-    (dict(max_new_tokens=0), "max_new_tokens"), (dict(temperature=-1), "temperature"),
-    (dict(top_p=0), "top_p"), (dict(stop=[""]), "stop"), (dict(method="magic"), "method")])
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(temperature=-1), "temperature"),
+        (dict(top_p=0), "top_p"),
+        (dict(stop=[""]), "stop"),
+        (dict(method="magic"), "method"),
+    ],
+)
 def test_bad_generation_arguments(kwargs, word):
     e = DraftEngine(tiny_model("llama"), method="full")
     with pytest.raises(ValueError, match=word):

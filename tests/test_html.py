@@ -1,11 +1,12 @@
 """The "what was kept" page: structure, fidelity to the CompressedPrompt, escaping, self-containment."""
+
 from __future__ import annotations
 
 from html.parser import HTMLParser
 
 import pytest
-
 from conftest import tiny_model
+
 from draft_rag import Chunk, DraftEngine, SpecPCConfig
 from draft_rag.html import LEVELS, _levels, render_html, write_html
 
@@ -24,8 +25,9 @@ def _chunks():
 @pytest.fixture(scope="module")
 def compressed():
     engine = DraftEngine(draft=tiny_model("llama"), specpc=TINY)
-    return engine.compress(chunks=_chunks(), instruction="Use the notes.", question="Which word follows gamma?",
-                           ratio=0.3)
+    return engine.compress(
+        chunks=_chunks(), instruction="Use the notes.", question="Which word follows gamma?", ratio=0.3
+    )
 
 
 class Regions(HTMLParser):

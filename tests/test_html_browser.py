@@ -2,6 +2,7 @@
 
 Skipped when chromium is not installed (``apt-get install -y chromium``).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -18,15 +19,28 @@ from draft_rag.specpc import ChunkResult, CompressedPrompt
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium)")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 STRIKE = 196  # text-decoration-color #c4c4c4 of dropped text
 
 
 def chromium(page: Path, *args: str) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory() as profile:
-        return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args, page.as_uri()],
-                              capture_output=True, text=True, timeout=120, check=True)
+        return subprocess.run(
+            [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args, page.as_uri()],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
 
 
 def screenshot(page: Path, out: Path, size=(1000, 1400)) -> np.ndarray:
@@ -37,7 +51,7 @@ def screenshot(page: Path, out: Path, size=(1000, 1400)) -> np.ndarray:
 
 
 def _rgb(hex_colour: str) -> np.ndarray:
-    return np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)])
+    return np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)])
 
 
 def near(img: np.ndarray, colour: np.ndarray, tol: int = 6) -> np.ndarray:
@@ -71,11 +85,22 @@ def constructed() -> CompressedPrompt:
             scores.append((base + start, base + start + len(word), value + 0.001 * (i % 7)))
             pos = start + len(word)
     kept = [(0, b0), (q0, len(text))]
-    chunks = [ChunkResult("A", {"source": "notes-a"}, a, a, [(0, len(a))], 1.0, 0.9),
-              ChunkResult("B", {"source": "notes-b"}, b, "", [], 0.0, 0.01)]
-    return CompressedPrompt(text="".join(text[s:e] for s, e in kept), original_text=text, kept_spans=kept,
-                            chunks=chunks, original_tokens=400, compressed_tokens=210, draft_original_tokens=400,
-                            draft_kept_tokens=210, token_scores=sorted(scores), seconds={"draft": 0.5, "select": 0.01})
+    chunks = [
+        ChunkResult("A", {"source": "notes-a"}, a, a, [(0, len(a))], 1.0, 0.9),
+        ChunkResult("B", {"source": "notes-b"}, b, "", [], 0.0, 0.01),
+    ]
+    return CompressedPrompt(
+        text="".join(text[s:e] for s, e in kept),
+        original_text=text,
+        kept_spans=kept,
+        chunks=chunks,
+        original_tokens=400,
+        compressed_tokens=210,
+        draft_original_tokens=400,
+        draft_kept_tokens=210,
+        token_scores=sorted(scores),
+        seconds={"draft": 0.5, "select": 0.01},
+    )
 
 
 class Spans(HTMLParser):
@@ -126,7 +151,7 @@ def test_screenshot_kept_highlighted_dropped_struck(tmp_path):
     assert highlighted.max() < grey_text.min()
     assert protected.max() > struck.max()  # the question comes last, after the dropped chunk
     # Kept text is drawn dark on the highlight: dark glyph pixels inside the highlighted band.
-    band = img[highlighted.min():highlighted.max() + 1]
+    band = img[highlighted.min() : highlighted.max() + 1]
     assert (band.max(-1) < 90).sum() > 500
 
 
@@ -150,8 +175,9 @@ def test_real_draft_page_in_browser(smollm, tmp_path):
     from draft_rag.corpus import chunk_documents, stdlib_documents
 
     chunks = chunk_documents(stdlib_documents(["textwrap"]))[:5]
-    cp = DraftEngine(draft=smollm).compress(chunks=chunks, question="What is the default width of textwrap.wrap?",
-                                            ratio=0.3)
+    cp = DraftEngine(draft=smollm).compress(
+        chunks=chunks, question="What is the default width of textwrap.wrap?", ratio=0.3
+    )
     assert cp.compressed_tokens < cp.original_tokens
     page = write_html(cp, tmp_path / "kept.html")
     img = screenshot(page, tmp_path / "shot.png", size=(1200, 3000))

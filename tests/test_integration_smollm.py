@@ -1,7 +1,8 @@
 """SpecPC on the real SmolLM2-135M-Instruct: a ~2k-token needle prompt compressed to 512 tokens."""
-import pytest
 
+import pytest
 from conftest import needle_prompt
+
 from draft_rag import DraftEngine, load_model
 from draft_rag.prompt import count_tokens
 
@@ -24,8 +25,14 @@ def test_needle_survives_compression_to_512_tokens(engine):
 
 def test_target_answers_from_the_compressed_prompt(engine):
     text, question, answer = needle_prompt(85, position=0.7)
-    g = engine.generate(text, question=question, method="specpc", budget=512, max_new_tokens=24,
-                        answer_prefix=" Answer: The special magic number for ocean mentioned in the provided text is")
+    g = engine.generate(
+        text,
+        question=question,
+        method="specpc",
+        budget=512,
+        max_new_tokens=24,
+        answer_prefix=" Answer: The special magic number for ocean mentioned in the provided text is",
+    )
     assert answer in g.text
     assert g.stats.prompt_tokens < 600 < 2000 < g.stats.original_tokens
     assert g.compressed is not None and NEEDLE in g.compressed.text

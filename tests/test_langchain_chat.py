@@ -1,11 +1,13 @@
 """ChatDraftCompressed and DraftCompressedLLM on a tiny random-weight model: same results as the engine,
 streaming, callbacks, async, decoding options, the wrapped mode and bad input."""
+
 from __future__ import annotations
 
 import asyncio
 import threading
 
 import pytest
+from conftest import needle_prompt, tiny_model
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, ChatMessage, HumanMessage, SystemMessage, ToolMessage
@@ -17,8 +19,6 @@ from draft_rag import SpecPCConfig
 from langchain_draft_rag import ChatDraftCompressed, DraftCompressedLLM
 from langchain_draft_rag._common import shared_engine
 from langchain_draft_rag._messages import to_dicts
-
-from conftest import needle_prompt, tiny_model
 
 CFG = SpecPCConfig(starting_layer_index=1, window_size=8, kernel_size=8, neighbor_tokens=8)
 CONTEXT, QUESTION, _ = needle_prompt(30)  # one long paragraph: all retrieved context
@@ -34,8 +34,11 @@ def chat(**kw):
 
 
 def rag_messages():
-    return [SystemMessage(SYSTEM), HumanMessage(CONTEXT, id="ctx-1", additional_kwargs={"source": "doc"}),
-            HumanMessage(QUESTION)]
+    return [
+        SystemMessage(SYSTEM),
+        HumanMessage(CONTEXT, id="ctx-1", additional_kwargs={"source": "doc"}),
+        HumanMessage(QUESTION),
+    ]
 
 
 class Recorder(BaseChatModel):
@@ -50,8 +53,10 @@ class Recorder(BaseChatModel):
     def _generate(self, messages, stop=None, run_manager=None, **kwargs):
         self.calls.append({"messages": messages, "stop": stop, "kwargs": kwargs})
         n = sum(len(m.text) for m in messages)
-        msg = AIMessage(f"{len(messages)} messages, {n} characters",
-                        usage_metadata={"input_tokens": n, "output_tokens": 3, "total_tokens": n + 3})
+        msg = AIMessage(
+            f"{len(messages)} messages, {n} characters",
+            usage_metadata={"input_tokens": n, "output_tokens": 3, "total_tokens": n + 3},
+        )
         return ChatResult(generations=[ChatGeneration(message=msg)])
 
 
@@ -91,8 +96,11 @@ def test_local_invoke_is_the_engine_result_with_stats():
     stats = msg.response_metadata["draft_rag"]
     assert stats["method"] == "specpc" and stats["prompt_tokens"] < stats["original_tokens"]
     assert stats["draft_kept_tokens"] == 96 and stats["messages"][0]["message_index"] == 1
-    assert msg.usage_metadata == {"input_tokens": g.stats.prompt_tokens, "output_tokens": g.stats.new_tokens,
-                                  "total_tokens": g.stats.prompt_tokens + g.stats.new_tokens}
+    assert msg.usage_metadata == {
+        "input_tokens": g.stats.prompt_tokens,
+        "output_tokens": g.stats.new_tokens,
+        "total_tokens": g.stats.prompt_tokens + g.stats.new_tokens,
+    }
     assert msg.response_metadata["model_name"] == "tiny-llama-sdpa"
 
 
@@ -106,8 +114,9 @@ def test_full_method_does_not_compress():
 def test_kv_methods_pass_through_to_the_engine(method):
     kw = {"pc_budget": 120} if method == "speckv-pc" else {}
     msg = chat(method=method, budget=40, **kw).invoke(rag_messages())
-    g = shared_engine(tiny(), None, CFG).generate(messages=to_dicts(rag_messages()), method=method, budget=40,
-                                                  max_new_tokens=6, **kw)
+    g = shared_engine(tiny(), None, CFG).generate(
+        messages=to_dicts(rag_messages()), method=method, budget=40, max_new_tokens=6, **kw
+    )
     assert msg.content == g.text
     assert msg.response_metadata["draft_rag"]["method"] == method
 
@@ -128,7 +137,7 @@ def test_max_tokens_stop_and_sampling_are_honoured():
     full = model.invoke(rag_messages()).content
     assert model.invoke(rag_messages()).usage_metadata["output_tokens"] == 12
     assert chat(max_tokens=3).invoke(rag_messages()).usage_metadata["output_tokens"] == 3
-    stop = full[len(full) // 2:][:2]
+    stop = full[len(full) // 2 :][:2]
     cut = model.invoke(rag_messages(), stop=[stop])
     assert stop not in cut.content and full.startswith(cut.content) and len(cut.content) < len(full)
     assert cut.response_metadata["finish_reason"] == "stop"
@@ -173,8 +182,14 @@ def test_timeout_raises_and_releases_the_engine():
 
 
 def test_conversation_roles_and_answer_prefix():
-    msgs = [SystemMessage("s1"), HumanMessage("hello"), AIMessage("hi there"),
-            ChatMessage(role="critic", content="too short"), HumanMessage("how are you?"), AIMessage("I am")]
+    msgs = [
+        SystemMessage("s1"),
+        HumanMessage("hello"),
+        AIMessage("hi there"),
+        ChatMessage(role="critic", content="too short"),
+        HumanMessage("how are you?"),
+        AIMessage("I am"),
+    ]
     msg = chat(method="full").invoke(msgs)
     g = shared_engine(tiny(), None, CFG).generate(messages=to_dicts(msgs), method="full", max_new_tokens=6)
     assert msg.content == g.text
@@ -199,8 +214,9 @@ def test_wrapped_compresses_context_keeps_system_question_ids_and_metadata():
 
 def test_wrapped_passes_tools_and_multimodal_through_and_forwards_options():
     rec = Recorder()
-    image = HumanMessage(content=[{"type": "text", "text": "Here is a picture."},
-                                  {"type": "image", "url": "https://example.com/a.png"}])
+    image = HumanMessage(
+        content=[{"type": "text", "text": "Here is a picture."}, {"type": "image", "url": "https://example.com/a.png"}]
+    )
     tool_call = AIMessage("", tool_calls=[{"name": "f", "args": {}, "id": "c1"}])
     msgs = [image, tool_call, ToolMessage(CONTEXT, tool_call_id="c1"), HumanMessage(CONTEXT), HumanMessage(QUESTION)]
     model = ChatDraftCompressed(llm=rec, draft=tiny(), specpc=CFG, budget=96, max_tokens=7)
@@ -265,21 +281,24 @@ def test_llm_local_and_wrapped():
 
 
 # -- bad input ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kwargs, error, match", [
-    ({}, ValueError, "exactly one of target"),
-    ({"target": "x", "llm": Recorder()}, ValueError, "exactly one of target"),
-    ({"llm": "gpt"}, TypeError, "BaseChatModel"),
-    ({"method": "magic"}, ValueError, "method must be one of"),
-    ({"budget": 10, "ratio": 0.5}, ValueError, "either budget"),
-    ({"budget": 0}, ValueError, "budget"),
-    ({"ratio": 1.5}, ValueError, "ratio"),
-    ({"pc_budget": -1}, ValueError, "pc_budget"),
-    ({"max_tokens": 0}, ValueError, "max_tokens"),
-    ({"template": "xml"}, ValueError, "template"),
-    ({"specpc": {"window_size": 8}}, TypeError, "SpecPCConfig"),
-    ({"speckv": {"window_size": 8}}, TypeError, "SpecKVConfig"),
-    ({"budjet": 10}, ValueError, "budjet"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({}, ValueError, "exactly one of target"),
+        ({"target": "x", "llm": Recorder()}, ValueError, "exactly one of target"),
+        ({"llm": "gpt"}, TypeError, "BaseChatModel"),
+        ({"method": "magic"}, ValueError, "method must be one of"),
+        ({"budget": 10, "ratio": 0.5}, ValueError, "either budget"),
+        ({"budget": 0}, ValueError, "budget"),
+        ({"ratio": 1.5}, ValueError, "ratio"),
+        ({"pc_budget": -1}, ValueError, "pc_budget"),
+        ({"max_tokens": 0}, ValueError, "max_tokens"),
+        ({"template": "xml"}, ValueError, "template"),
+        ({"specpc": {"window_size": 8}}, TypeError, "SpecPCConfig"),
+        ({"speckv": {"window_size": 8}}, TypeError, "SpecKVConfig"),
+        ({"budjet": 10}, ValueError, "budjet"),
+    ],
+)
 def test_bad_arguments(kwargs, error, match):
     if "target" not in kwargs and "llm" not in kwargs and kwargs:
         kwargs = {"target": tiny(), **kwargs}
@@ -327,9 +346,20 @@ def test_smollm_answers_from_the_compressed_context_local_and_wrapped(smollm):
     assert wrapped.usage_metadata["input_tokens"] < 400  # what the wrapped model really read
 
 
-@pytest.mark.parametrize("kwargs", [{"temperature": float("nan")}, {"temperature": -1.0}, {"top_p": 5},
-                                    {"top_p": 0}, {"top_k": -3}, {"timeout": float("inf")}, {"max_tokens": True},
-                                    {"lookahead_tokens": -1}, {"pc_ratio": float("nan")}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"temperature": float("nan")},
+        {"temperature": -1.0},
+        {"top_p": 5},
+        {"top_p": 0},
+        {"top_k": -3},
+        {"timeout": float("inf")},
+        {"max_tokens": True},
+        {"lookahead_tokens": -1},
+        {"pc_ratio": float("nan")},
+    ],
+)
 def test_sampling_settings_checked_at_construction(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         ChatDraftCompressed(target=tiny(), **kwargs)

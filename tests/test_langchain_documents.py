@@ -1,10 +1,12 @@
 """DraftDocumentCompressor: draft scores, pruning rules, metadata/ids/order, token-level compression, async,
 ContextualCompressionRetriever; the real SmolLM2 finds the needle document (slow)."""
+
 from __future__ import annotations
 
 import asyncio
 
 import pytest
+from conftest import needle_prompt, tiny_model
 from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.vectorstores import InMemoryVectorStore
@@ -14,15 +16,19 @@ from draft_rag.prompt import count_tokens
 from langchain_draft_rag import DraftDocumentCompressor
 from langchain_draft_rag._common import shared_engine
 
-from conftest import needle_prompt, tiny_model
-
 CFG = SpecPCConfig(starting_layer_index=1, window_size=8, kernel_size=8, neighbor_tokens=8)
 QUERY = "What is the special magic number for ocean?"
 
 
 def docs():
-    texts = ["The grass is green. " * 6, "The special magic number for ocean is 4728163.", "",
-             "The sky is blue and the sun is yellow. " * 4, "   ", "Here we go, there and back again. " * 3]
+    texts = [
+        "The grass is green. " * 6,
+        "The special magic number for ocean is 4728163.",
+        "",
+        "The sky is blue and the sun is yellow. " * 4,
+        "   ",
+        "Here we go, there and back again. " * 3,
+    ]
     return [Document(t, id=f"d{i}", metadata={"source": f"s{i}", "page": i}) for i, t in enumerate(texts)]
 
 
@@ -32,7 +38,8 @@ def compressor(**kw):
 
 def engine_scores():
     return shared_engine(None, tiny_model("llama"), CFG).score_chunks(
-        [Chunk(d.page_content, id=i) for i, d in enumerate(docs())], question=QUERY)
+        [Chunk(d.page_content, id=i) for i, d in enumerate(docs())], question=QUERY
+    )
 
 
 def check_kept(out, ids):
@@ -120,8 +127,9 @@ def test_in_a_contextual_compression_retriever():
     retrievers = pytest.importorskip("langchain_classic.retrievers")
     store = InMemoryVectorStore(DeterministicFakeEmbedding(size=16))
     store.add_documents(docs()[:2] + docs()[3:4])
-    retriever = retrievers.ContextualCompressionRetriever(base_compressor=compressor(top_n=1),
-                                                          base_retriever=store.as_retriever(search_kwargs={"k": 3}))
+    retriever = retrievers.ContextualCompressionRetriever(
+        base_compressor=compressor(top_n=1), base_retriever=store.as_retriever(search_kwargs={"k": 3})
+    )
     out = retriever.invoke(QUERY)
     assert len(out) == 1 and out[0].id in {"d0", "d1", "d3"} and "draft_rag_score" in out[0].metadata
     assert asyncio.run(retriever.ainvoke(QUERY)) == out
@@ -130,8 +138,10 @@ def test_in_a_contextual_compression_retriever():
 @pytest.mark.slow
 def test_smollm_keeps_the_needle_document(smollm):
     filler, question, answer = needle_prompt(0)
-    haystack = ["The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. " * 3
-                for _ in range(8)]
+    haystack = [
+        "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. " * 3
+        for _ in range(8)
+    ]
     haystack.insert(5, "The special magic number for ocean is 4728163.")
     documents = [Document(t, metadata={"n": i}) for i, t in enumerate(haystack)]
     out = DraftDocumentCompressor(draft=smollm, top_n=1).compress_documents(documents, question)

@@ -1,4 +1,5 @@
 """DraftCompressionMiddleware in a LangChain v1 agent (create_agent) with a retrieval tool, sync and async."""
+
 from __future__ import annotations
 
 import asyncio
@@ -12,11 +13,11 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import tool
-from langchain_draft_rag import ChatDraftCompressed, DraftCompressionMiddleware
 from pydantic import Field
 from test_chat_shapes import ANSWER, CONTEXT, NEEDLE, QUESTION
 
 from draft_rag import SpecPCConfig
+from langchain_draft_rag import ChatDraftCompressed, DraftCompressionMiddleware
 
 CFG = SpecPCConfig(starting_layer_index=1, window_size=8, kernel_size=8, neighbor_tokens=8)
 
@@ -57,8 +58,12 @@ def check_run(state, model, ratio_bound=0.40):
     assert first[-1].content == QUESTION
     sent_tool = second[-1]
     assert (sent_tool.tool_call_id, sent_tool.name, sent_tool.artifact, sent_tool.id) == (
-        tool_msg.tool_call_id, tool_msg.name, tool_msg.artifact, tool_msg.id)
-    assert second[0].content == "Answer from the retrieved passages." and second[1:-1] == messages[:len(second) - 2]
+        tool_msg.tool_call_id,
+        tool_msg.name,
+        tool_msg.artifact,
+        tool_msg.id,
+    )
+    assert second[0].content == "Answer from the retrieved passages." and second[1:-1] == messages[: len(second) - 2]
     assert len(sent_tool.content) <= ratio_bound * len(CONTEXT)
     stats = messages[-1].response_metadata["draft_rag"]
     assert stats["messages"][0]["message_index"] == len(second) - 1  # the system prompt is message 0
@@ -69,8 +74,9 @@ def test_middleware_compresses_tool_results_for_any_model_sync_and_async():
     middleware = DraftCompressionMiddleware(draft=tiny_model("llama"), ratio=0.25, specpc=CFG)
     for run in ("sync", "async"):
         model = ScriptedToolCaller()
-        agent = create_agent(model, tools=[retrieve], system_prompt="Answer from the retrieved passages.",
-                             middleware=[middleware])
+        agent = create_agent(
+            model, tools=[retrieve], system_prompt="Answer from the retrieved passages.", middleware=[middleware]
+        )
         inputs = {"messages": [HumanMessage(QUESTION)]}
         state = agent.invoke(inputs) if run == "sync" else asyncio.run(agent.ainvoke(inputs))
         check_run(state, model)
@@ -84,7 +90,11 @@ def test_middleware_checks_its_budget():
 @pytest.mark.slow
 def test_agent_with_smollm_answers_from_the_compressed_tool_result(smollm):
     model = ScriptedToolCaller(answerer=ChatDraftCompressed(target=smollm, method="full", max_tokens=24))
-    agent = create_agent(model, tools=[retrieve], system_prompt="Answer from the retrieved passages.",
-                         middleware=[DraftCompressionMiddleware(draft=smollm, ratio=0.25)])
+    agent = create_agent(
+        model,
+        tools=[retrieve],
+        system_prompt="Answer from the retrieved passages.",
+        middleware=[DraftCompressionMiddleware(draft=smollm, ratio=0.25)],
+    )
     sent_tool, reply = check_run(agent.invoke({"messages": [HumanMessage(QUESTION)]}), model)
     assert NEEDLE in sent_tool.content and ANSWER in reply.text, reply.text

@@ -1,21 +1,22 @@
 """LangChain's own standard test suites (langchain-tests) run against ChatDraftCompressed.
 
-Unit suites: a tiny random-weight model as target, and wrapped (construction, params, tracing). Integration suite: the real
-SmolLM2-135M-Instruct, once as a local target with SpecPC and once wrapped around another chat model.
+Unit suites: a tiny random-weight model as target, and wrapped (construction, params, tracing).
+Integration suite: the real SmolLM2-135M-Instruct, once as a local target with SpecPC and once wrapped around
+another chat model.
 """
+
 from __future__ import annotations
 
 import pytest
 
 pytest.importorskip("langchain_tests")
 
+from conftest import tiny_model  # noqa: E402
 from langchain_tests.integration_tests import ChatModelIntegrationTests  # noqa: E402
 from langchain_tests.unit_tests import ChatModelUnitTests  # noqa: E402
 
 from draft_rag import SpecPCConfig  # noqa: E402
 from langchain_draft_rag import ChatDraftCompressed  # noqa: E402
-
-from conftest import tiny_model  # noqa: E402
 
 TINY_SPECPC = SpecPCConfig(starting_layer_index=1, window_size=8, kernel_size=8, neighbor_tokens=8)
 

@@ -1,4 +1,5 @@
 """DraftCompressedLLM through LlamaIndex's own LLM entry points, query engines and callbacks."""
+
 from __future__ import annotations
 
 import asyncio
@@ -7,6 +8,7 @@ import pytest
 
 pytest.importorskip("llama_index.core")
 
+from conftest import needle_prompt, tiny_model  # noqa: E402
 from llama_index.core import PromptTemplate  # noqa: E402
 from llama_index.core.base.llms.types import ChatMessage, MessageRole  # noqa: E402
 from llama_index.core.callbacks import CallbackManager, TokenCountingHandler  # noqa: E402
@@ -15,27 +17,30 @@ from llama_index.core.llms import MockLLM  # noqa: E402
 from draft_rag import DraftEngine, SpecPCConfig  # noqa: E402
 from draft_rag.engine import METHODS  # noqa: E402
 from llama_index.llms.draft_rag import DraftCompressedLLM  # noqa: E402
-from conftest import needle_prompt, tiny_model  # noqa: E402
 
 TINY_SPECPC = SpecPCConfig(starting_layer_index=0, window_size=8, kernel_size=5, neighbor_tokens=4)
 TEMPLATE = PromptTemplate("Read the notes below.\n---\n{context_str}\n---\nQuestion: {query_str}\nAnswer:")
 CONTEXT, QUESTION, ANSWER = needle_prompt(8)
 PARAGRAPHS = CONTEXT.replace(". ", ".\n\n")
 LONG = needle_prompt(24)[0]  # long enough to hold retrieved context (draft_rag.messages.LONG_CHARS)
+
+
 def tiny_llm(method="full", **kwargs) -> DraftCompressedLLM:
-    return DraftCompressedLLM(target=tiny_model("llama"), method=method, max_new_tokens=6, specpc=TINY_SPECPC,
-                              **kwargs)
+    return DraftCompressedLLM(target=tiny_model("llama"), method=method, max_new_tokens=6, specpc=TINY_SPECPC, **kwargs)
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    ({}, ValueError, "exactly one of target"),
-    ({"target": "T", "llm": MockLLM()}, ValueError, "exactly one of target"),
-    ({"llm": "not an llm"}, TypeError, "LlamaIndex LLM"),
-    ({"llm": MockLLM(), "method": "speckv"}, ValueError, "only method='specpc'"),
-    ({"llm": MockLLM(), "method": "nope"}, ValueError, "method must be one of"),
-    ({"llm": MockLLM(), "budget": 10, "ratio": 0.5}, ValueError, "budget"),
-    ({"llm": MockLLM(), "budget": 0}, ValueError, "budget"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({}, ValueError, "exactly one of target"),
+        ({"target": "T", "llm": MockLLM()}, ValueError, "exactly one of target"),
+        ({"llm": "not an llm"}, TypeError, "LlamaIndex LLM"),
+        ({"llm": MockLLM(), "method": "speckv"}, ValueError, "only method='specpc'"),
+        ({"llm": MockLLM(), "method": "nope"}, ValueError, "method must be one of"),
+        ({"llm": MockLLM(), "budget": 10, "ratio": 0.5}, ValueError, "budget"),
+        ({"llm": MockLLM(), "budget": 0}, ValueError, "budget"),
+    ],
+)
 def test_bad_arguments_are_named(kwargs, error, match):
     with pytest.raises(error, match=match):
         DraftCompressedLLM(draft=tiny_model("llama"), **kwargs)
@@ -63,12 +68,16 @@ def test_complete_stream_and_chat_agree(draft_events):
     pieces = list(llm.stream_complete(prompt))
     assert "".join(p.delta for p in pieces) == pieces[-1].text == full.text
     assert pieces[-1].additional_kwargs["draft_rag"]["prompt_tokens"] == stats["prompt_tokens"]
-    messages = [ChatMessage(role=MessageRole.SYSTEM, content="Be brief."),
-                ChatMessage(role=MessageRole.USER, content=LONG + "\n\n" + QUESTION)]
+    messages = [
+        ChatMessage(role=MessageRole.SYSTEM, content="Be brief."),
+        ChatMessage(role=MessageRole.USER, content=LONG + "\n\n" + QUESTION),
+    ]
     chat = llm.chat(messages)  # the conversation, in the chat template; the context compressed
-    direct = llm.engine.generate(messages=[{"role": "system", "content": "Be brief."},
-                                           {"role": "user", "content": LONG + "\n\n" + QUESTION}],
-                                 budget=40, max_new_tokens=6)
+    direct = llm.engine.generate(
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": LONG + "\n\n" + QUESTION}],
+        budget=40,
+        max_new_tokens=6,
+    )
     assert chat.message.role == MessageRole.ASSISTANT and chat.message.content == direct.text
     assert chat.raw["usage"]["prompt_tokens"] == direct.stats.prompt_tokens < direct.stats.original_tokens
     streamed = list(llm.stream_chat(messages))
@@ -81,7 +90,8 @@ def test_complete_stream_and_chat_agree(draft_events):
 @pytest.mark.parametrize("method", [m for m in ("full", "specpc", "speckv", "speckv-pc") if m in METHODS])
 def test_methods_run_through_the_engine(method, draft_events):
     out = tiny_llm(method, budget=40, pc_budget=60 if method == "speckv-pc" else None).complete(
-        CONTEXT + "\n" + QUESTION)
+        CONTEXT + "\n" + QUESTION
+    )
     stats = out.additional_kwargs["draft_rag"]
     assert stats["method"] == method and out.raw["usage"]["completion_tokens"] == 6
     (event,) = draft_events
@@ -104,8 +114,12 @@ def test_predict_protects_the_template_and_counts_tokens():
     assert event.prompt_token_count < len(tiny_model("llama").tokenizer(event.prompt)["input_ids"])
     engine = DraftEngine(tiny_model("llama"), specpc=TINY_SPECPC)  # the same call straight to the engine
     user = TEMPLATE.format(context_str=PARAGRAPHS, query_str=QUESTION)
-    direct = engine.generate(messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": user}],
-                             context=[PARAGRAPHS], budget=200, max_new_tokens=6)  # the template's context only
+    direct = engine.generate(
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": user}],
+        context=[PARAGRAPHS],
+        budget=200,
+        max_new_tokens=6,
+    )  # the template's context only
     assert event.prompt_token_count == direct.stats.prompt_tokens
     assert event.completion == f"assistant: {direct.text}"  # a chat event: the message, with its role
 
@@ -120,11 +134,17 @@ def test_wrapping_another_llm_compresses_only_the_context(draft_events):
     (ev,) = draft_events
     assert ev.compressed_tokens < ev.original_tokens
     direct = llm.complete(CONTEXT + QUESTION)
-    assert direct.additional_kwargs["draft_rag"]["compressed_tokens"] < direct.additional_kwargs["draft_rag"][
-        "original_tokens"]
+    assert (
+        direct.additional_kwargs["draft_rag"]["compressed_tokens"]
+        < direct.additional_kwargs["draft_rag"]["original_tokens"]
+    )
     assert len(direct.text) < len(CONTEXT + QUESTION)
-    chat = llm.chat([ChatMessage(role=MessageRole.SYSTEM, content="Be brief."),
-                     ChatMessage(role=MessageRole.USER, content=LONG + "\n\n" + QUESTION)])
+    chat = llm.chat(
+        [
+            ChatMessage(role=MessageRole.SYSTEM, content="Be brief."),
+            ChatMessage(role=MessageRole.USER, content=LONG + "\n\n" + QUESTION),
+        ]
+    )
     assert "Be brief." in chat.message.content and len(chat.message.content) < len(LONG)
     assert chat.message.content.endswith(f"\n\n{QUESTION}\nassistant: ")  # MockLLM echoes what it received
 
@@ -151,11 +171,12 @@ async def test_async_paths_do_not_block_the_event_loop():
     deltas = [r.delta async for r in await llm.astream_chat([ChatMessage(role=MessageRole.USER, content=prompt)])]
     assert "".join(deltas) == out.text
     assert await llm.apredict(TEMPLATE, context_str=PARAGRAPHS, query_str=QUESTION) == llm.predict(
-        TEMPLATE, context_str=PARAGRAPHS, query_str=QUESTION)
-    async for first in await llm.astream_complete(prompt):
+        TEMPLATE, context_str=PARAGRAPHS, query_str=QUESTION
+    )
+    async for first in await llm.astream_complete(prompt):  # noqa: B007
         break  # abandoned stream: the engine must be usable again
     assert first.delta and (await asyncio.wait_for(llm.acomplete(prompt), 120)).text == out.text
-    for first in llm.stream_complete(prompt):
+    for first in llm.stream_complete(prompt):  # noqa: B007
         break
     assert llm.complete(prompt).text == out.text
 
@@ -171,10 +192,10 @@ async def test_async_wrapping_another_llm():
 @pytest.mark.slow
 def test_real_draft_keeps_the_needle_and_the_template(smollm):
     text, question, answer = needle_prompt(40, position=0.4)
-    qa = PromptTemplate("Context information is below.\n---\n{context_str}\n---\nAnswer the query.\n"
-                        "Query: {query_str}\nAnswer: ")
-    sent = DraftCompressedLLM(llm=MockLLM(), draft=smollm, budget=320).predict(qa, context_str=text,
-                                                                               query_str=question)
+    qa = PromptTemplate(
+        "Context information is below.\n---\n{context_str}\n---\nAnswer the query.\nQuery: {query_str}\nAnswer: "
+    )
+    sent = DraftCompressedLLM(llm=MockLLM(), draft=smollm, budget=320).predict(qa, context_str=text, query_str=question)
     assert answer in sent and len(sent) < len(text) / 2
     assert sent.startswith("Context information is below.\n---\n")
     assert sent.endswith(f"\n---\nAnswer the query.\nQuery: {question}\nAnswer: ")

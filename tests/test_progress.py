@@ -1,4 +1,5 @@
 """Long stages show one progress bar each: the embedder's own nested bars and INFO chatter stay silent."""
+
 from __future__ import annotations
 
 import logging
@@ -24,8 +25,9 @@ class RecordingEmbedder:
 def test_embedder_bars_are_off(tmp_path, monkeypatch):
     monkeypatch.setenv("DRAFT_RAG_CACHE", str(tmp_path))
     embedder = RecordingEmbedder()
-    index = build_index([Chunk(f"text {i}", id=i) for i in range(5)], embedder=embedder, batch_size=2,
-                        progress=False, cache=False)
+    index = build_index(
+        [Chunk(f"text {i}", id=i) for i in range(5)], embedder=embedder, batch_size=2, progress=False, cache=False
+    )
     index.search("a query", k=2)
     assert len(embedder.calls) == 4 and all(c.get("show_progress_bar") is False for c in embedder.calls)
 

@@ -8,6 +8,7 @@ are preserved; the caller's objects are unchanged; the same input gives the same
 
 ``HYPOTHESIS_PROFILE=thorough`` runs 1000 examples per entry point instead of 200.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,15 +21,21 @@ import os
 import tempfile
 from unittest import mock
 
+from conftest import tiny_model
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from conftest import tiny_model
 from draft_rag import DraftEngine, SpecPCConfig
 from draft_rag.engine import METHODS
 
-settings.register_profile("ci", max_examples=200, deadline=None, derandomize=True, database=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile(
+    "ci",
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 settings.register_profile("thorough", settings.get_profile("ci"), max_examples=1000, derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
@@ -36,11 +43,42 @@ CFG = SpecPCConfig(starting_layer_index=1, window_size=8, kernel_size=5, neighbo
 ENGINE = DraftEngine(target=tiny_model("llama"), specpc=CFG)
 
 SPECIAL_TOKENS = [  # ChatML (Qwen, SmolLM), Llama 3, Llama 2 / Mistral, Gemma, Phi-3, plus the tiny tokenizer's
-    "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>",
-    "<s>", "</s>", "[INST]", "[/INST]", "<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>", "<|user|>",
-    "<|assistant|>", "<|end|>", "<pad>", "<unk>"]
-ODD = ["\u202e", "\u200f", "مرحبا بالعالم", "שלום עולם", "🙂🚀👩‍👩‍👧", "\x00", "\x1b[31m", "\r\n\t", "\x7f",
-       "\ufeff", "\u200b", "\u0301", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢", " "]
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|begin_of_text|>",
+    "<|eot_id|>",
+    "<|start_header_id|>",
+    "<s>",
+    "</s>",
+    "[INST]",
+    "[/INST]",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "<bos>",
+    "<eos>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|end|>",
+    "<pad>",
+    "<unk>",
+]
+ODD = [
+    "\u202e",
+    "\u200f",
+    "مرحبا بالعالم",
+    "שלום עולם",
+    "🙂🚀👩‍👩‍👧",
+    "\x00",
+    "\x1b[31m",
+    "\r\n\t",
+    "\x7f",
+    "\ufeff",
+    "\u200b",
+    "\u0301",
+    "𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
+    " ",
+]
 SENTENCE = "The special magic number for ocean is 4728163. Grass is green and the sky is blue. "
 
 piece = st.one_of(
@@ -97,8 +135,13 @@ def test_engine_compress(data):
     prompt = None if use_chunks else data.draw(text)
     q, instruction = data.draw(question), data.draw(st.one_of(st.none(), short_text))
     b, r = budget_and_ratio(data.draw, draft_len(prompt or "".join(c[0] for c in chunks or [])))
-    args = dict(question=q, instruction=instruction, budget=b, ratio=r,
-                chunks=[{"text": t, "id": i, "metadata": m} for t, i, m in chunks] if use_chunks else None)
+    args = dict(
+        question=q,
+        instruction=instruction,
+        budget=b,
+        ratio=r,
+        chunks=[{"text": t, "id": i, "metadata": m} for t, i, m in chunks] if use_chunks else None,
+    )
     before = copy.deepcopy(args)
     try:
         cp = ENGINE.compress(prompt, **args)
@@ -157,17 +200,34 @@ def test_engine_generate(data):
 
 
 # -- CLI -----------------------------------------------------------------------------------------
-@given(text, question, st.one_of(st.integers(-2, 400).map(str), st.sampled_from(["", "x", "1e3", "nan", "0.5"])),
-       st.booleans())
+@given(
+    text,
+    question,
+    st.one_of(st.integers(-2, 400).map(str), st.sampled_from(["", "x", "1e3", "nan", "0.5"])),
+    st.booleans(),
+)
 def test_cli_compress(tiny_dir, prompt, q, budget, stdin):
     from draft_rag.cli import main
-
     from draft_rag.prompt import build_segments
 
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as f:
         f.write(prompt)
-    argv = ["compress", "--draft", tiny_dir, "--budget", budget, "--json", "--starting-layer-index", "1",
-            "--window-size", "8", "--kernel-size", "5", "--neighbor-tokens", "4"] + ([f"--question={q}"] if q else [])
+    argv = [
+        "compress",
+        "--draft",
+        tiny_dir,
+        "--budget",
+        budget,
+        "--json",
+        "--starting-layer-index",
+        "1",
+        "--window-size",
+        "8",
+        "--kernel-size",
+        "5",
+        "--neighbor-tokens",
+        "4",
+    ] + ([f"--question={q}"] if q else [])
     out, err = io.StringIO(), io.StringIO()
     logged = logging.StreamHandler(err)
     logging.getLogger("draft_rag").addHandler(logged)
@@ -201,11 +261,30 @@ def test_langchain_chat_model(data):
 
     from langchain_draft_rag import ChatDraftCompressed
 
-    settings_ = dict(temperature=0.0, top_p=data.draw(st.sampled_from([1.0, 0.9])),
-                     top_k=data.draw(st.sampled_from([0, 5])), seed=0, max_tokens=data.draw(st.integers(1, 2)))
-    broken = data.draw(st.sampled_from([("temperature", -1.0), ("temperature", math.nan), ("temperature", math.inf),
-                                        ("top_p", 0.0), ("top_p", 5.0), ("top_p", math.nan), ("top_k", -3),
-                                        ("max_tokens", 0)]) | st.none() | st.none() | st.none())
+    settings_ = dict(
+        temperature=0.0,
+        top_p=data.draw(st.sampled_from([1.0, 0.9])),
+        top_k=data.draw(st.sampled_from([0, 5])),
+        seed=0,
+        max_tokens=data.draw(st.integers(1, 2)),
+    )
+    broken = data.draw(
+        st.sampled_from(
+            [
+                ("temperature", -1.0),
+                ("temperature", math.nan),
+                ("temperature", math.inf),
+                ("top_p", 0.0),
+                ("top_p", 5.0),
+                ("top_p", math.nan),
+                ("top_k", -3),
+                ("max_tokens", 0),
+            ]
+        )
+        | st.none()
+        | st.none()
+        | st.none()
+    )
     if broken:
         settings_[broken[0]] = broken[1]
     b, r = budget_and_ratio(data.draw, 200)
@@ -236,13 +315,20 @@ def test_langchain_document_compressor(data):
 
     from langchain_draft_rag import DraftDocumentCompressor
 
-    docs = [Document(page_content=t, metadata={**m, "n": i}, id=d)
-            for i, (t, d, m) in enumerate(data.draw(st.lists(st.tuples(text, st.one_of(st.none(), st.text(max_size=4)),
-                                                                      metadata), max_size=5)))]
+    docs = [
+        Document(page_content=t, metadata={**m, "n": i}, id=d)
+        for i, (t, d, m) in enumerate(
+            data.draw(st.lists(st.tuples(text, st.one_of(st.none(), st.text(max_size=4)), metadata), max_size=5))
+        )
+    ]
     b, r = budget_and_ratio(data.draw, 200)
-    kw = dict(budget=b, ratio=r, top_n=data.draw(st.one_of(st.none(), st.integers(-1, 4))),
-              threshold=data.draw(st.one_of(st.none(), st.floats(allow_nan=True))),
-              compress_tokens=data.draw(st.booleans()))
+    kw = dict(
+        budget=b,
+        ratio=r,
+        top_n=data.draw(st.one_of(st.none(), st.integers(-1, 4))),
+        threshold=data.draw(st.one_of(st.none(), st.floats(allow_nan=True))),
+        compress_tokens=data.draw(st.booleans()),
+    )
     q = data.draw(short_text)
     before = copy.deepcopy(docs)
     try:
@@ -271,8 +357,13 @@ def test_llamaindex_postprocessor(data):
     rows = data.draw(st.lists(st.tuples(text, metadata, st.one_of(st.none(), st.floats(0, 1))), max_size=5))
     nodes = [NodeWithScore(node=TextNode(text=t, id_=f"n{i}", metadata=m), score=s) for i, (t, m, s) in enumerate(rows)]
     b, r = budget_and_ratio(data.draw, 200)
-    kw = dict(budget=b, ratio=r, top_n=data.draw(st.one_of(st.none(), st.integers(-1, 4))),
-              compress_tokens=data.draw(st.booleans()), sort_by_score=data.draw(st.booleans()))
+    kw = dict(
+        budget=b,
+        ratio=r,
+        top_n=data.draw(st.one_of(st.none(), st.integers(-1, 4))),
+        compress_tokens=data.draw(st.booleans()),
+        sort_by_score=data.draw(st.booleans()),
+    )
     q = data.draw(nonblank)
     before = [(n.node.node_id, n.node.get_content(), dict(n.node.metadata), n.score) for n in nodes]
     try:
@@ -293,8 +384,9 @@ def test_llamaindex_postprocessor(data):
         spans = o.node.metadata.get("draft_rag_kept_spans", [[0, len(before[i][1])]] if before[i][1] else [])
         check_subsequence(o.node.get_content(), before[i][1], spans)
     again = pp.postprocess_nodes(nodes, QueryBundle(q))
-    assert [(o.node.node_id, o.score, o.node.get_content()) for o in again] == \
-        [(o.node.node_id, o.score, o.node.get_content()) for o in out]
+    assert [(o.node.node_id, o.score, o.node.get_content()) for o in again] == [
+        (o.node.node_id, o.score, o.node.get_content()) for o in out
+    ]
 
 
 @given(st.data())
@@ -308,8 +400,16 @@ def test_llamaindex_llm(data):
     temperature = data.draw(st.sampled_from([0.0, 0.0, 0.0, 0.0, -1.0, math.nan]))
     method = data.draw(st.sampled_from(METHODS))
     try:
-        llm = DraftCompressedLLM(engine=ENGINE, target=ENGINE.target, method=method, budget=b, ratio=r,
-                                 max_new_tokens=n, temperature=temperature, specpc=CFG)
+        llm = DraftCompressedLLM(
+            engine=ENGINE,
+            target=ENGINE.target,
+            method=method,
+            budget=b,
+            ratio=r,
+            max_new_tokens=n,
+            temperature=temperature,
+            specpc=CFG,
+        )
     except ValueError as exc:
         assert not valid_budget(b, r) or (temperature != 0.0 and "temperature" in str(exc)), exc
         event("rejected at construction")

@@ -1,4 +1,5 @@
 """RULER's 13 tasks: valid RULER records, answers in the context, RULER's lengths, format of NVIDIA's generator."""
+
 from __future__ import annotations
 
 import re
@@ -17,8 +18,21 @@ FAMILY = {"vt": "vt", "cwe": "cwe", "fwe": "fwe", "qa_1": "qa", "qa_2": "qa"}
 
 
 def test_the_thirteen_tasks():
-    assert RULER_13 == ("niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multikey_2",
-                        "niah_multikey_3", "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe", "qa_1", "qa_2")
+    assert RULER_13 == (
+        "niah_single_1",
+        "niah_single_2",
+        "niah_single_3",
+        "niah_multikey_1",
+        "niah_multikey_2",
+        "niah_multikey_3",
+        "niah_multivalue",
+        "niah_multiquery",
+        "vt",
+        "cwe",
+        "fwe",
+        "qa_1",
+        "qa_2",
+    )
 
 
 @pytest.mark.parametrize("task", RULER_13)
@@ -45,8 +59,16 @@ def test_records_are_valid_ruler_with_answers_in_the_context(task):
 def test_answer_counts_follow_ruler():
     tok = tiny_tokenizer()
     count = {t: len(generate(t, tok, 3000 if t == "cwe" else 1600, 1)[0]["outputs"]) for t in RULER_13}
-    assert count == {**{t: 1 for t in RULER_13 if t.startswith("niah")}, "niah_multivalue": 4, "niah_multiquery": 4,
-                     "vt": 5, "cwe": 10, "fwe": 3, "qa_1": 1, "qa_2": 2}
+    assert count == {
+        **{t: 1 for t in RULER_13 if t.startswith("niah")},
+        "niah_multivalue": 4,
+        "niah_multiquery": 4,
+        "vt": 5,
+        "cwe": 10,
+        "fwe": 3,
+        "qa_1": 1,
+        "qa_2": 2,
+    }
     multikey = generate("niah_multikey_2", tok, 1600, 1)[0]["input"]
     assert multikey.count("One of the special magic numbers for") > 10  # a haystack of look-alike needles
     assert "Python Library Documentation" in generate("niah_single_2", tok, 1600, 1)[0]["input"]  # real-text essay

@@ -1,4 +1,5 @@
 """SpecPC's token selection as a pure function: top scores + neighbours + required, exact budget."""
+
 import numpy as np
 import pytest
 import torch

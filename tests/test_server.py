@@ -1,4 +1,5 @@
 """draft-rag serve through real clients (openai, langchain-openai, llama-index OpenAILike) on loopback."""
+
 from __future__ import annotations
 
 import asyncio
@@ -19,9 +20,15 @@ from draft_rag.server import ServeConfig, create_app
 
 pytest.importorskip("uvicorn")
 KEY = "test-key"
-LONG = [{"role": "system", "content": "Answer from the context."},
-        {"role": "user", "content": "Context:\n" + "The grass is green. The sky is blue. " * 40
-                                    + "\n\nQuestion: What colour is the sky?"}]
+LONG = [
+    {"role": "system", "content": "Answer from the context."},
+    {
+        "role": "user",
+        "content": "Context:\n"
+        + "The grass is green. The sky is blue. " * 40
+        + "\n\nQuestion: What colour is the sky?",
+    },
+]
 
 
 @contextlib.contextmanager
@@ -31,7 +38,9 @@ def serving(app, shutdown_timeout: float = 5):
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=shutdown_timeout))
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=shutdown_timeout)
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
@@ -65,9 +74,12 @@ def client(local):
 
 
 def test_chat_reports_what_the_target_read(client):
-    full = client.chat.completions.create(model="m", messages=LONG, max_tokens=8, extra_body={"draft_rag": {"method": "full"}})
-    comp = client.chat.completions.create(model="m", messages=LONG, max_tokens=8,
-                                          extra_body={"draft_rag": {"method": "specpc", "ratio": 0.25}})
+    full = client.chat.completions.create(
+        model="m", messages=LONG, max_tokens=8, extra_body={"draft_rag": {"method": "full"}}
+    )
+    comp = client.chat.completions.create(
+        model="m", messages=LONG, max_tokens=8, extra_body={"draft_rag": {"method": "specpc", "ratio": 0.25}}
+    )
     for r in (full, comp):
         assert r.object == "chat.completion" and r.model == "draft-rag" and r.usage.completion_tokens == 8
         assert r.usage.total_tokens == r.usage.prompt_tokens + 8
@@ -110,21 +122,27 @@ def test_auth_refused_without_the_key(local):
     assert httpx.post(local[0] + "/v1/completions", json={"prompt": "x"}).status_code == 401
 
 
-@pytest.mark.parametrize("body, status, param", [
-    ({"max_tokens": 65}, 400, "max_tokens"),
-    ({"max_completion_tokens": 0}, 400, "max_completion_tokens"),
-    ({"draft_rag": {"method": "magic"}}, 400, "draft_rag.method"),
-    ({"draft_rag": {"ratios": 0.5}}, 400, "draft_rag"),
-    ({"draft_rag": {"ratio": 2}}, 400, None),
-    ({"messages": []}, 400, "messages"),
-    ({"n": 2}, 400, "n"),
-    ({"temperature": "hot"}, 400, "temperature"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
-    ({"messages": [{"role": "user", "content": "x" * 30_000}]}, 413, None),
-])
+@pytest.mark.parametrize(
+    "body, status, param",
+    [
+        ({"max_tokens": 65}, 400, "max_tokens"),
+        ({"max_completion_tokens": 0}, 400, "max_completion_tokens"),
+        ({"draft_rag": {"method": "magic"}}, 400, "draft_rag.method"),
+        ({"draft_rag": {"ratios": 0.5}}, 400, "draft_rag"),
+        ({"draft_rag": {"ratio": 2}}, 400, None),
+        ({"messages": []}, 400, "messages"),
+        ({"n": 2}, 400, "n"),
+        ({"temperature": "hot"}, 400, "temperature"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
+        ({"messages": [{"role": "user", "content": "x" * 30_000}]}, 413, None),
+    ],
+)
 def test_bad_requests_get_openai_errors(local, body, status, param):
-    r = httpx.post(local[0] + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
-                   json={"model": "m", "messages": LONG, **body})
+    r = httpx.post(
+        local[0] + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {KEY}"},
+        json={"model": "m", "messages": LONG, **body},
+    )
     err = r.json()["error"]
     assert r.status_code == status and err["param"] == param and err["message"]
     if body.get("draft_rag", {}).get("ratio") == 2:
@@ -141,8 +159,14 @@ def test_not_json_and_unknown_route(local):
 def test_langchain_chat_openai(local):
     from langchain_openai import ChatOpenAI
 
-    llm = ChatOpenAI(base_url=local[0] + "/v1", api_key=KEY, model="draft-rag", max_tokens=8, max_retries=0,
-                     extra_body={"draft_rag": {"ratio": 0.5}})
+    llm = ChatOpenAI(
+        base_url=local[0] + "/v1",
+        api_key=KEY,
+        model="draft-rag",
+        max_tokens=8,
+        max_retries=0,
+        extra_body={"draft_rag": {"ratio": 0.5}},
+    )
     msg = llm.invoke([("system", LONG[0]["content"]), ("human", LONG[1]["content"])])
     assert msg.usage_metadata["output_tokens"] == 8 and msg.content
     streamed = "".join(c.content for c in llm.stream([("human", LONG[1]["content"])]))
@@ -153,13 +177,23 @@ def test_llama_index_openai_like(local):
     from llama_index.core.llms import ChatMessage
     from llama_index.llms.openai_like import OpenAILike
 
-    llm = OpenAILike(model="draft-rag", api_base=local[0] + "/v1", api_key=KEY, is_chat_model=True, max_tokens=8, temperature=0.0,
-                     max_retries=0, additional_kwargs={"extra_body": {"draft_rag": {"ratio": 0.5}}})
+    llm = OpenAILike(
+        model="draft-rag",
+        api_base=local[0] + "/v1",
+        api_key=KEY,
+        is_chat_model=True,
+        max_tokens=8,
+        temperature=0.0,
+        max_retries=0,
+        additional_kwargs={"extra_body": {"draft_rag": {"ratio": 0.5}}},
+    )
     msgs = [ChatMessage(role="user", content=LONG[1]["content"])]
     whole = llm.chat(msgs).message.content
     assert whole and "".join(r.delta for r in llm.stream_chat(msgs)) == whole
     llm.is_chat_model = False
-    assert llm.complete("The quick brown fox").text == "".join(r.delta for r in llm.stream_complete("The quick brown fox"))
+    assert llm.complete("The quick brown fox").text == "".join(
+        r.delta for r in llm.stream_complete("The quick brown fox")
+    )
 
 
 def test_access_log_has_counts_not_text(client, caplog):
@@ -175,8 +209,10 @@ def test_access_log_has_counts_not_text(client, caplog):
 
 def test_disconnect_cancels_generation_and_frees_engine(caplog):
     engine = tiny_engine()
-    with serving(create_app(engine, ServeConfig(max_tokens=4000, max_queue=0))) as (url, _), \
-            caplog.at_level(logging.INFO, logger="draft_rag.access"):
+    with (
+        serving(create_app(engine, ServeConfig(max_tokens=4000, max_queue=0))) as (url, _),
+        caplog.at_level(logging.INFO, logger="draft_rag.access"),
+    ):
         c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
         stream = c.chat.completions.create(model="m", messages=LONG, max_tokens=3000, stream=True)
         next(iter(stream)), next(iter(stream))
@@ -207,8 +243,10 @@ def test_queue_timeout_is_503():
 def test_graceful_shutdown_finishes_the_stream_in_flight():
     engine = tiny_engine()
     body = {"messages": LONG, "max_tokens": 300, "stream": True}
-    with serving(create_app(engine, ServeConfig()), shutdown_timeout=120) as (url, server), \
-            httpx.stream("POST", url + "/v1/chat/completions", timeout=30, json=body) as r:
+    with (
+        serving(create_app(engine, ServeConfig()), shutdown_timeout=120) as (url, server),
+        httpx.stream("POST", url + "/v1/chat/completions", timeout=30, json=body) as r,
+    ):
         lines = r.iter_lines()
         assert next(lines).startswith("data: ")
         server.should_exit = True
@@ -233,28 +271,35 @@ def test_proxy_compresses_in_front_of_an_openai_server(caplog):
     upstream_engine = tiny_engine()
     upstream_app = create_app(upstream_engine, ServeConfig(api_key="upstream-key", method="full", model_name="vllm"))
     with serving(upstream_app) as (up, _):
-        proxy_app = create_app(tiny_engine(target=False),
-                               ServeConfig(api_key=KEY, upstream=up + "/v1", upstream_api_key="upstream-key"))
+        proxy_app = create_app(
+            tiny_engine(target=False), ServeConfig(api_key=KEY, upstream=up + "/v1", upstream_api_key="upstream-key")
+        )
         with serving(proxy_app) as (url, _):
             c = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
             direct = openai.OpenAI(base_url=up + "/v1", api_key="upstream-key", max_retries=0)
             plain = direct.chat.completions.create(model="vllm", messages=LONG, max_tokens=6)
-            r = c.chat.completions.create(model="vllm", messages=LONG, max_tokens=6,
-                                          extra_body={"draft_rag": {"ratio": 0.25}})
+            r = c.chat.completions.create(
+                model="vllm", messages=LONG, max_tokens=6, extra_body={"draft_rag": {"ratio": 0.25}}
+            )
             assert r.model == "vllm" and r.usage.completion_tokens == 6
             assert r.usage.prompt_tokens < plain.usage.prompt_tokens / 2  # the upstream read the compressed prompt
             assert r.draft_rag["compressed_tokens"] < r.draft_rag["original_tokens"]
-            same = c.chat.completions.create(model="vllm", messages=LONG, max_tokens=6,
-                                             extra_body={"draft_rag": {"method": "full"}})
+            same = c.chat.completions.create(
+                model="vllm", messages=LONG, max_tokens=6, extra_body={"draft_rag": {"method": "full"}}
+            )
             assert same.usage.prompt_tokens == plain.usage.prompt_tokens
             assert same.choices[0].message.content == plain.choices[0].message.content
-            chunks = list(c.chat.completions.create(model="vllm", messages=LONG, max_tokens=6, stream=True,
-                                                    extra_body={"draft_rag": {"ratio": 0.25}}))
+            chunks = list(
+                c.chat.completions.create(
+                    model="vllm", messages=LONG, max_tokens=6, stream=True, extra_body={"draft_rag": {"ratio": 0.25}}
+                )
+            )
             assert "".join(x.choices[0].delta.content or "" for x in chunks) == r.choices[0].message.content
             assert [m.id for m in c.models.list()] == ["vllm"]
             with pytest.raises(openai.AuthenticationError):
                 openai.OpenAI(base_url=url + "/v1", api_key="no", max_retries=0).chat.completions.create(
-                    model="vllm", messages=LONG, max_tokens=4)
+                    model="vllm", messages=LONG, max_tokens=4
+                )
             with pytest.raises(openai.BadRequestError) as err:  # the proxy's own limit
                 c.chat.completions.create(model="vllm", messages=LONG, max_tokens=100_000)
             assert err.value.body["param"] == "max_tokens"
@@ -314,12 +359,17 @@ async def _load(url: str, clients: int, seconds: float) -> dict:
 def test_real_smollm_through_the_openai_client(smollm):
     with serving(create_app(DraftEngine(smollm), ServeConfig())) as (url, _):
         c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
-        r = c.chat.completions.create(model="m", max_tokens=12,
-                                      messages=[{"role": "user", "content": "What is the capital of France?"}])
+        r = c.chat.completions.create(
+            model="m", max_tokens=12, messages=[{"role": "user", "content": "What is the capital of France?"}]
+        )
         assert "Paris" in r.choices[0].message.content and r.choices[0].finish_reason in ("stop", "length")
         text, question, _ = needle_prompt(40)
-        r = c.chat.completions.create(model="m", max_tokens=8, messages=[{"role": "user", "content": text + question}],
-                                      extra_body={"draft_rag": {"method": "specpc", "budget": 256}})
+        r = c.chat.completions.create(
+            model="m",
+            max_tokens=8,
+            messages=[{"role": "user", "content": text + question}],
+            extra_body={"draft_rag": {"method": "specpc", "budget": 256}},
+        )
         assert r.usage.prompt_tokens < 300 and r.draft_rag["original_tokens"] > 900
 
 
@@ -335,8 +385,24 @@ def test_cli_serve_starts_answers_and_stops_on_sigterm(tiny_dir):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "DRAFT_RAG_API_KEY": KEY, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "draft_rag.cli", "serve", "--target", tiny_dir, "--port", str(port),
-                             "--starting-layer-index", "1", "--ratio", "0.5"], env=env, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "draft_rag.cli",
+            "serve",
+            "--target",
+            tiny_dir,
+            "--port",
+            str(port),
+            "--starting-layer-index",
+            "1",
+            "--ratio",
+            "0.5",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.time() + 120

@@ -1,13 +1,14 @@
 """SpecKV and the KV baselines: budgets, selection, positions, sliding windows, engine wiring, real SmolLM2."""
+
 from __future__ import annotations
 
 import functools
 
 import pytest
 import torch
+from conftest import ARCHS, needle_prompt, tiny_config, tiny_model, tiny_tokenizer
 from transformers import AutoModelForCausalLM, DynamicCache
 
-from conftest import ARCHS, needle_prompt, tiny_config, tiny_model, tiny_tokenizer
 from draft_rag import DraftEngine, SpecPCConfig
 from draft_rag.baselines import RandomScores, scorer, streaming_scores
 from draft_rag.config import SpecKVConfig
@@ -70,7 +71,7 @@ def test_kept_keys_are_the_top_scored_and_the_window(arch):
     assert compressed, "no layer was compressed"
     for i in compressed:
         probs = out.attentions[i][0].float()  # [Hq, T, T]
-        rows = probs[:, n - w:, : n - w].reshape(hkv, -1, n - w)  # window + lookahead queries, GQA grouped
+        rows = probs[:, n - w :, : n - w].reshape(hkv, -1, n - w)  # window + lookahead queries, GQA grouped
         ref = pool(rows.amax(dim=1)[None], "max", 7)[0]  # [Hkv, n - w]
         kept = kv.kept[i][0]
         assert kept.shape == (hkv, budget)
@@ -83,7 +84,9 @@ def test_kept_keys_are_the_top_scored_and_the_window(arch):
             assert ref[h][chosen].min() >= ref[h][~chosen].max() - 1e-6
             # the cache holds exactly those entries of the full prefill (keys stay at KV-head granularity)
             torch.testing.assert_close(state.cache.layers[i].keys[0, h, :budget], full.layers[i].keys[0, h, positions])
-            torch.testing.assert_close(state.cache.layers[i].values[0, h, :budget], full.layers[i].values[0, h, positions])
+            torch.testing.assert_close(
+                state.cache.layers[i].values[0, h, :budget], full.layers[i].values[0, h, positions]
+            )
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -107,27 +110,38 @@ def test_decoding_continues_at_original_positions(arch):
     got = _greedy(lm, ids, 10, lambda m, i: compressed_prefill(m, i, [], budget, sc, window=w, horizon=10)[0])
     keep = torch.zeros(n - 1, dtype=torch.long)  # over the tokens before the last prompt token
     keep[:4] = 1
-    keep[n - 1 - (budget - 4):] = 1
+    keep[n - 1 - (budget - 4) :] = 1
     cache = DynamicCache(config=lm.model.config)
     lm.model(input_ids=torch.tensor([ids[:-1]]), use_cache=True, cache=cache)
     mask = torch.cat([keep, torch.ones(1, dtype=torch.long)])  # the last prompt token, fed over the kept keys
-    out = lm.model(input_ids=torch.tensor([ids[-1:]]), position_ids=torch.tensor([[n - 1]]), attention_mask=mask[None],
-                   use_cache=True, cache=cache)
+    out = lm.model(
+        input_ids=torch.tensor([ids[-1:]]),
+        position_ids=torch.tensor([[n - 1]]),
+        attention_mask=mask[None],
+        use_cache=True,
+        cache=cache,
+    )
     toks = []
     for step in range(10):
         tok = int(out.logits[0, -1].argmax())
         toks.append(tok)
         mask = torch.cat([mask, torch.ones(1, dtype=torch.long)])
-        out = lm.model(input_ids=torch.tensor([[tok]]), position_ids=torch.tensor([[n + step]]),
-                       attention_mask=mask[None], use_cache=True, cache=cache)
+        out = lm.model(
+            input_ids=torch.tensor([[tok]]),
+            position_ids=torch.tensor([[n + step]]),
+            attention_mask=mask[None],
+            use_cache=True,
+            cache=cache,
+        )
     assert got == lm.tokenizer.decode(toks, skip_special_tokens=True)
 
 
 def test_sliding_layers_covering_the_decode_are_compressed():
     """Gemma3 whose sliding window covers prompt + decode: every layer holds the budget, still exact at full budget."""
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(tiny_config("gemma3", sliding_window=512), attn_implementation="sdpa",
-                                             dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_config(
+        tiny_config("gemma3", sliding_window=512), attn_implementation="sdpa", dtype=torch.float32
+    ).eval()
     lm = LoadedModel(model, tiny_tokenizer(), "tiny-gemma3-wide")
     ids = _ids(lm)
     state, kv = compressed_prefill(model, ids, _look(lm), 40, SCORE, window=8, horizon=16)
@@ -153,9 +167,12 @@ def test_first_token_comes_from_the_compressed_cache(arch, method):
     for i, kept in enumerate(kv.kept):
         assert kept is not None and kept.shape[-1] == budget
         gather = kept[..., None].expand(*kept.shape, prefix.layers[i].keys.shape[-1])
-        cropped.update(torch.gather(prefix.layers[i].keys, 2, gather), torch.gather(prefix.layers[i].values, 2, gather), i)
-    out = lm.model(input_ids=torch.tensor([ids[-1:]]), position_ids=torch.tensor([[len(ids) - 1]]), use_cache=True,
-                   cache=cropped)
+        cropped.update(
+            torch.gather(prefix.layers[i].keys, 2, gather), torch.gather(prefix.layers[i].values, 2, gather), i
+        )
+    out = lm.model(
+        input_ids=torch.tensor([ids[-1:]]), position_ids=torch.tensor([[len(ids) - 1]]), use_cache=True, cache=cropped
+    )
     torch.testing.assert_close(state.logits, out.logits[0, -1], rtol=1e-4, atol=1e-4)
     for i, layer in enumerate(state.cache.layers):  # the re-fed token's KV is the crop-and-refeed's too
         torch.testing.assert_close(layer.keys, cropped.layers[i].keys, rtol=1e-4, atol=1e-4)
@@ -186,8 +203,7 @@ def _engine(arch="qwen3"):
 @pytest.mark.parametrize("method", ["speckv", "speckv-pc", "snapkv", "streamingllm", "random"])
 def test_engine_methods_report_kv_stats(method):
     engine = _engine()
-    g = engine.generate(TEXT, question="What is the number?", method=method, budget=40, max_new_tokens=6,
-                        pc_budget=80)
+    g = engine.generate(TEXT, question="What is the number?", method=method, budget=40, max_new_tokens=6, pc_budget=80)
     s = g.stats
     assert s.method == method and s.new_tokens >= 1
     assert s.kv_entries == [41, 41, 41] and 0 < s.kv_bytes < s.kv_bytes_full
@@ -209,8 +225,15 @@ def test_engine_speckv_equals_full_when_budget_covers_prompt():
 
 def test_engine_streaming_sampling_and_stop():
     engine = _engine("llama")
-    kw = dict(question="What is the number?", method="speckv", budget=40, max_new_tokens=12, temperature=0.8,
-              seed=5, lookahead_tokens=4)
+    kw = dict(
+        question="What is the number?",
+        method="speckv",
+        budget=40,
+        max_new_tokens=12,
+        temperature=0.8,
+        seed=5,
+        lookahead_tokens=4,
+    )
     pieces = list(engine.stream(TEXT, **kw))
     assert "".join(pieces) == engine.generate(TEXT, **kw).text  # seeded sampling is reproducible
     text = engine.generate(TEXT, **{**kw, "temperature": 0.0}).text
@@ -246,8 +269,14 @@ def test_cross_tokenizer_lookahead_travels_as_text(smollm):
 def test_smollm_needle_with_256_entry_cache(smollm):
     text, question, answer = needle_prompt(85, 0.4)
     engine = DraftEngine(target=smollm)
-    g = engine.generate(text, question=question, answer_prefix="The special magic number for ocean is",
-                        method="speckv", budget=256, max_new_tokens=10)
+    g = engine.generate(
+        text,
+        question=question,
+        answer_prefix="The special magic number for ocean is",
+        method="speckv",
+        budget=256,
+        max_new_tokens=10,
+    )
     assert g.stats.original_tokens > 2000 and g.stats.lookahead_tokens > 0
     assert g.stats.kv_entries == [257] * 30 and g.stats.kv_bytes * 8 < g.stats.kv_bytes_full
     assert answer in g.text, g.text

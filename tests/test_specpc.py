@@ -1,8 +1,9 @@
 """SpecPC end to end on tiny random models: budgets, protected text, special tokens, chunks, provenance."""
+
 import pytest
+from conftest import ARCHS, needle_prompt, tiny_model, tiny_tokenizer
 
 import draft_rag.specpc as specpc_mod
-from conftest import ARCHS, needle_prompt, tiny_model, tiny_tokenizer
 from draft_rag import Chunk, DraftEngine, SpecPCConfig
 
 SMALL = SpecPCConfig(starting_layer_index=0, window_size=8, kernel_size=5, neighbor_tokens=4)
@@ -35,8 +36,13 @@ def test_ratio_budget():
 def test_protected_segments_are_never_dropped():
     text, question, _ = needle_prompt(20)
     instruction = "Answer using only the context below."
-    cp = engine().compress(chunks=[text[:1000], text[1000:]], instruction=instruction, question=question,
-                           answer_prefix=" Answer:", budget=100)
+    cp = engine().compress(
+        chunks=[text[:1000], text[1000:]],
+        instruction=instruction,
+        question=question,
+        answer_prefix=" Answer:",
+        budget=100,
+    )
     assert cp.text.startswith(instruction) and question in cp.text and cp.text.endswith(" Answer:")
 
 
@@ -48,6 +54,7 @@ def test_protected_larger_than_budget_is_a_clear_error():
 def test_short_prompt_comes_back_unchanged_without_running_the_draft(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the draft must not run")
+
     monkeypatch.setattr(specpc_mod, "draft_scores", boom)
     cp = engine().compress("A short text.", question="Why?", budget=500)
     assert cp.text == "A short text.\n\nWhy?" and cp.seconds["draft"] == 0.0
@@ -59,7 +66,8 @@ def test_special_token_text_in_context_stays_text():
     cp = engine().compress(evil, question="What?", budget=60)
     assert "<|im_start|>" in cp.original_text
     specials = set(tok.all_special_ids)
-    from draft_rag.prompt import encode, tokenize, build_segments, wrap
+    from draft_rag.prompt import build_segments, encode, tokenize, wrap
+
     segs, _ = build_segments(evil, question="What?")
     ids = tokenize(tok, wrap(segs, tok)).ids
     template_specials = sum(1 for i in tokenize(tok, wrap(build_segments("x")[0], tok)).ids if i in specials)
@@ -69,7 +77,7 @@ def test_special_token_text_in_context_stays_text():
 
 def test_chunks_keep_ids_metadata_and_report_kept_spans():
     text, question, answer = needle_prompt(30)
-    chunks = [Chunk(text[i:i + 600], id=f"doc{i}", metadata={"source": i}) for i in range(0, len(text), 600)]
+    chunks = [Chunk(text[i : i + 600], id=f"doc{i}", metadata={"source": i}) for i in range(0, len(text), 600)]
     cp = engine().compress(chunks=chunks, question=question, budget=150)
     assert [c.id for c in cp.chunks] == [c.id for c in chunks]
     assert [c.metadata for c in cp.chunks] == [c.metadata for c in chunks]

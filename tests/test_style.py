@@ -1,4 +1,5 @@
 """House style enforced by tools: ruff's lint and format checks (configured in pyproject.toml) on the whole tree."""
+
 import shutil
 import subprocess
 import sys

@@ -6,6 +6,7 @@ while reading the question), ``minilm`` (all-MiniLM-L6-v2 cosine similarity), ``
 ``llmlingua`` (LongLLMLingua's question-conditioned perplexity ranking). At each keep ratio the top chunks
 stay in their original order and the target answers from them.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,7 +18,9 @@ from .data import string_match_all
 from .tasks import stdlib_passages
 
 RANKERS = ("draft", "minilm", "bm25", "llmlingua")
-INSTRUCTION = "Answer the question based on the given documents. Only give me the answer and do not output any other words."
+INSTRUCTION = (
+    "Answer the question based on the given documents. Only give me the answer and do not output any other words."
+)
 
 
 def make_queries(n: int, k: int = 8, seed: int = 42) -> list[dict]:
@@ -31,10 +34,14 @@ def make_queries(n: int, k: int = 8, seed: int = 42) -> list[dict]:
         gold = passages[rng.randrange(len(passages))]
         chunks = rng.sample([p for p in passages if p is not gold], k - 1)
         chunks.insert(rng.randrange(k), gold)
-        queries.append({"question": f"Question: Which function is documented as \"{gold['first']}\"? "
-                                    "Answer with its name.",
-                        "answer": gold["name"], "gold": gold["id"],
-                        "chunks": [{"id": p["id"], "text": p["text"]} for p in chunks]})
+        queries.append(
+            {
+                "question": f'Question: Which function is documented as "{gold["first"]}"? Answer with its name.',
+                "answer": gold["name"],
+                "gold": gold["id"],
+                "chunks": [{"id": p["id"], "text": p["text"]} for p in chunks],
+            }
+        )
     return queries
 
 
@@ -70,8 +77,17 @@ class Rankers:
         raise ValueError(f"ranker must be one of {', '.join(RANKERS)}, got {ranker!r}")
 
 
-def run_chunk_bench(engine, queries: list[dict], rankers=RANKERS, keeps=(1 / 2, 1 / 4, 1 / 8), *,
-                    answer: bool = True, llmlingua=None, max_new_tokens: int = 16, progress: bool = True) -> list[dict]:
+def run_chunk_bench(
+    engine,
+    queries: list[dict],
+    rankers=RANKERS,
+    keeps=(1 / 2, 1 / 4, 1 / 8),
+    *,
+    answer: bool = True,
+    llmlingua=None,
+    max_new_tokens: int = 16,
+    progress: bool = True,
+) -> list[dict]:
     """Per ranker and keep ratio: gold recall (%), answer score (0-100, when ``answer``) and ranking seconds."""
     from tqdm.auto import tqdm
 
@@ -94,13 +110,26 @@ def run_chunk_bench(engine, queries: list[dict], rankers=RANKERS, keeps=(1 / 2, 
                 if answer:
                     key = (qi, tuple(kept))
                     if key not in answers:
-                        gen = engine.generate(chunks=[q["chunks"][i] for i in kept], instruction=INSTRUCTION,
-                                              question=q["question"], answer_prefix=" Answer:", method="full",
-                                              max_new_tokens=max_new_tokens)
+                        gen = engine.generate(
+                            chunks=[q["chunks"][i] for i in kept],
+                            instruction=INSTRUCTION,
+                            question=q["question"],
+                            answer_prefix=" Answer:",
+                            method="full",
+                            max_new_tokens=max_new_tokens,
+                        )
                         answers[key] = string_match_all(gen.text, [q["answer"]])
                     score[keep] += answers[key]
         n = len(queries)
         for keep in keeps:
-            rows.append({"ranker": ranker, "keep": keep, "n": n, "recall": 100 * recall[keep] / n,
-                         "score": 100 * score[keep] / n if answer else None, "rank_seconds": seconds / n})
+            rows.append(
+                {
+                    "ranker": ranker,
+                    "keep": keep,
+                    "n": n,
+                    "recall": 100 * recall[keep] / n,
+                    "score": 100 * score[keep] / n if answer else None,
+                    "rank_seconds": seconds / n,
+                }
+            )
     return rows

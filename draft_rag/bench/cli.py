@@ -1,4 +1,5 @@
 """``draft-rag eval`` (one method on RULER-format JSONL) and ``draft-rag bench`` (generated tasks x grid)."""
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,16 @@ def _cmd_eval(args) -> int:
             logger.error("method llmlingua cannot run: %s", exc)
             return 3
     try:
-        res = evaluate(engine, records, args.method, budget=args.budget, ratio=args.ratio, template=args.template,
-                       max_new_tokens=args.max_new_tokens, llmlingua=lingua)
+        res = evaluate(
+            engine,
+            records,
+            args.method,
+            budget=args.budget,
+            ratio=args.ratio,
+            template=args.template,
+            max_new_tokens=args.max_new_tokens,
+            llmlingua=lingua,
+        )
     finally:
         if lingua is not None:
             lingua.close()
@@ -64,9 +73,23 @@ def _cmd_bench(args) -> int:
     _threads(args)
     if args.merge:
         merge_results(out / "results.json", args.merge)
-    data = run_grid(pairs, args.tasks, args.lengths, args.n, methods, ratios=args.ratios, kv_budgets=args.kv_budgets,
-                    seed=args.seed, out_dir=out, max_new_tokens=args.max_new_tokens, fresh=args.fresh) \
-        if args.tasks else load_results(out / "results.json")
+    data = (
+        run_grid(
+            pairs,
+            args.tasks,
+            args.lengths,
+            args.n,
+            methods,
+            ratios=args.ratios,
+            kv_budgets=args.kv_budgets,
+            seed=args.seed,
+            out_dir=out,
+            max_new_tokens=args.max_new_tokens,
+            fresh=args.fresh,
+        )
+        if args.tasks
+        else load_results(out / "results.json")
+    )
     if args.chunk_queries:
         from ..engine import DraftEngine
 
@@ -76,10 +99,12 @@ def _cmd_bench(args) -> int:
         lingua = None
         if "llmlingua" in rankers:
             from .llmlingua import LLMLinguaClient
+
             lingua = LLMLinguaClient(pair.draft, engine.draft.tokenizer)
         try:
-            rows = run_chunk_bench(engine, make_queries(args.chunk_queries, args.chunks_per_query, args.seed),
-                                   rankers, llmlingua=lingua)
+            rows = run_chunk_bench(
+                engine, make_queries(args.chunk_queries, args.chunks_per_query, args.seed), rankers, llmlingua=lingua
+            )
         finally:
             if lingua is not None:
                 lingua.close()
@@ -122,46 +147,80 @@ def add_subcommand(sub) -> None:
     p.add_argument("--limit", type=positive_int, help="first N records")
     p.add_argument("--method", required=True, choices=methods)
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--budget", type=positive_int,
-                   help="prompt tokens kept (draft tokenizer) for prompt compressors; KV entries for KV methods")
+    g.add_argument(
+        "--budget",
+        type=positive_int,
+        help="prompt tokens kept (draft tokenizer) for prompt compressors; KV entries for KV methods",
+    )
     g.add_argument("--ratio", type=fraction, help="fraction of the compressible context kept, in (0, 1]")
     p.add_argument("--target", default=DEFAULT_MODEL)
     p.add_argument("--draft", default=None, help="draft model (default: the target)")
-    p.add_argument("--max-new-tokens", type=positive_int,
-                   help="default: the record's tokens_to_generate, else 48")
+    p.add_argument("--max-new-tokens", type=positive_int, help="default: the record's tokens_to_generate, else 48")
     p.add_argument("--template", choices=("chat", "raw"), help="default: chat when the target has a template")
     p.add_argument("--json", metavar="OUT", help="also write the summary plus every prediction to OUT")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (1 is fastest on a busy machine)")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("bench", help="generate RULER's tasks, run methods x budgets, write table + plot + JSON")
-    p.add_argument("--pair", action="append", default=None, metavar="[NAME=]DRAFT:TARGET",
-                   help="draft:target pair (repeatable); default SmolLM2 -> SmolLM2")
-    p.add_argument("--tasks", nargs="*", default=list(RULER_13), choices=list(TASKS),
-                   help="tasks to generate (default: RULER's 13; none: only report / chunk bench)")
-    p.add_argument("--lengths", nargs="+", type=positive_int, default=[4096],
-                   help="task lengths in draft tokens, answer included as RULER counts (e.g. 4096 8192 16384)")
+    p.add_argument(
+        "--pair",
+        action="append",
+        default=None,
+        metavar="[NAME=]DRAFT:TARGET",
+        help="draft:target pair (repeatable); default SmolLM2 -> SmolLM2",
+    )
+    p.add_argument(
+        "--tasks",
+        nargs="*",
+        default=list(RULER_13),
+        choices=list(TASKS),
+        help="tasks to generate (default: RULER's 13; none: only report / chunk bench)",
+    )
+    p.add_argument(
+        "--lengths",
+        nargs="+",
+        type=positive_int,
+        default=[4096],
+        help="task lengths in draft tokens, answer included as RULER counts (e.g. 4096 8192 16384)",
+    )
     p.add_argument("--n", type=positive_int, default=4, help="records per task and length")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--methods", nargs="+", choices=methods, help=f"default: all ({', '.join(methods)})")
     p.add_argument("--ratios", nargs="+", type=fraction, default=[0.25, 0.5], help="prompt-compression budgets")
     p.add_argument("--kv-budgets", nargs="+", type=positive_int, default=[128, 256], help="KV-entry budgets")
     p.add_argument("--max-new-tokens", type=positive_int, help="default: each task's tokens_to_generate")
-    p.add_argument("--chunk-queries", type=int, default=0, metavar="N",
-                   help="also run the chunk-pruning benchmark on N retrieval-QA queries (first pair)")
+    p.add_argument(
+        "--chunk-queries",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run the chunk-pruning benchmark on N retrieval-QA queries (first pair)",
+    )
     p.add_argument("--chunks-per-query", type=positive_int, default=8)
-    p.add_argument("--rankers", nargs="+", default=["draft", "minilm", "bm25", "llmlingua"],
-                   choices=["draft", "minilm", "bm25", "llmlingua"])
-    p.add_argument("--overhead", type=int, default=0, metavar="N",
-                   help="also time SpecPC's draft pass against a plain draft forward on N needle records per length")
+    p.add_argument(
+        "--rankers",
+        nargs="+",
+        default=["draft", "minilm", "bm25", "llmlingua"],
+        choices=["draft", "minilm", "bm25", "llmlingua"],
+    )
+    p.add_argument(
+        "--overhead",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time SpecPC's draft pass against a plain draft forward on N needle records per length",
+    )
     p.add_argument("--out", default="bench-out", help="folder for results.json, results.md, results.png, data/")
     p.add_argument("--fresh", action="store_true", help="recompute every cell instead of reusing results.json")
-    p.add_argument("--merge", nargs="+", metavar="RESULTS.json",
-                   help="first copy the cells (and chunk rows) of other bench runs into --out's results.json")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="RESULTS.json",
+        help="first copy the cells (and chunk rows) of other bench runs into --out's results.json",
+    )
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (1 is fastest on a busy machine)")
     p.set_defaults(func=_cmd_bench, pair_default=f"{DEFAULT_MODEL}:{DEFAULT_MODEL}")
 
     from .cost import add_parser as add_cost_parser
 
     add_cost_parser(sub)
-

@@ -8,6 +8,7 @@ alike. A target too slow for the machine runs as a slice of its first layers (``
 time its decoder layers, and every target figure is extrapolated linearly in layers from that slice (labelled
 "scaled"); draft figures are never scaled.
 """
+
 from __future__ import annotations
 
 import functools
@@ -40,14 +41,35 @@ logger = logging.getLogger(__name__)
 # is unreachable here). The vocabulary is replaced by the draft's; rope scaling is left out (it costs nothing).
 SHAPES = {
     # HuggingFaceTB/SmolLM2-360M-Instruct/config.json
-    "smollm2-360m": {"hidden_size": 960, "intermediate_size": 2560, "num_hidden_layers": 32, "num_attention_heads": 15,
-                     "num_key_value_heads": 5, "rope_theta": 100000.0, "tie_word_embeddings": True},
+    "smollm2-360m": {
+        "hidden_size": 960,
+        "intermediate_size": 2560,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 15,
+        "num_key_value_heads": 5,
+        "rope_theta": 100000.0,
+        "tie_word_embeddings": True,
+    },
     # HuggingFaceTB/SmolLM2-1.7B-Instruct/config.json
-    "smollm2-1.7b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24, "num_attention_heads": 32,
-                     "num_key_value_heads": 32, "rope_theta": 130000.0, "tie_word_embeddings": True},
+    "smollm2-1.7b": {
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "rope_theta": 130000.0,
+        "tie_word_embeddings": True,
+    },
     # meta-llama/Llama-3.1-8B-Instruct/config.json (vocabulary 128,256 there; the draft's 49,152 here)
-    "llama-3.1-8b": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
-                     "num_key_value_heads": 8, "rope_theta": 500000.0, "tie_word_embeddings": False},
+    "llama-3.1-8b": {
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "rope_theta": 500000.0,
+        "tie_word_embeddings": False,
+    },
 }
 METHODS = ("full", "specpc", "speckv", "speckv-pc")
 
@@ -71,9 +93,14 @@ def build_target(shape: str, draft: LoadedModel, layers: int | None = None, devi
         raise ValueError(f"shape must be one of {', '.join(SHAPES)}, got {shape!r}")
     device, dtype, attn = _choose(device, dtype, draft.model.config._attn_implementation.removeprefix("draft_rag+"))
     dc = draft.model.config
-    config = LlamaConfig(**{**SHAPES[shape], "num_hidden_layers": layers or SHAPES[shape]["num_hidden_layers"]},
-                         vocab_size=dc.vocab_size, max_position_embeddings=131072, bos_token_id=dc.bos_token_id,
-                         eos_token_id=dc.eos_token_id, pad_token_id=dc.pad_token_id)
+    config = LlamaConfig(
+        **{**SHAPES[shape], "num_hidden_layers": layers or SHAPES[shape]["num_hidden_layers"]},
+        vocab_size=dc.vocab_size,
+        max_position_embeddings=131072,
+        bos_token_id=dc.bos_token_id,
+        eos_token_id=dc.eos_token_id,
+        pad_token_id=dc.pad_token_id,
+    )
     torch.manual_seed(0)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=dtype).eval()
@@ -100,8 +127,11 @@ class LayerClock:
         self.seconds += time.perf_counter() - self._t
 
     def __enter__(self):
-        self._handles = [h for layer in self.layers
-                         for h in (layer.register_forward_pre_hook(self._pre), layer.register_forward_hook(self._post))]
+        self._handles = [
+            h
+            for layer in self.layers
+            for h in (layer.register_forward_pre_hook(self._pre), layer.register_forward_hook(self._post))
+        ]
         return self
 
     def __exit__(self, *exc):
@@ -162,8 +192,9 @@ def decode(model, state: Prefilled, n_tokens: int) -> float:
     t0 = time.perf_counter()
     for _ in range(n_tokens - 1):
         tok = logits.argmax().view(1, 1)
-        out = model(input_ids=tok, position_ids=torch.tensor([[pos]], device=model.device), use_cache=True,
-                    **{ck: state.cache})
+        out = model(
+            input_ids=tok, position_ids=torch.tensor([[pos]], device=model.device), use_cache=True, **{ck: state.cache}
+        )
         logits, pos = out.logits[0, -1], pos + 1
     int(logits.argmax())
     return (time.perf_counter() - t0) / max(1, n_tokens - 1)
@@ -184,15 +215,20 @@ def _timed(fn, device):
     return out, time.perf_counter() - t0
 
 
-def draft_stages(draft: LoadedModel, segments, chunks, budgets, new_tokens: int,
-                 specpc: SpecPCConfig | None = None) -> dict:
+def draft_stages(
+    draft: LoadedModel, segments, chunks, budgets, new_tokens: int, specpc: SpecPCConfig | None = None
+) -> dict:
     """Every draft-side stage for one prompt: {stage: (result, seconds)}; stage names are method@budget."""
     model, tok, device = draft.model, draft.tokenizer, draft.model.device
     specpc = specpc or SpecPCConfig()
     ids = tokenize(tok, wrap(segments, tok, "chat")).ids
     eos = {tok.eos_token_id}
-    out = {"plain": (len(ids), _timed(lambda: model(input_ids=torch.tensor([ids], device=device),
-                                                    logits_to_keep=1), device)[1])}
+    out = {
+        "plain": (
+            len(ids),
+            _timed(lambda: model(input_ids=torch.tensor([ids], device=device), logits_to_keep=1), device)[1],
+        )
+    }
     for b in budgets:
         cfg = specpc.replace(ratio=b.ratio)
         out[f"specpc@{b.ratio}"] = _timed(functools.partial(compress, model, tok, segments, chunks, cfg), device)
@@ -203,8 +239,9 @@ def draft_stages(draft: LoadedModel, segments, chunks, budgets, new_tokens: int,
     return out
 
 
-def target_run(target: LoadedModel, method: str, budget: Budget | None, segments, stages: dict,
-               new_tokens: int) -> dict:
+def target_run(
+    target: LoadedModel, method: str, budget: Budget | None, segments, stages: dict, new_tokens: int
+) -> dict:
     """Target side of one cell: prefill seconds, decode s/token, peak memory and KV bytes."""
     model, tok, device = target.model, target.tokenizer, target.model.device
     if method in ("specpc", "speckv-pc"):
@@ -215,17 +252,29 @@ def target_run(target: LoadedModel, method: str, budget: Budget | None, segments
     else:
         cp_or_look = stages["speckv"][0] if method == "speckv" else stages[f"{method}@{budget.ratio}"][0].lookahead_ids
         cfg = SpecKVConfig(max_capacity_prompt=budget.kv)
-        prefill = functools.partial(speckv.compressed_prefill, lookahead_ids=cp_or_look, budget=budget.kv,
-                                    scorer=scorer("speckv", cfg), window=cfg.window_size, horizon=new_tokens)
+        prefill = functools.partial(
+            speckv.compressed_prefill,
+            lookahead_ids=cp_or_look,
+            budget=budget.kv,
+            scorer=scorer("speckv", cfg),
+            window=cfg.window_size,
+            horizon=new_tokens,
+        )
     with PeakMemory(device) as mem:
         with LayerClock(model) as in_prefill:
             (state, kv), seconds = _timed(lambda: prefill(model, ids), device)
         with LayerClock(model) as in_decode:
             step = decode(model, state, new_tokens)
-    return {"layers": len(model.model.layers), "target_tokens": len(ids), "prefill_s": seconds,
-            "prefill_layers_s": in_prefill.seconds, "decode_s_per_token": step,
-            "decode_layers_s_per_token": in_decode.seconds / max(1, new_tokens - 1), "peak_bytes": mem.peak,
-            "kv_bytes": kv.kv_bytes}
+    return {
+        "layers": len(model.model.layers),
+        "target_tokens": len(ids),
+        "prefill_s": seconds,
+        "prefill_layers_s": in_prefill.seconds,
+        "decode_s_per_token": step,
+        "decode_layers_s_per_token": in_decode.seconds / max(1, new_tokens - 1),
+        "peak_bytes": mem.peak,
+        "kv_bytes": kv.kv_bytes,
+    }
 
 
 def cells_for(budgets) -> list[tuple[str, Budget | None]]:
@@ -246,17 +295,33 @@ def _draft_key(method: str, budget: Budget | None) -> str | None:
     return "speckv" if method == "speckv" else f"{method}@{budget.ratio}"
 
 
-def run_cost(draft_ref: str, shapes: list[str], lengths: list[int], *, budgets=DEFAULT_BUDGETS, repeats: int = 2,
-             new_tokens: int = 8, slice_layers: int | None = 1, full_shapes=(), device=None,
-             dtype=None, specpc: SpecPCConfig | None = None, out: Path | None = None) -> list[dict]:
+def run_cost(
+    draft_ref: str,
+    shapes: list[str],
+    lengths: list[int],
+    *,
+    budgets=DEFAULT_BUDGETS,
+    repeats: int = 2,
+    new_tokens: int = 8,
+    slice_layers: int | None = 1,
+    full_shapes=(),
+    device=None,
+    dtype=None,
+    specpc: SpecPCConfig | None = None,
+    out: Path | None = None,
+) -> list[dict]:
     """Measure every (shape, length, method, budget) cell ``repeats`` times, interleaved; return median rows.
 
     Shapes in ``full_shapes`` (or all when ``slice_layers`` is None) run with all their layers; the others run
     their first ``slice_layers`` layers and are scaled. Rows are written to ``out``/cost.json after every repetition.
     """
     draft = load_model(draft_ref, device=device, dtype=dtype)
-    targets = {shape: build_target(shape, draft, None if slice_layers is None or shape in full_shapes else slice_layers,
-                                   device, dtype) for shape in shapes}
+    targets = {
+        shape: build_target(
+            shape, draft, None if slice_layers is None or shape in full_shapes else slice_layers, device, dtype
+        )
+        for shape in shapes
+    }
     segments, chunks = prompt(draft.tokenizer, min(512, min(lengths) // 2))  # warm-up on a short prompt, not recorded
     stages = draft_stages(draft, segments, chunks, budgets, new_tokens, specpc)
     for target in targets.values():
@@ -274,8 +339,14 @@ def run_cost(draft_ref: str, shapes: list[str], lengths: list[int], *, budgets=D
                     run = target_run(target, method, budget, segments, stages, new_tokens)
                     key = _draft_key(method, budget)
                     raw.setdefault((shape, length, method, budget), []).append(
-                        {"draft_s": stages[key][1] if key else 0.0, "scoring_s": _scoring_seconds(stages, key),
-                         "plain_draft_s": stages["plain"][1], "draft_tokens": stages["plain"][0], **run})
+                        {
+                            "draft_s": stages[key][1] if key else 0.0,
+                            "scoring_s": _scoring_seconds(stages, key),
+                            "plain_draft_s": stages["plain"][1],
+                            "draft_tokens": stages["plain"][0],
+                            **run,
+                        }
+                    )
             logger.info("cost: %d tokens, repetition %d done in %.0f s", length, rep + 1, time.perf_counter() - t0)
             rows = summarize(raw, draft, new_tokens)
             if out is not None:
@@ -285,17 +356,25 @@ def run_cost(draft_ref: str, shapes: list[str], lengths: list[int], *, budgets=D
 
 def _row(samples: list[dict], shape: str, layers: int, new_tokens: int) -> dict:
     """Median over repetitions of each figure; target figures scaled to ``layers`` when measured on slices."""
+
     def per_rep(s):
         n = s["layers"]
-        t = {"target_tokens": s["target_tokens"],
-             "prefill_s": scale(s["prefill_s"], s["prefill_layers_s"], n, layers),
-             "decode_s_per_token": scale(s["decode_s_per_token"], s["decode_layers_s_per_token"], n, layers),
-             "kv_bytes": scale(s["kv_bytes"], s["kv_bytes"], n, layers),  # every layer holds the same entries
-             "peak_bytes": scale(s["peak_bytes"], s["kv_bytes"], n, layers)}  # + each added layer's KV
+        t = {
+            "target_tokens": s["target_tokens"],
+            "prefill_s": scale(s["prefill_s"], s["prefill_layers_s"], n, layers),
+            "decode_s_per_token": scale(s["decode_s_per_token"], s["decode_layers_s_per_token"], n, layers),
+            "kv_bytes": scale(s["kv_bytes"], s["kv_bytes"], n, layers),  # every layer holds the same entries
+            "peak_bytes": scale(s["peak_bytes"], s["kv_bytes"], n, layers),
+        }  # + each added layer's KV
         ttft = s["draft_s"] + t["prefill_s"]
-        return {**t, "draft_s": s["draft_s"], "scoring_s": s["scoring_s"], "plain_draft_s": s["plain_draft_s"],
-                "ttft_s": ttft,
-                "e2e_s": ttft + (new_tokens - 1) * t["decode_s_per_token"]}
+        return {
+            **t,
+            "draft_s": s["draft_s"],
+            "scoring_s": s["scoring_s"],
+            "plain_draft_s": s["plain_draft_s"],
+            "ttft_s": ttft,
+            "e2e_s": ttft + (new_tokens - 1) * t["decode_s_per_token"],
+        }
 
     reps = [per_rep(s) for s in samples]
     return {k: statistics.median(r[k] for r in reps) for k in reps[0]}
@@ -307,12 +386,23 @@ def summarize(raw: dict, draft: LoadedModel, new_tokens: int) -> list[dict]:
     draft_params = sum(p.numel() for p in draft.model.parameters())
     for (shape, length, method, budget), samples in raw.items():
         layers = SHAPES[shape]["num_hidden_layers"]
-        row = {"shape": shape, "length": length, "method": method,
-               "budget": None if budget is None else (budget.ratio if method == "specpc" else
-                                                      budget.kv if method == "speckv" else [budget.ratio, budget.kv]),
-               "scaled": samples[0]["layers"] != layers, "measured_layers": samples[0]["layers"], "repeats": len(samples), "new_tokens": new_tokens,
-               "draft_tokens": samples[0]["draft_tokens"], "size_ratio": target_params(shape, draft) / draft_params,
-               **_row(samples, shape, layers, new_tokens)}
+        row = {
+            "shape": shape,
+            "length": length,
+            "method": method,
+            "budget": None
+            if budget is None
+            else (
+                budget.ratio if method == "specpc" else budget.kv if method == "speckv" else [budget.ratio, budget.kv]
+            ),
+            "scaled": samples[0]["layers"] != layers,
+            "measured_layers": samples[0]["layers"],
+            "repeats": len(samples),
+            "new_tokens": new_tokens,
+            "draft_tokens": samples[0]["draft_tokens"],
+            "size_ratio": target_params(shape, draft) / draft_params,
+            **_row(samples, shape, layers, new_tokens),
+        }
         rows.append(row)
     full = {(r["shape"], r["length"]): r for r in rows if r["method"] == "full"}
     for r in rows:
@@ -332,8 +422,14 @@ def target_params(shape: str, draft: LoadedModel) -> int:
 
 
 def meta(draft_ref, repeats, new_tokens, slice_layers, device) -> dict:
-    return {"draft": getattr(draft_ref, "name", str(draft_ref)), "repeats": repeats, "new_tokens": new_tokens, "torch_threads": torch.get_num_threads(),
-            "slice_layers": slice_layers, "device": str(device or "default")}
+    return {
+        "draft": getattr(draft_ref, "name", str(draft_ref)),
+        "repeats": repeats,
+        "new_tokens": new_tokens,
+        "torch_threads": torch.get_num_threads(),
+        "slice_layers": slice_layers,
+        "device": str(device or "default"),
+    }
 
 
 def save(rows: list[dict], out: Path, info: dict) -> Path:
@@ -357,15 +453,19 @@ def _budget_label(row: dict) -> str:
 def table(rows: list[dict]) -> str:
     """Markdown table of the rows, by shape, length, then method."""
     order = {m: i for i, m in enumerate(METHODS)}
-    head = ("| target | tokens | method | TTFT s | end-to-end s | speed-up | decode s/tok | draft s | plain draft s "
-            "| target prefill s | peak MiB | KV MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+    head = (
+        "| target | tokens | method | TTFT s | end-to-end s | speed-up | decode s/tok | draft s | plain draft s "
+        "| target prefill s | peak MiB | KV MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+    )
     lines = [head]
     for r in sorted(rows, key=lambda r: (r["size_ratio"], r["length"], order[r["method"]])):  # stable: budgets as run
         name = r["shape"] + (" (scaled)" if r["scaled"] else "")
-        lines.append(f"| {name} | {r['draft_tokens']} | {_budget_label(r)} | {r['ttft_s']:.1f} | {r['e2e_s']:.1f} | "
-                     f"{r['speedup_e2e']:.2f}x | {r['decode_s_per_token']:.3f} | {r['draft_s']:.1f} | "
-                     f"{r['plain_draft_s']:.1f} | {r['prefill_s']:.1f} | {r['peak_bytes'] / 2**20:.0f} | "
-                     f"{r['kv_bytes'] / 2**20:.1f} |")
+        lines.append(
+            f"| {name} | {r['draft_tokens']} | {_budget_label(r)} | {r['ttft_s']:.1f} | {r['e2e_s']:.1f} | "
+            f"{r['speedup_e2e']:.2f}x | {r['decode_s_per_token']:.3f} | {r['draft_s']:.1f} | "
+            f"{r['plain_draft_s']:.1f} | {r['prefill_s']:.1f} | {r['peak_bytes'] / 2**20:.0f} | "
+            f"{r['kv_bytes'] / 2**20:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -377,8 +477,10 @@ def overhead_table(rows: list[dict]) -> str:
         if r["method"] != "specpc" or r["length"] in seen:
             continue
         seen.add(r["length"])
-        lines.append(f"| {r['draft_tokens']} | {r['plain_draft_s']:.1f} | {r['scoring_s']:.1f} | "
-                     f"{r['scoring_s'] / r['plain_draft_s'] - 1:+.0%} | {r['repeats']} |")
+        lines.append(
+            f"| {r['draft_tokens']} | {r['plain_draft_s']:.1f} | {r['scoring_s']:.1f} | "
+            f"{r['scoring_s'] / r['plain_draft_s'] - 1:+.0%} | {r['repeats']} |"
+        )
     return "\n".join(lines)
 
 
@@ -394,7 +496,9 @@ def plot(rows: list[dict], path: Path) -> Path:
     labels = sorted({_budget_label(r) for r in rows if r["method"] != "full"})
     for ax, shape in zip(axes[0], shapes):
         for lab in labels:
-            pts = sorted((r["length"], r["speedup_e2e"]) for r in rows if r["shape"] == shape and _budget_label(r) == lab)
+            pts = sorted(
+                (r["length"], r["speedup_e2e"]) for r in rows if r["shape"] == shape and _budget_label(r) == lab
+            )
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=lab)
         ax.axhline(1, color="grey", lw=0.8, ls="--")
@@ -405,12 +509,18 @@ def plot(rows: list[dict], path: Path) -> Path:
     # the prompt length run with the most target shapes (the longest among ties)
     longest = max({r["length"] for r in rows}, key=lambda n: (len({r["shape"] for r in rows if r["length"] == n}), n))
     for lab in labels:
-        pts = sorted((r["size_ratio"], r["speedup_e2e"]) for r in rows if r["length"] == longest and _budget_label(r) == lab)
+        pts = sorted(
+            (r["size_ratio"], r["speedup_e2e"]) for r in rows if r["length"] == longest and _budget_label(r) == lab
+        )
         if pts:
             ax.plot(*zip(*pts), marker="o", label=lab)
     ax.axhline(1, color="grey", lw=0.8, ls="--")
-    ax.set(title=f"{longest}-token prompts", xlabel="target / draft parameters", ylabel="speed-up vs full (e2e)",
-           xscale="log")
+    ax.set(
+        title=f"{longest}-token prompts",
+        xlabel="target / draft parameters",
+        ylabel="speed-up vs full (e2e)",
+        xscale="log",
+    )
     ratios = sorted({r["size_ratio"] for r in rows if r["length"] == longest})
     ax.set_xticks(ratios, [f"{x:.1f}x" for x in ratios])
     ax.minorticks_off()
@@ -426,15 +536,28 @@ def _cmd_cost(args) -> int:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     if args.report_only:
-        rows = [r for d in [out, *(Path(m) for m in args.merge or ())]
-                for r in json.loads((d / "cost.json").read_text())["rows"]]
+        rows = [
+            r
+            for d in [out, *(Path(m) for m in args.merge or ())]
+            for r in json.loads((d / "cost.json").read_text())["rows"]
+        ]
     else:
         budgets = [Budget(r, k) for r, k in zip(args.ratios, args.kv_budgets)]
         if len(args.ratios) != len(args.kv_budgets):
             raise ValueError("--ratios and --kv-budgets must have the same number of values (one per budget level)")
-        rows = run_cost(args.draft, args.shapes, args.lengths, budgets=budgets, repeats=args.repeats,
-                        new_tokens=args.new_tokens, slice_layers=None if args.no_slice else args.slice,
-                        full_shapes=args.full_shapes or (), device=args.device, dtype=args.dtype, out=out)
+        rows = run_cost(
+            args.draft,
+            args.shapes,
+            args.lengths,
+            budgets=budgets,
+            repeats=args.repeats,
+            new_tokens=args.new_tokens,
+            slice_layers=None if args.no_slice else args.slice,
+            full_shapes=args.full_shapes or (),
+            device=args.device,
+            dtype=args.dtype,
+            out=out,
+        )
     md = table(rows) + "\n\n" + overhead_table(rows)
     (out / "cost.md").write_text(md + "\n")
     plot(rows, out / "cost.png")
@@ -444,21 +567,36 @@ def _cmd_cost(args) -> int:
 
 def add_parser(sub) -> None:
     """Add ``draft-rag cost`` to the main parser."""
-    from ..models import DEFAULT_MODEL
     from ..cli import fraction, positive_int
+    from ..models import DEFAULT_MODEL
 
     p = sub.add_parser("cost", help="time full/specpc/speckv/speckv-pc with large random-weight target shapes")
     p.add_argument("--draft", default=DEFAULT_MODEL)
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     p.add_argument("--lengths", nargs="+", type=positive_int, default=[2048, 4096, 8192], help="prompt draft tokens")
-    p.add_argument("--ratios", nargs="+", type=fraction, default=[b.ratio for b in DEFAULT_BUDGETS],
-                   help="SpecPC prompt ratio per budget level")
-    p.add_argument("--kv-budgets", nargs="+", type=positive_int, default=[b.kv for b in DEFAULT_BUDGETS],
-                   help="SpecKV entries per layer and KV head, per budget level")
+    p.add_argument(
+        "--ratios",
+        nargs="+",
+        type=fraction,
+        default=[b.ratio for b in DEFAULT_BUDGETS],
+        help="SpecPC prompt ratio per budget level",
+    )
+    p.add_argument(
+        "--kv-budgets",
+        nargs="+",
+        type=positive_int,
+        default=[b.kv for b in DEFAULT_BUDGETS],
+        help="SpecKV entries per layer and KV head, per budget level",
+    )
     p.add_argument("--repeats", type=positive_int, default=2, help="interleaved repetitions (medians reported)")
     p.add_argument("--new-tokens", type=positive_int, default=8, help="tokens decoded per cell")
-    p.add_argument("--slice", type=positive_int, default=1, metavar="L",
-                   help="targets run their first L layers; figures are scaled to the full depth (labelled scaled)")
+    p.add_argument(
+        "--slice",
+        type=positive_int,
+        default=1,
+        metavar="L",
+        help="targets run their first L layers; figures are scaled to the full depth (labelled scaled)",
+    )
     p.add_argument("--no-slice", action="store_true", help="run every target with all its layers")
     p.add_argument("--full-shapes", nargs="*", choices=list(SHAPES), help="shapes run with all layers anyway")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -466,5 +604,7 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=positive_int, help="torch CPU threads")
     p.add_argument("--out", default="cost-out", help="folder for cost.json, cost.md, cost.png")
     p.add_argument("--report-only", action="store_true", help="redo the table and plot from --out's cost.json")
-    p.add_argument("--merge", nargs="+", metavar="DIR", help="with --report-only: also the rows of these runs' cost.json")
+    p.add_argument(
+        "--merge", nargs="+", metavar="DIR", help="with --report-only: also the rows of these runs' cost.json"
+    )
     p.set_defaults(func=_cmd_cost)

@@ -1,4 +1,5 @@
 """RULER-format records: loading, validation, prompt layout and the string-match-all metric."""
+
 from __future__ import annotations
 
 import json

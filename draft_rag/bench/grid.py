@@ -3,6 +3,7 @@
 Cells already in the results file (same pair, task, length, records, seed, method, budget) are reused,
 so a grid can be extended (new methods, budgets, tasks) by running the same command again.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -95,9 +96,21 @@ def merge_results(path: Path, others) -> dict:
     return data
 
 
-def run_grid(pairs: list[Pair], tasks: list[str], lengths: list[int], n: int, methods: list[str], *,
-             ratios=(0.25, 0.5), kv_budgets=(128, 256), seed: int = 42, out_dir="bench-out",
-             max_new_tokens: int | None = None, fresh: bool = False, progress: bool = True) -> dict:
+def run_grid(
+    pairs: list[Pair],
+    tasks: list[str],
+    lengths: list[int],
+    n: int,
+    methods: list[str],
+    *,
+    ratios=(0.25, 0.5),
+    kv_budgets=(128, 256),
+    seed: int = 42,
+    out_dir="bench-out",
+    max_new_tokens: int | None = None,
+    fresh: bool = False,
+    progress: bool = True,
+) -> dict:
     """Run (or reuse) every cell; write ``results.json`` after each one. Returns the results dict."""
     for m in methods:
         check_method(m)
@@ -116,22 +129,53 @@ def run_grid(pairs: list[Pair], tasks: list[str], lengths: list[int], n: int, me
                     records = [parse_record(r, f"{task}[{i}]") for i, r in enumerate(raw)]
                     for method in methods:
                         for budget, ratio in budgets_for(method, ratios, kv_budgets):
-                            cell = dict(pair=pair.name, task=task, length=length, n=n, seed=seed, method=method,
-                                        budget=budget, ratio=ratio)
+                            cell = dict(
+                                pair=pair.name,
+                                task=task,
+                                length=length,
+                                n=n,
+                                seed=seed,
+                                method=method,
+                                budget=budget,
+                                ratio=ratio,
+                            )
                             if _key(cell) in done:
                                 continue
                             if method == "llmlingua" and lingua is None:
                                 from .llmlingua import LLMLinguaClient
+
                                 lingua = LLMLinguaClient(pair.draft, engine.draft.tokenizer)
-                            res = evaluate(engine, records, method, budget=budget, ratio=ratio,
-                                           max_new_tokens=max_new_tokens, progress=progress, llmlingua=lingua,
-                                           desc=f"{pair.name} {task}-{length} {method} {budget or ratio or ''}")
-                            cell.update(res.to_dict(), target=pair.target, draft=pair.draft, machine=machine(),
-                                        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                                        predictions=[r["prediction"] for r in res.records])
-                            logger.info("%s %s-%d %s %s: score %.1f, kept %.0f/%.0f, %.1f s/record", pair.name,
-                                        task, length, method, budget or ratio or "", res.score, res.avg_kept_tokens,
-                                        res.avg_input_tokens, res.seconds["total"])
+                            res = evaluate(
+                                engine,
+                                records,
+                                method,
+                                budget=budget,
+                                ratio=ratio,
+                                max_new_tokens=max_new_tokens,
+                                progress=progress,
+                                llmlingua=lingua,
+                                desc=f"{pair.name} {task}-{length} {method} {budget or ratio or ''}",
+                            )
+                            cell.update(
+                                res.to_dict(),
+                                target=pair.target,
+                                draft=pair.draft,
+                                machine=machine(),
+                                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                                predictions=[r["prediction"] for r in res.records],
+                            )
+                            logger.info(
+                                "%s %s-%d %s %s: score %.1f, kept %.0f/%.0f, %.1f s/record",
+                                pair.name,
+                                task,
+                                length,
+                                method,
+                                budget or ratio or "",
+                                res.score,
+                                res.avg_kept_tokens,
+                                res.avg_input_tokens,
+                                res.seconds["total"],
+                            )
                             data["results"].append(cell)
                             done[_key(cell)] = cell
                             save_results(data, path)
@@ -142,4 +186,3 @@ def run_grid(pairs: list[Pair], tasks: list[str], lengths: list[int], n: int, me
         if lingua is not None:
             lingua.close()
     return data
-

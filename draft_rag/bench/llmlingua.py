@@ -8,6 +8,7 @@ model is handed to it as a local folder, rewritten for transformers 4.44 (``comp
 are symlinked). OpenAI's tokenizer, which llmlingua fetches when constructed, is replaced by the small
 LM's own tokenizer for counting (see ``llmlingua_worker.py``), so budgets are in draft tokens, as SpecPC's.
 """
+
 from __future__ import annotations
 
 import json
@@ -105,11 +106,22 @@ class LLMLinguaClient:
         model = compat_model_dir(draft_ref)
         import torch
 
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-               "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the worker uses as many threads as we do
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": str(torch.get_num_threads()),
+        }  # the worker uses as many threads as we do
         self.tokenizer = tokenizer
-        self.proc = subprocess.Popen([str(python), "-P", str(WORKER), str(model)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        self.proc = subprocess.Popen(
+            [str(python), "-P", str(WORKER), str(model)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
         first = self._read()
         if "error" in first:
             self.close()
@@ -132,8 +144,15 @@ class LLMLinguaClient:
     def _count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
 
-    def compress(self, context: str | list[str], *, instruction: str = "", question: str = "",
-                 budget: int | None = None, ratio: float | None = None) -> str:
+    def compress(
+        self,
+        context: str | list[str],
+        *,
+        instruction: str = "",
+        question: str = "",
+        budget: int | None = None,
+        ratio: float | None = None,
+    ) -> str:
         """LongLLMLingua-compressed context (documents joined by blank lines). ``question`` is required."""
         if not question:
             raise ValueError("LongLLMLingua needs a question to rank and compress by")
@@ -142,7 +161,9 @@ class LLMLinguaClient:
         total = protected + sum(self._count(d) for d in docs)
         keep = budget if budget is not None else protected + round((ratio or 1.0) * (total - protected))
         target = max(1, keep - protected)
-        return self._ask({"op": "compress", "context": docs, "question": question, "target_token": target})["compressed"]
+        return self._ask({"op": "compress", "context": docs, "question": question, "target_token": target})[
+            "compressed"
+        ]
 
     def rank(self, docs: list[str], question: str) -> list[float]:
         """LongLLMLingua's document scores (higher = more relevant to the question)."""

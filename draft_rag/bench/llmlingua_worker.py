@@ -10,6 +10,7 @@ Run with ``python -P`` so this folder (which holds draft_rag.bench.llmlingua) do
 with the small LM's own tokenizer: llmlingua 0.2.2 fetches OpenAI's tokenizer file when constructed
 (offline here) and only uses it to count tokens, so budgets are in the small LM's tokens instead.
 """
+
 import json
 import sys
 import time
@@ -54,8 +55,7 @@ def main(model_dir: str) -> int:
             t0 = time.perf_counter()
             if req.get("op") == "rank":
                 lengths = [len(encoding.encode(c)) for c in req["context"]]
-                ranked = compressor.get_rank_results(req["context"], req["question"], "longllmlingua",
-                                                     "after", lengths)
+                ranked = compressor.get_rank_results(req["context"], req["question"], "longllmlingua", "after", lengths)
                 scores = [0.0] * len(req["context"])
                 for place, (idx, _) in enumerate(ranked):
                     scores[idx] = float(len(ranked) - place)
@@ -63,10 +63,17 @@ def main(model_dir: str) -> int:
                 out.flush()
                 continue
             res = compressor.compress_prompt(
-                req["context"], question=req["question"], target_token=req["target_token"],
-                rank_method="longllmlingua", condition_in_question="after_condition", reorder_context="sort",
-                dynamic_context_compression_ratio=0.3, condition_compare=True, context_budget="+100",
-                concate_question=False)
+                req["context"],
+                question=req["question"],
+                target_token=req["target_token"],
+                rank_method="longllmlingua",
+                condition_in_question="after_condition",
+                reorder_context="sort",
+                dynamic_context_compression_ratio=0.3,
+                condition_compare=True,
+                context_budget="+100",
+                concate_question=False,
+            )
             reply = {"compressed": res["compressed_prompt"], "seconds": time.perf_counter() - t0}
         except Exception as exc:
             reply = {"error": f"{type(exc).__name__}: {exc}"}

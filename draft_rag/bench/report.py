@@ -1,4 +1,5 @@
 """Markdown tables and a PNG plot from bench results (``results.json``)."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -35,19 +36,34 @@ def grid_table(cells: list[dict]) -> str:
         common = [t for t in tasks if all(t in r for r in rows.values())]  # means compare like with like
         mean_head = "mean" if common == tasks else f"mean ({', '.join(common)})"
         head = ["method @ budget", *tasks, mean_head, "kept tokens", "draft s", "target s", "total s", "KV MiB"]
-        lines = [f"**{pair}**, {length}-token tasks, {group[0]['n']} records each (the last six columns: "
-                 f"mean per record over the tasks in the mean)", "",
-                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines = [
+            f"**{pair}**, {length}-token tasks, {group[0]['n']} records each (the last six columns: "
+            f"mean per record over the tasks in the mean)",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|" + "---|" * len(head),
+        ]
         for name, by_task in rows.items():
             cs = [by_task[t] for t in common]
             mean = lambda k, sub=None: sum((c[k][sub] if sub else c[k]) for c in cs) / len(cs)  # noqa: E731
             kv = [c["kv_bytes"] for c in cs if c.get("kv_bytes") is not None]
             cols = [f"{by_task[t]['score']:.1f}" if t in by_task else "" for t in tasks]
-            lines.append("| " + " | ".join([name, *cols, f"**{mean('score'):.1f}**",
-                                            f"{mean('avg_kept_tokens'):.0f} / {mean('avg_input_tokens'):.0f}",
-                                            f"{mean('seconds', 'draft'):.2f}", f"{mean('seconds', 'target'):.2f}",
-                                            f"{mean('seconds', 'total'):.2f}",
-                                            f"{sum(kv) / len(kv) / 2**20:.1f}" if kv else ""]) + " |")
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        name,
+                        *cols,
+                        f"**{mean('score'):.1f}**",
+                        f"{mean('avg_kept_tokens'):.0f} / {mean('avg_input_tokens'):.0f}",
+                        f"{mean('seconds', 'draft'):.2f}",
+                        f"{mean('seconds', 'target'):.2f}",
+                        f"{mean('seconds', 'total'):.2f}",
+                        f"{sum(kv) / len(kv) / 2**20:.1f}" if kv else "",
+                    ]
+                )
+                + " |"
+            )
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
 
@@ -59,8 +75,10 @@ def chunk_table(rows: list[dict]) -> str:
     head = ["ranker", "keep", "gold recall %", "answer score", "rank s/query", "n"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append(f"| {r['ranker']} | 1/{round(1 / r['keep'])} | {r['recall']:.1f} | "
-                     f"{'' if r.get('score') is None else format(r['score'], '.1f')} | {r['rank_seconds']:.2f} | {r['n']} |")
+        lines.append(
+            f"| {r['ranker']} | 1/{round(1 / r['keep'])} | {r['recall']:.1f} | "
+            f"{'' if r.get('score') is None else format(r['score'], '.1f')} | {r['rank_seconds']:.2f} | {r['n']} |"
+        )
     return "\n".join(lines)
 
 
@@ -84,7 +102,7 @@ def plot(cells: list[dict], path) -> Path:
         for c in sorted(group, key=_sort_key):
             by_label[label(c)].append(c)
         points = defaultdict(list)
-        for name, cs in by_label.items():
+        for cs in by_label.values():
             kept = sum(c["avg_kept_tokens"] / max(1, c["avg_input_tokens"]) for c in cs) / len(cs)
             points[cs[0]["method"]].append((kept, sum(c["score"] for c in cs) / len(cs)))
         ax = axes[row][0]
@@ -125,12 +143,24 @@ def write_report(data: dict, out_dir) -> dict:
         md += [grid_table(data["results"]), "", "![score vs budget and time per stage](results.png)", ""]
         plot(data["results"], out / "results.png")
     if data.get("chunks"):
-        md += ["## Chunk pruning (gold-chunk recall and answer score by keep ratio)", "", chunk_table(data["chunks"]), ""]
+        md += [
+            "## Chunk pruning (gold-chunk recall and answer score by keep ratio)",
+            "",
+            chunk_table(data["chunks"]),
+            "",
+        ]
     if data.get("overhead"):
-        md += ["## SpecPC draft pass vs a plain draft forward", "",
-               "| pair | tokens | records | plain forward s | SpecPC draft s | overhead |", "|---|---|---|---|---|---|"]
-        md += [f"| {r['pair']} | {r['length']} | {r['n']} | {r['plain_forward_s']:.2f} | {r['specpc_draft_s']:.2f} | "
-               f"{r['overhead_pct']:+.0f}% |" for r in data["overhead"]]
+        md += [
+            "## SpecPC draft pass vs a plain draft forward",
+            "",
+            "| pair | tokens | records | plain forward s | SpecPC draft s | overhead |",
+            "|---|---|---|---|---|---|",
+        ]
+        md += [
+            f"| {r['pair']} | {r['length']} | {r['n']} | {r['plain_forward_s']:.2f} | {r['specpc_draft_s']:.2f} | "
+            f"{r['overhead_pct']:+.0f}% |"
+            for r in data["overhead"]
+        ]
         md.append("")
     (out / "results.md").write_text("\n".join(md))
     return {"markdown": out / "results.md", "plot": out / "results.png", "json": out / "results.json"}

@@ -13,6 +13,7 @@ A record is ``{"index", "input", "outputs", "answer_prefix", "length", "tokens_t
 ``length`` (input + answer prefix + answer tokens, as RULER counts it) is at most the requested length in
 the given tokenizer's tokens. Generation lengths are the ones the SpecPC/SpecKV paper used with RULER.
 """
+
 from __future__ import annotations
 
 import functools
@@ -28,24 +29,36 @@ from ..prompt import count_tokens
 GEN_TOKENS = {"niah": 128, "vt": 64, "cwe": 120, "fwe": 64, "qa": 64}
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 NEEDLE = "One of the special magic {type_v} for {key} is: {value}."
-NIAH = ("Some special magic {type_v} are hidden within the following text. Make sure to memorize it. I will quiz you "
-        "about the {type_v} afterwards.\n{context}\nWhat are all the special magic {type_v} for {query} mentioned in "
-        "the provided text?")
+NIAH = (
+    "Some special magic {type_v} are hidden within the following text. Make sure to memorize it. I will quiz you "
+    "about the {type_v} afterwards.\n{context}\nWhat are all the special magic {type_v} for {query} mentioned in "
+    "the provided text?"
+)
 NIAH_PREFIX = " The special magic {type_v} for {query} mentioned in the provided text are"
-VT = ("Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\n"
-      "Question: Find all variables that are assigned the value {query} in the text above.")
-VT_PREFIX = (" Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables are "
-             "assigned the value {query}, they are: ")
-CWE = ("Below is a numbered list of words. In these words, some appear more often than others. Memorize the ones "
-       "that appear most often.\n{context}\nQuestion: What are the {num_cw} most common words in the above list?")
+VT = (
+    "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\n"
+    "Question: Find all variables that are assigned the value {query} in the text above."
+)
+VT_PREFIX = (
+    " Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables are "
+    "assigned the value {query}, they are: "
+)
+CWE = (
+    "Below is a numbered list of words. In these words, some appear more often than others. Memorize the ones "
+    "that appear most often.\n{context}\nQuestion: What are the {num_cw} most common words in the above list?"
+)
 CWE_PREFIX = " Answer: The top {num_cw} words that appear most often in the list are:"
-FWE = ("Read the following coded text and track the frequency of each coded word. Find the three most frequently "
-       "appeared coded words. {context}\nQuestion: Do not provide any explanation. Please ignore the dots '....'. "
-       "What are the three most frequently appeared words in the above coded text?")
+FWE = (
+    "Read the following coded text and track the frequency of each coded word. Find the three most frequently "
+    "appeared coded words. {context}\nQuestion: Do not provide any explanation. Please ignore the dots '....'. "
+    "What are the three most frequently appeared words in the above coded text?"
+)
 FWE_PREFIX = " Answer: According to the coded text above, the three most frequently appeared words are:"
-QA = ("Answer the question based on the given documents. Only give me the answer and do not output any other "
-      "words.\n\nThe following are given documents.\n\n{context}\n\nAnswer the question based on the given "
-      "documents. Only give me the answer and do not output any other words.\n\nQuestion: {query}")
+QA = (
+    "Answer the question based on the given documents. Only give me the answer and do not output any other "
+    "words.\n\nThe following are given documents.\n\n{context}\n\nAnswer the question based on the given "
+    "documents. Only give me the answer and do not output any other words.\n\nQuestion: {query}"
+)
 QA_PREFIX = " Answer:"
 DEPTHS = [round(100 * i / 39) for i in range(40)]  # RULER's 40 needle depths, in percent
 
@@ -81,9 +94,11 @@ def essay_words() -> tuple[str, ...]:
     return tuple(re.sub(r"\s+", " ", " ".join(d.text for d in stdlib_documents())).split(" "))
 
 
-def _fit(build: Callable[[int], tuple[str, str]], tokenizer, length: int, gen: int, lo: int = 1,
-         cap: int | None = None) -> int:
+def _fit(
+    build: Callable[[int], tuple[str, str]], tokenizer, length: int, gen: int, lo: int = 1, cap: int | None = None
+) -> int:
     """The largest haystack size ``lo <= m <= cap`` whose input + answer prefix + ``gen`` tokens fit in ``length``."""
+
     def fits(m: int) -> bool:
         text, prefix = build(m)
         return count_tokens(tokenizer, text + prefix) + gen <= length
@@ -102,8 +117,14 @@ def _fit(build: Callable[[int], tuple[str, str]], tokenizer, length: int, gen: i
 
 
 def _record(index: int, tokenizer, text: str, prefix: str, outputs: list[str], gen: int) -> dict:
-    return {"index": index, "input": text, "outputs": outputs, "answer_prefix": prefix,
-            "length": count_tokens(tokenizer, text + prefix) + gen, "tokens_to_generate": gen}
+    return {
+        "index": index,
+        "input": text,
+        "outputs": outputs,
+        "answer_prefix": prefix,
+        "length": count_tokens(tokenizer, text + prefix) + gen,
+        "tokens_to_generate": gen,
+    }
 
 
 def _random(kind: str, rng: random.Random) -> str:
@@ -123,7 +144,7 @@ def _essay(m: int, items: list[str], depths: list[int]) -> str:
     cuts = [0] + sorted(len(sents) * d // 100 for d in depths) + [len(sents)]
     parts = []
     for i in range(1, len(cuts)):
-        parts.append(" ".join(sents[cuts[i - 1]:cuts[i]]))
+        parts.append(" ".join(sents[cuts[i - 1] : cuts[i]]))
         if i - 1 < len(items):
             parts.append(items[i - 1])
     return " ".join(p for p in parts if p)
@@ -227,8 +248,11 @@ def common_words(tokenizer, length: int, n: int, seed: int = 42, num_cw: int = 1
     records = []
     for index in range(n):
         ex = rng.sample(pool, ex_n)
-        example = template.format(context=listing(ex, ex_c, ex_u, seed), num_cw=num_cw) + " " + " ".join(
-            f"{i + 1}. {w}" for i, w in enumerate(ex[:num_cw]))
+        example = (
+            template.format(context=listing(ex, ex_c, ex_u, seed), num_cw=num_cw)
+            + " "
+            + " ".join(f"{i + 1}. {w}" for i, w in enumerate(ex[:num_cw]))
+        )
         order = rng.sample(pool, len(pool))
 
         def build(m: int) -> tuple[str, str]:
@@ -243,7 +267,7 @@ def common_words(tokenizer, length: int, n: int, seed: int = 42, num_cw: int = 1
 def freq_words(tokenizer, length: int, n: int, seed: int = 42, alpha: float = 2.0) -> list[dict]:
     """RULER's fwe: coded words drawn from a Zipf(``alpha``) law; name the three most frequent (not '...')."""
     gen, rng = GEN_TOKENS["fwe"], random.Random(f"fwe-{seed}")
-    zeta = sum(k ** -alpha for k in range(1, 100_000))
+    zeta = sum(k**-alpha for k in range(1, 100_000))
     records = []
     for index in range(n):
         vocab: set[str] = set()
@@ -254,11 +278,11 @@ def freq_words(tokenizer, length: int, n: int, seed: int = 42, alpha: float = 2.
         vocab_list[0] = "..."  # the most frequent is noise
 
         def build(m: int) -> tuple[str, str]:
-            words = [w for k, w in enumerate(vocab_list, 1) for _ in range(int(m * k ** -alpha / zeta))]
+            words = [w for k, w in enumerate(vocab_list, 1) for _ in range(int(m * k**-alpha / zeta))]
             random.Random(seed).shuffle(words)
             return FWE.format(context=" ".join(words)), FWE_PREFIX
 
-        text, pre = build(_fit(build, tokenizer, length, gen, lo=math.ceil(4 ** alpha * zeta)))
+        text, pre = build(_fit(build, tokenizer, length, gen, lo=math.ceil(4**alpha * zeta)))
         records.append(_record(index, tokenizer, text, pre, vocab_list[1:4], gen))
     return records
 
@@ -276,8 +300,11 @@ def qa(tokenizer, length: int, n: int, seed: int = 42, golds: int = 1) -> list[d
         rng.shuffle(others)
         depths = [rng.random() for _ in gold]
         quoted = " and as ".join(f'"{g["first"]}"' for g in gold)
-        query = (f"Which function is documented as {quoted}? Answer with its name." if golds == 1 else
-                 f"Which {golds} functions are documented as {quoted}? Answer with their names.")
+        query = (
+            f"Which function is documented as {quoted}? Answer with its name."
+            if golds == 1
+            else f"Which {golds} functions are documented as {quoted}? Answer with their names."
+        )
 
         def build(m: int) -> tuple[str, str]:
             docs = others[:m]

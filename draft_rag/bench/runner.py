@@ -1,4 +1,5 @@
 """Run one method at one budget over RULER records through ``DraftEngine.generate``; score and time it."""
+
 from __future__ import annotations
 
 import logging
@@ -65,9 +66,19 @@ def kept_tokens(method: str, stats) -> float:
     return float(stats.prompt_tokens)
 
 
-def evaluate(engine: DraftEngine, records: list[Record], method: str, *, budget: int | None = None,
-             ratio: float | None = None, template: str | None = None, max_new_tokens: int | None = None,
-             progress: bool = True, llmlingua=None, desc: str | None = None) -> EvalResult:
+def evaluate(
+    engine: DraftEngine,
+    records: list[Record],
+    method: str,
+    *,
+    budget: int | None = None,
+    ratio: float | None = None,
+    template: str | None = None,
+    max_new_tokens: int | None = None,
+    progress: bool = True,
+    llmlingua=None,
+    desc: str | None = None,
+) -> EvalResult:
     """Greedy answers for ``records``; RULER string-match-all score (0-100) and mean per-record timings.
 
     The record's input is split into a protected instruction line, the context and a protected question
@@ -81,11 +92,20 @@ def evaluate(engine: DraftEngine, records: list[Record], method: str, *, budget:
         raise ValueError("method 'llmlingua' needs an LLMLinguaClient (see draft_rag.bench.llmlingua)")
     per_entry = kv_bytes_per_entry(engine.target.model)
     rows, sums = [], {"draft": 0.0, "target": 0.0, "total": 0.0}
-    bar = tqdm(records, desc=desc or f"{method} {budget or ratio or ''}".strip(), disable=not progress,
-               unit="rec", leave=False)
+    bar = tqdm(
+        records, desc=desc or f"{method} {budget or ratio or ''}".strip(), disable=not progress, unit="rec", leave=False
+    )
     for rec in bar:
-        row = _one(engine, rec, method, budget, ratio, template, max_new_tokens or rec.max_new_tokens
-                   or DEFAULT_MAX_NEW_TOKENS, llmlingua)
+        row = _one(
+            engine,
+            rec,
+            method,
+            budget,
+            ratio,
+            template,
+            max_new_tokens or rec.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+            llmlingua,
+        )
         if not row["kv_bytes"]:
             row["kv_bytes"] = row["kept_tokens"] * per_entry
         rows.append(row)
@@ -93,15 +113,29 @@ def evaluate(engine: DraftEngine, records: list[Record], method: str, *, budget:
             sums[k] += row["seconds"][k]
         bar.set_postfix(score=f"{100 * sum(r['score'] for r in rows) / len(rows):.1f}")
     n = len(rows)
-    return EvalResult(method, budget, ratio, n, 100 * sum(r["score"] for r in rows) / n,
-                      sum(r["input_tokens"] for r in rows) / n, sum(r["kept_tokens"] for r in rows) / n,
-                      {k: v / n for k, v in sums.items()}, sum(r["kv_bytes"] for r in rows) / n, rows)
+    return EvalResult(
+        method,
+        budget,
+        ratio,
+        n,
+        100 * sum(r["score"] for r in rows) / n,
+        sum(r["input_tokens"] for r in rows) / n,
+        sum(r["kept_tokens"] for r in rows) / n,
+        {k: v / n for k, v in sums.items()},
+        sum(r["kv_bytes"] for r in rows) / n,
+        rows,
+    )
 
 
 def _one(engine, rec: Record, method, budget, ratio, template, max_new_tokens, llmlingua) -> dict:
     instruction, context, question = split_input(rec.input)
-    args = dict(instruction=instruction or None, question=question or None, answer_prefix=rec.answer_prefix or None,
-                template=template, max_new_tokens=max_new_tokens)
+    args = dict(
+        instruction=instruction or None,
+        question=question or None,
+        answer_prefix=rec.answer_prefix or None,
+        template=template,
+        max_new_tokens=max_new_tokens,
+    )
     draft_s = 0.0
     if method == "llmlingua":
         t0 = time.perf_counter()
@@ -118,10 +152,16 @@ def _one(engine, rec: Record, method, budget, ratio, template, max_new_tokens, l
     s = gen.stats
     target_s = s.seconds.get("target", 0.0)
     total = s.seconds.get("total", target_s) + (draft_s if method == "llmlingua" else 0.0)
-    return {"index": rec.index, "score": string_match_all(gen.text, rec.outputs), "prediction": gen.text,
-            "outputs": list(rec.outputs), "input_tokens": s.original_tokens, "kept_tokens": kept_tokens(method, s),
-            "kv_bytes": getattr(s, "kv_bytes", 0) or 0,
-            "seconds": {"draft": draft_s, "target": target_s, "total": total}}
+    return {
+        "index": rec.index,
+        "score": string_match_all(gen.text, rec.outputs),
+        "prediction": gen.text,
+        "outputs": list(rec.outputs),
+        "input_tokens": s.original_tokens,
+        "kept_tokens": kept_tokens(method, s),
+        "kv_bytes": getattr(s, "kv_bytes", 0) or 0,
+        "seconds": {"draft": draft_s, "target": target_s, "total": total},
+    }
 
 
 def _full_tokens(engine, rec: Record, instruction, question, template) -> int:
@@ -129,9 +169,11 @@ def _full_tokens(engine, rec: Record, instruction, question, template) -> int:
     from ..prompt import build_segments
 
     _, context, _ = split_input(rec.input)
-    segments, _ = build_segments(context, instruction=instruction or None, question=question or None,
-                                 answer_prefix=rec.answer_prefix or None)
+    segments, _ = build_segments(
+        context, instruction=instruction or None, question=question or None, answer_prefix=rec.answer_prefix or None
+    )
     from ..prompt import has_chat_template
+
     tmpl = template or ("chat" if has_chat_template(engine.target.tokenizer) else "raw")
     return len(engine._target_ids(segments, tmpl, None))
 
@@ -147,8 +189,9 @@ def draft_overhead(engine: DraftEngine, records: list[Record], ratio: float = 0.
     plain, spec = [], []
     for rec in records:
         instruction, context, question = split_input(rec.input)
-        kwargs = dict(instruction=instruction or None, question=question or None,
-                      answer_prefix=rec.answer_prefix or None)
+        kwargs = dict(
+            instruction=instruction or None, question=question or None, answer_prefix=rec.answer_prefix or None
+        )
         segments, _ = build_segments(context, **kwargs)
         ids = tokenize(engine.draft.tokenizer, wrap(segments, engine.draft.tokenizer, "chat")).ids
         p, s = [], []
@@ -160,5 +203,10 @@ def draft_overhead(engine: DraftEngine, records: list[Record], ratio: float = 0.
         plain.append(min(p))
         spec.append(min(s))
     n = len(records)
-    return {"n": n, "plain_forward_s": sum(plain) / n, "specpc_draft_s": sum(spec) / n,
-            "overhead_pct": 100 * (sum(spec) / sum(plain) - 1), "lookahead_tokens": engine.specpc.lookahead_tokens}
+    return {
+        "n": n,
+        "plain_forward_s": sum(plain) / n,
+        "specpc_draft_s": sum(spec) / n,
+        "overhead_pct": 100 * (sum(spec) / sum(plain) - 1),
+        "lookahead_tokens": engine.specpc.lookahead_tokens,
+    }

@@ -5,29 +5,36 @@ and overhead benchmarks; all generated at a chosen token length with a seed.
 Each generator returns RULER-format records (``input``, ``outputs``, ``answer_prefix``, ``length``,
 ``index``, ``tokens_to_generate``) sized with the given tokenizer (the draft's, as RULER sizes with the model's).
 """
+
 from __future__ import annotations
 
 import inspect
 import random
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from ..prompt import count_tokens
 from .ruler import NOISE, RULER_TASKS
 
-WORDS = ("apple anchor badge banner basket beacon candle canyon carpet castle cobalt copper cotton dragon "
-         "eagle ember falcon feather fiddle forest galaxy garden glacier harbor hammer helmet island ivory "
-         "jacket jungle kettle ladder lantern lemon magnet marble meadow mirror needle nickel oyster orchid "
-         "paddle pepper pillow planet pocket quartz rabbit ribbon river rocket saddle salmon signal silver "
-         "spider spruce statue tablet temple thunder timber tunnel turtle velvet violin walnut whistle willow "
-         "window winter yellow zephyr acorn barrel bucket cactus cherry cinder cradle donkey engine fabric "
-         "goblet granite hornet insect jigsaw kitten lagoon locket mango muffin napkin otter parrot pebble "
-         "puzzle radish saucer sensor shovel sponge tomato trophy tulip vessel wagon walrus").split()
-ADJECTIVES = ("brave calm clever cruel eager fancy gentle glossy grumpy happy humble jolly lively lucky "
-              "mighty noisy proud quiet rapid shy silent sleepy smooth sturdy swift tender tidy vivid wise").split()
+WORDS = (
+    "apple anchor badge banner basket beacon candle canyon carpet castle cobalt copper cotton dragon "
+    "eagle ember falcon feather fiddle forest galaxy garden glacier harbor hammer helmet island ivory "
+    "jacket jungle kettle ladder lantern lemon magnet marble meadow mirror needle nickel oyster orchid "
+    "paddle pepper pillow planet pocket quartz rabbit ribbon river rocket saddle salmon signal silver "
+    "spider spruce statue tablet temple thunder timber tunnel turtle velvet violin walnut whistle willow "
+    "window winter yellow zephyr acorn barrel bucket cactus cherry cinder cradle donkey engine fabric "
+    "goblet granite hornet insect jigsaw kitten lagoon locket mango muffin napkin otter parrot pebble "
+    "puzzle radish saucer sensor shovel sponge tomato trophy tulip vessel wagon walrus"
+).split()
+ADJECTIVES = (
+    "brave calm clever cruel eager fancy gentle glossy grumpy happy humble jolly lively lucky "
+    "mighty noisy proud quiet rapid shy silent sleepy smooth sturdy swift tender tidy vivid wise"
+).split()
 
-NIAH_TEMPLATE = ("{intro} is hidden within the following text. Make sure to memorize it. I will quiz you about "
-                 "the {what} afterwards.\n{context}\n{question}")
+NIAH_TEMPLATE = (
+    "{intro} is hidden within the following text. Make sure to memorize it. I will quiz you about "
+    "the {what} afterwards.\n{context}\n{question}"
+)
 
 
 def _number(rng: random.Random) -> str:
@@ -64,8 +71,9 @@ def _insert(rng: random.Random, lines: list[str], items: list[str]) -> list[str]
     return out
 
 
-def niah(tokenizer, length: int, n: int, seed: int = 42, *, keys: int = 1, values: int = 1,
-         queries: int = 1) -> list[dict]:
+def niah(
+    tokenizer, length: int, n: int, seed: int = 42, *, keys: int = 1, values: int = 1, queries: int = 1
+) -> list[dict]:
     """Needle in a haystack of noise sentences.
 
     ``keys`` needles with distinct keys are hidden (the extra ones are distractors unless queried);
@@ -103,14 +111,45 @@ def niah(tokenizer, length: int, n: int, seed: int = 42, *, keys: int = 1, value
             return NIAH_TEMPLATE.format(intro=intro, what=what, context="\n".join(lines), question=question)
 
         text, tokens = _fit(build, tokenizer, length)
-        records.append({"index": index, "input": text, "outputs": [v for k in asked for v in answers[k]],
-                        "answer_prefix": prefix, "length": tokens, "tokens_to_generate": 12 * len(asked) * values})
+        records.append(
+            {
+                "index": index,
+                "input": text,
+                "outputs": [v for k in asked for v in answers[k]],
+                "answer_prefix": prefix,
+                "length": tokens,
+                "tokens_to_generate": 12 * len(asked) * values,
+            }
+        )
     return records
 
 
-QA_MODULES = ("json", "textwrap", "shutil", "heapq", "bisect", "functools", "itertools", "statistics",
-              "difflib", "fnmatch", "glob", "base64", "calendar", "random", "string", "secrets", "zlib", "colorsys",
-              "os.path", "re", "copy", "pprint", "operator", "math")
+QA_MODULES = (
+    "json",
+    "textwrap",
+    "shutil",
+    "heapq",
+    "bisect",
+    "functools",
+    "itertools",
+    "statistics",
+    "difflib",
+    "fnmatch",
+    "glob",
+    "base64",
+    "calendar",
+    "random",
+    "string",
+    "secrets",
+    "zlib",
+    "colorsys",
+    "os.path",
+    "re",
+    "copy",
+    "pprint",
+    "operator",
+    "math",
+)
 
 
 def stdlib_passages(modules=QA_MODULES) -> list[dict]:
@@ -131,8 +170,14 @@ def stdlib_passages(modules=QA_MODULES) -> list[dict]:
             rest = " ".join(sentences[1:])
             if len(sentences) < 2 or len(rest) < 60 or name in sentences[0]:
                 continue
-            out.append({"id": f"{mod_name}.{name}", "name": name, "first": sentences[0],
-                        "text": f"Documentation of {mod_name}.{name}: {rest[:700]}"})
+            out.append(
+                {
+                    "id": f"{mod_name}.{name}",
+                    "name": name,
+                    "first": sentences[0],
+                    "text": f"Documentation of {mod_name}.{name}: {rest[:700]}",
+                }
+            )
     seen, unique = set(), []
     for p in out:  # aliases (same docstring under two names) would make two gold passages
         if p["first"] not in seen:
@@ -155,7 +200,7 @@ def retrieval_qa(tokenizer, length: int, n: int, seed: int = 42, passages: list[
         others = [p for p in passages if p is not gold]
         rng.shuffle(others)
         depth = rng.random()
-        question = f"Question: Which function is documented as \"{gold['first']}\"? Answer with its name."
+        question = f'Question: Which function is documented as "{gold["first"]}"? Answer with its name.'
 
         def docs(m: int) -> list[dict]:
             chosen = others[:m]
@@ -164,14 +209,25 @@ def retrieval_qa(tokenizer, length: int, n: int, seed: int = 42, passages: list[
 
         def build(m: int) -> str:
             body = "\n".join(f"Document {i + 1}: {p['text']}" for i, p in enumerate(docs(m)))
-            return ("Answer the question based on the given documents. Only give me the answer and do not output "
-                    "any other words.\n" + body + "\n" + question)
+            return (
+                "Answer the question based on the given documents. Only give me the answer and do not output "
+                "any other words.\n" + body + "\n" + question
+            )
 
         text, tokens = _fit(build, tokenizer, length, start=min(10, len(others)), minimum=0)
         m = next(m for m in range(len(others) + 1) if build(m) == text)
-        records.append({"index": index, "input": text, "outputs": [gold["name"]], "answer_prefix": " Answer:",
-                        "length": tokens, "tokens_to_generate": 16, "documents": [p["id"] for p in docs(m)],
-                        "gold": gold["id"]})
+        records.append(
+            {
+                "index": index,
+                "input": text,
+                "outputs": [gold["name"]],
+                "answer_prefix": " Answer:",
+                "length": tokens,
+                "tokens_to_generate": 16,
+                "documents": [p["id"] for p in docs(m)],
+                "gold": gold["id"],
+            }
+        )
     return records
 
 
@@ -191,6 +247,7 @@ def generate(task: str, tokenizer, length: int, n: int, seed: int = 42) -> list[
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     return TASKS[task](tokenizer, length, n, seed)
+
 
 RULER_13 = tuple(RULER_TASKS)  # RULER's 13 tasks (ruler.py), in RULER's own format and templates
 TASKS.update(RULER_TASKS)

@@ -1,10 +1,12 @@
 """Shared by the LangChain adapters: their settings, argument checks, shared engines, thread-backed async iteration."""
+
 from __future__ import annotations
 
 import dataclasses
 import threading
 import time
-from typing import Annotated, Any, AsyncIterator, Callable, Iterator, Literal, Optional, Union
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Annotated, Any, Literal, Optional, Union
 
 from langchain_core.callbacks import AsyncCallbackManager, AsyncCallbackManagerForLLMRun, CallbackManager
 from langchain_core.language_models import BaseChatModel, LangSmithParams
@@ -19,9 +21,14 @@ _engines: dict[tuple, DraftEngine] = {}
 _engines_lock = threading.Lock()
 
 
-def shared_engine(target: Any = None, draft: Any = None, specpc: SpecPCConfig | None = None,
-                  speckv: SpecKVConfig | None = None, target_kwargs: dict | None = None,
-                  draft_kwargs: dict | None = None) -> DraftEngine:
+def shared_engine(
+    target: Any = None,
+    draft: Any = None,
+    specpc: SpecPCConfig | None = None,
+    speckv: SpecKVConfig | None = None,
+    target_kwargs: dict | None = None,
+    draft_kwargs: dict | None = None,
+) -> DraftEngine:
     """One ``DraftEngine`` per (target, draft, SpecPC and SpecKV settings), so adapters on the same models share it.
 
     ``target_kwargs`` / ``draft_kwargs`` are ``load_model`` options (``device_map``, ``dtype``, ``model_kwargs``, ...).
@@ -149,8 +156,9 @@ class DraftSettings(BaseModel):
         check_budget(self.budget, self.ratio)
         check_budget(self.pc_budget, self.pc_ratio, "pc_")
         self.stop = stop_list(self.stop) or None
-        self._engine = shared_engine(self.target, self.draft, self.specpc, self.speckv, self.target_kwargs,
-                                     self.draft_kwargs)
+        self._engine = shared_engine(
+            self.target, self.draft, self.specpc, self.speckv, self.target_kwargs, self.draft_kwargs
+        )
 
     @property
     def model_name(self) -> str:
@@ -161,21 +169,38 @@ class DraftSettings(BaseModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"model_name": self.model_name, "draft": self._engine.draft.name, "method": self.method,
-                "budget": self.budget, "ratio": self.ratio, "context_window": self.context_window,
-                "pc_budget": self.pc_budget, "pc_ratio": self.pc_ratio,
-                "max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                "top_k": self.top_k, "seed": self.seed, "stop": self.stop, "template": self.template,
-                "lookahead_tokens": self.lookahead_tokens, "specpc": dataclasses.asdict(self._engine.specpc),
-                "speckv": dataclasses.asdict(self._engine.speckv), "target_kwargs": self.target_kwargs,
-                "draft_kwargs": self.draft_kwargs}
+        return {
+            "model_name": self.model_name,
+            "draft": self._engine.draft.name,
+            "method": self.method,
+            "budget": self.budget,
+            "ratio": self.ratio,
+            "context_window": self.context_window,
+            "pc_budget": self.pc_budget,
+            "pc_ratio": self.pc_ratio,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "seed": self.seed,
+            "stop": self.stop,
+            "template": self.template,
+            "lookahead_tokens": self.lookahead_tokens,
+            "specpc": dataclasses.asdict(self._engine.specpc),
+            "speckv": dataclasses.asdict(self._engine.speckv),
+            "target_kwargs": self.target_kwargs,
+            "draft_kwargs": self.draft_kwargs,
+        }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         model_type = "chat" if isinstance(self, BaseChatModel) else "llm"
-        params = LangSmithParams(ls_provider="draft_rag", ls_model_type=model_type,
-                                 ls_model_name=kwargs.get("model") or self.model_name,
-                                 ls_temperature=kwargs.get("temperature", self.temperature),
-                                 ls_max_tokens=kwargs.get("max_tokens", self.max_tokens))
+        params = LangSmithParams(
+            ls_provider="draft_rag",
+            ls_model_type=model_type,
+            ls_model_name=kwargs.get("model") or self.model_name,
+            ls_temperature=kwargs.get("temperature", self.temperature),
+            ls_max_tokens=kwargs.get("max_tokens", self.max_tokens),
+        )
         if stop or self.stop:
             params["ls_stop"] = stop or self.stop
         return params
@@ -213,8 +238,10 @@ class DraftSettings(BaseModel):
         unset = o["budget"] is None and o["ratio"] is None and cfg.max_capacity_prompt is None and cfg.ratio is None
         if o["budget"] == "auto" or (unset and window):
             if not window:
-                raise ValueError("budget='auto' with llm=... needs the wrapped model's input window: set "
-                                 "context_window=... (tokens) or give the chat model a profile with max_input_tokens")
+                raise ValueError(
+                    "budget='auto' with llm=... needs the wrapped model's input window: set "
+                    "context_window=... (tokens) or give the chat model a profile with max_input_tokens"
+                )
             return {"budget": "auto", "context_window": window}
         return {"budget": o["budget"], "ratio": o["ratio"]}
 
@@ -224,10 +251,15 @@ def child_config(run_manager) -> dict | None:
     if run_manager is None:
         return None
     cls = AsyncCallbackManager if isinstance(run_manager, AsyncCallbackManagerForLLMRun) else CallbackManager
-    manager = cls(handlers=run_manager.inheritable_handlers, inheritable_handlers=run_manager.inheritable_handlers,
-                  parent_run_id=run_manager.run_id, tags=run_manager.inheritable_tags,
-                  inheritable_tags=run_manager.inheritable_tags, metadata=run_manager.inheritable_metadata,
-                  inheritable_metadata=run_manager.inheritable_metadata)
+    manager = cls(
+        handlers=run_manager.inheritable_handlers,
+        inheritable_handlers=run_manager.inheritable_handlers,
+        parent_run_id=run_manager.run_id,
+        tags=run_manager.inheritable_tags,
+        inheritable_tags=run_manager.inheritable_tags,
+        metadata=run_manager.inheritable_metadata,
+        inheritable_metadata=run_manager.inheritable_metadata,
+    )
     return {"callbacks": manager}
 
 

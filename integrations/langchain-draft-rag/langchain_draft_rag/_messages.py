@@ -3,6 +3,7 @@
 Only ``content`` of a message whose retrieved context was compressed is replaced (``model_copy``); order, roles,
 ids, tool calls, ``tool_call_id``/``name``/``artifact`` and every other field reach the model as they were.
 """
+
 from __future__ import annotations
 
 from langchain_core.messages import BaseMessage, ChatMessage
@@ -41,5 +42,7 @@ def to_dicts(messages: list[BaseMessage]) -> list[dict]:
 def rebuild(messages: list[BaseMessage], compressed) -> list[BaseMessage]:
     """The input messages, with ``content`` replaced where the core compressed it (a ``CompressedMessages``)."""
     changed = {m["message_index"] for m in compressed.stats["messages"]}
-    return [m.model_copy(update={"content": compressed.messages[i]["content"]}) if i in changed else m
-            for i, m in enumerate(messages)]
+    return [
+        m.model_copy(update={"content": compressed.messages[i]["content"]}) if i in changed else m
+        for i, m in enumerate(messages)
+    ]

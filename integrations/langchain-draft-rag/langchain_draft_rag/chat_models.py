@@ -11,11 +11,13 @@ The retrieved context inside the messages is compressed wherever the prompt temp
 a ``Context:`` part of a human message, a tool result); instructions, the question and the chat structure are
 kept word for word. The rule is ``draft_rag.messages``'s, shared with the LlamaIndex adapter and the server.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
@@ -64,7 +66,7 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
     model_config = common.CONFIG
 
     @model_validator(mode="after")
-    def _setup(self) -> "ChatDraftCompressed":
+    def _setup(self) -> ChatDraftCompressed:
         self._check_settings(BaseChatModel, "LangChain chat model", "LangChain BaseChatModel")
         return self
 
@@ -82,9 +84,20 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
 
     # -- local target --------------------------------------------------------------------------
     def _local_args(self, messages: list[BaseMessage], o: dict) -> dict:
-        return dict(messages=to_dicts(messages), method=o["method"], budget=o["budget"], ratio=o["ratio"],
-                    template=self.template, max_new_tokens=o["max_tokens"], temperature=o["temperature"],
-                    top_p=o["top_p"], top_k=o["top_k"], stop=o["stop"], seed=o["seed"], **self._kv_args())
+        return dict(
+            messages=to_dicts(messages),
+            method=o["method"],
+            budget=o["budget"],
+            ratio=o["ratio"],
+            template=self.template,
+            max_new_tokens=o["max_tokens"],
+            temperature=o["temperature"],
+            top_p=o["top_p"],
+            top_k=o["top_k"],
+            stop=o["stop"],
+            seed=o["seed"],
+            **self._kv_args(),
+        )
 
     def _kv_args(self) -> dict:
         """SpecKV-PC's prompt budget and the draft lookahead, passed only when set (KV methods only)."""
@@ -95,13 +108,22 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
         st = gs.stats
         stats = st.to_dict()
         compression = stats.pop("compression")
-        stats.update({k: compression[k] for k in ("messages", "warning", "draft_original_tokens",
-                                                   "draft_kept_tokens") if k in compression})
-        usage = UsageMetadata(input_tokens=st.prompt_tokens, output_tokens=st.new_tokens,
-                              total_tokens=st.prompt_tokens + st.new_tokens)
-        msg = AIMessageChunk(content=text, usage_metadata=usage, chunk_position="last",
-                             response_metadata={"model_name": self.model_name, "finish_reason": st.finish_reason,
-                                                "draft_rag": stats})
+        stats.update(
+            {
+                k: compression[k]
+                for k in ("messages", "warning", "draft_original_tokens", "draft_kept_tokens")
+                if k in compression
+            }
+        )
+        usage = UsageMetadata(
+            input_tokens=st.prompt_tokens, output_tokens=st.new_tokens, total_tokens=st.prompt_tokens + st.new_tokens
+        )
+        msg = AIMessageChunk(
+            content=text,
+            usage_metadata=usage,
+            chunk_position="last",
+            response_metadata={"model_name": self.model_name, "finish_reason": st.finish_reason, "draft_rag": stats},
+        )
         return ChatGenerationChunk(message=msg, generation_info={"finish_reason": st.finish_reason})
 
     def _stream_local(self, messages, o, run_manager) -> Iterator[ChatGenerationChunk]:
@@ -119,8 +141,12 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
         if o["method"] == "full":
             return list(messages), {"method": "full", "messages": []}
         cm = self._engine.compress_messages(dicts, **self._wrapped_budget(o))
-        logger.debug("compressed %d messages: %s -> %s tokens", len(cm.stats["messages"]),
-                     cm.stats["original_tokens"], cm.stats["compressed_tokens"])
+        logger.debug(
+            "compressed %d messages: %s -> %s tokens",
+            len(cm.stats["messages"]),
+            cm.stats["original_tokens"],
+            cm.stats["compressed_tokens"],
+        )
         return rebuild(messages, cm), {"method": o["method"], **cm.stats}
 
     def _forwarded(self, o: dict) -> dict:
@@ -175,34 +201,56 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
         return self.bind(**bound.kwargs)
 
     # -- LangChain entry points ----------------------------------------------------------------
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         o = self._options(stop, kwargs)
         if self.llm is not None:
             return self._generate_wrapped(messages, o, run_manager)
         return generate_from_stream(self._stream_local(messages, o, run_manager))
 
-    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
         o = self._options(stop, kwargs)
         if self.llm is not None:
             yield from self._stream_wrapped(messages, o, run_manager)
         else:
             yield from self._stream_local(messages, o, run_manager)
 
-    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                         run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         o = self._options(stop, kwargs)
         if self.llm is not None:
             return await self._agenerate_wrapped(messages, o, run_manager)
         return await agenerate_from_stream(self._astream_local(messages, o, run_manager))
 
-    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
-                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
         o = self._options(stop, kwargs)
-        stream = (self._astream_wrapped(messages, o, run_manager) if self.llm is not None
-                  else self._astream_local(messages, o, run_manager))
+        stream = (
+            self._astream_wrapped(messages, o, run_manager)
+            if self.llm is not None
+            else self._astream_local(messages, o, run_manager)
+        )
         async for chunk in stream:
             yield chunk
 

@@ -1,9 +1,11 @@
 """DraftDocumentCompressor: prune retrieved documents by the draft's attention to them while reading the query."""
+
 from __future__ import annotations
 
 import logging
 import time
-from typing import Annotated, Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Annotated, Any, Optional
 
 from langchain_core.callbacks import CallbackManager, Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
@@ -63,21 +65,23 @@ class DraftDocumentCompressor(BaseDocumentCompressor):
     _engine: DraftEngine = PrivateAttr()
 
     @model_validator(mode="after")
-    def _setup(self) -> "DraftDocumentCompressor":
+    def _setup(self) -> DraftDocumentCompressor:
         common.check_budget(self.budget, self.ratio)
         if self.compress_tokens and self.budget is None and self.ratio is None:
             raise ValueError("compress_tokens=True needs budget=... or ratio=... for SpecPC")
         self._engine = common.shared_engine(None, self.draft, self.specpc, draft_kwargs=self.draft_kwargs)
         return self
 
-    def compress_documents(self, documents: Sequence[Document], query: str,
-                           callbacks: Callbacks | None = None) -> Sequence[Document]:
+    def compress_documents(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+    ) -> Sequence[Document]:
         """Pruned (and optionally token-compressed) copies of ``documents``, original order kept."""
         docs = _check_documents(documents)
         if not isinstance(query, str) or not query.strip():
             raise ValueError(f"query must be a non-empty string, got {query!r}")
         run = CallbackManager.configure(callbacks).on_chain_start(
-            None, {"query": query, "documents": len(docs)}, name=type(self).__name__)
+            None, {"query": query, "documents": len(docs)}, name=type(self).__name__
+        )
         try:
             t0 = time.perf_counter()
             out = self._compress(docs, query) if docs else []
@@ -89,9 +93,13 @@ class DraftDocumentCompressor(BaseDocumentCompressor):
 
     def _stats(self, docs: list[Document], out: list[Document], seconds: float) -> dict:
         tok = self._engine.draft.tokenizer
-        return {"documents_in": len(docs), "documents_out": len(out), "seconds": seconds,
-                "original_tokens": sum(count_tokens(tok, d.page_content) for d in docs),
-                "compressed_tokens": sum(count_tokens(tok, d.page_content) for d in out)}
+        return {
+            "documents_in": len(docs),
+            "documents_out": len(out),
+            "seconds": seconds,
+            "original_tokens": sum(count_tokens(tok, d.page_content) for d in docs),
+            "compressed_tokens": sum(count_tokens(tok, d.page_content) for d in out),
+        }
 
     def _compress(self, docs: list[Document], query: str) -> list[Document]:
         chunks = [Chunk(d.page_content, id=i) for i, d in enumerate(docs)]
@@ -99,20 +107,38 @@ class DraftDocumentCompressor(BaseDocumentCompressor):
         keep = self._select(docs, scores)
         logger.debug("kept %d of %d documents", len(keep), len(docs))
         if not self.compress_tokens:
-            return [_annotate(docs[i], docs[i].page_content, scores[i],
-                              [(0, len(docs[i].page_content))] if docs[i].page_content else [], 1.0) for i in keep]
+            return [
+                _annotate(
+                    docs[i],
+                    docs[i].page_content,
+                    scores[i],
+                    [(0, len(docs[i].page_content))] if docs[i].page_content else [],
+                    1.0,
+                )
+                for i in keep
+            ]
         kept_chunks = [chunks[i] for i in keep]
-        cp = self._engine.compress(chunks=kept_chunks, question=query, instruction=self.instruction,
-                                   budget=self.budget, ratio=self.ratio)
+        cp = self._engine.compress(
+            chunks=kept_chunks, question=query, instruction=self.instruction, budget=self.budget, ratio=self.ratio
+        )
         # a document SpecPC cut down to nothing is dropped; empty/whitespace ones pass through as in the other modes
-        return [_annotate(docs[c.id], c.text, scores[c.id], c.kept_spans, c.kept_fraction)
-                for c in cp.chunks if c.text or not c.original.strip()]
+        return [
+            _annotate(docs[c.id], c.text, scores[c.id], c.kept_spans, c.kept_fraction)
+            for c in cp.chunks
+            if c.text or not c.original.strip()
+        ]
 
     def _select(self, docs: list[Document], scores: list[float]) -> list[int]:
         by_tokens = not self.compress_tokens and (self.budget is not None or self.ratio is not None)
         sizes = [count_tokens(self._engine.draft.tokenizer, d.page_content) if by_tokens else 0 for d in docs]
-        return select_chunks(scores, sizes, top_n=self.top_n, threshold=self.threshold,
-                             budget=self.budget if by_tokens else None, ratio=self.ratio if by_tokens else None)
+        return select_chunks(
+            scores,
+            sizes,
+            top_n=self.top_n,
+            threshold=self.threshold,
+            budget=self.budget if by_tokens else None,
+            ratio=self.ratio if by_tokens else None,
+        )
 
 
 def _check_documents(documents) -> list[Document]:
@@ -126,6 +152,11 @@ def _check_documents(documents) -> list[Document]:
 
 
 def _annotate(doc: Document, text: str, score: float, spans, fraction: float) -> Document:
-    metadata = {**doc.metadata, SCORE_KEY: float(score), RELEVANCE_KEY: float(score), SPANS_KEY: [list(s) for s in spans],
-                FRACTION_KEY: float(fraction)}
+    metadata = {
+        **doc.metadata,
+        SCORE_KEY: float(score),
+        RELEVANCE_KEY: float(score),
+        SPANS_KEY: [list(s) for s in spans],
+        FRACTION_KEY: float(fraction),
+    }
     return doc.model_copy(update={"page_content": text, "metadata": metadata})

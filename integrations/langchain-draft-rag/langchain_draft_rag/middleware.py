@@ -12,6 +12,7 @@ long context in the system prompt or a human message) compressed by ``draft_rag.
 instructions, tool calls and ids unchanged. The stats are in ``response_metadata["draft_rag"]`` of the model's
 reply. Needs the ``langchain`` (v1) package.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -35,8 +36,9 @@ class DraftCompressionMiddleware(AgentMiddleware):
         specpc: a ``draft_rag.SpecPCConfig`` for the other SpecPC settings.
     """
 
-    def __init__(self, draft: Any = None, *, budget: int | None = None, ratio: float | None = None,
-                 specpc: Any = None) -> None:
+    def __init__(
+        self, draft: Any = None, *, budget: int | None = None, ratio: float | None = None, specpc: Any = None
+    ) -> None:
         super().__init__()
         common.check_budget(budget, ratio)
         self.budget, self.ratio = budget, ratio
@@ -48,7 +50,7 @@ class DraftCompressionMiddleware(AgentMiddleware):
         messages = system + list(request.messages)
         cm = self.engine.compress_messages(to_dicts(messages), budget=self.budget, ratio=self.ratio)
         new = rebuild(messages, cm)
-        return request.override(system_message=new[0] if system else None, messages=new[len(system):]), cm.stats
+        return request.override(system_message=new[0] if system else None, messages=new[len(system) :]), cm.stats
 
     def wrap_model_call(self, request: ModelRequest, handler) -> Any:
         new, stats = self.compress(request)

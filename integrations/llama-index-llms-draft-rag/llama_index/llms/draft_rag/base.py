@@ -5,16 +5,27 @@ Two modes: ``target=...`` generates with a local HF model run by the engine (any
 When a query engine formats a template with ``context_str`` (or ``context_msg``), only that context is
 compressible: the text rendered before it is the instruction and the text after it (the query) the question.
 """
+
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import contextvars
-from typing import Annotated, Any, Callable, Iterator, Literal, Optional, Sequence, Union
+from collections.abc import Callable, Iterator, Sequence
+from typing import Annotated, Any, Literal, Optional, Union
 
-from llama_index.core.base.llms.types import (ChatMessage, ChatResponse, ChatResponseAsyncGen, ChatResponseGen,
-                                              CompletionResponse, CompletionResponseAsyncGen,
-                                              CompletionResponseGen, LLMMetadata, MessageRole, TextBlock)
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+    MessageRole,
+    TextBlock,
+)
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
@@ -24,7 +35,6 @@ from draft_rag import DraftEngine
 from draft_rag import engine as engine_module
 from draft_rag.aio import iterate_in_thread
 from draft_rag.prompt import has_chat_template
-
 from llama_index.llms.draft_rag.events import DraftCompressionEvent, dispatcher
 from llama_index.llms.draft_rag.utils import configs_from_dict, engine_dict
 
@@ -50,44 +60,70 @@ class DraftCompressedLLM(LLM):
     llm: Optional[LLM] = Field(default=None, exclude=True, description="LlamaIndex LLM to put SpecPC in front of")
     method: str = Field(default="specpc", description="one of draft_rag.engine.METHODS")
     budget: Union[Annotated[int, Field(ge=1, strict=True)], Literal["auto"], None] = Field(
-        default=None, description="prompt budget in draft tokens, or 'auto' (also the default for specpc): fit the "
-                                  "context window (the target's; with llm=..., its metadata's minus num_output)")
-    ratio: Optional[float] = Field(default=None, gt=0, le=1, allow_inf_nan=False,
-                                   description="prompt budget as a fraction of the prompt")
+        default=None,
+        description="prompt budget in draft tokens, or 'auto' (also the default for specpc): fit the "
+        "context window (the target's; with llm=..., its metadata's minus num_output)",
+    )
+    ratio: Optional[float] = Field(
+        default=None, gt=0, le=1, allow_inf_nan=False, description="prompt budget as a fraction of the prompt"
+    )
     max_new_tokens: int = Field(default=256, ge=1, strict=True, description="local generation length")
-    temperature: float = Field(default=0.0, ge=0, allow_inf_nan=False,
-                               description="local sampling temperature (0 = greedy)")
-    pc_budget: Optional[int] = Field(default=None, ge=1, strict=True,
-                                     description="speckv-pc: SpecPC prompt budget (draft tokens)")
-    pc_ratio: Optional[float] = Field(default=None, gt=0, le=1, allow_inf_nan=False,
-                                      description="speckv-pc: SpecPC budget as a fraction")
-    context_window: Optional[int] = Field(default=None, ge=1, strict=True,
-                                          description="override the reported context window")
+    temperature: float = Field(
+        default=0.0, ge=0, allow_inf_nan=False, description="local sampling temperature (0 = greedy)"
+    )
+    pc_budget: Optional[int] = Field(
+        default=None, ge=1, strict=True, description="speckv-pc: SpecPC prompt budget (draft tokens)"
+    )
+    pc_ratio: Optional[float] = Field(
+        default=None, gt=0, le=1, allow_inf_nan=False, description="speckv-pc: SpecPC budget as a fraction"
+    )
+    context_window: Optional[int] = Field(
+        default=None, ge=1, strict=True, description="override the reported context window"
+    )
     specpc: Any = Field(default=None, exclude=True, description="draft_rag.SpecPCConfig")
     speckv: Any = Field(default=None, exclude=True, description="draft_rag.SpecKVConfig (KV methods)")
-    target_kwargs: Optional[dict] = Field(default=None, description="draft_rag.load_model options for the target: "
-                                          "device_map, dtype, attn_implementation, device, model_kwargs")
+    target_kwargs: Optional[dict] = Field(
+        default=None,
+        description="draft_rag.load_model options for the target: "
+        "device_map, dtype, attn_implementation, device, model_kwargs",
+    )
     draft_kwargs: Optional[dict] = Field(default=None, description="draft_rag.load_model options for the draft")
     _engine: DraftEngine = PrivateAttr()
 
-    def __init__(self, target: Any = None, draft: Any = None, *, llm: Optional[LLM] = None,
-                 engine: DraftEngine | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        target: Any = None,
+        draft: Any = None,
+        *,
+        llm: Optional[LLM] = None,
+        engine: DraftEngine | None = None,
+        **kwargs: Any,
+    ):
         if llm is not None and not isinstance(llm, LLM):
             raise TypeError(f"llm must be a LlamaIndex LLM, got {type(llm).__name__}")
         super().__init__(target=target, draft=draft, llm=llm, **kwargs)
         if (target is not None or (engine is not None and engine.target is not None)) == (llm is not None):
-            raise ValueError("give exactly one of target=<model> (generate locally) or llm=<LlamaIndex LLM> "
-                             "(SpecPC in front of it)")
+            raise ValueError(
+                "give exactly one of target=<model> (generate locally) or llm=<LlamaIndex LLM> (SpecPC in front of it)"
+            )
         if self.method not in engine_module.METHODS:
             raise ValueError(f"method must be one of {engine_module.METHODS}, got {self.method!r}")
         if llm is not None and self.method != "specpc":
-            raise ValueError(f"with llm=... only method='specpc' is possible (the wrapped LLM does its own "
-                             f"prefill), got {self.method!r}")
+            raise ValueError(
+                f"with llm=... only method='specpc' is possible (the wrapped LLM does its own "
+                f"prefill), got {self.method!r}"
+            )
         if self.budget is not None and self.ratio is not None:
             raise ValueError("give either budget (tokens or 'auto') or ratio (a fraction), not both")
-        self._engine = engine or DraftEngine(target=target, draft=draft, method=self.method, specpc=self.specpc,
-                                             speckv=self.speckv, target_kwargs=self.target_kwargs,
-                                             draft_kwargs=self.draft_kwargs)
+        self._engine = engine or DraftEngine(
+            target=target,
+            draft=draft,
+            method=self.method,
+            specpc=self.specpc,
+            speckv=self.speckv,
+            target_kwargs=self.target_kwargs,
+            draft_kwargs=self.draft_kwargs,
+        )
 
     @classmethod
     def class_name(cls) -> str:
@@ -102,7 +138,7 @@ class DraftCompressedLLM(LLM):
         return {**super().to_dict(**kwargs), **engine_dict(self._engine, *keys)}
 
     @classmethod
-    def from_dict(cls, data: dict, **kwargs: Any) -> "DraftCompressedLLM":
+    def from_dict(cls, data: dict, **kwargs: Any) -> DraftCompressedLLM:
         return super().from_dict(configs_from_dict(data), **kwargs)
 
     @property
@@ -116,12 +152,16 @@ class DraftCompressedLLM(LLM):
         if self.llm is not None:
             inner = self.llm.metadata
             window = self.context_window or inner.context_window
-            return inner.model_copy(update={"context_window": window,
-                                            "model_name": f"{inner.model_name} (specpc, draft {draft.name})"})
+            return inner.model_copy(
+                update={"context_window": window, "model_name": f"{inner.model_name} (specpc, draft {draft.name})"}
+            )
         target = self._engine.target
-        return LLMMetadata(context_window=self.context_window or _window(target),
-                           num_output=self.max_new_tokens, is_chat_model=has_chat_template(target.tokenizer),
-                           model_name=f"{target.name} ({self.method}, draft {draft.name})")
+        return LLMMetadata(
+            context_window=self.context_window or _window(target),
+            num_output=self.max_new_tokens,
+            is_chat_model=has_chat_template(target.tokenizer),
+            model_name=f"{target.name} ({self.method}, draft {draft.name})",
+        )
 
     # -- templates: find the retrieved context inside a formatted prompt --------------------------
     @dispatcher.span
@@ -178,8 +218,12 @@ class DraftCompressedLLM(LLM):
         if layout.count(_CONTEXT) != 1:
             return None
         before, _, after = layout.partition(_CONTEXT)
-        return {"instruction": before.strip() or None, "question": after.strip() or None,
-                "chunks": [c for c in prompt_args[key].split("\n\n") if c.strip()], "key": key}
+        return {
+            "instruction": before.strip() or None,
+            "question": after.strip() or None,
+            "chunks": [c for c in prompt_args[key].split("\n\n") if c.strip()],
+            "key": key,
+        }
 
     def _front_args(self, prompt, prompt_args: dict) -> dict:
         """``prompt_args`` with the context variable compressed by SpecPC (template text protected)."""
@@ -220,8 +264,7 @@ class DraftCompressedLLM(LLM):
         return _annotate(await self.llm.acomplete(text, formatted=formatted, **kwargs), stats)
 
     @llm_completion_callback()
-    async def astream_complete(self, prompt: str, formatted: bool = False,
-                               **kwargs: Any) -> CompletionResponseAsyncGen:
+    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
         if self.llm is None:
             args = _local_args(prompt, self._take(prompt))
             return iterate_in_thread(lambda: self._local_stream(args, kwargs))
@@ -272,8 +315,15 @@ class DraftCompressedLLM(LLM):
         if unknown:
             raise TypeError(f"unsupported generation arguments {sorted(unknown)}; supported: {GENERATION_KWARGS}")
         gen = dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature) | kwargs
-        gs = self._engine.stream(**args, method=self.method, budget=self.budget, ratio=self.ratio,
-                                 pc_budget=self.pc_budget, pc_ratio=self.pc_ratio, **gen)
+        gs = self._engine.stream(
+            **args,
+            method=self.method,
+            budget=self.budget,
+            ratio=self.ratio,
+            pc_budget=self.pc_budget,
+            pc_ratio=self.pc_ratio,
+            **gen,
+        )
         return self._responses(gs)
 
     def _responses(self, gs) -> Iterator[CompletionResponse]:
@@ -285,21 +335,38 @@ class DraftCompressedLLM(LLM):
                 text += piece
                 pending = CompletionResponse(text=text, delta=piece)
         stats = gs.stats.to_dict()
-        usage = {"prompt_tokens": gs.stats.prompt_tokens, "completion_tokens": gs.stats.new_tokens,
-                 "total_tokens": gs.stats.prompt_tokens + gs.stats.new_tokens}
-        dispatcher.event(DraftCompressionEvent(component="llm", method=gs.stats.method,
-                                               original_tokens=gs.stats.original_tokens,
-                                               compressed_tokens=gs.stats.prompt_tokens, seconds=gs.stats.seconds,
-                                               kv_bytes=gs.stats.kv_bytes, kv_bytes_full=gs.stats.kv_bytes_full))
-        yield CompletionResponse(text=text, delta=pending.delta if pending else "",
-                                 raw={"usage": usage, "compressed": gs.compressed.to_dict() if gs.compressed else None},
-                                 additional_kwargs={"draft_rag": stats})
+        usage = {
+            "prompt_tokens": gs.stats.prompt_tokens,
+            "completion_tokens": gs.stats.new_tokens,
+            "total_tokens": gs.stats.prompt_tokens + gs.stats.new_tokens,
+        }
+        dispatcher.event(
+            DraftCompressionEvent(
+                component="llm",
+                method=gs.stats.method,
+                original_tokens=gs.stats.original_tokens,
+                compressed_tokens=gs.stats.prompt_tokens,
+                seconds=gs.stats.seconds,
+                kv_bytes=gs.stats.kv_bytes,
+                kv_bytes_full=gs.stats.kv_bytes_full,
+            )
+        )
+        yield CompletionResponse(
+            text=text,
+            delta=pending.delta if pending else "",
+            raw={"usage": usage, "compressed": gs.compressed.to_dict() if gs.compressed else None},
+            additional_kwargs={"draft_rag": stats},
+        )
 
     # -- SpecPC in front of another LLM ----------------------------------------------------------
     def _compress(self, **parts) -> tuple[Any, dict]:
         cp = self._engine.compress(**parts, **self._wrapped_budget())
-        stats = {"method": "specpc", "original_tokens": cp.original_tokens,
-                 "compressed_tokens": cp.compressed_tokens, "seconds": cp.seconds}
+        stats = {
+            "method": "specpc",
+            "original_tokens": cp.original_tokens,
+            "compressed_tokens": cp.compressed_tokens,
+            "seconds": cp.seconds,
+        }
         dispatcher.event(DraftCompressionEvent(component="llm", **stats))
         return cp, stats
 
@@ -320,8 +387,12 @@ class DraftCompressedLLM(LLM):
     def _front_messages(self, messages: Sequence[ChatMessage]) -> tuple[list, dict]:
         """SpecPC on the retrieved context inside the messages (``draft_rag.messages``'s rule); the rest as is."""
         cm = self._engine.compress_messages(_dicts(messages), budget=self.budget, ratio=self.ratio)
-        stats = {"method": "specpc", "original_tokens": cm.stats["original_tokens"],
-                 "compressed_tokens": cm.stats["compressed_tokens"], "seconds": cm.stats["seconds"]}
+        stats = {
+            "method": "specpc",
+            "original_tokens": cm.stats["original_tokens"],
+            "compressed_tokens": cm.stats["compressed_tokens"],
+            "seconds": cm.stats["seconds"],
+        }
         dispatcher.event(DraftCompressionEvent(component="llm", **stats))
         changed = {m["message_index"] for m in cm.stats["messages"]}
         msgs = [_with_text(m, cm.messages[i]["content"]) if i in changed else m for i, m in enumerate(messages)]
@@ -353,8 +424,10 @@ def _dicts(messages: Sequence[ChatMessage]) -> list[dict]:
     for m in messages:
         others = [{"type": b.block_type} for b in m.blocks if not isinstance(b, TextBlock)]
         text = "".join(b.text for b in m.blocks if isinstance(b, TextBlock))
-        d = {"role": _ROLES.get(m.role.value, m.role.value),
-             "content": [{"type": "text", "text": text}] + others if others else text}
+        d = {
+            "role": _ROLES.get(m.role.value, m.role.value),
+            "content": [{"type": "text", "text": text}] + others if others else text,
+        }
         extra = m.additional_kwargs
         d.update({k: extra[k] for k in ("tool_calls", "tool_call_id", "name") if extra.get(k)})
         out.append(d)
@@ -368,8 +441,12 @@ def _with_text(message: ChatMessage, text: str) -> ChatMessage:
 
 
 def _as_chat(response: CompletionResponse) -> ChatResponse:
-    return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=response.text), delta=response.delta,
-                        raw=response.raw, additional_kwargs=response.additional_kwargs)
+    return ChatResponse(
+        message=ChatMessage(role=MessageRole.ASSISTANT, content=response.text),
+        delta=response.delta,
+        raw=response.raw,
+        additional_kwargs=response.additional_kwargs,
+    )
 
 
 def _annotate(response, stats: dict):
@@ -379,7 +456,7 @@ def _annotate(response, stats: dict):
 
 def _last(responses: Iterator[CompletionResponse]) -> CompletionResponse:
     last = None
-    for last in responses:
+    for last in responses:  # noqa: B007 (the loop keeps the last item)
         pass
     last.delta = None
     return last
@@ -388,7 +465,7 @@ def _last(responses: Iterator[CompletionResponse]) -> CompletionResponse:
 async def _alast(make: Callable[[], Iterator[CompletionResponse]]) -> CompletionResponse:
     """``_last`` off the event loop; cancelling the caller closes the stream (and frees the engine)."""
     last = None
-    async for last in iterate_in_thread(make):
+    async for last in iterate_in_thread(make):  # noqa: B007 (the loop keeps the last item)
         pass
     last.delta = None
     return last

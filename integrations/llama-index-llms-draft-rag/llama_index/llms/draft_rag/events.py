@@ -1,4 +1,5 @@
 """LlamaIndex instrumentation event sent whenever draft-rag compresses or prunes something."""
+
 from __future__ import annotations
 
 from typing import Optional

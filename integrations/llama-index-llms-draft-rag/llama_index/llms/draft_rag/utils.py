@@ -1,4 +1,5 @@
 """Serialisation shared by draft-rag's LlamaIndex components: models as reference strings, configs as dicts."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,10 +1,11 @@
 """DraftNodePostprocessor: prune retrieved nodes by the draft model's query-conditioned attention."""
+
 from __future__ import annotations
 
 import logging
 import time
 from collections import Counter
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.callbacks import CBEventType, EventPayload
@@ -14,7 +15,6 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 from draft_rag import Chunk, DraftEngine
 from draft_rag.prompt import count_tokens
 from draft_rag.scoring import select_chunks
-
 from llama_index.llms.draft_rag.events import DraftCompressionEvent, dispatcher
 from llama_index.llms.draft_rag.utils import configs_from_dict, engine_dict
 
@@ -41,19 +41,25 @@ class DraftNodePostprocessor(BaseNodePostprocessor):
 
     draft: Any = Field(default=None, exclude=True, description="draft model: anything load_model accepts")
     top_n: Optional[int] = Field(default=None, ge=1, strict=True, description="keep at most this many nodes")
-    budget: Optional[int] = Field(default=None, ge=1, strict=True,
-                                  description="token budget of the kept context (draft tokens)")
-    ratio: Optional[float] = Field(default=None, gt=0, le=1, allow_inf_nan=False,
-                                   description="budget as a fraction of the input tokens")
-    threshold: Optional[float] = Field(default=None, allow_inf_nan=False,
-                                       description="drop nodes whose draft score is below this")
+    budget: Optional[int] = Field(
+        default=None, ge=1, strict=True, description="token budget of the kept context (draft tokens)"
+    )
+    ratio: Optional[float] = Field(
+        default=None, gt=0, le=1, allow_inf_nan=False, description="budget as a fraction of the input tokens"
+    )
+    threshold: Optional[float] = Field(
+        default=None, allow_inf_nan=False, description="drop nodes whose draft score is below this"
+    )
     compress_tokens: bool = Field(default=False, description="meet budget/ratio by token-level SpecPC in nodes")
     sort_by_score: bool = Field(default=False, description="return nodes by draft score instead of input order")
     metadata_mode: MetadataMode = Field(default=MetadataMode.NONE, description="node text the draft scores")
     instruction: Optional[str] = Field(default=None, description="task text the draft reads before the nodes")
     specpc: Any = Field(default=None, exclude=True, description="draft_rag.SpecPCConfig for the draft pass")
-    draft_kwargs: Optional[dict] = Field(default=None, description="draft_rag.load_model options for the draft: "
-                                         "device_map, dtype, attn_implementation, device, model_kwargs")
+    draft_kwargs: Optional[dict] = Field(
+        default=None,
+        description="draft_rag.load_model options for the draft: "
+        "device_map, dtype, attn_implementation, device, model_kwargs",
+    )
     _engine: DraftEngine = PrivateAttr()
 
     def __init__(self, draft: Any = None, *, engine: DraftEngine | None = None, **kwargs: Any):
@@ -72,18 +78,21 @@ class DraftNodePostprocessor(BaseNodePostprocessor):
         return {**super().to_dict(**kwargs), **engine_dict(self._engine, "draft", "specpc")}
 
     @classmethod
-    def from_dict(cls, data: dict, **kwargs: Any) -> "DraftNodePostprocessor":
+    def from_dict(cls, data: dict, **kwargs: Any) -> DraftNodePostprocessor:
         return super().from_dict(configs_from_dict(data), **kwargs)
 
     @property
     def engine(self) -> DraftEngine:
         return self._engine
 
-    def _postprocess_nodes(self, nodes: List[NodeWithScore],
-                           query_bundle: Optional[QueryBundle] = None) -> List[NodeWithScore]:
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: Optional[QueryBundle] = None
+    ) -> list[NodeWithScore]:
         if query_bundle is None or not query_bundle.query_str:
-            raise ValueError("DraftNodePostprocessor needs the query: pass query_bundle=QueryBundle(...) or "
-                             "query_str=... (the draft scores nodes by how it reads the query)")
+            raise ValueError(
+                "DraftNodePostprocessor needs the query: pass query_bundle=QueryBundle(...) or "
+                "query_str=... (the draft scores nodes by how it reads the query)"
+            )
         if not nodes:
             return []
         bad = next((i for i, n in enumerate(nodes) if not isinstance(n, NodeWithScore)), None)
@@ -92,8 +101,12 @@ class DraftNodePostprocessor(BaseNodePostprocessor):
         _warn_duplicates(nodes)
         texts = [n.node.get_content(metadata_mode=self.metadata_mode) for n in nodes]
         scored = [i for i, t in enumerate(texts) if t.strip()]
-        payload = {EventPayload.NODES: nodes, EventPayload.MODEL_NAME: self._engine.draft.name,
-                   EventPayload.QUERY_STR: query_bundle.query_str, EventPayload.TOP_K: self.top_n}
+        payload = {
+            EventPayload.NODES: nodes,
+            EventPayload.MODEL_NAME: self._engine.draft.name,
+            EventPayload.QUERY_STR: query_bundle.query_str,
+            EventPayload.TOP_K: self.top_n,
+        }
         with self.callback_manager.event(CBEventType.RERANKING, payload=payload) as event:
             out, stats = self._prune(nodes, texts, scored, query_bundle.query_str)
             event.on_end(payload={EventPayload.NODES: out, "draft_rag": stats})
@@ -102,33 +115,48 @@ class DraftNodePostprocessor(BaseNodePostprocessor):
 
     def _prune(self, nodes, texts, scored, query):
         t0 = time.perf_counter()
-        scores = self._engine.score_chunks([texts[i] for i in scored], question=query,
-                                           instruction=self.instruction) if scored else []
+        scores = (
+            self._engine.score_chunks([texts[i] for i in scored], question=query, instruction=self.instruction)
+            if scored
+            else []
+        )
         seconds = {"draft": time.perf_counter() - t0}
         sizes = [count_tokens(self._engine.draft.tokenizer, texts[i]) for i in scored]
         whole = not self.compress_tokens
-        keep = select_chunks(scores, sizes, top_n=self.top_n, threshold=self.threshold,
-                             budget=self.budget if whole else None, ratio=self.ratio if whole else None)
+        keep = select_chunks(
+            scores,
+            sizes,
+            top_n=self.top_n,
+            threshold=self.threshold,
+            budget=self.budget if whole else None,
+            ratio=self.ratio if whole else None,
+        )
         score_of, size_of = dict(zip(scored, scores)), dict(zip(scored, sizes))
         kept = sorted({scored[k] for k in keep} | (set(range(len(nodes))) - set(scored)))
         out = [_rescore(nodes[i], score_of.get(i, 0.0)) for i in kept]
-        stats = {"method": "specpc-chunks", "original_tokens": sum(sizes),
-                 "compressed_tokens": sum(size_of.get(i, 0) for i in kept),
-                 "nodes_in": len(nodes), "nodes_out": len(out), "seconds": seconds}
+        stats = {
+            "method": "specpc-chunks",
+            "original_tokens": sum(sizes),
+            "compressed_tokens": sum(size_of.get(i, 0) for i in kept),
+            "nodes_in": len(nodes),
+            "nodes_out": len(out),
+            "seconds": seconds,
+        }
         if self.compress_tokens:
             out, stats = self._compress(out, query, stats)
         if self.sort_by_score:
             out.sort(key=lambda n: -n.score)
         return out, stats
 
-    def _compress(self, nodes: List[NodeWithScore], query: str, stats: dict):
+    def _compress(self, nodes: list[NodeWithScore], query: str, stats: dict):
         """SpecPC over the kept nodes' text; nodes it changed become copies, emptied nodes are dropped."""
         textful = [n for n in nodes if n.node.get_content(metadata_mode=MetadataMode.NONE).strip()]
         chunks = [Chunk(n.node.get_content(metadata_mode=MetadataMode.NONE), id=n.node.node_id) for n in textful]
         if not chunks:
             return nodes, stats
-        cp = self._engine.compress(chunks=chunks, question=query, instruction=self.instruction,
-                                   budget=self.budget, ratio=self.ratio)
+        cp = self._engine.compress(
+            chunks=chunks, question=query, instruction=self.instruction, budget=self.budget, ratio=self.ratio
+        )
         result = {id(n): r for n, r in zip(textful, cp.chunks)}
         out = []
         for n in nodes:
@@ -141,8 +169,13 @@ class DraftNodePostprocessor(BaseNodePostprocessor):
             out.append(n)
         tok = self._engine.draft.tokenizer
         seconds = {"draft": stats["seconds"]["draft"] + cp.seconds["draft"], "select": cp.seconds["select"]}
-        stats = dict(stats, method="specpc", nodes_out=len(out), seconds=seconds,
-                     compressed_tokens=sum(count_tokens(tok, r.text) for r in cp.chunks))
+        stats = dict(
+            stats,
+            method="specpc",
+            nodes_out=len(out),
+            seconds=seconds,
+            compressed_tokens=sum(count_tokens(tok, r.text) for r in cp.chunks),
+        )
         return out, stats
 
 
@@ -154,10 +187,13 @@ def _rescore(nws: NodeWithScore, score: float) -> NodeWithScore:
     node = nws.node
     hide = [] if RETRIEVAL_SCORE_KEY in node.excluded_llm_metadata_keys else [RETRIEVAL_SCORE_KEY]
     hide_embed = [] if RETRIEVAL_SCORE_KEY in node.excluded_embed_metadata_keys else [RETRIEVAL_SCORE_KEY]
-    copy = node.model_copy(update={
-        "metadata": {RETRIEVAL_SCORE_KEY: nws.score, **node.metadata},
-        "excluded_llm_metadata_keys": node.excluded_llm_metadata_keys + hide,
-        "excluded_embed_metadata_keys": node.excluded_embed_metadata_keys + hide_embed})
+    copy = node.model_copy(
+        update={
+            "metadata": {RETRIEVAL_SCORE_KEY: nws.score, **node.metadata},
+            "excluded_llm_metadata_keys": node.excluded_llm_metadata_keys + hide,
+            "excluded_embed_metadata_keys": node.excluded_embed_metadata_keys + hide_embed,
+        }
+    )
     return NodeWithScore(node=copy, score=float(score))
 
 
@@ -165,16 +201,19 @@ def _with_text(node, result):
     """A copy of ``node`` (same id and relationships, metadata plus what was kept) holding the kept text."""
     added = {KEPT_FRACTION_KEY: result.kept_fraction, KEPT_SPANS_KEY: [list(s) for s in result.kept_spans]}
     hidden = [k for k in added if k not in node.excluded_llm_metadata_keys]
-    copy = node.model_copy(update={
-        "metadata": dict(node.metadata, **added),
-        "excluded_llm_metadata_keys": node.excluded_llm_metadata_keys + hidden,
-        "excluded_embed_metadata_keys": node.excluded_embed_metadata_keys
-        + [k for k in added if k not in node.excluded_embed_metadata_keys]})
+    copy = node.model_copy(
+        update={
+            "metadata": dict(node.metadata, **added),
+            "excluded_llm_metadata_keys": node.excluded_llm_metadata_keys + hidden,
+            "excluded_embed_metadata_keys": node.excluded_embed_metadata_keys
+            + [k for k in added if k not in node.excluded_embed_metadata_keys],
+        }
+    )
     copy.set_content(result.text)
     return copy
 
 
-def _warn_duplicates(nodes: List[NodeWithScore]) -> None:
+def _warn_duplicates(nodes: list[NodeWithScore]) -> None:
     dup = [i for i, c in Counter(n.node.node_id for n in nodes).items() if c > 1]
     if dup:
         logger.warning("duplicate node ids %s: each copy is scored and kept or dropped on its own", dup[:5])
