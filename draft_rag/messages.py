@@ -7,12 +7,12 @@ The rule, per message (``role`` and ``content``; every other key is carried thro
 * a long system, developer or user message is split. Labelled parts (``Question:``, ``Context:``, ``Answer:``,
   ``## Context``, ``<context>...</context>``, ...) start at their label; the body of a context label
   (``CONTEXT_LABELS``) is context, every other label and its body is protected. Unlabelled text is split into
-  paragraphs at blank lines and rule lines like ``-----`` (lines, or sentences, if it is one long paragraph): the
-  first paragraph (up to ``FIRST_CHARS``) and short paragraphs at each end (``UNIT_CHARS``, ``SHORT_CHARS`` in
-  all) are protected (instructions before the context, a question or request after it), the rest is context;
-* the last paragraph of the last user message (the question) is always protected. When a tool result (or another
-  message) follows it, the draft reads that question once more after the conversation, so its window queries are
-  the question (the messages sent are unchanged).
+  paragraphs at blank lines and rule lines like ``-----`` (lines, if it is one long paragraph): the first
+  paragraph (up to ``FIRST_CHARS``) and short paragraphs at each end (``UNIT_CHARS``, ``SHORT_CHARS`` in all) are
+  protected (instructions before the context, a question or request after it), the rest is context;
+* the last paragraph of the last user message (the question) is always protected; if it is long, only its last
+  sentence is. When a tool result (or another message) follows it, the draft reads that question once more after
+  the conversation, so its window queries are the question (the messages sent are unchanged).
 
 Multi-turn history follows the same rule: earlier questions and answers are short, so protected; a long earlier
 message (a pasted document, a tool result) is context, read with the latest question at the end of the prompt.
@@ -208,10 +208,20 @@ def _units(text: str, a: int, b: int) -> list[tuple[int, int]]:
         if piece.strip():
             units.append((pos + len(piece) - len(piece.lstrip()), end - len(piece) + len(piece.rstrip())))
         pos = m.end() if m else b
-    for unit in (_LINE, _SENTENCE):  # one long paragraph: its lines; one long line: its sentences
-        if len(units) == 1 and units[0][1] - units[0][0] > SHORT_CHARS:
-            s0 = units[0][0]
-            units = [(s0 + m.start(), s0 + m.end()) for m in unit.finditer(text[s0 : units[0][1]])]
+    if len(units) == 1 and units[0][1] - units[0][0] > SHORT_CHARS:
+        units = [(a + m.start(), a + m.end()) for m in _LINE.finditer(text[a:b])]
+    return units
+
+
+def _final_units(text: str, a: int, b: int) -> list[tuple[int, int]]:
+    """``_units``, but a long last unit that ends the last user message is split before its last sentence, so
+    that sentence alone is the question (a document pasted as one line with the question after it)."""
+    units = _units(text, a, b)
+    if units and units[-1][1] - units[-1][0] > SHORT_CHARS:
+        s0, e0 = units[-1]
+        sentences = [m.start() for m in _SENTENCE.finditer(text, s0, e0)]
+        if len(sentences) > 1:
+            units[-1:] = [(s0, sentences[-1]), (sentences[-1], e0)]
     return units
 
 
@@ -222,13 +232,13 @@ def trailing_question(messages: list[dict]) -> str | None:
     if last_user is None or last_user == len(messages) - 1:
         return None
     text, _ = text_of(messages[last_user], last_user)
-    units = _units(text, 0, len(text))
+    units = _final_units(text, 0, len(text))
     return text[units[-1][0] : units[-1][1]] if units else None
 
 
 def _plain(text: str, a: int, b: int, final: bool) -> list[tuple[int, int, bool]]:
     """The first paragraph and short paragraphs at both ends protected, the middle is context."""
-    units = _units(text, a, b)
+    units = _final_units(text, a, b) if final else _units(text, a, b)
     size = [e - s for s, e in units]
     j = len(units) - (1 if final and units else 0)
     i = 1 if j and size[0] <= FIRST_CHARS else 0
