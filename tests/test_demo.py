@@ -120,7 +120,7 @@ def test_cli_rejects_bad_arguments(capsys, caplog):
     assert "--html" in caplog.text
     with pytest.raises(SystemExit):
         main(["demo", "--context-tokens", "0"])
-    assert "positive integer" in capsys.readouterr().err
+    assert "expected an integer >= 1" in capsys.readouterr().err
 
 
 @pytest.mark.slow
