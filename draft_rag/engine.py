@@ -387,17 +387,7 @@ class DraftEngine:
         segments, chunk_list = build_segments(
             prompt, chunks=chunks, instruction=instruction, question=question, answer_prefix=answer_prefix
         )
-        auto = method == "specpc" and (
-            budget == "auto"
-            or (
-                budget is None
-                and ratio is None
-                and self.specpc.max_capacity_prompt is None
-                and self.specpc.ratio is None
-            )
-        )
-        if budget == "auto":
-            _check_auto(ratio, method)
+        auto = self._auto_budget(method, budget, ratio)
         cfg = self._config(None if auto else budget, ratio)
         check_budget(pc_budget, pc_ratio, "pc_")
         stats = GenerationStats(method)
@@ -487,17 +477,7 @@ class DraftEngine:
         lay = chat.layout(messages, context)
         chat.check_text_only(messages, lay)
         messages = list(messages)
-        auto = method == "specpc" and (
-            budget == "auto"
-            or (
-                budget is None
-                and ratio is None
-                and self.specpc.max_capacity_prompt is None
-                and self.specpc.ratio is None
-            )
-        )
-        if budget == "auto":
-            _check_auto(ratio, method)
+        auto = self._auto_budget(method, budget, ratio)
         stats = GenerationStats(method)
         gs = GenerationStream(iter(()), stats, None)
 
@@ -639,6 +619,14 @@ class DraftEngine:
             horizon=sampling.max_new_tokens,
         )
         return ids, functools.partial(_prefill_with_stats, run, stats), cp
+
+    def _auto_budget(self, method: str, budget, ratio) -> bool:
+        """Whether ``specpc`` fits the target's window: ``budget="auto"``, or no budget here nor in SpecPCConfig."""
+        if budget == "auto":
+            _check_auto(ratio, method)
+            return True
+        unset = self.specpc.max_capacity_prompt is None and self.specpc.ratio is None
+        return method == "specpc" and budget is None and ratio is None and unset
 
     def _check_fits(self, n_prompt: int, max_new_tokens: int, lookahead: int | None = 0) -> None:
         """Refuse a target prompt that, with what will be generated (or drafted ahead), exceeds its window."""

@@ -18,25 +18,9 @@ import statistics
 import time
 from pathlib import Path
 
-MODULES = (
-    "bisect",
-    "heapq",
-    "textwrap",
-    "json",
-    "shutil",
-    "functools",
-    "secrets",
-    "statistics",
-    "zlib",
-    "base64",
-    "difflib",
-    "fnmatch",
-    "glob",
-    "colorsys",
-    "calendar",
-    "string",
-    "random",
-    "itertools",
+from draft_rag.corpus import STDLIB_MODULES
+
+MODULES = STDLIB_MODULES + (  # the demo's modules, then more, for prompts up to 64k tokens
     "collections",
     "pathlib",
     "datetime",
