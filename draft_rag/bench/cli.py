@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 from pathlib import Path
@@ -158,7 +159,12 @@ def add_subcommand(sub) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, help="default: the record's tokens_to_generate, else 48")
     p.add_argument("--template", choices=("chat", "raw"), help="default: chat when the target has a template")
     p.add_argument("--json", metavar="OUT", help="also write the summary plus every prediction to OUT")
-    p.add_argument("--threads", type=positive_int, help="torch CPU threads (1 is fastest on a busy machine)")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=argparse.SUPPRESS,
+        help="torch CPU threads (1 is fastest on a busy machine)",
+    )
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("bench", help="generate RULER's tasks, run methods x budgets, write table + plot + JSON")
@@ -218,7 +224,12 @@ def add_subcommand(sub) -> None:
         metavar="RESULTS.json",
         help="first copy the cells (and chunk rows) of other bench runs into --out's results.json",
     )
-    p.add_argument("--threads", type=positive_int, help="torch CPU threads (1 is fastest on a busy machine)")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=argparse.SUPPRESS,
+        help="torch CPU threads (1 is fastest on a busy machine)",
+    )
     p.set_defaults(func=_cmd_bench, pair_default=f"{DEFAULT_MODEL}:{DEFAULT_MODEL}")
 
     from .cost import add_parser as add_cost_parser

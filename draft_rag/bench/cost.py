@@ -567,6 +567,8 @@ def _cmd_cost(args) -> int:
 
 def add_parser(sub) -> None:
     """Add ``draft-rag cost`` to the main parser."""
+    import argparse
+
     from ..cli import fraction, positive_int
     from ..models import DEFAULT_MODEL
 
@@ -601,7 +603,7 @@ def add_parser(sub) -> None:
     p.add_argument("--full-shapes", nargs="*", choices=list(SHAPES), help="shapes run with all layers anyway")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", help="default: bfloat16 on CUDA, float32 on CPU")
-    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=argparse.SUPPRESS, help="torch CPU threads")
     p.add_argument("--out", default="cost-out", help="folder for cost.json, cost.md, cost.png")
     p.add_argument("--report-only", action="store_true", help="redo the table and plot from --out's cost.json")
     p.add_argument(
