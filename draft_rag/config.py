@@ -124,7 +124,7 @@ def family_kernel_size(model) -> int:
 
 @dataclass(frozen=True)
 class SpecKVConfig(_Budgeted):
-    """KV-cache eviction guided by a draft lookahead (paper defaults; see ALGORITHMS.md, SpecKV).
+    """KV-cache eviction guided by a draft lookahead (paper defaults; see the README's SpecKV section).
 
     The KV budget is ``max_capacity_prompt`` entries per layer and KV head, or ``ratio`` of the prompt's
     tokens; with neither, 1024. ``lookahead_tokens=None`` drafts as many tokens as will be generated.

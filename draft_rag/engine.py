@@ -484,7 +484,9 @@ class DraftEngine:
         def setup():
             t0 = time.perf_counter()
             target = self.target.tokenizer
-            stats.original_tokens = len(tokenize(target, chat.render(messages, lay, target, template)).ids)
+            segments = chat.render(messages, lay, target, template)
+            ids = tokenize(target, segments).ids
+            stats.original_tokens = len(ids)
             msgs, m_lay = messages, lay
             if method in ("specpc", "speckv-pc"):
                 pc = (
@@ -500,8 +502,8 @@ class DraftEngine:
                 stats.seconds.update(cm.stats["seconds"])
                 msgs = cm.messages
                 m_lay = chat.layout(msgs)
-            segments = chat.render(msgs, m_lay, target, template)
-            ids = tokenize(target, segments).ids
+                segments = chat.render(msgs, m_lay, target, template)
+                ids = tokenize(target, segments).ids
             prefill = functools.partial(_prefill_with_stats, speckv.plain_prefill_stats, stats)
             if method in baselines.KV_METHODS:
                 draft_template = template if has_chat_template(self.draft.tokenizer) else "raw"

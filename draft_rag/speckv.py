@@ -1,4 +1,4 @@
-"""SpecKV: draft-guided KV-cache eviction during the target's prefill (see ALGORITHMS.md, SpecKV).
+"""SpecKV: draft-guided KV-cache eviction during the target's prefill (Galim et al., arXiv 2506.08373).
 
 The target prefills prompt + draft lookahead in one pass. Right after each layer's attention ran, an
 observer (``attention.observe``) scores the prompt keys with the window queries (last ``window`` prompt

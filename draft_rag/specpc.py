@@ -111,7 +111,7 @@ def compress(
     target_tokenizer=None,
     block_size: int | None = None,
 ) -> CompressedPrompt:
-    """Score ``segments`` with the draft and keep ``cfg``'s budget of tokens; see ALGORITHMS.md (SpecPC).
+    """Score ``segments`` with the draft and keep ``cfg``'s budget of tokens (SpecPC, Galim et al., arXiv 2506.08373).
 
     A prompt longer than ``block_size`` draft tokens (default ``blocks.DEFAULT_BLOCK_SIZE``, at most the
     draft's window) is scored in blocks (``blocks.score_blocks``); one selection runs over all of them.
