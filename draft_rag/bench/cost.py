@@ -27,7 +27,7 @@ from .. import speckv
 from ..baselines import scorer
 from ..config import SpecKVConfig, SpecPCConfig
 from ..engine import _compressed_segments
-from ..generation import Prefilled
+from ..generation import Prefilled, plain_prefill
 from ..models import LoadedModel, _choose, load_model
 from ..prompt import build_segments, tokenize, wrap
 from ..scoring import cache_kwarg
@@ -223,12 +223,7 @@ def draft_stages(
     specpc = specpc or SpecPCConfig()
     ids = tokenize(tok, wrap(segments, tok, "chat")).ids
     eos = {tok.eos_token_id}
-    out = {
-        "plain": (
-            len(ids),
-            _timed(lambda: model(input_ids=torch.tensor([ids], device=device), logits_to_keep=1), device)[1],
-        )
-    }
+    out = {"plain": (len(ids), _timed(lambda: plain_prefill(model, ids), device)[1])}  # no autograd, as every stage
     for b in budgets:
         cfg = specpc.replace(ratio=b.ratio)
         out[f"specpc@{b.ratio}"] = _timed(functools.partial(compress, model, tok, segments, chunks, cfg), device)
