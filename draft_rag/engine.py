@@ -492,9 +492,7 @@ class DraftEngine:
                 pc = (
                     self._config(None if auto else budget, ratio)
                     if method == "specpc"
-                    else self._config(
-                        DEFAULT_PC_BUDGET if pc_budget is None and pc_ratio is None else pc_budget, pc_ratio
-                    )
+                    else self._speckv_pc_config(pc_budget, pc_ratio, self._lookahead_count(method, lookahead, sampling))
                 )
                 fit = self.target_window - sampling.max_new_tokens if auto and self.target_window else None
                 cm = self._compress_layout(messages, lay, pc, fit)
@@ -522,6 +520,7 @@ class DraftEngine:
                     pc_budget=None,
                     pc_ratio=None,
                     lookahead=lookahead,
+                    drafted=gs.compressed.lookahead_ids if method == "speckv-pc" and gs.compressed else None,
                 )
             self._check_fits(len(ids), sampling.max_new_tokens, stats.lookahead_tokens)
             stats.prompt_tokens = len(ids)
@@ -559,33 +558,28 @@ class DraftEngine:
         pc_budget,
         pc_ratio,
         lookahead,
+        drafted=None,
     ):
-        """Target ids, the evicting prefill and (speckv-pc) the CompressedPrompt for a KV method."""
+        """Target ids, the evicting prefill and (speckv-pc) the CompressedPrompt for a KV method.
+
+        ``drafted``: lookahead ids the draft already produced for this prompt (SpecKV-PC's chat path).
+        """
         cfg = (
             self.speckv.replace(max_capacity_prompt=budget, ratio=ratio)
             if budget is not None or ratio is not None
             else self.speckv
         )
-        n_look = lookahead if lookahead is not None else cfg.lookahead_tokens
-        if n_look is None:  # official: SpecKV drafts max_new_tokens; SpecKV-PC reuses SpecPC's 20 draft tokens
-            n_look = SPECKV_PC_LOOKAHEAD if method == "speckv-pc" else sampling.max_new_tokens
-        if isinstance(n_look, bool) or not isinstance(n_look, int) or n_look < 0:
-            raise ValueError(f"lookahead_tokens must be an integer >= 0, got {n_look!r}")
+        n_look = self._lookahead_count(method, lookahead, sampling)
         draft, target = self.draft, self.target
         eos = eos_ids(draft.model, draft.tokenizer)
-        cp, look = None, []
+        cp, look = None, list(drafted or [])
         if method == "speckv-pc":
-            pc = self.specpc.replace(max_capacity_prompt=pc_budget, ratio=pc_ratio, lookahead_tokens=n_look)
-            if pc.kernel_size is None:  # official speckvpc: kernel = neighbours = 32 for every family
-                pc = pc.replace(kernel_size=SPECKV_PC_KERNEL)
-            if pc_budget is None and pc_ratio is None:
-                pc = pc.replace(max_capacity_prompt=DEFAULT_PC_BUDGET)
             cp = compress(
                 draft.model,
                 draft.tokenizer,
                 segments,
                 chunk_list,
-                pc,
+                self._speckv_pc_config(pc_budget, pc_ratio, n_look),
                 template=template,
                 target_tokenizer=target.tokenizer,
                 block_size=self.block_size,
@@ -621,6 +615,27 @@ class DraftEngine:
             horizon=sampling.max_new_tokens,
         )
         return ids, functools.partial(_prefill_with_stats, run, stats), cp
+
+    def _lookahead_count(self, method: str, lookahead, sampling) -> int:
+        """SpecKV's lookahead length: the argument, else SpecKVConfig's, else the official default
+        (SpecKV drafts ``max_new_tokens``; SpecKV-PC reuses the 20 tokens its SpecPC stage drafts)."""
+        n_look = lookahead if lookahead is not None else self.speckv.lookahead_tokens
+        if n_look is None:
+            n_look = SPECKV_PC_LOOKAHEAD if method == "speckv-pc" else sampling.max_new_tokens
+        if isinstance(n_look, bool) or not isinstance(n_look, int) or n_look < 0:
+            raise ValueError(f"lookahead_tokens must be an integer >= 0, got {n_look!r}")
+        return n_look
+
+    def _speckv_pc_config(self, pc_budget, pc_ratio, n_look: int) -> SpecPCConfig:
+        """SpecKV-PC's SpecPC stage as in the official configs: kernel = neighbours = 32 unless set, the
+        SpecKV lookahead drafted here, and DEFAULT_PC_BUDGET when no prompt budget is given."""
+        check_budget(pc_budget, pc_ratio)
+        pc = self.specpc.replace(max_capacity_prompt=pc_budget, ratio=pc_ratio, lookahead_tokens=n_look)
+        if pc.kernel_size is None:
+            pc = pc.replace(kernel_size=SPECKV_PC_KERNEL)
+        if pc_budget is None and pc_ratio is None:
+            pc = pc.replace(max_capacity_prompt=DEFAULT_PC_BUDGET)
+        return pc
 
     def _auto_budget(self, method: str, budget, ratio) -> bool:
         """Whether ``specpc`` fits the target's window: ``budget="auto"``, or no budget here nor in SpecPCConfig."""

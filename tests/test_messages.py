@@ -140,3 +140,14 @@ def test_local_target_compresses_the_context_in_the_messages():
     assert g.stats.prompt_tokens < 0.5 * g.stats.original_tokens
     assert g.stats.compression["messages"][0]["message_index"] == 0
     assert g.compressed.text.startswith(INSTRUCTIONS) and g.compressed.text.endswith(QUESTION)
+
+
+def test_speckv_pc_on_a_conversation_drafts_once(monkeypatch):
+    """As on a prompt: SpecKV reuses the 20 tokens SpecPC's draft pass produced, no second lookahead drafting."""
+    from draft_rag import speckv
+
+    monkeypatch.setattr(speckv, "draft_lookahead", lambda *a, **k: pytest.fail("drafted the lookahead twice"))
+    messages = [{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": f"{CONTEXT}\n\n{QUESTION}"}]
+    g = engine().generate(messages=messages, method="speckv-pc", budget=30, pc_budget=200, max_new_tokens=40)
+    assert 0 < g.stats.lookahead_tokens <= 20 and g.compressed.lookahead_ids
+    assert max(g.stats.kv_entries) <= 31
