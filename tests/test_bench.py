@@ -11,7 +11,7 @@ from draft_rag import DraftEngine, SpecPCConfig
 from draft_rag.bench import evaluate, load_jsonl, score_all, split_input, string_match_all
 from draft_rag.bench.data import parse_record
 from draft_rag.bench.grid import Pair, load_results, parse_pair, run_grid
-from draft_rag.bench.report import chunk_table, grid_table, write_report
+from draft_rag.bench.report import chunk_table, grid_table, summary_table, write_report
 from draft_rag.bench.tasks import LEGACY_TASKS, generate, retrieval_qa, stdlib_passages
 from draft_rag.cli import main
 from draft_rag.prompt import count_tokens
@@ -190,6 +190,20 @@ def test_report_tables_from_cells():
     assert "| 1.0 |" in table  # KV MiB
     rows = chunk_table([{"ranker": "bm25", "keep": 0.25, "recall": 50.0, "score": None, "rank_seconds": 0.1, "n": 2}])
     assert "| bm25 | 1/4 | 50.0 |" in rows
+
+
+def test_summary_table_groups_niah_and_counts_records():
+    base = dict(pair="p", length=100, n=2, budget=None, ratio=None, score=0.0)
+    cells = [
+        {**base, "task": "niah_single_1", "method": "full", "score": 100.0},
+        {**base, "task": "niah_multikey_1", "method": "full", "score": 50.0},
+        {**base, "task": "vt", "method": "full", "score": 30.0},
+        {**base, "task": "niah_single_1", "method": "specpc", "ratio": 0.25, "score": 80.0},
+    ]
+    table = summary_table(cells)
+    assert "| method @ budget | mean | niah (2 tasks) | vt | records |" in table
+    assert "| full | **60.0** | 75.0 | 30.0 | 6 |" in table
+    assert "| specpc @25% |  |  |  | 2 |" in table  # a partial row has no means to mislead
 
 
 def test_parse_pair():

@@ -68,6 +68,31 @@ def grid_table(cells: list[dict]) -> str:
     return "\n\n".join(parts)
 
 
+def summary_table(cells: list[dict]) -> str:
+    """Per (pair, length): each method@budget's mean score, the niah tasks' mean, and every other task."""
+    groups = defaultdict(list)
+    for c in cells:
+        groups[(c["pair"], c["length"])].append(c)
+    parts = []
+    for (pair, length), group in groups.items():
+        tasks = list(dict.fromkeys(c["task"] for c in group))
+        niah = [t for t in tasks if t.startswith("niah")]
+        rest = [t for t in tasks if t not in niah]
+        rows = defaultdict(dict)
+        for c in sorted(group, key=_sort_key):
+            rows[label(c)][c["task"]] = c["score"]
+        head = ["method @ budget", "mean", *([f"niah ({len(niah)} tasks)"] if niah else []), *rest, "records"]
+        lines = [f"**{pair}**, {length} tokens", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for name, scores in rows.items():
+            avg = lambda ts: f"{sum(scores[t] for t in ts) / len(ts):.1f}" if all(t in scores for t in ts) else ""  # noqa: E731
+            n = sum(c["n"] for c in group if label(c) == name)
+            mean = avg(tasks)
+            cols = [f"**{mean}**" if mean else "", *([avg(niah)] if niah else []), *(avg([t]) for t in rest), str(n)]
+            lines.append("| " + " | ".join([name, *cols]) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
 def chunk_table(rows: list[dict]) -> str:
     """Chunk-pruning results: recall of the gold chunk and answer accuracy per ranker and keep ratio."""
     if not rows:
@@ -141,6 +166,7 @@ def write_report(data: dict, out_dir) -> dict:
     md = ["# draft-rag bench results", ""]
     if data.get("results"):
         md += [grid_table(data["results"]), "", "![score vs budget and time per stage](results.png)", ""]
+        md += ["## Summary (mean scores; niah = the mean of the niah tasks)", "", summary_table(data["results"]), ""]
         plot(data["results"], out / "results.png")
     if data.get("chunks"):
         md += [
