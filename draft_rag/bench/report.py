@@ -22,17 +22,22 @@ def _sort_key(cell: dict):
     return (ORDER.index(m) if m in ORDER else len(ORDER), m, cell.get("ratio") or 0, cell.get("budget") or 0)
 
 
-def grid_table(cells: list[dict]) -> str:
-    """One markdown table per (pair, length): rows method@budget, a score column per task, then averages."""
+def _by_pair_and_length(cells: list[dict]):
+    """Yield (pair, length, cells, tasks, {method@budget: {task: cell}}) per (pair, length), rows in ORDER."""
     groups = defaultdict(list)
     for c in cells:
         groups[(c["pair"], c["length"])].append(c)
-    parts = []
     for (pair, length), group in groups.items():
-        tasks = list(dict.fromkeys(c["task"] for c in group))
         rows = defaultdict(dict)
         for c in sorted(group, key=_sort_key):
             rows[label(c)][c["task"]] = c
+        yield pair, length, group, list(dict.fromkeys(c["task"] for c in group)), rows
+
+
+def grid_table(cells: list[dict]) -> str:
+    """One markdown table per (pair, length): rows method@budget, a score column per task, then averages."""
+    parts = []
+    for pair, length, group, tasks, rows in _by_pair_and_length(cells):
         common = [t for t in tasks if all(t in r for r in rows.values())]  # means compare like with like
         mean_head = "mean" if common == tasks else f"mean ({', '.join(common)})"
         head = ["method @ budget", *tasks, mean_head, "kept tokens", "draft s", "target s", "total s", "KV MiB"]
@@ -70,22 +75,16 @@ def grid_table(cells: list[dict]) -> str:
 
 def summary_table(cells: list[dict]) -> str:
     """Per (pair, length): each method@budget's mean score, the niah tasks' mean, and every other task."""
-    groups = defaultdict(list)
-    for c in cells:
-        groups[(c["pair"], c["length"])].append(c)
     parts = []
-    for (pair, length), group in groups.items():
-        tasks = list(dict.fromkeys(c["task"] for c in group))
+    for pair, length, _, tasks, rows in _by_pair_and_length(cells):
         niah = [t for t in tasks if t.startswith("niah")]
         rest = [t for t in tasks if t not in niah]
-        rows = defaultdict(dict)
-        for c in sorted(group, key=_sort_key):
-            rows[label(c)][c["task"]] = c["score"]
         head = ["method @ budget", "mean", *([f"niah ({len(niah)} tasks)"] if niah else []), *rest, "records"]
         lines = [f"**{pair}**, {length} tokens", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for name, scores in rows.items():
+        for name, by_task in rows.items():
+            scores = {t: c["score"] for t, c in by_task.items()}
             avg = lambda ts: f"{sum(scores[t] for t in ts) / len(ts):.1f}" if all(t in scores for t in ts) else ""  # noqa: E731
-            n = sum(c["n"] for c in group if label(c) == name)
+            n = sum(c["n"] for c in by_task.values())
             mean = avg(tasks)
             cols = [f"**{mean}**" if mean else "", *([avg(niah)] if niah else []), *(avg([t]) for t in rest), str(n)]
             lines.append("| " + " | ".join([name, *cols]) + " |")
