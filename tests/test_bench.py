@@ -264,6 +264,28 @@ def test_merge_results_keeps_existing_cells(tmp_path):
         merge_results(tmp_path / "a" / "results.json", [tmp_path / "nope.json"])
 
 
+def test_bench_merge_alone_only_reports(tmp_path, monkeypatch):
+    """`draft-rag bench --merge F --out D` merges and reports; it runs no cells unless --tasks names some."""
+    import draft_rag.bench.grid as grid
+    from draft_rag.bench.grid import save_results
+
+    cells = []
+
+    def fake_grid(pairs, tasks, *a, **kw):
+        cells.append(tasks)
+        return load_results(Path(kw["out_dir"]) / "results.json")
+
+    monkeypatch.setattr(grid, "run_grid", fake_grid)
+    cell = dict(pair="p", task="vt", length=1, n=1, seed=1, method="full", budget=None, ratio=None, score=50.0)
+    cell.update(avg_input_tokens=9, avg_kept_tokens=9, kv_bytes=0, seconds=dict(draft=0, target=1, total=1))
+    save_results({"results": [cell], "chunks": []}, tmp_path / "b.json")
+    assert main(["bench", "--merge", str(tmp_path / "b.json"), "--out", str(tmp_path / "out")]) == 0
+    assert cells == [] and load_results(tmp_path / "out" / "results.json")["results"] == [cell]
+    assert (tmp_path / "out" / "results.md").exists()
+    assert main(["bench", "--merge", str(tmp_path / "b.json"), "--tasks", "vt", "--out", str(tmp_path / "out")]) == 0
+    assert cells == [["vt"]]
+
+
 def test_draft_overhead_times_both_passes(tiny_engine):
     from draft_rag.bench.runner import draft_overhead
 

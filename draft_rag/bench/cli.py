@@ -67,6 +67,7 @@ def _cmd_bench(args) -> int:
     from .grid import load_results, merge_results, parse_pair, run_grid, save_results
     from .report import write_report
     from .runner import all_methods
+    from .tasks import RULER_13
 
     pairs = [parse_pair(p) for p in (args.pair or [args.pair_default])]
     methods = args.methods or [m for m in all_methods()]
@@ -74,10 +75,11 @@ def _cmd_bench(args) -> int:
     _threads(args)
     if args.merge:
         merge_results(out / "results.json", args.merge)
+    tasks = args.tasks if args.tasks is not None else [] if args.merge else list(RULER_13)
     data = (
         run_grid(
             pairs,
-            args.tasks,
+            tasks,
             args.lengths,
             args.n,
             methods,
@@ -88,7 +90,7 @@ def _cmd_bench(args) -> int:
             max_new_tokens=args.max_new_tokens,
             fresh=args.fresh,
         )
-        if args.tasks
+        if tasks
         else load_results(out / "results.json")
     )
     if args.chunk_queries:
@@ -140,7 +142,7 @@ def add_subcommand(sub) -> None:
     """Add ``eval`` and ``bench`` to the main ``draft-rag`` parser."""
     from ..models import DEFAULT_MODEL
     from .runner import all_methods
-    from .tasks import RULER_13, TASKS
+    from .tasks import TASKS
 
     methods = all_methods()
     p = sub.add_parser("eval", help="score one method on RULER-format JSONL (string-match-all, 0-100)")
@@ -178,9 +180,8 @@ def add_subcommand(sub) -> None:
     p.add_argument(
         "--tasks",
         nargs="*",
-        default=list(RULER_13),
         choices=list(TASKS),
-        help="tasks to generate (default: RULER's 13; none: only report / chunk bench)",
+        help="tasks to generate (default: RULER's 13, none with --merge; none: only report / chunk bench)",
     )
     p.add_argument(
         "--lengths",
