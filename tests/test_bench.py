@@ -204,6 +204,10 @@ def test_summary_table_groups_niah_and_counts_records():
     assert "| method @ budget | mean | niah (2 tasks) | vt | records |" in table
     assert "| full | **60.0** | 75.0 | 30.0 | 6 |" in table
     assert "| specpc @25% |  |  |  | 2 |" in table  # a partial row has no means to mislead
+    stats = dict(avg_input_tokens=9, avg_kept_tokens=9, kv_bytes=0, seconds=dict(draft=0, target=1, total=1))
+    late = [{**base, **stats, "task": t, "method": "full"} for t in ("qa_1", "vt", "niah_multikey_3", "niah_single_2")]
+    header = grid_table(late).splitlines()[2]  # merged out of order, tabled in RULER's order
+    assert header.startswith("| method @ budget | niah_single_2 | niah_multikey_3 | vt | qa_1 |")
 
 
 def test_parse_pair():

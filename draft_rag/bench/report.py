@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from .tasks import RULER_13
+
 
 def label(cell: dict) -> str:
     if cell.get("ratio") is not None:
@@ -31,7 +33,13 @@ def _by_pair_and_length(cells: list[dict]):
         rows = defaultdict(dict)
         for c in sorted(group, key=_sort_key):
             rows[label(c)][c["task"]] = c
-        yield pair, length, group, list(dict.fromkeys(c["task"] for c in group)), rows
+        yield pair, length, group, _task_order(c["task"] for c in group), rows
+
+
+def _task_order(tasks) -> list[str]:
+    """RULER's 13 in RULER's order, then any other task as first seen (runs merged out of order stay aligned)."""
+    seen = list(dict.fromkeys(tasks))
+    return sorted(seen, key=lambda t: (RULER_13.index(t) if t in RULER_13 else len(RULER_13), seen.index(t)))
 
 
 def grid_table(cells: list[dict]) -> str:
