@@ -75,7 +75,9 @@ def _cmd_bench(args) -> int:
     _threads(args)
     if args.merge:
         merge_results(out / "results.json", args.merge)
-    tasks = args.tasks if args.tasks is not None else [] if args.merge else list(RULER_13)
+    tasks = args.tasks
+    if tasks is None:  # not given: RULER's 13, or none when only merging
+        tasks = [] if args.merge else list(RULER_13)
     data = (
         run_grid(
             pairs,

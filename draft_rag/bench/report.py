@@ -37,9 +37,8 @@ def _by_pair_and_length(cells: list[dict]):
 
 
 def _task_order(tasks) -> list[str]:
-    """RULER's 13 in RULER's order, then any other task as first seen (runs merged out of order stay aligned)."""
-    seen = list(dict.fromkeys(tasks))
-    return sorted(seen, key=lambda t: (RULER_13.index(t) if t in RULER_13 else len(RULER_13), seen.index(t)))
+    """RULER's 13 in RULER's order, then any other task as first seen (sorted is stable), so merged runs align."""
+    return sorted(dict.fromkeys(tasks), key=lambda t: RULER_13.index(t) if t in RULER_13 else len(RULER_13))
 
 
 def grid_table(cells: list[dict]) -> str:
