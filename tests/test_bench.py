@@ -9,9 +9,9 @@ from conftest import tiny_model, tiny_tokenizer
 
 from draft_rag import DraftEngine, SpecPCConfig
 from draft_rag.bench import evaluate, load_jsonl, score_all, split_input, string_match_all
-from draft_rag.bench.data import parse_record
-from draft_rag.bench.grid import Pair, load_results, parse_pair, run_grid
-from draft_rag.bench.report import chunk_table, grid_table, summary_table, write_report
+from draft_rag.bench.data import parse_record, string_match_part, task_metric
+from draft_rag.bench.grid import Pair, budgets_for, load_results, parse_pair, run_grid
+from draft_rag.bench.report import chunk_table, grid_table, label, summary_table, write_report
 from draft_rag.bench.tasks import LEGACY_TASKS, generate, retrieval_qa, stdlib_passages
 from draft_rag.cli import main
 from draft_rag.prompt import count_tokens
@@ -120,11 +120,41 @@ def test_evaluate_full_and_specpc_on_a_tiny_model(tiny_engine):
         "avg_kept_tokens",
         "seconds",
         "kv_bytes",
+        "metric",
+        "scores",
     }
+    assert pc.metric == "all" and pc.scores["all"] == pc.score and pc.scores["part"] >= pc.score
     with pytest.raises(ValueError, match="method must be one of"):
         evaluate(tiny_engine, recs, "nope", progress=False)
     with pytest.raises(ValueError, match="LLMLinguaClient"):
         evaluate(tiny_engine, recs, "llmlingua", ratio=0.5, progress=False)
+
+
+def test_string_match_part_is_rulers_qa_metric():
+    assert string_match_part("It is Foo.", ["foo", "bar"]) == 1.0
+    assert string_match_part("nothing", ["foo", "bar"]) == 0.0
+    assert task_metric("qa_1") == task_metric("qa_2") == "part"
+    assert {task_metric(t) for t in ("niah_single_1", "vt", "cwe", "fwe")} == {"all"}
+
+
+def test_evaluate_scores_with_the_metric_asked(tiny_engine):
+    rec = parse_record({**RULER_LINE, "outputs": ["zzzunlikely", "the"]})
+    part = evaluate(tiny_engine, [rec], "full", max_new_tokens=6, progress=False, metric="part")
+    assert part.metric == "part" and part.score == part.scores["part"]
+    assert part.scores["all"] == 100 * string_match_all(part.records[0]["prediction"], rec.outputs)
+    with pytest.raises(ValueError, match="metric must be one of"):
+        evaluate(tiny_engine, [rec], "full", progress=False, metric="exact")
+
+
+def test_speckv_pc_cells_carry_prompt_ratio_and_kv_budget(tiny_engine):
+    assert budgets_for("speckv-pc", [0.25, 0.5], [256]) == [(256, 0.25), (256, 0.5)]
+    assert budgets_for("specpc", [0.25], [256]) == [(None, 0.25)]
+    assert label({"method": "speckv-pc", "ratio": 0.25, "budget": 256}) == "speckv-pc @25% / 256 KV"
+    recs = [parse_record(r) for r in generate("niah_single", tiny_tokenizer(), 500, 1, seed=3)]
+    pc = evaluate(tiny_engine, recs, "specpc", ratio=0.5, max_new_tokens=3, progress=False)
+    both = evaluate(tiny_engine, recs, "speckv-pc", ratio=0.5, budget=64, max_new_tokens=3, progress=False)
+    assert both.avg_kept_tokens == pc.avg_kept_tokens  # the same compressed prompt
+    assert both.kv_bytes < pc.kv_bytes  # and fewer KV entries than that prompt
 
 
 def test_evaluate_kv_method_reports_kept_entries(tiny_engine):

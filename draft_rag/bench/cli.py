@@ -151,13 +151,16 @@ def add_subcommand(sub) -> None:
     p.add_argument("--data", required=True, help="RULER-format JSONL: input, outputs, answer_prefix")
     p.add_argument("--limit", type=positive_int, help="first N records")
     p.add_argument("--method", required=True, choices=methods)
-    g = p.add_mutually_exclusive_group()
-    g.add_argument(
+    p.add_argument(
         "--budget",
         type=positive_int,
-        help="prompt tokens kept (draft tokenizer) for prompt compressors; KV entries for KV methods",
+        help="prompt tokens kept (draft tokenizer) for specpc/llmlingua; KV entries for KV methods and speckv-pc",
     )
-    g.add_argument("--ratio", type=fraction, help="fraction of the compressible context kept, in (0, 1]")
+    p.add_argument(
+        "--ratio",
+        type=fraction,
+        help="fraction of the compressible context kept, in (0, 1] (speckv-pc: its prompt ratio, beside --budget)",
+    )
     p.add_argument("--target", default=DEFAULT_MODEL)
     p.add_argument("--draft", default=None, help="draft model (default: the target)")
     p.add_argument("--max-new-tokens", type=positive_int, help="default: the record's tokens_to_generate, else 48")

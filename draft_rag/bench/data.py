@@ -83,6 +83,20 @@ def string_match_all(prediction: str, outputs) -> float:
     return sum(o.lower() in pred for o in outputs) / len(outputs)
 
 
+def string_match_part(prediction: str, outputs) -> float:
+    """RULER's qa score: 1 if any of ``outputs`` is found (case-insensitive) in the prediction, else 0."""
+    pred = prediction.lower()
+    return float(any(o.lower() in pred for o in outputs))
+
+
+METRICS = {"all": string_match_all, "part": string_match_part}
+
+
+def task_metric(task: str) -> str:
+    """RULER's metric for a task: string-match-part for qa_1/qa_2, string-match-all for the rest."""
+    return "part" if task.startswith("qa") else "all"
+
+
 def score_all(predictions, records) -> float:
     """Mean string-match-all over records, on 0-100."""
     if len(predictions) != len(records) or not records:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..engine import DraftEngine
-from .data import parse_record, write_jsonl
+from .data import parse_record, task_metric, write_jsonl
 from .runner import PC_METHODS, check_method, evaluate
 from .tasks import generate
 
@@ -40,9 +40,14 @@ def parse_pair(text: str) -> Pair:
 
 
 def budgets_for(method: str, ratios, kv_budgets) -> list[tuple[int | None, float | None]]:
-    """(budget, ratio) cells: none for ``full``, ratios for prompt compressors, entries for KV methods."""
+    """(budget, ratio) cells: none for ``full``, ratios for prompt compressors, entries for KV methods.
+
+    ``speckv-pc`` has both: every prompt ratio with every KV budget.
+    """
     if method == "full":
         return [(None, None)]
+    if method == "speckv-pc":
+        return [(b, r) for r in ratios for b in kv_budgets]
     if method in PC_METHODS:
         return [(None, r) for r in ratios]
     return [(b, None) for b in kv_budgets]
@@ -155,6 +160,7 @@ def run_grid(
                                 progress=progress,
                                 llmlingua=lingua,
                                 desc=f"{pair.name} {task}-{length} {method} {budget or ratio or ''}",
+                                metric=task_metric(task),
                             )
                             cell.update(
                                 res.to_dict(),

@@ -9,6 +9,8 @@ from .tasks import RULER_13
 
 
 def label(cell: dict) -> str:
+    if cell.get("ratio") is not None and cell.get("budget") is not None:  # speckv-pc: prompt ratio and KV entries
+        return f"{cell['method']} @{cell['ratio']:.0%} / {cell['budget']} KV"
     if cell.get("ratio") is not None:
         return f"{cell['method']} @{cell['ratio']:.0%}"
     if cell.get("budget") is not None:

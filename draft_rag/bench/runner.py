@@ -7,13 +7,13 @@ import time
 from dataclasses import dataclass, field
 
 from ..engine import METHODS, DraftEngine
-from .data import Record, split_input, string_match_all
+from .data import METRICS, Record, split_input
 
 logger = logging.getLogger(__name__)
 
 EXTERNAL_METHODS = ("llmlingua",)  # run by this package, not by the engine
-# Prompt compressors: --budget/--ratio is the prompt budget (draft tokens). For speckv-pc it is SpecPC's
-# prompt budget (the engine's pc_budget/pc_ratio) and the KV budget stays SpecKVConfig's default.
+# Prompt compressors: budget/ratio is the prompt budget (draft tokens or a fraction). speckv-pc has two
+# budgets: ratio is SpecPC's prompt ratio (the engine's pc_ratio) and budget its KV entries per head.
 PC_METHODS = ("specpc", "speckv-pc", "llmlingua")
 DEFAULT_MAX_NEW_TOKENS = 48
 
@@ -39,6 +39,8 @@ class EvalResult:
     avg_kept_tokens: float
     seconds: dict
     kv_bytes: float | None
+    metric: str = "all"
+    scores: dict = field(default_factory=dict)  # the mean under each metric ("all", "part"), 0-100
     records: list = field(default_factory=list)
 
     def to_dict(self, with_records: bool = False) -> dict:
@@ -78,9 +80,12 @@ def evaluate(
     progress: bool = True,
     llmlingua=None,
     desc: str | None = None,
+    metric: str = "all",
 ) -> EvalResult:
-    """Greedy answers for ``records``; RULER string-match-all score (0-100) and mean per-record timings.
+    """Greedy answers for ``records``; RULER's score (0-100) under ``metric`` and mean per-record timings.
 
+    ``metric`` is ``"all"`` (string-match-all) or ``"part"`` (string-match-part, RULER's for qa); the result
+    keeps the mean under both in ``scores``.
     The record's input is split into a protected instruction line, the context and a protected question
     line (``split_input``); the answer prefix follows the chat turn, as RULER does. ``llmlingua`` is a
     ``LLMLinguaClient`` for method ``llmlingua``.
@@ -88,6 +93,8 @@ def evaluate(
     from tqdm.auto import tqdm
 
     check_method(method)
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {list(METRICS)}, got {metric!r}")
     if method == "llmlingua" and llmlingua is None:
         raise ValueError("method 'llmlingua' needs an LLMLinguaClient (see draft_rag.bench.llmlingua)")
     per_entry = kv_bytes_per_entry(engine.target.model)
@@ -111,6 +118,7 @@ def evaluate(
         rows.append(row)
         for k in sums:
             sums[k] += row["seconds"][k]
+        row["score"] = row["scores"][metric]
         bar.set_postfix(score=f"{100 * sum(r['score'] for r in rows) / len(rows):.1f}")
     n = len(rows)
     return EvalResult(
@@ -123,6 +131,8 @@ def evaluate(
         sum(r["kept_tokens"] for r in rows) / n,
         {k: v / n for k, v in sums.items()},
         sum(r["kv_bytes"] for r in rows) / n,
+        metric,
+        {m: 100 * sum(r["scores"][m] for r in rows) / n for m in METRICS},
         rows,
     )
 
@@ -146,7 +156,7 @@ def _one(engine, rec: Record, method, budget, ratio, template, max_new_tokens, l
     else:
         kw = {} if method == "full" else dict(budget=budget, ratio=ratio)
         if method == "speckv-pc":
-            kw = dict(pc_budget=budget, pc_ratio=ratio)
+            kw = dict(pc_ratio=ratio, budget=budget)
         gen = engine.generate(context, method=method, **kw, **args)
         draft_s = sum(gen.stats.seconds.get(k, 0.0) for k in ("draft", "select"))
     s = gen.stats
@@ -154,7 +164,7 @@ def _one(engine, rec: Record, method, budget, ratio, template, max_new_tokens, l
     total = s.seconds.get("total", target_s) + (draft_s if method == "llmlingua" else 0.0)
     return {
         "index": rec.index,
-        "score": string_match_all(gen.text, rec.outputs),
+        "scores": {m: fn(gen.text, rec.outputs) for m, fn in METRICS.items()},
         "prediction": gen.text,
         "outputs": list(rec.outputs),
         "input_tokens": s.original_tokens,
