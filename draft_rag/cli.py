@@ -69,6 +69,16 @@ def fraction(text: str) -> float:
     return _number(text, float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _number(text, int, lambda v: v >= 0, "an integer >= 0")
+
+
+def seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    return _number(text, float, lambda v: 0 < v < math.inf, "a number of seconds > 0")
+
+
 def non_negative(text: str) -> float:
     """argparse type: a finite number >= 0."""
     return _number(text, float, lambda v: 0 <= v < math.inf, "a number >= 0")
@@ -124,7 +134,7 @@ def add_specpc_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-weighted-query", dest="weighted_query", action="store_false")
     g.add_argument(
         "--block-size",
-        type=int,
+        type=positive_int,
         help="most draft tokens per pass; longer prompts are scored in blocks "
         "(default 2048, at most the draft's window)",
     )
@@ -149,6 +159,8 @@ def _cmd_compress(args) -> int:
 
     text, specpc = _read(args.file), specpc_from_args(args)
     build_segments(text, question=args.question)  # nothing to compress: said before a model loads
+    if args.budget == "auto" and args.context_window is None:
+        raise InputError("--budget auto needs --context-window N: the tokens the compressed prompt must fit")
     check_model_args(args, "draft")
     engine = DraftEngine(draft=args.draft, specpc=specpc, block_size=args.block_size)
     t0 = time.perf_counter()
@@ -178,6 +190,8 @@ def _cmd_generate(args) -> int:
 
     text, specpc = _read(args.file), specpc_from_args(args)
     build_segments(text)
+    if args.budget == "auto" and args.method != "specpc":
+        raise InputError(f"--budget auto (fit the target's window) is for --method specpc, got {args.method}")
     check_model_args(args, "target", "draft")
     engine = DraftEngine(target=args.target, draft=args.draft, specpc=specpc, block_size=args.block_size)
     kwargs = dict(
@@ -235,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", metavar="OUT.html", help="also write a page showing what was kept")
     p.add_argument(
         "--context-window",
-        type=int,
+        type=positive_int,
         metavar="N",
         help="with --budget auto: tokens the compressed prompt must fit (e.g. the remote model's window)",
     )

@@ -455,11 +455,13 @@ class DraftEngine:
         t1 = time.perf_counter()
         info: dict = {}
         pieces = stream(self.target.model, self.target.tokenizer, ids, sampling, prefill, info)
-        with contextlib.closing(pieces):  # prefill and each token run under the lock, one step at a time
-            yield from self._locked_steps(pieces)
-        t2 = time.perf_counter()
-        stats.new_tokens, stats.finish_reason = info["new_tokens"], info["finish_reason"]
-        stats.seconds.update(target=t2 - t1, total=t2 - t0)
+        try:
+            with contextlib.closing(pieces):  # prefill and each token run under the lock, one step at a time
+                yield from self._locked_steps(pieces)
+        finally:  # also when the caller stops early: the tokens decoded so far
+            t2 = time.perf_counter()
+            stats.new_tokens, stats.finish_reason = info.get("new_tokens", 0), info.get("finish_reason", "")
+            stats.seconds.update(target=t2 - t1, total=t2 - t0)
 
     def _locked_steps(self, pieces: Iterator[str]) -> Iterator[str]:
         """Each ``next(pieces)`` under the engine lock; the lock is free while the caller holds a piece."""

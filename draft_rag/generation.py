@@ -114,6 +114,7 @@ def stream(
             reason = "stop"
             break
         generated.append(tok)
+        stats["new_tokens"] = len(generated)
         text = tokenizer.decode(generated, skip_special_tokens=True)
         hits = [text.find(s, max(0, len(emitted) - len(s))) for s in stops]
         hits = [h for h in hits if h >= 0]

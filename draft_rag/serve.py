@@ -12,7 +12,7 @@ logger = logging.getLogger("draft_rag")
 
 
 def add_subcommand(sub) -> None:
-    from .cli import add_budget_args, add_specpc_args
+    from .cli import add_budget_args, add_specpc_args, non_negative_int, positive_int, seconds
     from .engine import METHODS
 
     p = sub.add_parser(
@@ -32,10 +32,27 @@ def add_subcommand(sub) -> None:
         "--api-key", help="require 'Authorization: Bearer KEY' on /v1/* (default: $DRAFT_RAG_API_KEY; none: open)"
     )
     p.add_argument("--model-name", default="draft-rag", help="model id listed by /v1/models")
-    p.add_argument("--max-tokens", type=int, default=2048, help="largest max_tokens a request may ask for")
-    p.add_argument("--max-body-bytes", type=int, default=4_000_000, help="largest request body (413 above)")
-    p.add_argument("--max-queue", type=int, default=8, help="requests waiting for the engine (429 above)")
-    p.add_argument("--queue-timeout", type=float, default=60.0, help="seconds a request may wait (503 after)")
+    p.add_argument("--max-tokens", type=positive_int, default=2048, help="largest max_tokens a request may ask for")
+    p.add_argument("--max-body-bytes", type=positive_int, default=4_000_000, help="largest request body (413 above)")
+    p.add_argument("--max-queue", type=non_negative_int, default=8, help="requests waiting for the engine (429 above)")
+    p.add_argument("--queue-timeout", type=seconds, default=60.0, help="seconds a request may wait (503 after)")
+    p.add_argument(
+        "--upstream-timeout",
+        type=seconds,
+        default=300.0,
+        help="proxy: seconds the upstream may stay silent, before its first byte or between two (504 after)",
+    )
+    p.add_argument("--upstream-connect-timeout", type=seconds, default=10.0, help="proxy: seconds to connect (504)")
+    p.add_argument("--body-timeout", type=seconds, default=30.0, help="seconds a request body may take to arrive (408)")
+    p.add_argument(
+        "--header-timeout",
+        type=seconds,
+        default=10.0,
+        help="seconds a connection has to send a request's head, from opening and after each response (then closed)",
+    )
+    p.add_argument(
+        "--keep-alive-timeout", type=seconds, default=5.0, help="seconds an idle keep-alive connection stays open"
+    )
     p.add_argument(
         "--shutdown-timeout",
         type=float,
@@ -50,7 +67,7 @@ def _cmd_serve(args) -> int:
     try:
         import uvicorn
 
-        from .server import ServeConfig, create_app
+        from .server import ServeConfig, create_app, timed_protocol
     except ModuleNotFoundError as exc:
         raise RuntimeError(f"draft-rag serve needs {exc.name}: pip install 'draft-rag[serve]'") from None
     from .cli import specpc_from_args
@@ -70,6 +87,9 @@ def _cmd_serve(args) -> int:
         max_tokens=args.max_tokens,
         max_queue=args.max_queue,
         queue_timeout=args.queue_timeout,
+        upstream_timeout=args.upstream_timeout,
+        upstream_connect_timeout=args.upstream_connect_timeout,
+        body_timeout=args.body_timeout,
     )
     if args.upstream:
         engine = DraftEngine(draft=args.draft or DEFAULT_MODEL, specpc=specpc_from_args(args))
@@ -85,5 +105,7 @@ def _cmd_serve(args) -> int:
         access_log=False,
         log_level="info",
         timeout_graceful_shutdown=args.shutdown_timeout,
+        http=timed_protocol(args.header_timeout),
+        timeout_keep_alive=args.keep_alive_timeout,
     )
     return 0

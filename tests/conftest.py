@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import socket
+import threading
+import time
 
 import pytest
 import torch
@@ -144,3 +148,26 @@ def needle_prompt(n_filler: int = 100, position: float = 0.6) -> tuple[str, str,
     lines = [filler] * n_filler
     lines.insert(int(n_filler * position), "The special magic number for ocean is 4728163. ")
     return "".join(lines), "What is the special magic number for ocean mentioned in the provided text?", "4728163"
+
+
+@contextlib.contextmanager
+def serving(app, shutdown_timeout: float = 5, **config):
+    """Run ``app`` with uvicorn in a thread on a free 127.0.0.1 port; always stop it."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=shutdown_timeout, **config)
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive(), "server did not start"
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", server
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()

@@ -7,13 +7,12 @@ import contextlib
 import json
 import logging
 import socket
-import threading
 import time
 
 import httpx
 import openai
 import pytest
-from conftest import needle_prompt, tiny_model
+from conftest import needle_prompt, serving, tiny_model
 
 from draft_rag import DraftEngine, SpecPCConfig
 from draft_rag.server import ServeConfig, create_app
@@ -29,29 +28,6 @@ LONG = [
         + "\n\nQuestion: What colour is the sky?",
     },
 ]
-
-
-@contextlib.contextmanager
-def serving(app, shutdown_timeout: float = 5):
-    """Run ``app`` with uvicorn in a thread on a free 127.0.0.1 port; always stop it."""
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=shutdown_timeout)
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            assert thread.is_alive(), "server did not start"
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", server
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 def tiny_engine(target=True) -> DraftEngine:
@@ -128,8 +104,8 @@ def test_auth_refused_without_the_key(local):
         ({"max_tokens": 65}, 400, "max_tokens"),
         ({"max_completion_tokens": 0}, 400, "max_completion_tokens"),
         ({"draft_rag": {"method": "magic"}}, 400, "draft_rag.method"),
-        ({"draft_rag": {"ratios": 0.5}}, 400, "draft_rag"),
-        ({"draft_rag": {"ratio": 2}}, 400, None),
+        ({"draft_rag": {"ratios": 0.5}}, 400, "draft_rag.ratios"),
+        ({"draft_rag": {"ratio": 2}}, 400, "draft_rag.ratio"),
         ({"messages": []}, 400, "messages"),
         ({"n": 2}, 400, "n"),
         ({"temperature": "hot"}, 400, "temperature"),

@@ -1,0 +1,132 @@
+"""Proxy mode: SpecPC on each chat request's retrieved context, then an OpenAI-compatible upstream answers.
+
+The upstream's answer comes back unchanged (JSON answers get ``draft_rag`` stats added). Its failures are named
+by host only, never by URL, so credentials in ``upstream`` never reach a client.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from .errors import ApiError
+from .local import ClosingStream, bad_input, error_event, wait_disconnect
+from .schema import ChatRequest, CompletionRequest, parse, read_json
+
+PROXY_METHODS = ("specpc", "full")  # a remote target reads text: KV methods need a local one
+STATS_HEADER = "x-draft-rag-stats"
+router = APIRouter()
+
+
+@router.get("/v1/models")
+async def models(request: Request):
+    return await forward(request, "models", None, {})
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request):
+    state = request.app.state
+    body = await read_json(request, state.cfg.max_body_bytes, state.cfg.body_timeout)
+    req = parse(ChatRequest, body)
+    opts = req.draft()
+    method = opts.method or state.cfg.method
+    if method not in PROXY_METHODS:
+        raise ApiError(
+            400,
+            f"in proxy mode draft_rag.method must be one of {list(PROXY_METHODS)} (KV methods need a local target)",
+            "draft_rag.method",
+        )
+    field, value = req.token_limit()
+    if value is not None and value > state.cfg.max_tokens:  # the upstream applies its default when none is given
+        raise ApiError(400, f"{field} must be at most {state.cfg.max_tokens}, got {value}", field)
+    stats = {"method": method}
+    if method == "specpc":
+        given = opts.budget is not None or opts.ratio is not None
+        budget, ratio = (opts.budget, opts.ratio) if given else (state.cfg.budget, state.cfg.ratio)
+        async with state.queue.slot(lambda: wait_disconnect(request)):
+            with bad_input():
+                cm = await state.queue.call(
+                    lambda: state.engine.compress_messages(body["messages"], budget=budget, ratio=ratio)
+                )
+        body["messages"], stats = cm.messages, {**stats, **cm.stats}
+    body.pop("draft_rag", None)
+    request.state.access = {
+        "mode": "proxy",
+        "draft_method": method,
+        **{k: stats.get(k) for k in ("original_tokens", "compressed_tokens")},
+    }
+    return await forward(request, "chat/completions", body, stats)
+
+
+@router.post("/v1/completions")
+async def completions(request: Request):
+    cfg = request.app.state.cfg
+    body = await read_json(request, cfg.max_body_bytes, cfg.body_timeout)
+    parse(CompletionRequest, body)
+    return await forward(request, "completions", body, {})
+
+
+def upstream_host(url: str) -> str:
+    """``host:port`` of an upstream URL, without scheme, credentials or path."""
+    u = httpx.URL(url)
+    return f"{u.host}:{u.port}" if u.port else u.host
+
+
+def upstream_error(exc: httpx.HTTPError, host: str) -> ApiError:
+    if isinstance(exc, httpx.TimeoutException):
+        return ApiError(504, f"upstream {host} did not answer in time ({type(exc).__name__})", code="upstream_timeout")
+    return ApiError(502, f"upstream {host} failed: {type(exc).__name__}", code="upstream")
+
+
+async def forward(request: Request, path: str, body: dict | None, stats: dict):
+    """Send to the upstream; stream its answer back (JSON answers get ``draft_rag`` added)."""
+    client: httpx.AsyncClient = request.app.state.upstream
+    host = upstream_host(request.app.state.cfg.upstream)
+    req = client.build_request("POST" if body is not None else "GET", path, json=body)
+    try:
+        resp = await client.send(req, stream=True)
+    except httpx.HTTPError as exc:
+        raise upstream_error(exc, host) from None
+    headers = {STATS_HEADER: json.dumps(stats, separators=(",", ":"))} if stats else {}
+    if "retry-after" in resp.headers:
+        headers["retry-after"] = resp.headers["retry-after"]
+    media = resp.headers.get("content-type", "application/json")
+    if media.startswith("text/event-stream"):
+        return ClosingStream(
+            relay(resp, host), on_close=resp.aclose, status_code=resp.status_code, media_type=media, headers=headers
+        )
+    try:
+        content = await resp.aread()
+    except httpx.HTTPError as exc:
+        raise upstream_error(exc, host) from None
+    finally:
+        await resp.aclose()
+    if stats and resp.status_code == 200 and media.startswith("application/json"):
+        try:
+            data = json.loads(content)
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            content = json.dumps({**data, "draft_rag": stats}).encode()
+    return Response(content, status_code=resp.status_code, media_type=media, headers=headers)
+
+
+async def relay(resp: httpx.Response, host: str):
+    """The upstream's server-sent events, whole events only; if it fails midway, an error event and ``[DONE]``."""
+    pending = b""
+    try:
+        async for part in resp.aiter_bytes():
+            pending += part
+            cut = max((i + len(sep) for sep in (b"\n\n", b"\r\n\r\n") if (i := pending.rfind(sep)) >= 0), default=0)
+            if cut:
+                yield pending[:cut]
+                pending = pending[cut:]
+    except httpx.HTTPError as exc:
+        err = upstream_error(exc, host)
+        yield error_event(err.message, err.code, err.TYPES[err.status])
+        return
+    if pending:
+        yield pending
