@@ -298,6 +298,27 @@ def test_merge_results_keeps_existing_cells(tmp_path):
         merge_results(tmp_path / "a" / "results.json", [tmp_path / "nope.json"])
 
 
+def test_upgrade_cells_rescores_qa_and_names_speckv_pc_kv(tmp_path):
+    from draft_rag.bench.data import write_jsonl
+    from draft_rag.bench.grid import LEGACY_SPECKV_PC_KV, data_path, merge_results, save_results, upgrade_cells
+
+    rec = {**RULER_LINE, "outputs": ["alpha", "beta"]}
+    write_jsonl([rec, rec], data_path(tmp_path / "run", "qa_2", 64, "models/d"))
+    base = dict(pair="p", task="qa_2", length=64, n=2, seed=1, draft="models/d", budget=None, ratio=0.25)
+    qa = dict(base, method="specpc", score=75.0, predictions=["alpha and beta", "only beta"])
+    old_pc = dict(base, method="speckv-pc", score=75.0, predictions=["alpha and beta", "only beta"])
+    wrong = dict(base, method="full", ratio=None, score=10.0, predictions=["alpha", "beta"])  # not these records
+    save_results({"results": [qa, old_pc, wrong], "chunks": []}, tmp_path / "run" / "results.json")
+    data = merge_results(tmp_path / "out" / "results.json", [tmp_path / "run" / "results.json"])
+    assert data_path(tmp_path / "out", "qa_2", 64, "d").exists()  # the records came along
+    assert upgrade_cells(data, tmp_path / "out") == 3
+    qa, old_pc, wrong = data["results"]
+    assert qa["metric"] == "part" and qa["score"] == 100.0 and qa["scores"] == {"all": 75.0, "part": 100.0}
+    assert old_pc["budget"] == LEGACY_SPECKV_PC_KV and old_pc["score"] == 100.0
+    assert "metric" not in wrong and wrong["score"] == 10.0
+    assert upgrade_cells(data, tmp_path / "out") == 0  # idempotent
+
+
 def test_bench_merge_alone_only_reports(tmp_path, monkeypatch):
     """`draft-rag bench --merge F --out D` merges and reports; it runs no cells unless --tasks names some."""
     import draft_rag.bench.grid as grid

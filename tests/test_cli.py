@@ -124,6 +124,13 @@ def _bad_inputs(tmp_path, tiny_dir):
         (["generate", "--target", tiny_dir, "--temperature", "-1", str(ok)], "--temperature"),
         (["generate", "--target", tiny_dir, "--max-new-tokens", "0", str(ok)], "--max-new-tokens"),
         (["models", "pull", "gpt-5"], "unknown built-in model"),
+        (["compress", "--budget", "auto", "--draft", tiny_dir, str(ok)], "--context-window"),
+        (["compress", "--budget", "auto", "--context-window", "-5", str(ok)], "--context-window"),
+        (["compress", "--budget", "10", "--block-size", "0", str(ok)], "--block-size"),
+        (["generate", "--target", tiny_dir, "--method", "speckv", "--budget", "auto", str(ok)], "--method specpc"),
+        (["serve", "--queue-timeout", "0"], "--queue-timeout"),
+        (["serve", "--upstream-timeout", "inf"], "--upstream-timeout"),
+        (["serve", "--max-queue", "-1"], "--max-queue"),
     ]
 
 

@@ -64,7 +64,7 @@ def _cmd_eval(args) -> int:
 
 def _cmd_bench(args) -> int:
     from .chunks import RANKERS, make_queries, run_chunk_bench
-    from .grid import load_results, merge_results, parse_pair, run_grid, save_results
+    from .grid import load_results, merge_results, parse_pair, run_grid, save_results, upgrade_cells
     from .report import write_report
     from .runner import all_methods
     from .tasks import RULER_13
@@ -78,6 +78,8 @@ def _cmd_bench(args) -> int:
     tasks = args.tasks
     if tasks is None:  # not given: RULER's 13, or none when only merging
         tasks = [] if args.merge else list(RULER_13)
+    if args.merge and upgrade_cells(merged := load_results(out / "results.json"), out):
+        save_results(merged, out / "results.json")
     data = (
         run_grid(
             pairs,

@@ -10,11 +10,12 @@ import datetime
 import json
 import logging
 import platform
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..engine import DraftEngine
-from .data import parse_record, task_metric, write_jsonl
+from .data import METRICS, load_jsonl, parse_record, task_metric, write_jsonl
 from .runner import PC_METHODS, check_method, evaluate
 from .tasks import generate
 
@@ -83,8 +84,45 @@ def save_results(data: dict, path: Path) -> None:
     tmp.replace(path)
 
 
+LEGACY_SPECKV_PC_KV = 1024  # the KV budget speckv-pc cells ran with before they named one (SpecKVConfig's default)
+
+
+def data_path(out_dir, task: str, length: int, draft: str) -> Path:
+    """Where a grid writes the generated records of one task and length (in the draft's tokenizer)."""
+    return Path(out_dir) / "data" / f"{task}_{length}_{Path(draft).name}.jsonl"
+
+
+def upgrade_cells(data: dict, out_dir) -> int:
+    """Bring cells of earlier runs to the current format; returns how many changed.
+
+    Cells without ``metric`` are rescored from their predictions and the records in ``out_dir/data`` under
+    both metrics, ``score`` under RULER's for the task (qa: string-match-part). A cell whose records do not
+    reproduce its stored string-match-all score is left as it was. ``speckv-pc`` cells without a KV budget
+    get the one they ran with (``LEGACY_SPECKV_PC_KV``).
+    """
+    changed = 0
+    for cell in data["results"]:
+        if cell["method"] == "speckv-pc" and cell.get("budget") is None:
+            cell["budget"], changed = LEGACY_SPECKV_PC_KV, changed + 1
+        path = data_path(out_dir, cell["task"], cell["length"], cell.get("draft", ""))
+        if "metric" in cell or not cell.get("predictions") or not path.exists():
+            continue
+        records, preds = load_jsonl(path)[: cell["n"]], cell["predictions"]
+        scores = {
+            m: 100 * sum(f(p, r.outputs) for p, r in zip(preds, records)) / len(preds) for m, f in METRICS.items()
+        }
+        if len(records) == len(preds) and abs(scores["all"] - cell["score"]) < 1e-6:
+            metric = task_metric(cell["task"])
+            cell.update(metric=metric, scores=scores, score=scores[metric])
+            changed += 1
+        else:
+            logger.warning("%s %s %s: records in %s do not match its predictions; not rescored", *_key(cell)[:3], path)
+    return changed
+
+
 def merge_results(path: Path, others) -> dict:
-    """Copy cells from other results files into ``path`` (cells already there win); chunk rows too."""
+    """Copy cells from other results files into ``path`` (cells already there win); chunk rows and the
+    generated records (``data/``) too."""
     data = load_results(path)
     done = {_key(c) for c in data["results"]}
     for other in others:
@@ -97,6 +135,11 @@ def merge_results(path: Path, others) -> dict:
                 done.add(_key(cell))
         for part in ("chunks", "overhead"):
             data[part] = data.get(part) or extra.get(part) or []
+        for records in (Path(other).parent / "data").glob("*.jsonl"):  # the records its cells were scored on
+            mine = path.parent / "data" / records.name
+            if not mine.exists():
+                mine.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(records, mine)
     save_results(data, path)
     return data
 
@@ -130,7 +173,7 @@ def run_grid(
             for task in tasks:
                 for length in lengths:
                     raw = generate(task, engine.draft.tokenizer, length, n, seed)
-                    write_jsonl(raw, out / "data" / f"{task}_{length}_{Path(pair.draft).name}.jsonl")
+                    write_jsonl(raw, data_path(out, task, length, pair.draft))
                     records = [parse_record(r, f"{task}[{i}]") for i, r in enumerate(raw)]
                     for method in methods:
                         for budget, ratio in budgets_for(method, ratios, kv_budgets):
