@@ -259,7 +259,7 @@ class DraftEngine:
         counter = self.target.tokenizer if self.target else draft.tokenizer
         template = "chat" if has_chat_template(draft.tokenizer) else "raw"
         segments = _drop_lead(chat.render(messages, lay, draft.tokenizer, template), draft.tokenizer)
-        question = chat.trailing_question(messages)
+        question = chat.reread_question(messages, lay)
         if question:  # the draft's window should read the question: once more, at the end, for the draft only
             segments = segments + [Segment("\n\n", "separator"), Segment(question, "question")]
         if fit is not None:

@@ -11,8 +11,9 @@ The rule, per message (``role`` and ``content``; every other key is carried thro
   paragraph (up to ``FIRST_CHARS``) and short paragraphs at each end (``UNIT_CHARS``, ``SHORT_CHARS`` in all) are
   protected (instructions before the context, a question or request after it), the rest is context;
 * the last paragraph of the last user message (the question) is always protected; if it is long, only its last
-  sentence is. When a tool result (or another message) follows it, the draft reads that question once more after
-  the conversation, so its window queries are the question (the messages sent are unchanged).
+  sentence is. When a tool result (or another message) follows it, or the message asks before its context
+  (``Question: ... Context: ... Answer:``), the draft reads that question once more after the conversation, so
+  its window queries are the question (the messages sent are unchanged; ``reread_question``).
 
 Multi-turn history follows the same rule: earlier questions and answers are short, so protected; a long earlier
 message (a pasted document, a tool result) is context, read with the latest question at the end of the prompt.
@@ -225,15 +226,46 @@ def _final_units(text: str, a: int, b: int) -> list[tuple[int, int]]:
     return units
 
 
-def trailing_question(messages: list[dict]) -> str | None:
-    """When the conversation ends after the last user message (a tool result, say), that message's last
-    paragraph: the question the draft should read last. None when it ends with a user message."""
+QUESTION_LABELS = ("question", "query", "user question", "input")
+_QUESTION = re.compile(
+    rf"(?im)^[ \t]*(?:#+[ \t]*)?(?:\*\*)?(?:{'|'.join(map(re.escape, QUESTION_LABELS))})(?:\*\*)?[ \t]*(?::|$)"
+    r"|<question>"
+)
+_ASKED = re.compile(r"[^.!?\n]*\?")
+
+
+def reread_question(messages: list[dict], lay: Layout) -> str | None:
+    """The question the draft should read once more at the end of its prompt, or None when it ends with it.
+
+    The draft's window queries are the last tokens it reads; they must be the question. That is not so when
+    the conversation continues after the last user message (a tool result, say: its last paragraph is the
+    question), or when that message asks before its context ("Question: ... Context: ... Answer:", a
+    ``<question>`` tag, or an unlabelled first paragraph that asks): then its question part is read again.
+    """
     last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
-    if last_user is None or last_user == len(messages) - 1:
+    if last_user is None:
         return None
     text, _ = text_of(messages[last_user], last_user)
-    units = _final_units(text, 0, len(text))
-    return text[units[-1][0] : units[-1][1]] if units else None
+    if last_user < len(messages) - 1:
+        units = _final_units(text, 0, len(text))
+        return text[units[-1][0] : units[-1][1]] if units else None
+    segments = lay.contents[last_user]
+    last_context = max((k for k, seg in enumerate(segments) if seg.chunk is not None), default=None)
+    if last_context is None:
+        return None
+    before = "".join(seg.text for seg in segments[:last_context])
+    after = "".join(seg.text for seg in segments[last_context + 1 :])
+    if _QUESTION.search(after) or "?" in after:
+        return None  # the question is already at the end
+    labelled = list(_QUESTION.finditer(before))
+    if labelled:
+        start, rest = labelled[-1].start(), labelled[-1].end()
+        ends = [m.start() for m in (*_LABEL.finditer(before, rest), *_TAG.finditer(before, rest))]
+        close = before.lower().find("</question>", rest)
+        end = close + len("</question>") if close >= 0 else min(ends, default=len(before))
+        return before[start:end].strip() or None
+    asked = _ASKED.findall(before)
+    return asked[-1].strip() if asked else None
 
 
 def _plain(text: str, a: int, b: int, final: bool) -> list[tuple[int, int, bool]]:

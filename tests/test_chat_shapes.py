@@ -130,3 +130,38 @@ def test_local_target_answers_from_the_compressed_context(smollm, shape, call):
         m["kept_fraction"] <= 0.40 for m in stats["messages"]
     )
     assert stats["prompt_tokens"] < 0.6 * stats["original_tokens"]
+
+
+# -- question first: the draft reads the question again at the end ------------------------------------------
+KEYS = ("ocean", "forest", "desert", "river", "mountain", "valley", "island", "canyon")
+NUMBERS = {k: str(4_000_000 + 111_111 * i) for i, k in enumerate(KEYS)}
+DISTRACTED = "\n\n".join(
+    p for i in range(2 * len(KEYS) + 6) for p in [FILLER] + ([f"The special magic number for {KEYS[i // 2]} is "
+    f"{NUMBERS[KEYS[i // 2]]}."] if i % 2 and i // 2 < len(KEYS) else [])
+)  # fmt: skip
+QUESTION_FIRST = {
+    "hub": "{i}\nQuestion: {q} \nContext: {c} \nAnswer:",
+    "markdown": "{i}\n\n## Question\n{q}\n\n## Context\n{c}\n\n## Answer",
+    "xml": "{i}\n<question>{q}</question>\n<context>\n{c}\n</context>",
+    "unlabelled": "{q}\n\n{c}",
+}
+
+
+@pytest.mark.parametrize("layout", QUESTION_FIRST)
+def test_question_first_keeps_the_asked_needle_among_distractors(smollm, layout, key="forest"):
+    """Eight look-alike needles; the draft must read the question last to keep the one asked for (wrapped, and
+    local for the hub layout). Without reading it again, the hub layout kept none of the eight at this ratio."""
+    from draft_rag import DraftEngine
+
+    q = f"What is the special magic number for {key}?"
+    messages = [HumanMessage(QUESTION_FIRST[layout].format(i=INSTRUCTIONS, q=q, c=DISTRACTED))]
+    rec = Recorder()
+    ChatDraftCompressed(llm=rec, draft=smollm, ratio=0.15).invoke(messages)
+    sent = rec.calls[-1][0].text
+    assert q in sent and NUMBERS[key] in sent and len(sent) < 0.5 * len(messages[0].text)
+    if layout != "hub":
+        return
+    gen = DraftEngine(target=smollm).generate(
+        messages=[{"role": "user", "content": messages[0].text}], method="specpc", ratio=0.15, max_new_tokens=1
+    )
+    assert NUMBERS[key] in gen.compressed.text

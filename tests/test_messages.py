@@ -10,6 +10,7 @@ from conftest import needle_prompt, tiny_model, tiny_tokenizer
 
 from draft_rag import CompressedMessages, DraftEngine, SpecPCConfig
 from draft_rag import engine as engine_module
+from draft_rag import messages as chat
 from draft_rag.messages import layout
 
 CFG = SpecPCConfig(starting_layer_index=0, window_size=8, kernel_size=5, neighbor_tokens=4)
@@ -151,3 +152,25 @@ def test_speckv_pc_on_a_conversation_drafts_once(monkeypatch):
     g = engine().generate(messages=messages, method="speckv-pc", budget=30, pc_budget=200, max_new_tokens=40)
     assert 0 < g.stats.lookahead_tokens <= 20 and g.compressed.lookahead_ids
     assert max(g.stats.kv_entries) <= 31
+
+
+@pytest.mark.parametrize(
+    "text, question",
+    [
+        ("{i}\nQuestion: {q} \nContext: {c} \nAnswer:", "Question: {q}"),
+        ("{i}\n\n## Question\n{q}\n\n## Context\n{c}\n\n## Answer", "## Question\n{q}"),
+        ("{i}\n<question>{q}</question>\n<context>\n{c}\n</context>", "<question>{q}</question>"),
+        ("**Question:** {q}\n\n**Context:**\n{c}\n\nAnswer concisely.", "**Question:** {q}"),
+        ("{q}\n\n{c}", "{q}"),
+        ("Context: {c}\n\nQuestion: {q}", None),  # already last
+        ("{i}\n\n{c}\n\n{q}", None),
+    ],
+)
+def test_a_question_before_its_context_is_read_again_by_the_draft(text, question):
+    ctx = "\n\n".join(["The grass is green. The sky is blue. The sun is yellow. Here we go. " * 4] * 8)
+    fill = dict(i="Use the retrieved context to answer the question.", q="What is the magic number?", c=ctx)
+    messages = [{"role": "user", "content": text.format(**fill)}]
+    expected = question.format(**fill) if question else None
+    assert chat.reread_question(messages, chat.layout(messages)) == expected
+    tool = [*messages, {"role": "assistant", "content": "", "tool_calls": []}, {"role": "tool", "content": ctx}]
+    assert chat.reread_question(tool, chat.layout(tool)) is not None  # a tool result follows the question
