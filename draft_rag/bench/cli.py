@@ -49,6 +49,7 @@ def _cmd_eval(args) -> int:
             template=args.template,
             max_new_tokens=args.max_new_tokens,
             llmlingua=lingua,
+            metric=args.metric,
         )
     finally:
         if lingua is not None:
@@ -149,7 +150,7 @@ def add_subcommand(sub) -> None:
     from .tasks import TASKS
 
     methods = all_methods()
-    p = sub.add_parser("eval", help="score one method on RULER-format JSONL (string-match-all, 0-100)")
+    p = sub.add_parser("eval", help="score one method on RULER-format JSONL (RULER's metrics, 0-100)")
     p.add_argument("--data", required=True, help="RULER-format JSONL: input, outputs, answer_prefix")
     p.add_argument("--limit", type=positive_int, help="first N records")
     p.add_argument("--method", required=True, choices=methods)
@@ -167,6 +168,12 @@ def add_subcommand(sub) -> None:
     p.add_argument("--draft", default=None, help="draft model (default: the target)")
     p.add_argument("--max-new-tokens", type=positive_int, help="default: the record's tokens_to_generate, else 48")
     p.add_argument("--template", choices=("chat", "raw"), help="default: chat when the target has a template")
+    p.add_argument(
+        "--metric",
+        choices=("all", "part"),
+        default="all",
+        help="string-match-all (RULER's for every task but qa) or string-match-part (qa_1/qa_2); both are reported",
+    )
     p.add_argument("--json", metavar="OUT", help="also write the summary plus every prediction to OUT")
     p.add_argument(
         "--threads",

@@ -145,7 +145,7 @@ def plot(cells: list[dict], path) -> Path:
             style["color"] = f"C{ORDER.index(method) % 10}" if method in ORDER else None
             ax.plot([p[0] for p in pts], [p[1] for p in pts], label=method, **style)
         ax.set_xlabel("kept fraction of the prompt (tokens or KV entries)")
-        ax.set_ylabel("score (string-match-all, 0-100), mean over tasks")
+        ax.set_ylabel("score (RULER's metric, 0-100), mean over tasks")
         ax.set_title(f"{pair}: score vs budget")
         ax.set_ylim(-3, 103)
         ax.grid(alpha=0.3)

@@ -1,0 +1,58 @@
+"""The figures the docs publish are the commands' committed output, not hand-copied numbers."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _section(text: str, start: str, end: str) -> str:
+    return text[text.index(start) : text.index(end, text.index(start))]
+
+
+def _table_rows(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| method @")]
+
+
+def test_readme_and_results_score_tables_are_the_bench_report():
+    """Every score-table row in the README's Results and in docs/RESULTS.md is a line of docs/bench/results.md."""
+    report = set((ROOT / "docs/bench/results.md").read_text().splitlines())
+    readme = _section((ROOT / "README.md").read_text(), "### What ran, and the scores", "**Cost with a target")
+    results = _section((ROOT / "docs/RESULTS.md").read_text(), "## Tables and plot", "## Reading the table")
+    rows = _table_rows(readme) + _table_rows(results)
+    assert len(rows) > 30
+    assert [r for r in rows if r not in report] == []
+
+
+def test_load_test_row_is_its_committed_output():
+    out = json.loads((ROOT / "docs/bench/serve_load.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith(f"| {out['requests']} |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:5] == [str(out[k]) for k in ("requests", "answered", "refused_429", "refused_503", "lost")]
+    assert f"{out['rss_baseline_mib']} before" in row and f"{out['rss_peak_mib']} peak" in row
+    assert cells[8] == str(out["queued_after"]) and str(out["sigterm_exit_code"]) in cells[9]
+
+
+def test_qa_is_scored_with_rulers_metric_in_the_results():
+    cells = json.loads((ROOT / "docs/bench/results.json").read_text())["results"]
+    assert all(c["metric"] == ("part" if c["task"].startswith("qa") else "all") for c in cells)
+    assert all(c["budget"] is not None for c in cells if c["method"] == "speckv-pc")
+
+
+def test_speckv_pc_keeps_fewer_kv_bytes_than_specpc_where_its_kv_budget_binds():
+    cells = json.loads((ROOT / "docs/bench/results.json").read_text())["results"]
+    pc = {(c["pair"], c["task"], c["length"], c["ratio"]): c["kv_bytes"] for c in cells if c["method"] == "specpc"}
+    both = [c for c in cells if c["method"] == "speckv-pc" and c["budget"] < 1024]
+    assert both and all(c["kv_bytes"] < pc[(c["pair"], c["task"], c["length"], c["ratio"])] for c in both)
+
+
+def test_no_figure_without_committed_output():
+    """Figures removed for want of committed output stay removed until a command's output is committed."""
+    text = (ROOT / "README.md").read_text() + (ROOT / "docs/RESULTS.md").read_text()
+    for gone in ("+1.8%", "21% at 8k", "36.00 s"):
+        assert gone not in text, gone
+    assert not re.search(r"0\.68x-1\.05x full's", text)
