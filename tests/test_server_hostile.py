@@ -395,3 +395,42 @@ def test_fuzz_never_500_never_wedged(app, engine, case):
             err = r.json()["error"]
             assert err["message"] and err["type"] == "invalid_request_error"
         healthy(client, engine)
+
+
+@pytest.mark.parametrize("error, status", [(ValueError("no context to compress"), 400), (RuntimeError("boom"), 500)])
+def test_proxy_compression_failure_frees_the_slot(monkeypatch, error, status):
+    engine = tiny_engine(target=False)
+
+    def fail(*args, **kwargs):
+        raise error
+
+    with serving(create_app(tiny_engine(), ServeConfig(method="full"))) as (up, _):
+        app = create_app(engine, ServeConfig(upstream=up + "/v1", max_tokens=8))
+        with TestClient(app, raise_server_exceptions=False) as client:
+            monkeypatch.setattr(engine, "compress_messages", fail)
+            r = client.post("/v1/chat/completions", json=GOOD)
+            assert r.status_code == status and "boom" not in r.text
+            monkeypatch.undo()
+            assert client.get("/health").json()["queued"] == 0
+            ok = client.post("/v1/chat/completions", json=GOOD)
+            assert ok.status_code == 200 and ok.json()["draft_rag"]["compressed_tokens"] > 0
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(case=requests())
+def test_fuzz_proxy_never_500_never_wedged(proxy_client, case):
+    """The same generated bodies through the proxy in front of a local server: a 200 or a 400 from either."""
+    path, body = case
+    r = proxy_client.post(path, content=json.dumps(body))
+    assert r.status_code in (200, 400), (r.status_code, r.text, body)
+    assert proxy_client.get("/health").json()["queued"] == 0
+    ok = proxy_client.post("/v1/chat/completions", json=GOOD)
+    assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] >= 1, ok.text
+
+
+@pytest.fixture(scope="module")
+def proxy_client(engine):
+    with serving(create_app(engine, ServeConfig(max_tokens=8, method="full"))) as (up, _):
+        app = create_app(tiny_engine(target=False), ServeConfig(upstream=up + "/v1", max_tokens=8))
+        with TestClient(app, raise_server_exceptions=False) as client:
+            yield client
