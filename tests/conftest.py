@@ -171,3 +171,12 @@ def serving(app, shutdown_timeout: float = 5, **config):
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+def serving_engine(target: bool = True):
+    """A DraftEngine on the tiny Llama for the server tests: with it as target, or as a compression-only draft."""
+    from draft_rag import DraftEngine, SpecPCConfig
+
+    lm = tiny_model("llama")
+    cfg = SpecPCConfig(starting_layer_index=1, window_size=8)
+    return DraftEngine(target=lm, specpc=cfg) if target else DraftEngine(draft=lm, specpc=cfg)

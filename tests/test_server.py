@@ -12,9 +12,10 @@ import time
 import httpx
 import openai
 import pytest
-from conftest import needle_prompt, serving, tiny_model
+from conftest import needle_prompt, serving
+from conftest import serving_engine as tiny_engine
 
-from draft_rag import DraftEngine, SpecPCConfig
+from draft_rag import DraftEngine
 from draft_rag.server import ServeConfig, create_app
 
 pytest.importorskip("uvicorn")
@@ -28,12 +29,6 @@ LONG = [
         + "\n\nQuestion: What colour is the sky?",
     },
 ]
-
-
-def tiny_engine(target=True) -> DraftEngine:
-    lm = tiny_model("llama")
-    cfg = SpecPCConfig(starting_layer_index=1, window_size=8)
-    return DraftEngine(target=lm, specpc=cfg) if target else DraftEngine(draft=lm, specpc=cfg)
 
 
 @pytest.fixture(scope="module")

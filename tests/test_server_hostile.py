@@ -12,14 +12,14 @@ import time
 
 import httpx
 import pytest
-from conftest import serving, tiny_model
+from conftest import serving
+from conftest import serving_engine as tiny_engine
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from draft_rag import DraftEngine, SpecPCConfig
 from draft_rag.engine import GenerationStream
 from draft_rag.server import ServeConfig, create_app, timed_protocol
 from draft_rag.server.local import raw_prompt
@@ -29,12 +29,6 @@ MESSAGES = [
     {"role": "user", "content": "Context:\n" + "The sky is blue. " * 60 + "\n\nQuestion: What colour is the sky?"}
 ]
 GOOD = {"model": "m", "messages": MESSAGES, "max_tokens": 2}
-
-
-def tiny_engine(target=True) -> DraftEngine:
-    lm = tiny_model("llama")
-    cfg = SpecPCConfig(starting_layer_index=1, window_size=8)
-    return DraftEngine(target=lm, specpc=cfg) if target else DraftEngine(draft=lm, specpc=cfg)
 
 
 @pytest.fixture(scope="module")
@@ -161,16 +155,19 @@ def test_a_500_leaves_the_connection_usable_and_is_logged_with_its_bytes(engine,
     assert logged[0]["status"] == 500 and logged[0]["bytes_out"] > 0
 
 
-def test_queued_client_that_gives_up_leaves_at_once(engine):
-    app = create_app(engine, ServeConfig(max_tokens=4000, max_queue=2, queue_timeout=60))
-    with (
-        serving(app) as (url, _),
-        httpx.stream(
-            "POST", url + "/v1/chat/completions", json={**GOOD, "max_tokens": 3000, "stream": True}, timeout=30
-        ) as busy,
-    ):
-        lines = busy.iter_lines()  # kept: a dropped iterator closes the connection
+@contextlib.contextmanager
+def busy(engine, **cfg):
+    """A server whose engine is taken by a long stream; yields its URL."""
+    app = create_app(engine, ServeConfig(max_tokens=4000, **cfg))
+    body = {**GOOD, "max_tokens": 3000, "stream": True}
+    with serving(app) as (url, _), httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as r:
+        lines = r.iter_lines()  # kept: a dropped iterator closes the connection
         next(lines)
+        yield url
+
+
+def test_queued_client_that_gives_up_leaves_at_once(engine):
+    with busy(engine, max_queue=2, queue_timeout=60) as url:
         with pytest.raises(httpx.ReadTimeout):  # waits behind the stream, then gives up
             httpx.post(url + "/v1/chat/completions", json=GOOD, timeout=0.5)
         deadline = time.time() + 5
@@ -179,29 +176,11 @@ def test_queued_client_that_gives_up_leaves_at_once(engine):
         assert httpx.get(url + "/health").json()["queued"] == 1  # only the stream, long before 60 s
 
 
-def test_busy_answers_carry_retry_after(engine):
-    app = create_app(engine, ServeConfig(max_tokens=4000, max_queue=0, queue_timeout=0.3))
-    with (
-        serving(app) as (url, _),
-        httpx.stream(
-            "POST", url + "/v1/chat/completions", json={**GOOD, "max_tokens": 3000, "stream": True}, timeout=30
-        ) as busy,
-    ):
-        lines = busy.iter_lines()  # kept: a dropped iterator closes the connection
-        next(lines)
+@pytest.mark.parametrize("max_queue, status", [(0, 429), (1, 503)])
+def test_busy_answers_carry_retry_after(engine, max_queue, status):
+    with busy(engine, max_queue=max_queue, queue_timeout=0.3) as url:
         r = httpx.post(url + "/v1/chat/completions", json=GOOD)
-        assert r.status_code == 429 and r.headers["retry-after"] == "1"
-    app = create_app(engine, ServeConfig(max_tokens=4000, max_queue=1, queue_timeout=0.3))
-    with (
-        serving(app) as (url, _),
-        httpx.stream(
-            "POST", url + "/v1/chat/completions", json={**GOOD, "max_tokens": 3000, "stream": True}, timeout=30
-        ) as busy,
-    ):
-        lines = busy.iter_lines()  # kept: a dropped iterator closes the connection
-        next(lines)
-        r = httpx.post(url + "/v1/chat/completions", json=GOOD)
-        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.status_code == status and r.headers["retry-after"] == "1"
 
 
 def test_disconnected_stream_logs_the_tokens_it_sent(engine, caplog):
