@@ -150,6 +150,9 @@ def test_speckv_pc_cells_carry_prompt_ratio_and_kv_budget(tiny_engine):
     assert budgets_for("speckv-pc", [0.25, 0.5], [256]) == [(256, 0.25), (256, 0.5)]
     assert budgets_for("specpc", [0.25], [256]) == [(None, 0.25)]
     assert label({"method": "speckv-pc", "ratio": 0.25, "budget": 256}) == "speckv-pc @25% / 256 KV"
+    assert (
+        label({"method": "specpc", "ratio": 0.25, "budget": None, "block_size": 8192}) == "specpc @25% [blocks of 8192]"
+    )
     recs = [parse_record(r) for r in generate("niah_single", tiny_tokenizer(), 500, 1, seed=3)]
     pc = evaluate(tiny_engine, recs, "specpc", ratio=0.5, max_new_tokens=3, progress=False)
     both = evaluate(tiny_engine, recs, "speckv-pc", ratio=0.5, budget=64, max_new_tokens=3, progress=False)
@@ -198,6 +201,10 @@ def test_grid_reuses_cells_and_writes_report(tiny_dir, tmp_path):
     md = paths["markdown"].read_text()
     assert "| full |" in md and "snapkv @32" in md and "snapkv @64" in md
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    single = run_grid(
+        [pair], ["niah_single"], [200], 2, ["full"], out_dir=tmp_path, max_new_tokens=3, progress=False, block_size=4096
+    )
+    assert len(single["results"]) == 4 and single["results"][3]["block_size"] == 4096  # a new cell beside the old
 
 
 def test_report_tables_from_cells():

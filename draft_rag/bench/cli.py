@@ -94,6 +94,7 @@ def _cmd_bench(args) -> int:
             out_dir=out,
             max_new_tokens=args.max_new_tokens,
             fresh=args.fresh,
+            block_size=args.block_size,
         )
         if tasks
         else load_results(out / "results.json")
@@ -233,6 +234,11 @@ def add_subcommand(sub) -> None:
     )
     p.add_argument("--out", default="bench-out", help="folder for results.json, results.md, results.png, data/")
     p.add_argument("--fresh", action="store_true", help="recompute every cell instead of reusing results.json")
+    p.add_argument(
+        "--block-size",
+        type=positive_int,
+        help="draft tokens per SpecPC scoring pass (default 2048; the draft's window: one pass), recorded per cell",
+    )
     p.add_argument(
         "--merge",
         nargs="+",

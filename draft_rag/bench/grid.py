@@ -65,7 +65,8 @@ def machine() -> str:
 
 
 def _key(cell: dict) -> tuple:
-    return tuple(cell.get(k) for k in ("pair", "task", "length", "n", "seed", "method", "budget", "ratio"))
+    keys = ("pair", "task", "length", "n", "seed", "method", "budget", "ratio", "block_size")
+    return tuple(cell.get(k) for k in keys)
 
 
 def load_results(path: Path) -> dict:
@@ -158,8 +159,13 @@ def run_grid(
     max_new_tokens: int | None = None,
     fresh: bool = False,
     progress: bool = True,
+    block_size: int | None = None,
 ) -> dict:
-    """Run (or reuse) every cell; write ``results.json`` after each one. Returns the results dict."""
+    """Run (or reuse) every cell; write ``results.json`` after each one. Returns the results dict.
+
+    ``block_size``: the engine's draft tokens per scoring pass (None: its default); cells record it when given,
+    so block-scored and single-pass cells of one grid stand side by side.
+    """
     for m in methods:
         check_method(m)
     out = Path(out_dir)
@@ -169,7 +175,7 @@ def run_grid(
     lingua = None
     try:
         for pair in pairs:
-            engine = DraftEngine(target=pair.target, draft=pair.draft)
+            engine = DraftEngine(target=pair.target, draft=pair.draft, block_size=block_size)
             for task in tasks:
                 for length in lengths:
                     raw = generate(task, engine.draft.tokenizer, length, n, seed)
@@ -186,6 +192,7 @@ def run_grid(
                                 method=method,
                                 budget=budget,
                                 ratio=ratio,
+                                **({"block_size": block_size} if block_size else {}),
                             )
                             if _key(cell) in done:
                                 continue

@@ -9,13 +9,15 @@ from .tasks import RULER_13
 
 
 def label(cell: dict) -> str:
+    """``method @budget``, with both budgets for speckv-pc and the draft's block size where the cell set one."""
+    blocks = f" [blocks of {cell['block_size']}]" if cell.get("block_size") else ""
     if cell.get("ratio") is not None and cell.get("budget") is not None:  # speckv-pc: prompt ratio and KV entries
-        return f"{cell['method']} @{cell['ratio']:.0%} / {cell['budget']} KV"
+        return f"{cell['method']} @{cell['ratio']:.0%} / {cell['budget']} KV{blocks}"
     if cell.get("ratio") is not None:
-        return f"{cell['method']} @{cell['ratio']:.0%}"
+        return f"{cell['method']} @{cell['ratio']:.0%}{blocks}"
     if cell.get("budget") is not None:
-        return f"{cell['method']} @{cell['budget']}"
-    return cell["method"]
+        return f"{cell['method']} @{cell['budget']}{blocks}"
+    return cell["method"] + blocks
 
 
 ORDER = ("full", "specpc", "speckv-pc", "llmlingua", "speckv", "snapkv", "streamingllm", "random")
