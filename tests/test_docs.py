@@ -56,3 +56,14 @@ def test_no_figure_without_committed_output():
     for gone in ("+1.8%", "21% at 8k", "36.00 s"):
         assert gone not in text, gone
     assert not re.search(r"0\.68x-1\.05x full's", text)
+
+
+def test_score_figures_in_the_prose_are_in_the_bench_report():
+    """Every score the README's and RESULTS.md's reading of the tables quotes (one decimal, not seconds) is a
+    figure of docs/bench/results.md, so a rerun that changes the tables makes stale sentences fail here."""
+    report = set(re.findall(r"\d+\.\d", (ROOT / "docs/bench/results.md").read_text()))
+    readme = _section((ROOT / "README.md").read_text(), "was edited by hand. In short:", "**Not run yet")
+    results = _section((ROOT / "docs/RESULTS.md").read_text(), "## Reading the table", "## LongLLMLingua")
+    quoted = re.findall(r"(?<![\d.])\d+\.\d(?!\d)(?! s)", readme + results)
+    assert len(quoted) > 40
+    assert [n for n in quoted if n not in report] == []
