@@ -1,5 +1,10 @@
 """``draft-rag demo``: a small RAG over the standard library's own docs, answered with full context and
-with draft-compressed context (every method in ``engine.METHODS``), side by side."""
+with draft-compressed context (every method in ``engine.METHODS``), side by side.
+
+Per question it checks the answer and whether the answer's evidence (the line of documentation that holds it)
+is in the text the target reads, which does not depend on the small target's reasoning. Then a long act:
+retrieval returns more than the target's window, full context is refused, and SpecPC (``budget="auto"``) fits
+it into the window and answers."""
 
 from __future__ import annotations
 
@@ -17,13 +22,35 @@ INSTRUCTION = "Answer the question using the documentation excerpts below. Reply
 
 DEFAULT_METHODS = ("full", "specpc", "speckv")  # speckv shows up once the engine offers it
 
-# Real questions about the built-in corpus (pydoc of STDLIB_MODULES); each answer is checked by a regex.
+# Real questions about the built-in corpus (pydoc of STDLIB_MODULES): (question, answer regex, evidence regex).
+# The evidence is the documentation text that holds the answer; it is looked for in what the target reads.
 QUESTIONS = (
-    ("What is the default line width used by textwrap.wrap and textwrap.fill?", r"\b70\b"),
-    ("What is the default maxsize of functools.lru_cache?", r"\b128\b"),
-    ("Which pseudo-random number generator is the core generator of the random module?", r"mersenne\s*twister"),
-    ("What is the default cutoff of difflib.get_close_matches?", r"0?\.6\b"),
+    ("What is the default line width used by textwrap.wrap and textwrap.fill?", r"\b70\b", r"width=70"),
+    ("What is the default maxsize of functools.lru_cache?", r"\b128\b", r"maxsize=128"),
+    (
+        "Which pseudo-random number generator is the core generator of the random module?",
+        r"mersenne\s*twister",
+        r"Mersenne Twister",
+    ),
+    ("What is the default cutoff of difflib.get_close_matches?", r"0?\.6\b", r"cutoff=0\.6"),
+    ("What is the default tab size of textwrap.TextWrapper?", r"\b8\b|\beight\b", r"tabsize=8"),
+    (
+        "How many matches does difflib.get_close_matches return at most by default?",
+        r"\b3\b|\bthree\b",
+        r"possibilities, n=3",
+    ),
+    (
+        "Into how many intervals does statistics.NormalDist.quantiles divide the distribution by default?",
+        r"\b4\b|\bfour\b",
+        r"quantiles\(self, n=4\)",
+    ),
+    (
+        "Which heapq function pushes an item on the heap and then pops and returns the smallest item?",
+        r"heappushpop",
+        r"heappushpop",
+    ),
 )
+LONG_QUESTION = QUESTIONS[1]  # the long act asks this one over more text than the target's window
 
 
 @dataclass
@@ -39,6 +66,8 @@ class Run:
     kv_bytes: int = 0  # target KV cache after prefill (KV methods); kv_bytes_full: without eviction
     kv_bytes_full: int = 0
     kept_chunks: list = field(default_factory=list)  # (id, kept_fraction, score) for SpecPC
+    evidence: bool | None = None  # the answer's evidence is in the text the target reads (None: not text)
+    refused: str | None = None  # why the engine refused the prompt (e.g. longer than the target's window)
 
 
 @dataclass
@@ -65,6 +94,11 @@ def check(answer: str, expected: str | None) -> bool | None:
     return None if expected is None else re.search(expected, answer, re.IGNORECASE) is not None
 
 
+def has_evidence(text: str | None, evidence: str | None) -> bool | None:
+    """Whether ``text`` (what the target reads) holds the ``evidence`` regex; None when either is unknown."""
+    return None if text is None or evidence is None else re.search(evidence, text) is not None
+
+
 def answer_question(
     engine,
     index,
@@ -73,52 +107,67 @@ def answer_question(
     methods,
     *,
     context_tokens: int,
+    evidence: str | None = None,
     budget=None,
     ratio=None,
     max_new_tokens: int = 32,
     progress: bool = True,
 ) -> QuestionResult:
-    """Retrieve ~``context_tokens`` of chunks for ``question`` and answer it once per method."""
-    from tqdm.auto import tqdm
-
+    """Retrieve ~``context_tokens`` of chunks for ``question`` and answer it once per method (``methods``: names,
+    or ``(name, budget, ratio)`` to set one method's budget)."""
     t0 = time.perf_counter()
     chunks = index.retrieve(question, engine.target.tokenizer, context_tokens)
     result = QuestionResult(question, expected, [c.id for c in chunks], time.perf_counter() - t0, [])
-    for method in methods:
+    context = "\n\n".join(c.text for c in chunks)
+    for entry in methods:
+        method, m_budget, m_ratio = entry if isinstance(entry, tuple) else (entry, budget, ratio)
         gs = engine.stream(
             chunks=chunks,
             instruction=INSTRUCTION,
             question=question,
             method=method,
-            budget=budget,
-            ratio=ratio,
+            budget=m_budget,
+            ratio=m_ratio,
             max_new_tokens=max_new_tokens,
         )
-        pieces = []
-        with tqdm(
-            total=max_new_tokens, desc=f"generating ({method})", unit="tok", leave=False, disable=not progress
-        ) as bar:
-            for piece in gs:
-                pieces.append(piece)
-                bar.update(1)
-        answer = "".join(pieces).strip()
-        st = gs.stats
-        run = Run(
-            method,
-            answer,
-            st.original_tokens,
-            st.prompt_tokens,
-            {k: round(v, 3) for k, v in st.seconds.items()},
-            check(answer, expected),
-            getattr(st, "kv_bytes", 0),
-            getattr(st, "kv_bytes_full", 0),
-        )
+        run = _run(gs, method, expected, max_new_tokens, progress)
+        if method == "full" and run.refused is None:
+            run.evidence = has_evidence(context, evidence)
         if gs.compressed is not None:
             run.kept_chunks = [(c.id, round(c.kept_fraction, 3), round(c.score, 6)) for c in gs.compressed.chunks]
             if method == "specpc":
                 result.compressed = gs.compressed
+                run.evidence = has_evidence(gs.compressed.text, evidence)
         result.runs.append(run)
     return result
+
+
+def _run(gs, method: str, expected: str | None, max_new_tokens: int, progress: bool) -> Run:
+    """Decode ``gs`` into a ``Run``; a prompt the engine refuses (``ValueError``) is a run with ``refused`` set."""
+    from tqdm.auto import tqdm
+
+    pieces, refused = [], None
+    with tqdm(
+        total=max_new_tokens, desc=f"generating ({method})", unit="tok", leave=False, disable=not progress
+    ) as bar:
+        try:
+            for piece in gs:
+                pieces.append(piece)
+                bar.update(1)
+        except ValueError as exc:
+            refused = " ".join(str(exc).split())
+    answer, st = "".join(pieces).strip(), gs.stats
+    return Run(
+        method,
+        answer,
+        st.original_tokens,
+        st.prompt_tokens,
+        {k: round(v, 3) for k, v in st.seconds.items()},
+        None if refused else check(answer, expected),
+        getattr(st, "kv_bytes", 0),
+        getattr(st, "kv_bytes_full", 0),
+        refused=refused,
+    )
 
 
 def _stages(seconds: dict) -> str:
@@ -130,17 +179,21 @@ def _kv(run: Run) -> str:
     return f"KV {run.kv_bytes / 2**20:.1f} MiB | " if run.kv_bytes else ""
 
 
-def format_result(i: int, r: QuestionResult) -> str:
+def format_result(label: str, r: QuestionResult) -> str:
     """The per-question block the demo prints."""
     lines = [
-        f"Q{i}. {r.question}" + (f"   (expected /{r.expected}/)" if r.expected else ""),
+        f"{label}. {r.question}" + (f"   (expected /{r.expected}/)" if r.expected else ""),
         f"    retrieved {len(r.retrieved)} chunks in {r.retrieve_seconds:.2f}s: " + ", ".join(map(str, r.retrieved)),
     ]
     for run in r.runs:
+        if run.refused:
+            lines.append(f"    {run.method:7s} refused: {run.refused}")
+            continue
         mark = {True: "correct", False: "wrong", None: ""}[run.correct]
+        found = {True: " | evidence kept", False: " | evidence lost", None: ""}[run.evidence]
         lines.append(
             f"    {run.method:7s} {run.original_tokens:5d} -> {run.prompt_tokens:5d} tokens | "
-            f"{_kv(run)}{_stages(run.seconds)} | {mark}"
+            f"{_kv(run)}{_stages(run.seconds)} | {mark}{found}"
         )
         lines.append(f"            {run.answer!r}")
         if run.kept_chunks:
@@ -153,13 +206,15 @@ def format_result(i: int, r: QuestionResult) -> str:
 
 
 def summarize(results: list[QuestionResult]) -> str:
-    """One line: per method, correct answers, mean prompt tokens, KV cache size and seconds per question."""
+    """One line: per method, evidence kept, correct answers, mean prompt tokens, KV size and seconds per question."""
     parts = []
     methods = [run.method for run in results[0].runs] if results else []
     for m in methods:
         runs = [run for r in results for run in r.runs if run.method == m]
         checked = [run.correct for run in runs if run.correct is not None]
-        score = f"{sum(checked)}/{len(checked)} correct, " if checked else ""
+        found = [run.evidence for run in runs if run.evidence is not None]
+        score = f"evidence kept {sum(found)}/{len(found)}, " if found else ""
+        score += f"{sum(checked)}/{len(checked)} correct, " if checked else ""
         tokens = sum(run.prompt_tokens for run in runs) / len(runs)
         secs = sum(run.seconds.get("total", 0.0) for run in runs) / len(runs)
         kv_mib = sum(run.kv_bytes for run in runs) / len(runs) / 2**20
@@ -193,9 +248,9 @@ def run_demo(args) -> int:
         f"{len(chunks)} chunks, index {'from cache' if index.cached else 'built'}; "
         f"setup {time.perf_counter() - t0:.1f}s"
     )
-    questions = [(q, None) for q in args.question] if args.question else list(QUESTIONS)
+    questions = [(q, None, None) for q in args.question] if args.question else list(QUESTIONS)
     results = []
-    for i, (q, expected) in enumerate(questions, 1):
+    for i, (q, expected, evidence) in enumerate(questions, 1):
         r = answer_question(
             engine,
             index,
@@ -203,15 +258,21 @@ def run_demo(args) -> int:
             expected,
             methods,
             context_tokens=args.context_tokens,
+            evidence=evidence,
             budget=budget,
             ratio=ratio,
             max_new_tokens=args.max_new_tokens,
         )
         results.append(r)
-        print(format_result(i, r), flush=True)
+        print(format_result(f"Q{i}", r), flush=True)
     import torch
 
     print(summarize(results) + f" | wall {time.perf_counter() - t0:.0f}s | torch threads {torch.get_num_threads()}")
+    long = None
+    if args.long_tokens and not args.question:
+        long = long_act(engine, index, args.long_tokens, args.max_new_tokens)
+        print(format_result("Long", long), flush=True)
+        print(f"wall {time.perf_counter() - t0:.0f}s")
     if args.html:
         from .html import write_html
 
@@ -219,12 +280,32 @@ def run_demo(args) -> int:
         print(f"wrote {args.html}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump([r.to_dict() for r in results], f, indent=1)
+            json.dump([r.to_dict() for r in results + ([long] if long else [])], f, indent=1)
     return 0
 
 
+def long_act(engine, index, tokens: int, max_new_tokens: int) -> QuestionResult:
+    """Retrieve ``tokens`` of text for ``LONG_QUESTION`` (more than the target's window): full context is refused,
+    SpecPC with ``budget="auto"`` keeps what fits the window and answers."""
+    question, expected, evidence = LONG_QUESTION
+    print(
+        f"\nLong act: retrieval returns up to {tokens} tokens, more than the target's {engine.target_window}-token "
+        "window. Full context cannot be read whole; SpecPC (budget='auto') fits it into the window."
+    )
+    return answer_question(
+        engine,
+        index,
+        question,
+        expected,
+        ["full", ("specpc", "auto", None)],
+        context_tokens=tokens,
+        evidence=evidence,
+        max_new_tokens=max_new_tokens,
+    )
+
+
 def add_subcommand(subparsers) -> None:
-    from .cli import add_budget_args, positive_int
+    from .cli import add_budget_args, non_negative_int, positive_int
 
     p = subparsers.add_parser(
         "demo",
@@ -235,7 +316,7 @@ def add_subcommand(subparsers) -> None:
     p.add_argument(
         "--question",
         action="append",
-        help="ask your own question (repeatable; default: 4 built-in questions with known answers)",
+        help="ask your own question (repeatable; default: 8 built-in questions with known answers, then a long act)",
     )
     p.add_argument("--corpus", metavar="PATH", help="folder of .txt/.md/.rst files (default: pydoc of the stdlib)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="target model (alias, path, .gguf, hub id)")
@@ -245,8 +326,14 @@ def add_subcommand(subparsers) -> None:
     p.add_argument(
         "--context-tokens",
         type=positive_int,
-        default=2500,
-        help="retrieve chunks up to this many target tokens (default 2500)",
+        default=2000,
+        help="retrieve chunks up to this many target tokens (default 2000)",
+    )
+    p.add_argument(
+        "--long-tokens",
+        type=non_negative_int,
+        default=12_000,
+        help="the long act retrieves this many tokens, past the target's window (0: skip it; default 12000)",
     )
     p.add_argument("--chunk-chars", type=positive_int, default=1000, help="chunk size in characters")
     p.add_argument("--max-new-tokens", type=positive_int, default=32)
