@@ -67,3 +67,14 @@ def test_score_figures_in_the_prose_are_in_the_bench_report():
     quoted = re.findall(r"(?<![\d.])\d+\.\d(?!\d)(?! s)", readme + results)
     assert len(quoted) > 40
     assert [n for n in quoted if n not in report] == []
+
+
+def test_demo_figures_are_its_committed_output():
+    out = (ROOT / "docs/bench/demo.txt").read_text().splitlines()
+    summary = next(line for line in out if line.startswith("summary |"))
+    readme = (ROOT / "README.md").read_text()
+    assert summary in readme and "evidence kept 8/8" in summary
+    runs = json.loads((ROOT / "docs/bench/demo.json").read_text())
+    long = runs[-1]["runs"]
+    assert long[0]["refused"] and long[1]["refused"] is None and long[1]["evidence"] is True
+    assert f"{long[1]['original_tokens']:,} tokens" in readme and f"reading {long[1]['prompt_tokens']:,}" in readme
