@@ -23,26 +23,31 @@ INSTRUCTION = "Answer the question using the documentation excerpts below. Reply
 DEFAULT_METHODS = ("full", "specpc", "speckv")  # speckv shows up once the engine offers it
 
 # Real questions about the built-in corpus (pydoc of STDLIB_MODULES): (question, answer regex, evidence regex).
-# The evidence is the documentation text that holds the answer; it is looked for in what the target reads.
+# The evidence is the documentation text that states the answer, in each form the docs state it (a signature's
+# default or a sentence); it is looked for in what the target reads.
 QUESTIONS = (
-    ("What is the default line width used by textwrap.wrap and textwrap.fill?", r"\b70\b", r"width=70"),
+    (
+        "What is the default line width used by textwrap.wrap and textwrap.fill?",
+        r"\b70\b",
+        r"width=70|width \(default: 70\)",
+    ),
     ("What is the default maxsize of functools.lru_cache?", r"\b128\b", r"maxsize=128"),
     (
         "Which pseudo-random number generator is the core generator of the random module?",
         r"mersenne\s*twister",
         r"Mersenne Twister",
     ),
-    ("What is the default cutoff of difflib.get_close_matches?", r"0?\.6\b", r"cutoff=0\.6"),
-    ("What is the default tab size of textwrap.TextWrapper?", r"\b8\b|\beight\b", r"tabsize=8"),
+    ("What is the default cutoff of difflib.get_close_matches?", r"0?\.6\b", r"cutoff=0\.6|cutoff \(default 0\.6\)"),
+    ("What is the default tab size of textwrap.TextWrapper?", r"\b8\b|\beight\b", r"tabsize=8|tabsize \(default: 8\)"),
     (
         "How many matches does difflib.get_close_matches return at most by default?",
         r"\b3\b|\bthree\b",
-        r"possibilities, n=3",
+        r"possibilities, n=3|n \(default 3\) is the maximum",
     ),
     (
         "Into how many intervals does statistics.NormalDist.quantiles divide the distribution by default?",
         r"\b4\b|\bfour\b",
-        r"quantiles\(self, n=4\)",
+        r"quantiles\(self, n=4\)|Set \*n\* to 4 for quartiles \(the default\)",
     ),
     (
         "Which heapq function pushes an item on the heap and then pops and returns the smallest item?",
