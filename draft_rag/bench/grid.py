@@ -101,14 +101,16 @@ def upgrade_cells(data: dict, out_dir) -> int:
     reproduce its stored string-match-all score is left as it was. ``speckv-pc`` cells without a KV budget
     get the one they ran with (``LEGACY_SPECKV_PC_KV``).
     """
-    changed = 0
+    changed, files = 0, {}  # each records file read once
     for cell in data["results"]:
         if cell["method"] == "speckv-pc" and cell.get("budget") is None:
             cell["budget"], changed = LEGACY_SPECKV_PC_KV, changed + 1
         path = data_path(out_dir, cell["task"], cell["length"], cell.get("draft", ""))
         if "metric" in cell or not cell.get("predictions") or not path.exists():
             continue
-        records, preds = load_jsonl(path)[: cell["n"]], cell["predictions"]
+        if path not in files:
+            files[path] = load_jsonl(path)
+        records, preds = files[path][: cell["n"]], cell["predictions"]
         scores = {
             m: 100 * sum(f(p, r.outputs) for p, r in zip(preds, records)) / len(preds) for m, f in METRICS.items()
         }

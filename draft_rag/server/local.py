@@ -69,9 +69,7 @@ def engine_options(req, cfg) -> dict:
     opts = req.draft()
     if (req.n or 1) != 1:
         raise ApiError(400, f"n must be 1 (one choice per request), got {req.n}", "n")
-    field, value = req.token_limit()
-    if value is not None and value > cfg.max_tokens:
-        raise ApiError(400, f"{field} must be at most {cfg.max_tokens}, got {value}", field)
+    value = req.completion_limit(cfg.max_tokens)
     out = {
         "method": opts.method or cfg.method,
         "max_new_tokens": value or min(cfg.default_max_tokens, cfg.max_tokens),
@@ -80,8 +78,7 @@ def engine_options(req, cfg) -> dict:
         "stop": req.stop_list(),
         "seed": req.seed,
     }
-    given = opts.budget is not None or opts.ratio is not None
-    out.update(budget=opts.budget if given else cfg.budget, ratio=opts.ratio if given else cfg.ratio)
+    out["budget"], out["ratio"] = opts.budgets(cfg.budget, cfg.ratio)
     out.update(
         {k: getattr(opts, k) for k in ("pc_budget", "pc_ratio", "lookahead_tokens") if getattr(opts, k) is not None}
     )

@@ -39,13 +39,10 @@ async def chat_completions(request: Request):
             f"in proxy mode draft_rag.method must be one of {list(PROXY_METHODS)} (KV methods need a local target)",
             "draft_rag.method",
         )
-    field, value = req.token_limit()
-    if value is not None and value > state.cfg.max_tokens:  # the upstream applies its default when none is given
-        raise ApiError(400, f"{field} must be at most {state.cfg.max_tokens}, got {value}", field)
+    req.completion_limit(state.cfg.max_tokens)  # the upstream applies its own default when none is given
     stats = {"method": method}
     if method == "specpc":
-        given = opts.budget is not None or opts.ratio is not None
-        budget, ratio = (opts.budget, opts.ratio) if given else (state.cfg.budget, state.cfg.ratio)
+        budget, ratio = opts.budgets(state.cfg.budget, state.cfg.ratio)
         async with state.queue.slot(lambda: wait_disconnect(request)):
             with bad_input():
                 cm = await state.queue.call(

@@ -66,6 +66,10 @@ class DraftOptions(BaseModel):
                 raise ValueError(f"give {size} or {share}, not both")
         return self
 
+    def budgets(self, budget, ratio) -> tuple:
+        """``(budget, ratio)``: this request's when it gives either, else the server's ``budget, ratio``."""
+        return (self.budget, self.ratio) if self.budget is not None or self.ratio is not None else (budget, ratio)
+
 
 class _Completion(BaseModel):
     """Fields chat and text completions share."""
@@ -87,6 +91,13 @@ class _Completion(BaseModel):
 
     def draft(self) -> DraftOptions:
         return self.draft_rag or DraftOptions()
+
+    def completion_limit(self, most: int) -> int | None:
+        """The completion tokens asked for (None: not given); a 400 naming the field when over ``most``."""
+        field, value = self.token_limit()
+        if value is not None and value > most:
+            raise ApiError(400, f"{field} must be at most {most}, got {value}", field)
+        return value
 
     def stop_list(self) -> tuple[str, ...]:
         return (self.stop,) if isinstance(self.stop, str) else tuple(s for s in self.stop or () if s)
