@@ -16,6 +16,7 @@ from contextvars import ContextVar
 import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 PREFIX = "draft_rag+"
 Observer = Callable[..., None]  # (module, query, key, attention_mask, kwargs) -> None
@@ -25,12 +26,12 @@ _observer: ContextVar[Observer | None] = ContextVar("draft_rag_observer", defaul
 def _base_kernel(name: str, module) -> Callable:
     if name == "eager":  # each modeling file defines its own eager function
         return importlib.import_module(type(module).__module__).eager_attention_forward
-    return AttentionInterface._global_mapping[name]
+    return ALL_ATTENTION_FUNCTIONS[name]
 
 
 def _register(base: str) -> str:
     name = PREFIX + base
-    if name in AttentionInterface._global_mapping:
+    if name in ALL_ATTENTION_FUNCTIONS:
         return name
 
     def attention(module, query, key, value, attention_mask, **kwargs):
@@ -50,7 +51,7 @@ def attach(model) -> None:
     current = model.config._attn_implementation
     if current.startswith(PREFIX):
         return
-    if current != "eager" and current not in AttentionInterface._global_mapping:
+    if current != "eager" and current not in ALL_ATTENTION_FUNCTIONS:
         raise ValueError(f"attention implementation {current!r} cannot be wrapped for capture")
     model.set_attn_implementation(_register(current))
 
