@@ -306,6 +306,22 @@ def test_bad_arguments(kwargs, error, match):
         ChatDraftCompressed(**kwargs)
 
 
+def test_standard_params_accepted_key_hidden_unknown_rejected():
+    std = {"api_key": "sk-secret", "timeout": 60, "max_retries": 2, "temperature": 0, "max_tokens": 5, "stop": []}
+    local = ChatDraftCompressed(model=tiny(), specpc=CFG, **std)  # model= is LangChain's name for the target
+    rec = Recorder()
+    wrapped = ChatDraftCompressed(llm=rec, draft=tiny(), specpc=CFG, budget=96, **std)
+    for m in (local, wrapped):
+        assert m.api_key.get_secret_value() == "sk-secret"
+        assert "sk-secret" not in repr(m) + m.model_dump_json(exclude={"target", "llm", "draft"})
+        assert "sk-secret" not in str(m._identifying_params) + str(m._get_ls_params())
+    assert local._get_ls_params()["ls_model_name"] == local.model_name
+    wrapped.invoke("Hello")
+    assert not {"api_key", "timeout", "max_retries"} & set(rec.calls[-1]["kwargs"])  # not forwarded
+    with pytest.raises(ValueError, match=r"budjet\n  Extra inputs are not permitted"):
+        ChatDraftCompressed(target=tiny(), budjet=10)
+
+
 def test_wrapped_rejects_target_only_methods():
     with pytest.raises(ValueError, match="needs a local target"):
         ChatDraftCompressed(llm=Recorder(), draft=tiny(), method="speckv")

@@ -34,13 +34,6 @@ class TestChatDraftCompressedUnit(ChatModelUnitTests):
     def has_tool_calling(self) -> bool:
         return False  # bind_tools delegates to a wrapped model; a local target (used here) has no tool calling
 
-    @property
-    def standard_chat_model_params(self):
-        # A local model has no API key: the suite's api_key="test" would be rejected (extra="forbid").
-        params = dict(super().standard_chat_model_params)
-        params.pop("api_key")
-        return params
-
 
 class TestChatDraftCompressedWrappedUnit(TestChatDraftCompressedUnit):
     @property

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from langchain_core.callbacks import AsyncCallbackManager, AsyncCallbackManagerForLLMRun, CallbackManager
 from langchain_core.language_models import BaseChatModel, LangSmithParams
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, SecretStr
 
 from draft_rag import DraftEngine, SpecKVConfig, SpecPCConfig, load_model
 from draft_rag import engine as _engine_module
@@ -91,8 +91,8 @@ class DraftSettings(BaseModel):
     and restate ``model_config = CONFIG`` in the class.
     """
 
-    target: Any = None
-    """Local target model (anything ``draft_rag.load_model`` accepts). Give this or ``llm``."""
+    target: Any = Field(None, validation_alias=AliasChoices("target", "model"))
+    """Local target model (anything ``draft_rag.load_model`` accepts; also as ``model=``). Give this or ``llm``."""
     llm: Any = None
     """A LangChain model to send the compressed prompt to. Give this or ``target``."""
     draft: Any = None
@@ -125,9 +125,11 @@ class DraftSettings(BaseModel):
     stop: Optional[list[str]] = None
     """Strings that end the generation (not included in the output)."""
     timeout: Optional[float] = Field(None, gt=0, allow_inf_nan=False)
-    """Seconds a local generation may run before ``TimeoutError`` (checked per token)."""
+    """Seconds a local generation may run before ``TimeoutError`` (per token); with ``llm``: unused (set its own)."""
     max_retries: int = Field(0, ge=0, strict=True)
-    """Accepted for LangChain's standard interface; local generation is never retried."""
+    """LangChain's standard parameter: local generation is never retried; with ``llm``: unused (set its own)."""
+    api_key: Optional[SecretStr] = None
+    """LangChain's standard parameter, unused: a local model needs no key; with ``llm``: not forwarded (set its own)."""
     streaming: bool = False
     """Stream by default in ``invoke``."""
     template: Optional[Literal["chat", "raw"]] = None
@@ -147,7 +149,7 @@ class DraftSettings(BaseModel):
     def _check_settings(self, base: type, kind: str, base_name: str) -> None:
         """Validate the settings, normalise ``stop`` and pick the shared engine; ``llm`` must be a ``base``."""
         if (self.target is None) == (self.llm is None):
-            raise ValueError(f"give exactly one of target=... (a local model) or llm=... (a {kind})")
+            raise ValueError(f"give exactly one of target=... (or model=..., a local model) or llm=... (a {kind})")
         if self.llm is not None and not isinstance(self.llm, base):
             raise TypeError(f"llm must be a {base_name}, got {type(self.llm).__name__}")
         check_method(self.method)

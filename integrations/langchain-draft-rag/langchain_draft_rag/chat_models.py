@@ -41,7 +41,7 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
     """Chat model with draft-guided prompt compression (SpecPC; SpecKV methods when the engine has them).
 
     Args:
-        target: local target model (anything ``draft_rag.load_model`` accepts). Give this or ``llm``.
+        target: local target model (anything ``draft_rag.load_model`` accepts; also as ``model``). Give this or ``llm``.
         llm: any LangChain chat model to delegate to after compression. Give this or ``target``.
         draft: the draft model; defaults to the target itself, or to the built-in SmolLM2 with ``llm``.
         method: a name in ``draft_rag.engine.METHODS`` ("full" disables compression); with ``llm`` only
@@ -56,7 +56,8 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
         max_tokens, temperature, top_p, top_k, seed, stop: decoding settings. With ``llm`` they are forwarded
             to the wrapped model only when set explicitly (at construction or per call); ``stop`` always.
         timeout: seconds a local generation may run before ``TimeoutError`` (checked per token).
-        max_retries: accepted for LangChain's standard interface; local generation is never retried.
+        max_retries, api_key: LangChain's standard parameters, accepted and unused (local generation is never
+            retried and needs no key). With ``llm`` none of the three is forwarded: set them on the wrapped model.
         template: "chat" or "raw" prompt wrapping for the local target (default: chat if it has a template).
         specpc / speckv: ``draft_rag.SpecPCConfig`` / ``SpecKVConfig`` for the other settings (window, kernel, ...).
         target_kwargs / draft_kwargs: ``draft_rag.load_model`` options for each model: ``device_map`` ("auto"),
