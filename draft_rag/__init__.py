@@ -1,21 +1,27 @@
 """draft-rag: a small draft model decides which tokens, chunks and KV entries a big target needs."""
 
 from .config import SpecKVConfig, SpecPCConfig
-from .engine import DraftEngine, Generation, GenerationStats
+from .engine import DraftEngine
+from .inputs import ChatInput, PromptInput
 from .messages import CompressedMessages
 from .models import LoadedModel, load_model
 from .prompt import Chunk
 from .specpc import ChunkResult, CompressedPrompt
+from .stats import CompressionStats, Generation, GenerationStats, MessageStats
 
 __all__ = [
     "Chunk",
+    "ChatInput",
     "ChunkResult",
     "CompressedMessages",
     "CompressedPrompt",
+    "CompressionStats",
     "DraftEngine",
     "Generation",
     "GenerationStats",
     "LoadedModel",
+    "MessageStats",
+    "PromptInput",
     "SpecKVConfig",
     "SpecPCConfig",
     "load_model",

@@ -1,5 +1,6 @@
 """KV-eviction baselines behind SpecKV's interface: each method is a scorer of the prompt keys before the
-window, and ``speckv.keep_indices`` keeps the top ``budget - window`` of them plus the window.
+window, and ``speckv.keep_indices`` keeps the top ``budget - window`` of them plus the window
+(``methods.REGISTRY`` names each method's scorer).
 
 - ``speckv`` / ``speckv-pc``: window-query attention, the window including the draft lookahead.
 - ``snapkv``: the same attention scores without a lookahead (window = last prompt tokens).
@@ -9,15 +10,7 @@ window, and ``speckv.keep_indices`` keeps the top ``budget - window`` of them pl
 
 from __future__ import annotations
 
-import functools
-
 import torch
-
-from .config import SpecKVConfig
-from .speckv import Scorer, attention_scores
-
-KV_METHODS = ("speckv", "speckv-pc", "snapkv", "streamingllm", "random")
-LOOKAHEAD_METHODS = ("speckv", "speckv-pc")
 
 
 def streaming_scores(
@@ -39,14 +32,3 @@ class RandomScores:
     def __call__(self, query, key, attention_mask, kwargs, n_prompt: int, window: int) -> torch.Tensor:
         b, h = key.shape[:2]
         return torch.rand(b, h, n_prompt - window, generator=self.generator).to(key.device)
-
-
-def scorer(method: str, cfg: SpecKVConfig) -> Scorer:
-    """A fresh scorer for one prefill with ``method``."""
-    if method in LOOKAHEAD_METHODS or method == "snapkv":
-        return functools.partial(attention_scores, cfg=cfg)
-    if method == "streamingllm":
-        return functools.partial(streaming_scores, sink_tokens=cfg.sink_tokens)
-    if method == "random":
-        return RandomScores(cfg.seed)
-    raise ValueError(f"method must be one of {KV_METHODS}, got {method!r}")

@@ -164,33 +164,34 @@ def _cmd_compress(args) -> int:
     check_model_args(args, "draft")
     engine = DraftEngine(draft=args.draft, specpc=specpc, block_size=args.block_size)
     t0 = time.perf_counter()
-    cp = engine.compress(
+    shortened = engine.compress(
         text, question=args.question, budget=args.budget, ratio=args.ratio, context_window=args.context_window
     )
     seconds = time.perf_counter() - t0
     if args.html:
         from .html import write_html
 
-        write_html(cp, args.html)
+        write_html(shortened, args.html)
         logger.info("wrote %s", args.html)
     if args.json:
-        out = cp.to_dict()
+        out = shortened.to_dict()
         out["seconds"] = round(seconds, 3)
         print(
             json.dumps({k: out[k] for k in ("text", "original_tokens", "compressed_tokens", "kept_spans", "seconds")})
         )
     else:
-        print(cp.text)
+        print(shortened.text)
     return 0
 
 
 def _cmd_generate(args) -> int:
+    from . import methods
     from .engine import DraftEngine
     from .prompt import build_segments
 
     text, specpc = _read(args.file), specpc_from_args(args)
     build_segments(text)
-    if args.budget == "auto" and args.method != "specpc":
+    if args.budget == "auto" and methods.get(args.method).evicts_kv:
         raise InputError(f"--budget auto (fit the target's window) is for --method specpc, got {args.method}")
     check_model_args(args, "target", "draft")
     engine = DraftEngine(target=args.target, draft=args.draft, specpc=specpc, block_size=args.block_size)

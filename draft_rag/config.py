@@ -2,73 +2,137 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 
-_POOLS = ("max", "avg", "none")
-_REDUCTIONS = ("max", "mean")
+POOLS = ("max", "avg", "none")
+REDUCTIONS = ("max", "mean")
+DEFAULT_BUDGET = 1024  # tokens (SpecPC) or KV entries per layer and KV head (SpecKV) when no budget is given
+DEFAULT_PC_BUDGET = 2048  # SpecPC's prompt budget inside speckv-pc when neither pc_budget nor pc_ratio is given
+AUTO_MARGIN = 0.97  # budget="auto" aims at 97% of the room: kept pieces may re-tokenise a little longer
 
 
-def _check_int(name: str, value, minimum: int, allow_none: bool = False) -> None:
+def check_int(name: str, value, minimum: int = 0, allow_none: bool = False) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is an int >= ``minimum`` (or None when allowed)."""
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
-def _check_choice(name: str, value, choices) -> None:
+def check_fraction(name: str, value, allow_none: bool = True) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is a number in (0, 1] (or None when allowed)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
+
+
+def check_choice(name: str, value, choices) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
-def _check_budget(max_capacity_prompt, ratio, minimum: int) -> None:
-    if max_capacity_prompt is not None and ratio is not None:
-        raise ValueError("give either max_capacity_prompt (tokens) or ratio, not both")
-    _check_int("max_capacity_prompt", max_capacity_prompt, minimum, allow_none=True)
-    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1):
-        raise ValueError(f"ratio must be a number in (0, 1], got {ratio!r}")
+@dataclass(frozen=True)
+class Budget:
+    """A budget parsed once: ``tokens``, a ``ratio`` of the prompt, ``auto`` (fit a window), or unset.
+
+    ``Budget.parse(budget, ratio)`` takes a call's two arguments (``budget`` an int or ``"auto"``) and names
+    them in its errors as the caller did (``prefix="pc_"`` for ``pc_budget`` / ``pc_ratio``).
+    """
+
+    tokens: int | None = None
+    ratio: float | None = None
+    auto: bool = False
+
+    @classmethod
+    def parse(cls, budget=None, ratio=None, prefix: str = "", allow_auto: bool = True) -> Budget:
+        if budget is not None and ratio is not None:
+            what = "(tokens or 'auto')" if allow_auto and budget == "auto" else "(tokens)"
+            raise ValueError(f"give either {prefix}budget {what} or {prefix}ratio (a fraction), not both")
+        if budget == "auto" and allow_auto:
+            return cls(auto=True)
+        check_int(prefix + "budget", budget, 1, allow_none=True)
+        check_fraction(prefix + "ratio", ratio)
+        return cls(tokens=budget, ratio=ratio)
+
+    @property
+    def is_unset(self) -> bool:
+        return self.tokens is None and self.ratio is None and not self.auto
+
+    def resolve(self, n_tokens: int, default: int = DEFAULT_BUDGET) -> int:
+        """The budget for ``n_tokens`` tokens (``default`` when unset; ``auto`` is fitted by the pipeline)."""
+        if self.ratio is not None:
+            return max(1, round(self.ratio * n_tokens))
+        return default if self.tokens is None else self.tokens
 
 
 def check_budget(budget, ratio, prefix: str = "") -> None:
     """Check a call's ``budget`` (tokens, >= 1) / ``ratio`` (in (0, 1]) pair, naming them as the caller did."""
-    if budget is not None and ratio is not None:
-        raise ValueError(f"give either {prefix}budget (tokens) or {prefix}ratio (a fraction), not both")
-    _check_int(prefix + "budget", budget, 1, allow_none=True)
-    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1):
-        raise ValueError(f"{prefix}ratio must be a number in (0, 1], got {ratio!r}")
+    Budget.parse(budget, ratio, prefix, allow_auto=False)
 
 
 class _Budgeted:
-    """Budget helpers shared by both configs: ``max_capacity_prompt`` tokens or a ``ratio``; default 1024."""
+    """Shared by both configs: ``budget`` tokens or a ``ratio`` (``max_capacity_prompt``: the paper's name)."""
 
     def budget_for(self, n_tokens: int) -> int:
         """The budget for a prompt of ``n_tokens`` tokens."""
-        if self.ratio is not None:
-            return max(1, round(self.ratio * n_tokens))
-        return 1024 if self.max_capacity_prompt is None else self.max_capacity_prompt
+        return Budget(self.budget, self.ratio).resolve(n_tokens)
 
     def replace(self, **changes):
         """A copy with ``changes``; setting one kind of budget clears the other."""
+        changes = _alias(changes)
         values = {f.name: getattr(self, f.name) for f in fields(self)}
-        if changes.get("max_capacity_prompt") is not None:
+        if changes.get("budget") is not None:
             values["ratio"] = None
         if changes.get("ratio") is not None:
-            values["max_capacity_prompt"] = None
+            values["budget"] = None
         values.update(changes)
         return type(self)(**values)
 
     def _check_common(self) -> None:
-        _check_budget(self.max_capacity_prompt, self.ratio, 1)
-        _check_int("window_size", self.window_size, 1)
-        _check_choice("pool_type", self.pool_type, _POOLS)
-        _check_int("kernel_size", self.kernel_size, 1, allow_none=isinstance(self, SpecPCConfig))
-        _check_choice("reduction_type", self.reduction_type, _REDUCTIONS)
+        if self.budget is not None and self.ratio is not None:
+            raise ValueError("give either budget (max_capacity_prompt, tokens) or ratio, not both")
+        check_int("budget (max_capacity_prompt)", self.budget, 1, allow_none=True)
+        check_fraction("ratio", self.ratio)
+        check_int("window_size", self.window_size, 1)
+        check_choice("pool_type", self.pool_type, POOLS)
+        check_int("kernel_size", self.kernel_size, 1, allow_none=isinstance(self, SpecPCConfig))
+        check_choice("reduction_type", self.reduction_type, REDUCTIONS)
 
 
+def _alias(kwargs: dict) -> dict:
+    """``max_capacity_prompt=`` (the paper's name) as ``budget=``."""
+    if "max_capacity_prompt" not in kwargs:
+        return kwargs
+    kwargs = dict(kwargs)
+    alias = kwargs.pop("max_capacity_prompt")
+    if alias is not None and kwargs.get("budget") is not None:
+        raise ValueError("give budget or its alias max_capacity_prompt, not both")
+    if alias is not None or "budget" not in kwargs:
+        kwargs["budget"] = alias
+    return kwargs
+
+
+def _paper_alias(cls):
+    """Accept and expose ``max_capacity_prompt`` as an alias of the ``budget`` field."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **_alias(kwargs))
+
+    cls.__init__ = __init__
+    cls.max_capacity_prompt = property(lambda self: self.budget, doc="Alias of ``budget`` (the paper's name).")
+    return cls
+
+
+@_paper_alias
 @dataclass(frozen=True)
 class SpecPCConfig(_Budgeted):
     """Prompt compression from the draft's attention (paper defaults).
 
-    The budget is either ``max_capacity_prompt`` tokens (of the draft's tokenizer, counted over the
+    The budget is either ``budget`` tokens (of the draft's tokenizer, counted over the
     compressible text plus protected segments) or the protected segments plus ``ratio`` of the compressible
     text; with neither, 1024 tokens.
 
@@ -80,7 +144,7 @@ class SpecPCConfig(_Budgeted):
     (the default) scores the prefill window alone and ``0`` generates nothing.
     """
 
-    max_capacity_prompt: int | None = None
+    budget: int | None = None
     ratio: float | None = None
     window_size: int = 64
     pool_type: str = "max"
@@ -93,9 +157,9 @@ class SpecPCConfig(_Budgeted):
 
     def __post_init__(self):
         self._check_common()
-        _check_int("neighbor_tokens", self.neighbor_tokens, 0, allow_none=True)
-        _check_int("starting_layer_index", self.starting_layer_index, 0)
-        _check_int("lookahead_tokens", self.lookahead_tokens, 0)
+        check_int("neighbor_tokens", self.neighbor_tokens, 0, allow_none=True)
+        check_int("starting_layer_index", self.starting_layer_index, 0)
+        check_int("lookahead_tokens", self.lookahead_tokens, 0)
         if not isinstance(self.weighted_query, bool):
             raise ValueError(f"weighted_query must be True or False, got {self.weighted_query!r}")
 
@@ -122,16 +186,18 @@ def family_kernel_size(model) -> int:
     return QWEN_KERNEL if getattr(config, "model_type", "") in QWEN_FAMILY else OTHER_KERNEL
 
 
+@_paper_alias
 @dataclass(frozen=True)
 class SpecKVConfig(_Budgeted):
     """KV-cache eviction guided by a draft lookahead (paper defaults; see the README's SpecKV section).
 
-    The KV budget is ``max_capacity_prompt`` entries per layer and KV head, or ``ratio`` of the prompt's
-    tokens; with neither, 1024. ``lookahead_tokens=None`` drafts as many tokens as will be generated.
+    The KV budget is ``budget`` entries per layer and KV head, or ``ratio`` of the prompt's
+    tokens; with neither, ``DEFAULT_BUDGET`` (1024); ``max_capacity_prompt`` (the paper's name) is an alias of
+    ``budget``. ``lookahead_tokens=None`` drafts as many tokens as will be generated.
     ``sink_tokens`` is StreamingLLM's sink and ``seed`` seeds the random baseline.
     """
 
-    max_capacity_prompt: int | None = None
+    budget: int | None = None
     ratio: float | None = None
     window_size: int = 32
     pool_type: str = "max"
@@ -143,6 +209,6 @@ class SpecKVConfig(_Budgeted):
 
     def __post_init__(self):
         self._check_common()
-        _check_int("lookahead_tokens", self.lookahead_tokens, 0, allow_none=True)
-        _check_int("sink_tokens", self.sink_tokens, 0)
-        _check_int("seed", self.seed, 0)
+        check_int("lookahead_tokens", self.lookahead_tokens, 0, allow_none=True)
+        check_int("sink_tokens", self.sink_tokens, 0)
+        check_int("seed", self.seed, 0)

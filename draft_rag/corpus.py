@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import logging
 import pydoc
 import re
@@ -195,3 +196,63 @@ def build_index(
         np.save(tmp, embeddings)
         tmp.replace(path)
     return Index(chunks, embeddings, embedder, cached=False)
+
+
+QA_MODULES = (
+    "json",
+    "textwrap",
+    "shutil",
+    "heapq",
+    "bisect",
+    "functools",
+    "itertools",
+    "statistics",
+    "difflib",
+    "fnmatch",
+    "glob",
+    "base64",
+    "calendar",
+    "random",
+    "string",
+    "secrets",
+    "zlib",
+    "colorsys",
+    "os.path",
+    "re",
+    "copy",
+    "pprint",
+    "operator",
+    "math",
+)
+
+
+def stdlib_passages(modules=QA_MODULES) -> list[dict]:
+    """Real documentation: one passage per public standard-library function whose docstring has two or more
+    sentences, as ``{"id": "module.name", "name", "first": first sentence, "text": the rest}``. The first
+    sentence is left out of the passage, so a question quoting it must be matched by meaning, not by copy."""
+    out = []
+    for mod_name in modules:
+        module = importlib.import_module(mod_name)
+        for name, obj in sorted(vars(module).items()):
+            if name.startswith("_") or not callable(obj) or inspect.isclass(obj):
+                continue
+            doc = inspect.getdoc(obj) or ""
+            doc = re.sub(r"\s+", " ", doc).strip()
+            sentences = re.split(r"(?<=[.!?])\s+", doc)
+            rest = " ".join(sentences[1:])
+            if len(sentences) < 2 or len(rest) < 60 or name in sentences[0]:
+                continue
+            out.append(
+                {
+                    "id": f"{mod_name}.{name}",
+                    "name": name,
+                    "first": sentences[0],
+                    "text": f"Documentation of {mod_name}.{name}: {rest[:700]}",
+                }
+            )
+    seen, unique = set(), []
+    for p in out:  # aliases (same docstring under two names) would make two gold passages
+        if p["first"] not in seen:
+            seen.add(p["first"])
+            unique.append(p)
+    return unique

@@ -126,7 +126,7 @@ def answer_question(
     context = "\n\n".join(c.text for c in chunks)
     for entry in methods:
         method, m_budget, m_ratio = entry if isinstance(entry, tuple) else (entry, budget, ratio)
-        gs = engine.stream(
+        reply = engine.stream(
             chunks=chunks,
             instruction=INSTRUCTION,
             question=question,
@@ -135,20 +135,20 @@ def answer_question(
             ratio=m_ratio,
             max_new_tokens=max_new_tokens,
         )
-        run = _run(gs, method, expected, max_new_tokens, progress)
+        run = _run(reply, method, expected, max_new_tokens, progress)
         if method == "full" and run.refused is None:
             run.evidence = has_evidence(context, evidence)
-        if gs.compressed is not None:
-            run.kept_chunks = [(c.id, round(c.kept_fraction, 3), round(c.score, 6)) for c in gs.compressed.chunks]
+        if reply.compressed is not None:
+            run.kept_chunks = [(c.id, round(c.kept_fraction, 3), round(c.score, 6)) for c in reply.compressed.chunks]
             if method == "specpc":
-                result.compressed = gs.compressed
-                run.evidence = has_evidence(gs.compressed.text, evidence)
+                result.compressed = reply.compressed
+                run.evidence = has_evidence(reply.compressed.text, evidence)
         result.runs.append(run)
     return result
 
 
-def _run(gs, method: str, expected: str | None, max_new_tokens: int, progress: bool) -> Run:
-    """Decode ``gs`` into a ``Run``; a prompt the engine refuses (``ValueError``) is a run with ``refused`` set."""
+def _run(reply, method: str, expected: str | None, max_new_tokens: int, progress: bool) -> Run:
+    """Decode ``reply`` into a ``Run``; a prompt the engine refuses (``ValueError``) is a run with ``refused`` set."""
     from tqdm.auto import tqdm
 
     pieces, refused = [], None
@@ -156,12 +156,12 @@ def _run(gs, method: str, expected: str | None, max_new_tokens: int, progress: b
         total=max_new_tokens, desc=f"generating ({method})", unit="tok", leave=False, disable=not progress
     ) as bar:
         try:
-            for piece in gs:
+            for piece in reply:
                 pieces.append(piece)
                 bar.update(1)
         except ValueError as exc:
             refused = " ".join(str(exc).split())
-    answer, st = "".join(pieces).strip(), gs.stats
+    answer, st = "".join(pieces).strip(), reply.stats
     return Run(
         method,
         answer,

@@ -10,6 +10,7 @@ from transformers import DynamicCache
 
 from .models import input_device
 from .scoring import cache_kwarg
+from .stats import GenerationStats
 
 
 @dataclass(frozen=True)
@@ -98,10 +99,11 @@ def stream(
     input_ids: list[int],
     sampling: Sampling,
     prefill: Prefill = plain_prefill,
-    stats: dict | None = None,
+    stats: GenerationStats | None = None,
 ) -> Iterator[str]:
-    """Yield generated text pieces. ``stats`` (if given) receives ``new_tokens`` and ``finish_reason``."""
-    stats = stats if stats is not None else {}
+    """Yield generated text pieces; ``stats`` (if given) counts ``new_tokens`` as they come and gets the
+    ``finish_reason`` at the end."""
+    stats = stats if stats is not None else GenerationStats("")
     state = prefill(model, input_ids)
     gen = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
     stops, eos = sampling.stop, eos_ids(model, tokenizer)
@@ -114,7 +116,7 @@ def stream(
             reason = "stop"
             break
         generated.append(tok)
-        stats["new_tokens"] = len(generated)
+        stats.new_tokens = len(generated)
         text = tokenizer.decode(generated, skip_special_tokens=True)
         hits = [text.find(s, max(0, len(emitted) - len(s))) for s in stops]
         hits = [h for h in hits if h >= 0]
@@ -140,4 +142,4 @@ def stream(
         text = tokenizer.decode(generated, skip_special_tokens=True)
         if len(text) > len(emitted):
             yield text[len(emitted) :]
-    stats.update(new_tokens=len(generated), finish_reason=reason)
+    stats.new_tokens, stats.finish_reason = len(generated), reason

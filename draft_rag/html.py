@@ -42,42 +42,42 @@ table.chunks td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
 """
 
 
-def _levels(cp: CompressedPrompt) -> np.ndarray:
+def _levels(shortened: CompressedPrompt) -> np.ndarray:
     """Importance level per character of ``original_text``: 1..LEVELS by the token's score percentile
     among all scored tokens, 0 where the draft gave no score (draft not run, or whitespace between tokens)."""
-    level = np.zeros(len(cp.original_text), dtype=np.int8)
-    if not cp.token_scores:
+    level = np.zeros(len(shortened.original_text), dtype=np.int8)
+    if not shortened.token_scores:
         return level
-    scores = np.array([s for _, _, s in cp.token_scores])
+    scores = np.array([s for _, _, s in shortened.token_scores])
     ranks = np.argsort(np.argsort(scores, kind="stable"), kind="stable")
     pct = (ranks + 1) / len(scores)
-    for (start, end, _), p in zip(cp.token_scores, pct):
+    for (start, end, _), p in zip(shortened.token_scores, pct):
         level[start:end] = max(1, int(np.ceil(p * LEVELS)))
     return level
 
 
-def _kept_mask(cp: CompressedPrompt) -> np.ndarray:
-    kept = np.zeros(len(cp.original_text), dtype=bool)
-    for start, end in cp.kept_spans:
+def _kept_mask(shortened: CompressedPrompt) -> np.ndarray:
+    kept = np.zeros(len(shortened.original_text), dtype=bool)
+    for start, end in shortened.kept_spans:
         kept[start:end] = True
     return kept
 
 
-def _chunk_regions(cp: CompressedPrompt) -> list[tuple[int, int, int | None]]:
+def _chunk_regions(shortened: CompressedPrompt) -> list[tuple[int, int, int | None]]:
     """(start, end, chunk index or None) covering ``original_text``; None marks protected text."""
     regions, pos = [], 0
-    for i, c in enumerate(cp.chunks):
+    for i, c in enumerate(shortened.chunks):
         if not c.original:
             continue
-        start = cp.original_text.find(c.original, pos)
+        start = shortened.original_text.find(c.original, pos)
         if start < 0:
             continue
         if start > pos:
             regions.append((pos, start, None))
         regions.append((start, start + len(c.original), i))
         pos = start + len(c.original)
-    if pos < len(cp.original_text):
-        regions.append((pos, len(cp.original_text), None))
+    if pos < len(shortened.original_text):
+        regions.append((pos, len(shortened.original_text), None))
     return regions
 
 
@@ -100,12 +100,12 @@ def _spans_html(text: str, kept: np.ndarray, level: np.ndarray, protected: bool)
     return "".join(out)
 
 
-def _chunk_table(cp: CompressedPrompt) -> str:
-    if not cp.chunks:
+def _chunk_table(shortened: CompressedPrompt) -> str:
+    if not shortened.chunks:
         return ""
-    top = max((c.score for c in cp.chunks), default=0.0) or 1.0
+    top = max((c.score for c in shortened.chunks), default=0.0) or 1.0
     rows = []
-    for c in sorted(cp.chunks, key=lambda c: -c.score):
+    for c in sorted(shortened.chunks, key=lambda c: -c.score):
         source = c.metadata.get("source", "") if isinstance(c.metadata, dict) else ""
         width = int(round(120 * c.score / top))
         rows.append(
@@ -120,33 +120,33 @@ def _chunk_table(cp: CompressedPrompt) -> str:
     )
 
 
-def render_section(cp: CompressedPrompt, title: str | None = None) -> str:
+def render_section(shortened: CompressedPrompt, title: str | None = None) -> str:
     """One compressed prompt as an HTML fragment: summary, per-chunk table, highlighted text."""
-    if not isinstance(cp, CompressedPrompt):
-        raise TypeError(f"compressed_prompt must be a CompressedPrompt, got {type(cp).__name__}")
-    kept, level = _kept_mask(cp), _levels(cp)
-    secs = cp.seconds or {}
-    note = "" if cp.token_scores else " (within budget: the draft was not run, everything kept)"
+    if not isinstance(shortened, CompressedPrompt):
+        raise TypeError(f"compressed_prompt must be a CompressedPrompt, got {type(shortened).__name__}")
+    kept, level = _kept_mask(shortened), _levels(shortened)
+    secs = shortened.seconds or {}
+    note = "" if shortened.token_scores else " (within budget: the draft was not run, everything kept)"
     summary = (
-        f"{cp.original_tokens} tokens &rarr; {cp.compressed_tokens} kept "
-        f"({100 * cp.ratio:.0f}%); draft {secs.get('draft', 0.0):.2f} s, select "
+        f"{shortened.original_tokens} tokens &rarr; {shortened.compressed_tokens} kept "
+        f"({100 * shortened.ratio:.0f}%); draft {secs.get('draft', 0.0):.2f} s, select "
         f"{secs.get('select', 0.0):.2f} s{note}"
     )
     parts = [
         f"<h2>{html.escape(title)}</h2>" if title else "",
         f'<p class="summary">{summary}</p>',
-        _chunk_table(cp),
+        _chunk_table(shortened),
         '<div class="prompt">',
     ]
-    for start, end, idx in _chunk_regions(cp):
-        text = cp.original_text[start:end]
+    for start, end, idx in _chunk_regions(shortened):
+        text = shortened.original_text[start:end]
         if idx is None:
             if not text.strip():
                 continue
             label = "protected: instruction / question (always kept)"
             attrs = 'class="region protected"'
         else:
-            c = cp.chunks[idx]
+            c = shortened.chunks[idx]
             label = (
                 f"chunk {html.escape(str(c.id))} &middot; draft score {c.score:.4g} &middot; "
                 f"kept {100 * c.kept_fraction:.0f}%"
@@ -169,7 +169,7 @@ def _legend() -> str:
 def render_html(compressed_prompt, title: str = "draft-rag: what was kept") -> str:
     """A whole page for one ``CompressedPrompt`` or a list of ``(section title, CompressedPrompt)``."""
     sections = compressed_prompt if isinstance(compressed_prompt, list) else [(None, compressed_prompt)]
-    body = "\n".join(render_section(cp, t) for t, cp in sections)
+    body = "\n".join(render_section(shortened, t) for t, shortened in sections)
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>{_legend()}\n{body}\n</body></html>\n"

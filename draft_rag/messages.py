@@ -27,6 +27,7 @@ from typing import Any
 
 from .prompt import Chunk, Segment, has_chat_template
 from .specpc import CompressedPrompt
+from .stats import CompressionStats
 
 FIRST_CHARS = 1000  # the first paragraph of a long message, up to this long, is protected (instructions)
 UNIT_CHARS, SHORT_CHARS = 200, 400  # then paragraphs up to UNIT_CHARS long at each end, SHORT_CHARS in all
@@ -71,12 +72,13 @@ _SENTINELS = re.compile("\u2063DRAFTRAG(\\d+)\u2063")
 class CompressedMessages:
     """``messages``: a new list of new dicts; only ``content`` of messages whose context was compressed differs.
 
-    ``stats`` is JSON-able: token counts, kept fraction per message index, seconds, and ``"warning"`` when the
-    conversation is over budget but nothing in it is compressible. ``compressed``: SpecPC's result, or None.
+    ``stats``: token counts, kept fraction per message index, seconds, and a ``warning`` when the conversation
+    is over budget but nothing in it is compressible (``stats.to_dict()`` for JSON). ``compressed``: SpecPC's
+    result, or None.
     """
 
     messages: list[dict]
-    stats: dict
+    stats: CompressionStats
     compressed: CompressedPrompt | None = None
 
 
@@ -361,12 +363,12 @@ def _openai_call(call: Any) -> Any:
     return call
 
 
-def rebuild(messages: list[dict], lay: Layout, cp: CompressedPrompt, indices: set[int]) -> list[dict]:
+def rebuild(messages: list[dict], lay: Layout, shortened: CompressedPrompt, indices: set[int]) -> list[dict]:
     """New dicts in the same order; ``content`` replaced (by a string) for the messages in ``indices`` only."""
     out = []
     for i, m in enumerate(messages):
         if i in indices:
-            text = "".join(s.text if s.chunk is None else cp.chunks[s.chunk].text for s in lay.contents[i])
+            text = "".join(s.text if s.chunk is None else shortened.chunks[s.chunk].text for s in lay.contents[i])
             out.append({**m, "content": text})
         else:
             out.append(dict(m))

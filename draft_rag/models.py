@@ -67,7 +67,8 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _choose(device, dtype, attn_implementation):
+def placement(device, dtype, attn_implementation) -> tuple:
+    """(device, dtype, attention kernel) with the defaults filled in: CUDA when present, bf16 there, fp32 on CPU."""
     device = device or default_device()  # with a device_map: only decides the default dtype and kernel
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} was requested but CUDA is not available on this machine")
@@ -364,7 +365,7 @@ def load_model(
         raise TypeError(f"model ref must be an alias, path, hub id, LoadedModel or (model, tokenizer), got {type(ref)}")
     ref = os.fspath(ref)
     _check_load_options(device, device_map, model_kwargs)
-    device, dtype, attn = _choose(device, dtype, attn_implementation)
+    device, dtype, attn = placement(device, dtype, attn_implementation)
     key = (ref, device, dtype, attn, repr(device_map), repr(sorted((model_kwargs or {}).items())))
     with _lock:
         if key not in _loaded:

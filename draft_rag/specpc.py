@@ -127,10 +127,10 @@ def compress(
     n_protected = int(protected.sum())  # ratio: the fraction of the compressible context kept
     budget = n_protected + cfg.budget_for(n_out - n_protected) if cfg.ratio is not None else cfg.budget_for(n_out)
     starts, original = _output_offsets(layout)
-    counter = target_tokenizer or tokenizer
+    count_tokenizer = target_tokenizer or tokenizer
     if n_out <= budget:  # nothing to do: unchanged, the draft is not run
         positions = np.flatnonzero(in_output)
-        result = _assemble(layout, tok, positions, None, starts, original, chunks, counter)
+        result = _assemble(layout, tok, positions, None, starts, original, chunks, count_tokenizer)
         result.seconds = {"draft": 0.0, "select": time.perf_counter() - t0}
         return result
     eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
@@ -144,7 +144,7 @@ def compress(
     room_for_window = max(0, budget - int(protected.sum()))
     window[out_idx[len(out_idx) - min(cfg.window_size, room_for_window) :]] = True
     keep = select(pooled, in_output & ~protected, protected | window, budget, cfg.neighbor_tokens)
-    result = _assemble(layout, tok, keep, scores, starts, original, chunks, counter)
+    result = _assemble(layout, tok, keep, scores, starts, original, chunks, count_tokenizer)
     result.lookahead_ids = dp.lookahead_ids
     result.lookahead_text = tokenizer.decode(dp.lookahead_ids, skip_special_tokens=True)
     result.seconds = {"draft": t2 - t1, "select": (t1 - t0) + (time.perf_counter() - t2)}
@@ -161,7 +161,7 @@ def _output_offsets(layout: list[Segment]) -> tuple[list[int | None], str]:
     return starts, "".join(s.text for s in layout if s.in_output)
 
 
-def _assemble(layout, tok: Tokenized, keep, scores, starts, original, chunks, counter) -> CompressedPrompt:
+def _assemble(layout, tok: Tokenized, keep, scores, starts, original, chunks, count_tokenizer) -> CompressedPrompt:
     by_segment: dict[int, list[int]] = {}
     for p in keep:
         by_segment.setdefault(tok.segment[p], []).append(p)
@@ -202,8 +202,8 @@ def _assemble(layout, tok: Tokenized, keep, scores, starts, original, chunks, co
             chunk_results.get(i) or ChunkResult(c.id, c.metadata, c.text, "", [], 0.0, 0.0)
             for i, c in enumerate(chunks)
         ],
-        original_tokens=count_tokens(counter, original),
-        compressed_tokens=count_tokens(counter, text),
+        original_tokens=count_tokens(count_tokenizer, original),
+        compressed_tokens=count_tokens(count_tokenizer, text),
         draft_original_tokens=sum(1 for g in tok.segment if starts[g] is not None),
         draft_kept_tokens=len(keep),
         token_scores=token_scores,

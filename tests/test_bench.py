@@ -12,8 +12,9 @@ from draft_rag.bench import evaluate, load_jsonl, score_all, split_input, string
 from draft_rag.bench.data import parse_record, string_match_part, task_metric
 from draft_rag.bench.grid import Pair, budgets_for, load_results, parse_pair, run_grid
 from draft_rag.bench.report import chunk_table, grid_table, label, summary_table, write_report
-from draft_rag.bench.tasks import LEGACY_TASKS, generate, retrieval_qa, stdlib_passages
+from draft_rag.bench.tasks import LEGACY_TASKS, generate, retrieval_qa
 from draft_rag.cli import main
+from draft_rag.corpus import stdlib_passages
 from draft_rag.prompt import count_tokens
 
 RULER_LINE = {

@@ -205,8 +205,8 @@ def test_speckv_holds_one_full_layer_at_a_time_at_16k(monkeypatch):
     from transformers import AutoModelForCausalLM, DynamicCache
 
     from draft_rag import speckv
-    from draft_rag.baselines import scorer
     from draft_rag.config import SpecKVConfig
+    from draft_rag.methods import REGISTRY
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(
@@ -225,7 +225,7 @@ def test_speckv_holds_one_full_layer_at_a_time_at_16k(monkeypatch):
         keys = getattr(layer, "keys", None)
         return 0 if keys is None or keys.dim() < 3 else keys.shape[-2]
 
-    base = scorer("speckv", SpecKVConfig())
+    base = REGISTRY["speckv"].make_scorer(SpecKVConfig())
 
     def recording_scorer(*args, **kwargs):
         totals.append(sum(entries(layer) for layer in caches[-1].layers))

@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import ARCHS, tiny_model
 
-from draft_rag import DraftEngine
+from draft_rag import DraftEngine, GenerationStats
 from draft_rag.generation import Sampling, stream
 from draft_rag.prompt import encode
 
@@ -16,9 +16,9 @@ def test_greedy_matches_transformers_generate(arch):
     ref = lm.model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)[
         0, len(ids) :
     ].tolist()
-    info = {}
+    info = GenerationStats("full")
     text = "".join(stream(lm.model, lm.tokenizer, ids, Sampling(max_new_tokens=12), stats=info))
-    assert text == lm.tokenizer.decode(ref[: info["new_tokens"]], skip_special_tokens=True)
+    assert text == lm.tokenizer.decode(ref[: info.new_tokens], skip_special_tokens=True)
 
 
 def test_stream_pieces_join_to_generate_text_and_fill_stats():

@@ -90,7 +90,7 @@ def _engine_outputs() -> dict:
                 "tokens": [cp.original_tokens, cp.compressed_tokens],
             }
         ),
-        "compress messages": _timeless({"messages": cm.messages, "stats": cm.stats}),
+        "compress messages": _timeless({"messages": cm.messages, "stats": cm.stats.to_dict()}),
         "score chunks": [round(s, 5) for s in engine.score_chunks(chunks[:6], question=question)],
     }
     for method in METHODS:

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 
 import pytest
 
 pytest.importorskip("llama_index.core")
 
 from conftest import needle_prompt, tiny_model  # noqa: E402
-from llama_index.core import PromptTemplate  # noqa: E402
+from llama_index.core import ChatPromptTemplate, PromptTemplate  # noqa: E402
 from llama_index.core.base.llms.types import ChatMessage, MessageRole  # noqa: E402
 from llama_index.core.callbacks import CallbackManager, TokenCountingHandler  # noqa: E402
-from llama_index.core.llms import MockLLM  # noqa: E402
+from llama_index.core.llms import LLM, MockLLM  # noqa: E402
+from llama_index.core.llms.mock import MockLLMWithChatMemoryOfLastCall  # noqa: E402
+from llama_index.core.types import BaseOutputParser  # noqa: E402
 
 from draft_rag import DraftEngine, SpecPCConfig  # noqa: E402
 from draft_rag.engine import METHODS  # noqa: E402
+from draft_rag.models import LoadedModel  # noqa: E402
 from llama_index.llms.draft_rag import DraftCompressedLLM  # noqa: E402
+from llama_index.llms.draft_rag.templates import render_messages, render_prompt  # noqa: E402
 
 TINY_SPECPC = SpecPCConfig(starting_layer_index=0, window_size=8, kernel_size=5, neighbor_tokens=4)
 TEMPLATE = PromptTemplate("Read the notes below.\n---\n{context_str}\n---\nQuestion: {query_str}\nAnswer:")
@@ -35,7 +40,7 @@ def tiny_llm(method="full", **kwargs) -> DraftCompressedLLM:
         ({}, ValueError, "exactly one of target"),
         ({"target": "T", "llm": MockLLM()}, ValueError, "exactly one of target"),
         ({"llm": "not an llm"}, TypeError, "LlamaIndex LLM"),
-        ({"llm": MockLLM(), "method": "speckv"}, ValueError, "only method='specpc'"),
+        ({"llm": MockLLM(), "method": "speckv"}, ValueError, "method must be one of"),
         ({"llm": MockLLM(), "method": "nope"}, ValueError, "method must be one of"),
         ({"llm": MockLLM(), "budget": 10, "ratio": 0.5}, ValueError, "budget"),
         ({"llm": MockLLM(), "budget": 0}, ValueError, "budget"),
@@ -122,6 +127,69 @@ def test_predict_protects_the_template_and_counts_tokens():
     )  # the template's context only
     assert event.prompt_token_count == direct.stats.prompt_tokens
     assert event.completion == f"assistant: {direct.text}"  # a chat event: the message, with its role
+    assert "".join(llm.stream(TEMPLATE, context_str=PARAGRAPHS, query_str=QUESTION)) == direct.text
+
+
+def test_predict_on_a_completion_model_protects_the_template(draft_events):
+    tiny = tiny_model("llama")
+    tokenizer = copy.deepcopy(tiny.tokenizer)
+    tokenizer.chat_template = None  # no chat template: LlamaIndex's completion path (complete, not chat)
+    target = LoadedModel(tiny.model, tokenizer, "tiny-raw")
+    llm = DraftCompressedLLM(target=target, budget=200, max_new_tokens=6, specpc=TINY_SPECPC, system_prompt="Be brief.")
+    assert llm.metadata.is_chat_model is False
+    out = llm.predict(TEMPLATE, context_str=PARAGRAPHS, query_str=QUESTION)
+    direct = DraftEngine(target, specpc=TINY_SPECPC).generate(
+        instruction="Be brief.\n\nRead the notes below.\n---",  # the system prompt, then the template to the context
+        chunks=PARAGRAPHS.split("\n\n"),
+        question=f"---\nQuestion: {QUESTION}\nAnswer:",
+        budget=200,
+        max_new_tokens=6,
+    )
+    (event,) = draft_events
+    assert out == direct.text and (event.original_tokens, event.compressed_tokens) == (
+        direct.stats.original_tokens,
+        direct.stats.prompt_tokens,
+    )
+    assert "".join(llm.stream(TEMPLATE, context_str=PARAGRAPHS, query_str=QUESTION)) == out
+
+
+class _FormatInstructions(BaseOutputParser):
+    """An output parser that adds instructions to the prompt (LlamaIndex applies them while rendering)."""
+
+    def parse(self, output: str) -> str:
+        return output
+
+    def format(self, query: str) -> str:
+        return query + "\nAnswer in one line."
+
+
+CHAT_TEMPLATE = ChatPromptTemplate(
+    [
+        ChatMessage(role=MessageRole.SYSTEM, content="Notes:\n{context_str}"),
+        ChatMessage(role=MessageRole.USER, content="{query_str}"),
+    ]
+)
+
+
+@pytest.mark.parametrize("template", [TEMPLATE, CHAT_TEMPLATE], ids=["prompt", "chat-prompt"])
+@pytest.mark.parametrize("is_chat_model", [False, True], ids=["completion", "chat"])
+def test_contract_templates_render_as_llamaindex_predict_does(template, is_chat_model):
+    """Contract with LlamaIndex: ``templates`` rebuilds from public API what ``LLM.predict`` renders privately.
+
+    DraftCompressedLLM renders templates itself (to find the retrieved context); this fails if LlamaIndex's own
+    rendering (system prompt, query wrapper, output parser instructions, chat/completion form) changes.
+    """
+    llm = MockLLMWithChatMemoryOfLastCall(is_chat_model=is_chat_model, system_prompt="Be brief.")
+    llm.output_parser = _FormatInstructions()
+    llm.query_wrapper_prompt = PromptTemplate("[INST] {query_str} [/INST]")
+    args = {"context_str": PARAGRAPHS, "query_str": QUESTION}
+    sent = LLM.predict(llm, template, **args)  # MockLLM answers with the prompt it completes
+    if is_chat_model:
+        assert llm.last_chat_messages == render_messages(llm, template, **args)
+    else:
+        assert llm.last_chat_messages is None and sent == render_prompt(llm, template, **args)
+    private = ("_get_prompt", "_get_messages", "_extend_prompt", "_extend_messages", "_parse_output")
+    assert not set(private) & set(vars(DraftCompressedLLM))  # no LlamaIndex internals overridden
 
 
 def test_wrapping_another_llm_compresses_only_the_context(draft_events):
@@ -147,6 +215,19 @@ def test_wrapping_another_llm_compresses_only_the_context(draft_events):
     )
     assert "Be brief." in chat.message.content and len(chat.message.content) < len(LONG)
     assert chat.message.content.endswith(f"\n\n{QUESTION}\nassistant: ")  # MockLLM echoes what it received
+
+
+def test_wrapping_with_method_full_sends_prompts_as_they_are(draft_events):
+    """With llm=..., the remote methods are the same as in LangChain and the server: specpc, or full (no draft)."""
+    llm = DraftCompressedLLM(llm=MockLLM(), draft=tiny_model("llama"), method="full", specpc=TINY_SPECPC)
+    assert llm.predict(TEMPLATE, context_str=PARAGRAPHS, query_str=QUESTION) == TEMPLATE.format(
+        context_str=PARAGRAPHS, query_str=QUESTION
+    )
+    direct = llm.complete(CONTEXT + QUESTION)
+    assert direct.text == CONTEXT + QUESTION and direct.additional_kwargs["draft_rag"] == {"method": "full"}
+    messages = [ChatMessage(role=MessageRole.USER, content=LONG + "\n\n" + QUESTION)]
+    assert LONG in llm.chat(messages).message.content
+    assert draft_events == []  # the draft never ran
 
 
 async def test_async_paths_do_not_block_the_event_loop():

@@ -23,7 +23,7 @@ from llama_index.core.schema import (
 )
 
 from draft_rag import SpecPCConfig  # noqa: E402
-from draft_rag.scoring import select_chunks  # noqa: E402
+from draft_rag.selection import select_chunks  # noqa: E402
 from llama_index.postprocessor.draft_rag import DraftNodePostprocessor  # noqa: E402
 
 TEXTS = [

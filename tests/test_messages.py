@@ -8,8 +8,7 @@ import logging
 import pytest
 from conftest import needle_prompt, tiny_model, tiny_tokenizer
 
-from draft_rag import CompressedMessages, DraftEngine, SpecPCConfig
-from draft_rag import engine as engine_module
+from draft_rag import CompressedMessages, DraftEngine, SpecPCConfig, pipeline
 from draft_rag import messages as chat
 from draft_rag.messages import layout
 
@@ -79,7 +78,7 @@ def test_compress_messages_changes_only_the_content_of_context_messages():
     tool = cm.messages[3]
     assert {k: v for k, v in tool.items() if k != "content"} == {"role": "tool", "tool_call_id": "c1", "name": "search"}
     assert isinstance(tool["content"], str) and len(tool["content"]) < 0.5 * len(CONTEXT)
-    assert [m["message_index"] for m in cm.stats["messages"]] == [3] and cm.compressed is not None
+    assert [m.message_index for m in cm.stats.messages] == [3] and cm.compressed is not None
 
 
 def test_ratio_is_the_fraction_of_the_context_and_budget_stays_strict():
@@ -94,14 +93,14 @@ def test_ratio_is_the_fraction_of_the_context_and_budget_stays_strict():
 
 
 def test_over_budget_with_nothing_compressible_warns_once(caplog, monkeypatch):
-    monkeypatch.setattr(engine_module, "_warned", set())
+    monkeypatch.setattr(pipeline, "_warned", set())
     messages = [{"role": "user", "content": "short question " * 60}]
-    with caplog.at_level(logging.WARNING, logger="draft_rag.engine"):
+    with caplog.at_level(logging.WARNING, logger="draft_rag.pipeline"):
         first = engine().compress_messages(messages, budget=50)
         second = engine().compress_messages(messages, budget=50)
-    assert "no retrieved context" in first.stats["warning"] and "warning" in second.stats
+    assert "no retrieved context" in first.stats.warning and second.stats.warning
     assert first.messages == messages and len(caplog.records) == 1
-    assert "warning" not in engine().compress_messages(messages, ratio=0.5).stats  # ratio: nothing to keep out
+    assert engine().compress_messages(messages, ratio=0.5).stats.warning is None  # ratio: nothing to keep out
 
 
 def test_context_hint_marks_exact_text():
@@ -139,7 +138,7 @@ def test_local_target_compresses_the_context_in_the_messages():
     messages = [{"role": "system", "content": f"{INSTRUCTIONS}\n\n{CONTEXT}"}, {"role": "user", "content": QUESTION}]
     g = engine().generate(messages=messages, ratio=0.25, max_new_tokens=3)
     assert g.stats.prompt_tokens < 0.5 * g.stats.original_tokens
-    assert g.stats.compression["messages"][0]["message_index"] == 0
+    assert g.stats.compression.messages[0].message_index == 0
     assert g.compressed.text.startswith(INSTRUCTIONS) and g.compressed.text.endswith(QUESTION)
 
 

@@ -10,9 +10,10 @@ from conftest import ARCHS, needle_prompt, tiny_config, tiny_model, tiny_tokeniz
 from transformers import AutoModelForCausalLM, DynamicCache
 
 from draft_rag import DraftEngine, SpecPCConfig
-from draft_rag.baselines import RandomScores, scorer, streaming_scores
+from draft_rag.baselines import RandomScores, streaming_scores
 from draft_rag.config import SpecKVConfig
 from draft_rag.generation import Sampling, stream
+from draft_rag.methods import get as get_method
 from draft_rag.models import LoadedModel
 from draft_rag.scoring import pool
 from draft_rag.speckv import attention_scores, compressed_prefill, keep_indices, lookahead_for_target
@@ -160,7 +161,9 @@ def test_first_token_comes_from_the_compressed_cache(arch, method):
     lm = tiny_model(arch, "sdpa")
     ids, budget = _ids(lm), 24
     look = _look(lm) if method.startswith("speckv") else []
-    state, kv = compressed_prefill(lm.model, ids, look, budget, scorer(method, CFG), window=8, horizon=8)
+    state, kv = compressed_prefill(
+        lm.model, ids, look, budget, get_method(method).make_scorer(CFG), window=8, horizon=8
+    )
     prefix = DynamicCache(config=lm.model.config)
     lm.model(input_ids=torch.tensor([ids[:-1]]), use_cache=True, cache=prefix)
     cropped = DynamicCache(config=lm.model.config)
@@ -191,7 +194,7 @@ def test_baseline_selections():
     assert a[0, 0, -w:].tolist() == list(range(n - w, n))
     assert not torch.equal(a[0, 0], a[0, 1])  # independent per KV head
     with pytest.raises(ValueError, match="method must be one of"):
-        scorer("h2o", CFG)
+        get_method("h2o")
     with pytest.raises(ValueError, match="n_prompt - window"):
         keep_indices(torch.zeros(1, 1, 5), 10, 4, 2)
 
@@ -293,16 +296,16 @@ def test_engine_cross_tokenizer_draft(smollm):
 
 def test_speckv_pc_uses_the_official_inner_specpc(monkeypatch):
     """SpecKV-PC's SpecPC stage: kernel = neighbours = 32 and 20 draft tokens (reused as SpecKV's lookahead)."""
-    import draft_rag.engine as engine_mod
+    import draft_rag.pipeline as pipeline_mod
 
     seen = []
-    real = engine_mod.compress
+    real = pipeline_mod.compress
 
     def spy(model, tokenizer, segments, chunks, cfg, **kw):
         seen.append(cfg.for_draft(model))
         return real(model, tokenizer, segments, chunks, cfg, **kw)
 
-    monkeypatch.setattr(engine_mod, "compress", spy)
+    monkeypatch.setattr(pipeline_mod, "compress", spy)
     engine = DraftEngine(target=tiny_model("qwen2", "sdpa"), specpc=SpecPCConfig(starting_layer_index=0))
     engine.generate(TEXT, question="What is the number?", method="speckv-pc", budget=40, pc_budget=80, max_new_tokens=4)
     assert (seen[0].kernel_size, seen[0].neighbor_tokens, seen[0].lookahead_tokens) == (32, 32, 20)

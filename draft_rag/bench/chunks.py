@@ -14,8 +14,8 @@ import random
 import re
 import time
 
+from ..corpus import stdlib_passages
 from .data import string_match_all
-from .tasks import stdlib_passages
 
 RANKERS = ("draft", "minilm", "bm25", "llmlingua")
 INSTRUCTION = (

@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 
 from .. import speckv
-from ..baselines import scorer
 from ..config import SpecKVConfig, SpecPCConfig
-from ..engine import _compressed_segments
 from ..generation import Prefilled, plain_prefill
-from ..models import LoadedModel, _choose, load_model
+from ..methods import REGISTRY
+from ..models import LoadedModel, load_model, placement
+from ..pipeline import compressed_segments
 from ..prompt import build_segments, tokenize, wrap
 from ..scoring import cache_kwarg
 from ..specpc import compress
@@ -91,7 +91,7 @@ def build_target(shape: str, draft: LoadedModel, layers: int | None = None, devi
 
     if shape not in SHAPES:
         raise ValueError(f"shape must be one of {', '.join(SHAPES)}, got {shape!r}")
-    device, dtype, attn = _choose(device, dtype, draft.model.config._attn_implementation.removeprefix("draft_rag+"))
+    device, dtype, attn = placement(device, dtype, draft.model.config._attn_implementation.removeprefix("draft_rag+"))
     dc = draft.model.config
     config = LlamaConfig(
         **{**SHAPES[shape], "num_hidden_layers": layers or SHAPES[shape]["num_hidden_layers"]},
@@ -240,18 +240,18 @@ def target_run(
     """Target side of one cell: prefill seconds, decode s/token, peak memory and KV bytes."""
     model, tok, device = target.model, target.tokenizer, target.model.device
     if method in ("specpc", "speckv-pc"):
-        segments = _compressed_segments(stages[f"{method}@{budget.ratio}"][0], segments)
+        segments = compressed_segments(stages[f"{method}@{budget.ratio}"][0], segments)
     ids = tokenize(tok, wrap(segments, tok, "chat")).ids
     if method in ("full", "specpc"):
         prefill = speckv.plain_prefill_stats
     else:
         cp_or_look = stages["speckv"][0] if method == "speckv" else stages[f"{method}@{budget.ratio}"][0].lookahead_ids
-        cfg = SpecKVConfig(max_capacity_prompt=budget.kv)
+        cfg = SpecKVConfig(budget=budget.kv)
         prefill = functools.partial(
             speckv.compressed_prefill,
             lookahead_ids=cp_or_look,
             budget=budget.kv,
-            scorer=scorer("speckv", cfg),
+            scorer=REGISTRY["speckv"].make_scorer(cfg),
             window=cfg.window_size,
             horizon=new_tokens,
         )

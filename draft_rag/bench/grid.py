@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..engine import DraftEngine
 from .data import METRICS, load_jsonl, parse_record, task_metric, write_jsonl
-from .runner import PC_METHODS, check_method, evaluate
+from .runner import check_method, evaluate, kind
 from .tasks import generate
 
 logger = logging.getLogger(__name__)
@@ -45,13 +45,12 @@ def budgets_for(method: str, ratios, kv_budgets) -> list[tuple[int | None, float
 
     ``speckv-pc`` has both: every prompt ratio with every KV budget.
     """
-    if method == "full":
-        return [(None, None)]
-    if method == "speckv-pc":
+    shortens, evicts = kind(method)
+    if shortens and evicts:
         return [(b, r) for r in ratios for b in kv_budgets]
-    if method in PC_METHODS:
+    if shortens:
         return [(None, r) for r in ratios]
-    return [(b, None) for b in kv_budgets]
+    return [(b, None) for b in kv_budgets] if evicts else [(None, None)]
 
 
 def machine() -> str:

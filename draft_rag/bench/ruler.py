@@ -5,7 +5,7 @@ task constants of NVIDIA/RULER); the generators are our own. What differs, becau
 
 - essay haystacks are the standard library's ``pydoc`` text (``corpus.stdlib_documents``) instead of Paul
   Graham's essays;
-- ``qa_1`` / ``qa_2`` ask about standard-library documentation passages (``tasks.stdlib_passages``) instead
+- ``qa_1`` / ``qa_2`` ask about standard-library documentation passages (``corpus.stdlib_passages``) instead
   of SQuAD / HotpotQA: ``qa_1`` has one gold passage, ``qa_2`` two (both names are asked for);
 - keys and the common-words list come from the ``wonderwords`` package's word lists, as in RULER.
 
@@ -289,7 +289,7 @@ def freq_words(tokenizer, length: int, n: int, seed: int = 42, alpha: float = 2.
 
 def qa(tokenizer, length: int, n: int, seed: int = 42, golds: int = 1) -> list[dict]:
     """RULER's qa layout over standard-library documentation: ``golds`` gold passages among distractors."""
-    from .tasks import stdlib_passages
+    from ..corpus import stdlib_passages
 
     gen, rng = GEN_TOKENS["qa"], random.Random(f"qa{golds}-{seed}")
     passages = stdlib_passages()

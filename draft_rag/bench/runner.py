@@ -6,7 +6,9 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from .. import methods
 from ..engine import METHODS, DraftEngine
+from ..inputs import PromptInput
 from .data import METRICS, Record, split_input
 
 logger = logging.getLogger(__name__)
@@ -14,8 +16,13 @@ logger = logging.getLogger(__name__)
 EXTERNAL_METHODS = ("llmlingua",)  # run by this package, not by the engine
 # Prompt compressors: budget/ratio is the prompt budget (draft tokens or a fraction). speckv-pc has two
 # budgets: ratio is SpecPC's prompt ratio (the engine's pc_ratio) and budget its KV entries per head.
-PC_METHODS = ("specpc", "speckv-pc", "llmlingua")
 DEFAULT_MAX_NEW_TOKENS = 48
+
+
+def kind(method: str) -> tuple[bool, bool]:
+    """(shortens the prompt, evicts KV entries) for an engine method or one of the bench's own prompt compressors."""
+    known = methods.REGISTRY.get(method)
+    return (True, False) if known is None else (known.shortens_prompt, known.evicts_kv)
 
 
 def all_methods() -> tuple[str, ...]:
@@ -63,7 +70,8 @@ def kv_bytes_per_entry(model) -> int:
 def kept_tokens(method: str, stats) -> float:
     """Prompt tokens the target reads (prompt compressors) or prompt KV entries it keeps per layer (KV methods)."""
     entries = getattr(stats, "kv_entries", None)
-    if method not in PC_METHODS and method != "full" and entries:
+    shortens, evicts = kind(method)
+    if evicts and not shortens and entries:
         return float(max(entries))
     return float(stats.prompt_tokens)
 
@@ -154,8 +162,9 @@ def _one(engine, rec: Record, method, budget, ratio, template, max_new_tokens, l
         gen = engine.generate(context, method="full", **args)
         gen.stats.original_tokens = _full_tokens(engine, rec, instruction, question, template)
     else:
-        kw = {} if method == "full" else dict(budget=budget, ratio=ratio)
-        if method == "speckv-pc":
+        shortens, evicts = kind(method)
+        kw = dict(budget=budget, ratio=ratio) if shortens or evicts else {}
+        if shortens and evicts:  # speckv-pc: the ratio is SpecPC's, the budget SpecKV's
             kw = dict(pc_ratio=ratio, budget=budget)
         gen = engine.generate(context, method=method, **kw, **args)
         draft_s = sum(gen.stats.seconds.get(k, 0.0) for k in ("draft", "select"))
@@ -176,16 +185,11 @@ def _one(engine, rec: Record, method, budget, ratio, template, max_new_tokens, l
 
 def _full_tokens(engine, rec: Record, instruction, question, template) -> int:
     """Target tokens of the uncompressed prompt (LLMLingua's input), laid out as the engine does."""
-    from ..prompt import build_segments
-
     _, context, _ = split_input(rec.input)
-    segments, _ = build_segments(
+    request = PromptInput(
         context, instruction=instruction or None, question=question or None, answer_prefix=rec.answer_prefix or None
     )
-    from ..prompt import has_chat_template
-
-    tmpl = template or ("chat" if has_chat_template(engine.target.tokenizer) else "raw")
-    return len(engine._target_ids(segments, tmpl, None))
+    return len(engine.target_ids(request, template))
 
 
 def draft_overhead(engine: DraftEngine, records: list[Record], ratio: float = 0.25, repeats: int = 2) -> dict:

@@ -8,11 +8,10 @@ Each generator returns RULER-format records (``input``, ``outputs``, ``answer_pr
 
 from __future__ import annotations
 
-import inspect
 import random
-import re
 from collections.abc import Callable
 
+from ..corpus import stdlib_passages
 from ..prompt import count_tokens
 from .ruler import NOISE, RULER_TASKS
 
@@ -122,68 +121,6 @@ def niah(
             }
         )
     return records
-
-
-QA_MODULES = (
-    "json",
-    "textwrap",
-    "shutil",
-    "heapq",
-    "bisect",
-    "functools",
-    "itertools",
-    "statistics",
-    "difflib",
-    "fnmatch",
-    "glob",
-    "base64",
-    "calendar",
-    "random",
-    "string",
-    "secrets",
-    "zlib",
-    "colorsys",
-    "os.path",
-    "re",
-    "copy",
-    "pprint",
-    "operator",
-    "math",
-)
-
-
-def stdlib_passages(modules=QA_MODULES) -> list[dict]:
-    """Real documentation: one passage per public standard-library function whose docstring has two or more
-    sentences, as ``{"id": "module.name", "name", "first": first sentence, "text": the rest}``. The first
-    sentence is left out of the passage, so a question quoting it must be matched by meaning, not by copy."""
-    import importlib
-
-    out = []
-    for mod_name in modules:
-        module = importlib.import_module(mod_name)
-        for name, obj in sorted(vars(module).items()):
-            if name.startswith("_") or not callable(obj) or inspect.isclass(obj):
-                continue
-            doc = inspect.getdoc(obj) or ""
-            doc = re.sub(r"\s+", " ", doc).strip()
-            sentences = re.split(r"(?<=[.!?])\s+", doc)
-            rest = " ".join(sentences[1:])
-            if len(sentences) < 2 or len(rest) < 60 or name in sentences[0]:
-                continue
-            out.append(
-                {
-                    "id": f"{mod_name}.{name}",
-                    "name": name,
-                    "first": sentences[0],
-                    "text": f"Documentation of {mod_name}.{name}: {rest[:700]}",
-                }
-            )
-    seen, unique = set(), []
-    for p in out:  # aliases (same docstring under two names) would make two gold passages
-        if p["first"] not in seen:
-            seen.add(p["first"])
-            unique.append(p)
-    return unique
 
 
 def retrieval_qa(tokenizer, length: int, n: int, seed: int = 42, passages: list[dict] | None = None) -> list[dict]:

@@ -21,7 +21,8 @@ import httpx
 from fastapi import Depends, FastAPI, Request
 from starlette.exceptions import HTTPException
 
-from ..engine import METHODS, DraftEngine
+from .. import methods
+from ..engine import DraftEngine
 from . import local, proxy
 from .errors import ApiError
 from .queue import EngineQueue
@@ -51,8 +52,7 @@ class ServeConfig:
     queue_timeout: float = 60.0  # a request that waits longer for the engine gets 503
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        methods.get(self.method)
         for name in ("max_body_bytes", "max_tokens", "default_max_tokens"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")

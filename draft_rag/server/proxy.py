@@ -12,11 +12,12 @@ import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from .. import methods
 from .errors import ApiError
 from .local import ClosingStream, bad_input, error_event, wait_disconnect
 from .schema import ChatRequest, CompletionRequest, parse, read_json
 
-PROXY_METHODS = ("specpc", "full")  # a remote target reads text: KV methods need a local one
+PROXY_METHODS = methods.REMOTE_NAMES  # a remote target reads text: KV methods need a local one
 STATS_HEADER = "x-draft-rag-stats"
 router = APIRouter()
 
@@ -41,14 +42,14 @@ async def chat_completions(request: Request):
         )
     req.completion_limit(state.cfg.max_tokens)  # the upstream applies its own default when none is given
     stats = {"method": method}
-    if method == "specpc":
+    if methods.get(method).shortens_prompt:
         budget, ratio = opts.budgets(state.cfg.budget, state.cfg.ratio)
         async with state.queue.slot(lambda: wait_disconnect(request)):
             with bad_input():
-                cm = await state.queue.call(
+                compressed_chat = await state.queue.call(
                     lambda: state.engine.compress_messages(body["messages"], budget=budget, ratio=ratio)
                 )
-        body["messages"], stats = cm.messages, {**stats, **cm.stats}
+        body["messages"], stats = compressed_chat.messages, {**stats, **compressed_chat.stats.to_dict()}
     body.pop("draft_rag", None)
     request.state.access = {
         "mode": "proxy",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated, Any, Literal, Optional, Union
@@ -12,76 +11,28 @@ from langchain_core.callbacks import AsyncCallbackManager, AsyncCallbackManagerF
 from langchain_core.language_models import BaseChatModel, LangSmithParams
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, SecretStr
 
-from draft_rag import DraftEngine, SpecKVConfig, SpecPCConfig, load_model
-from draft_rag import engine as _engine_module
+from draft_rag import DraftEngine, methods
 from draft_rag.aio import iterate_in_thread
-from draft_rag.models import DEFAULT_MODEL, load_options
-
-_engines: dict[tuple, DraftEngine] = {}
-_engines_lock = threading.Lock()
-
-
-def shared_engine(
-    target: Any = None,
-    draft: Any = None,
-    specpc: SpecPCConfig | None = None,
-    speckv: SpecKVConfig | None = None,
-    target_kwargs: dict | None = None,
-    draft_kwargs: dict | None = None,
-) -> DraftEngine:
-    """One ``DraftEngine`` per (target, draft, SpecPC and SpecKV settings), so adapters on the same models share it.
-
-    ``target_kwargs`` / ``draft_kwargs`` are ``load_model`` options (``device_map``, ``dtype``, ``model_kwargs``, ...).
-    """
-    if specpc is not None and not isinstance(specpc, SpecPCConfig):
-        raise TypeError(f"specpc must be a draft_rag.SpecPCConfig, got {type(specpc).__name__}")
-    if speckv is not None and not isinstance(speckv, SpecKVConfig):
-        raise TypeError(f"speckv must be a draft_rag.SpecKVConfig, got {type(speckv).__name__}")
-    t_opts, d_opts = load_options(target_kwargs, "target_kwargs"), load_options(draft_kwargs, "draft_kwargs")
-    t = load_model(target, **t_opts) if target is not None else None
-    d = load_model(draft, **d_opts) if draft is not None else (t or load_model(DEFAULT_MODEL, **d_opts))
-    key = (id(t), id(d), specpc, speckv)
-    with _engines_lock:
-        if key not in _engines:
-            _engines[key] = DraftEngine(t, d, specpc=specpc, speckv=speckv)
-        return _engines[key]
-
-
-def methods() -> tuple[str, ...]:
-    """The engine's methods, read at call time so methods added to the core are accepted."""
-    return tuple(_engine_module.METHODS)
-
-
-def check_method(method: str) -> None:
-    if method not in methods():
-        raise ValueError(f"method must be one of {methods()}, got {method!r}")
+from draft_rag.config import Budget as _Budget
+from draft_rag.engine import shared_engine
 
 
 def check_budget(budget: Any, ratio: Any, prefix: str = "") -> None:
     """``budget`` tokens (or ``"auto"``: fit the model's context window, not for ``pc_budget``) or ``ratio``."""
-    b, r = prefix + "budget", prefix + "ratio"
-    if budget is not None and ratio is not None:
-        raise ValueError(f"give either {b} (tokens) or {r} (a fraction), not both")
-    if budget == "auto" and not prefix:
-        return
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-        raise ValueError(f"{b} must be a positive integer number of tokens, got {budget!r}")
-    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1):
-        raise ValueError(f"{r} must be a number in (0, 1], got {ratio!r}")
+    _Budget.parse(budget, ratio, prefix, allow_auto=not prefix)
 
 
 Budget = Optional[Annotated[int, Field(ge=1, strict=True)]]  # a token budget field (None: the default)
 Ratio = Optional[Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]]  # a budget as a fraction
 
-WRAPPED_METHODS = ("specpc", "full")
 
 # Restated by each adapter class: LangChain's own base classes (extra="ignore") would otherwise win the merge.
 CONFIG = ConfigDict(arbitrary_types_allowed=True, extra="forbid", use_attribute_docstrings=True)
 
 
 def check_wrapped_method(method: str) -> None:
-    if method not in WRAPPED_METHODS:
-        raise ValueError(f"method={method!r} needs a local target; with llm=... use one of {WRAPPED_METHODS}")
+    if not methods.get(method).works_remote:
+        raise ValueError(f"method={method!r} needs a local target; with llm=... use one of {methods.REMOTE_NAMES}")
 
 
 class DraftSettings(BaseModel):
@@ -152,7 +103,7 @@ class DraftSettings(BaseModel):
             raise ValueError(f"give exactly one of target=... (or model=..., a local model) or llm=... (a {kind})")
         if self.llm is not None and not isinstance(self.llm, base):
             raise TypeError(f"llm must be a {base_name}, got {type(self.llm).__name__}")
-        check_method(self.method)
+        methods.get(self.method)
         if self.llm is not None:
             check_wrapped_method(self.method)
         check_budget(self.budget, self.ratio)
@@ -216,19 +167,19 @@ class DraftSettings(BaseModel):
         unknown = [k for k in kwargs if k not in names and k not in also_known and not k.startswith("ls_")]
         if unknown and self.llm is None:
             raise TypeError(f"unexpected keyword arguments {unknown}; accepted per call: {names}")
-        o = {k: kwargs.get(k, getattr(self, k, None)) for k in names}
+        opts = {k: kwargs.get(k, getattr(self, k, None)) for k in names}
         if "budget" in kwargs or "ratio" in kwargs:
-            o["budget"], o["ratio"] = kwargs.get("budget"), kwargs.get("ratio")
-        check_budget(o["budget"], o["ratio"])
-        check_method(o["method"])
+            opts["budget"], opts["ratio"] = kwargs.get("budget"), kwargs.get("ratio")
+        check_budget(opts["budget"], opts["ratio"])
+        methods.get(opts["method"])
         if self.llm is not None:
-            check_wrapped_method(o["method"])
-        o["given"] = set(kwargs)
-        o["stop"] = stop_list(stop if stop is not None else self.stop)
-        o["extra"] = {k: v for k, v in kwargs.items() if k not in names and not k.startswith("ls_")}
-        return o
+            check_wrapped_method(opts["method"])
+        opts["given"] = set(kwargs)
+        opts["stop"] = stop_list(stop if stop is not None else self.stop)
+        opts["extra"] = {k: v for k, v in kwargs.items() if k not in names and not k.startswith("ls_")}
+        return opts
 
-    def _wrapped_budget(self, o: dict) -> dict:
+    def _wrapped_budget(self, opts: dict) -> dict:
         """``budget``/``ratio`` (and ``context_window``) for SpecPC in front of ``self.llm``.
 
         With no budget anywhere, or ``budget="auto"``, the prompt is fit to the wrapped model's input window:
@@ -237,15 +188,15 @@ class DraftSettings(BaseModel):
         """
         window = self.context_window or (getattr(self.llm, "profile", None) or {}).get("max_input_tokens")
         cfg = self._engine.specpc
-        unset = o["budget"] is None and o["ratio"] is None and cfg.max_capacity_prompt is None and cfg.ratio is None
-        if o["budget"] == "auto" or (unset and window):
+        unset = opts["budget"] is None and opts["ratio"] is None and cfg.budget is None and cfg.ratio is None
+        if opts["budget"] == "auto" or (unset and window):
             if not window:
                 raise ValueError(
                     "budget='auto' with llm=... needs the wrapped model's input window: set "
                     "context_window=... (tokens) or give the chat model a profile with max_input_tokens"
                 )
             return {"budget": "auto", "context_window": window}
-        return {"budget": o["budget"], "ratio": o["ratio"]}
+        return {"budget": opts["budget"], "ratio": opts["ratio"]}
 
 
 def child_config(run_manager) -> dict | None:

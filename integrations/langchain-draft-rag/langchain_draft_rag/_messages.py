@@ -41,7 +41,7 @@ def to_dicts(messages: list[BaseMessage]) -> list[dict]:
 
 def rebuild(messages: list[BaseMessage], compressed) -> list[BaseMessage]:
     """The input messages, with ``content`` replaced where the core compressed it (a ``CompressedMessages``)."""
-    changed = {m["message_index"] for m in compressed.stats["messages"]}
+    changed = compressed.stats.changed()
     return [
         m.model_copy(update={"content": compressed.messages[i]["content"]}) if i in changed else m
         for i, m in enumerate(messages)

@@ -28,6 +28,8 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import RunnableBinding
 from pydantic import model_validator
 
+from draft_rag import methods
+
 from . import _common as common
 from ._messages import rebuild, to_dicts
 
@@ -77,26 +79,26 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
         return "draft-rag-chat"
 
     def _options(self, stop, kwargs: dict) -> dict:
-        o = self._call_options(stop, kwargs, _CALL_OPTIONS, also_known=("model",))
+        opts = self._call_options(stop, kwargs, _CALL_OPTIONS, also_known=("model",))
         model = kwargs.get("model")
         if model is not None and model != self.model_name:
             raise ValueError(f"per-call model={model!r} is not supported; this instance runs {self.model_name!r}")
-        return o
+        return opts
 
     # -- local target --------------------------------------------------------------------------
-    def _local_args(self, messages: list[BaseMessage], o: dict) -> dict:
+    def _local_args(self, messages: list[BaseMessage], opts: dict) -> dict:
         return dict(
             messages=to_dicts(messages),
-            method=o["method"],
-            budget=o["budget"],
-            ratio=o["ratio"],
+            method=opts["method"],
+            budget=opts["budget"],
+            ratio=opts["ratio"],
             template=self.template,
-            max_new_tokens=o["max_tokens"],
-            temperature=o["temperature"],
-            top_p=o["top_p"],
-            top_k=o["top_k"],
-            stop=o["stop"],
-            seed=o["seed"],
+            max_new_tokens=opts["max_tokens"],
+            temperature=opts["temperature"],
+            top_p=opts["top_p"],
+            top_k=opts["top_k"],
+            stop=opts["stop"],
+            seed=opts["seed"],
             **self._kv_args(),
         )
 
@@ -105,8 +107,8 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
         names = ("pc_budget", "pc_ratio", "lookahead_tokens")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
-    def _local_final(self, text: str, gs) -> ChatGenerationChunk:
-        st = gs.stats
+    def _local_final(self, text: str, reply) -> ChatGenerationChunk:
+        st = reply.stats
         stats = st.to_dict()
         compression = stats.pop("compression")
         stats.update(
@@ -127,66 +129,66 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
         )
         return ChatGenerationChunk(message=msg, generation_info={"finish_reason": st.finish_reason})
 
-    def _stream_local(self, messages, o, run_manager) -> Iterator[ChatGenerationChunk]:
-        gs = self._engine.stream(**self._local_args(messages, o))
+    def _stream_local(self, messages, opts, run_manager) -> Iterator[ChatGenerationChunk]:
+        reply = self._engine.stream(**self._local_args(messages, opts))
         held = None  # one piece is held back so the last chunk can carry the stats
-        for piece in common.with_deadline(iter(gs), self.timeout):
+        for piece in common.with_deadline(iter(reply), self.timeout):
             if held is not None:
                 yield common.emit(ChatGenerationChunk(message=AIMessageChunk(content=held)), run_manager)
             held = piece
-        yield common.emit(self._local_final(held or "", gs), run_manager)
+        yield common.emit(self._local_final(held or "", reply), run_manager)
 
     # -- wrapped chat model --------------------------------------------------------------------
-    def _compress_messages(self, messages: list[BaseMessage], o: dict) -> tuple[list[BaseMessage], dict]:
+    def _compress_messages(self, messages: list[BaseMessage], opts: dict) -> tuple[list[BaseMessage], dict]:
         dicts = to_dicts(messages)
-        if o["method"] == "full":
-            return list(messages), {"method": "full", "messages": []}
-        cm = self._engine.compress_messages(dicts, **self._wrapped_budget(o))
+        if not methods.get(opts["method"]).shortens_prompt:
+            return list(messages), {"method": opts["method"], "messages": []}
+        compressed_chat = self._engine.compress_messages(dicts, **self._wrapped_budget(opts))
         logger.debug(
             "compressed %d messages: %s -> %s tokens",
-            len(cm.stats["messages"]),
-            cm.stats["original_tokens"],
-            cm.stats["compressed_tokens"],
+            len(compressed_chat.stats.messages),
+            compressed_chat.stats.original_tokens,
+            compressed_chat.stats.compressed_tokens,
         )
-        return rebuild(messages, cm), {"method": o["method"], **cm.stats}
+        return rebuild(messages, compressed_chat), {"method": opts["method"], **compressed_chat.stats.to_dict()}
 
-    def _forwarded(self, o: dict) -> dict:
+    def _forwarded(self, opts: dict) -> dict:
         """Keyword arguments for the wrapped model: unknown per-call ones, plus decoding settings set explicitly."""
-        fw = {k: v for k, v in o["extra"].items() if k != "model"}
+        fw = {k: v for k, v in opts["extra"].items() if k != "model"}
         for name in _DECODING:
-            if name in o["given"] or name in self.model_fields_set:
-                fw[name] = o[name]
+            if name in opts["given"] or name in self.model_fields_set:
+                fw[name] = opts[name]
         return fw
 
-    def _stream_wrapped(self, messages, o, run_manager) -> Iterator[ChatGenerationChunk]:
-        new, stats = self._compress_messages(messages, o)
+    def _stream_wrapped(self, messages, opts, run_manager) -> Iterator[ChatGenerationChunk]:
+        new, stats = self._compress_messages(messages, opts)
         config = common.child_config(run_manager)
         first = True
-        for chunk in self.llm.stream(new, config=config, stop=o["stop"] or None, **self._forwarded(o)):
+        for chunk in self.llm.stream(new, config=config, stop=opts["stop"] or None, **self._forwarded(opts)):
             yield common.emit(_wrapped_chunk(chunk, stats if first else None, self.model_name), run_manager)
             first = False
 
-    async def _astream_wrapped(self, messages, o, run_manager) -> AsyncIterator[ChatGenerationChunk]:
-        new, stats = await asyncio.to_thread(self._compress_messages, messages, o)
+    async def _astream_wrapped(self, messages, opts, run_manager) -> AsyncIterator[ChatGenerationChunk]:
+        new, stats = await asyncio.to_thread(self._compress_messages, messages, opts)
         config = common.child_config(run_manager)
         first = True
-        async for chunk in self.llm.astream(new, config=config, stop=o["stop"] or None, **self._forwarded(o)):
+        async for chunk in self.llm.astream(new, config=config, stop=opts["stop"] or None, **self._forwarded(opts)):
             out = _wrapped_chunk(chunk, stats if first else None, self.model_name)
             if run_manager:
                 await run_manager.on_llm_new_token(out.text, chunk=out)
             yield out
             first = False
 
-    def _generate_wrapped(self, messages, o, run_manager) -> ChatResult:
-        new, stats = self._compress_messages(messages, o)
+    def _generate_wrapped(self, messages, opts, run_manager) -> ChatResult:
+        new, stats = self._compress_messages(messages, opts)
         config = common.child_config(run_manager)
-        result = self.llm.invoke(new, config=config, stop=o["stop"] or None, **self._forwarded(o))
+        result = self.llm.invoke(new, config=config, stop=opts["stop"] or None, **self._forwarded(opts))
         return _wrapped_result(result, stats, self.model_name)
 
-    async def _agenerate_wrapped(self, messages, o, run_manager) -> ChatResult:
-        new, stats = await asyncio.to_thread(self._compress_messages, messages, o)
+    async def _agenerate_wrapped(self, messages, opts, run_manager) -> ChatResult:
+        new, stats = await asyncio.to_thread(self._compress_messages, messages, opts)
         config = common.child_config(run_manager)
-        result = await self.llm.ainvoke(new, config=config, stop=o["stop"] or None, **self._forwarded(o))
+        result = await self.llm.ainvoke(new, config=config, stop=opts["stop"] or None, **self._forwarded(opts))
         return _wrapped_result(result, stats, self.model_name)
 
     def bind_tools(self, tools, **kwargs: Any):
@@ -209,10 +211,10 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        o = self._options(stop, kwargs)
+        opts = self._options(stop, kwargs)
         if self.llm is not None:
-            return self._generate_wrapped(messages, o, run_manager)
-        return generate_from_stream(self._stream_local(messages, o, run_manager))
+            return self._generate_wrapped(messages, opts, run_manager)
+        return generate_from_stream(self._stream_local(messages, opts, run_manager))
 
     def _stream(
         self,
@@ -221,11 +223,11 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        o = self._options(stop, kwargs)
+        opts = self._options(stop, kwargs)
         if self.llm is not None:
-            yield from self._stream_wrapped(messages, o, run_manager)
+            yield from self._stream_wrapped(messages, opts, run_manager)
         else:
-            yield from self._stream_local(messages, o, run_manager)
+            yield from self._stream_local(messages, opts, run_manager)
 
     async def _agenerate(
         self,
@@ -234,10 +236,10 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        o = self._options(stop, kwargs)
+        opts = self._options(stop, kwargs)
         if self.llm is not None:
-            return await self._agenerate_wrapped(messages, o, run_manager)
-        return await agenerate_from_stream(self._astream_local(messages, o, run_manager))
+            return await self._agenerate_wrapped(messages, opts, run_manager)
+        return await agenerate_from_stream(self._astream_local(messages, opts, run_manager))
 
     async def _astream(
         self,
@@ -246,18 +248,18 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        o = self._options(stop, kwargs)
+        opts = self._options(stop, kwargs)
         stream = (
-            self._astream_wrapped(messages, o, run_manager)
+            self._astream_wrapped(messages, opts, run_manager)
             if self.llm is not None
-            else self._astream_local(messages, o, run_manager)
+            else self._astream_local(messages, opts, run_manager)
         )
         async for chunk in stream:
             yield chunk
 
-    async def _astream_local(self, messages, o, run_manager) -> AsyncIterator[ChatGenerationChunk]:
+    async def _astream_local(self, messages, opts, run_manager) -> AsyncIterator[ChatGenerationChunk]:
         """The local stream runs in one worker thread; the event loop only receives its chunks."""
-        async for chunk in common.astream_in_thread(lambda: self._stream_local(messages, o, None), run_manager):
+        async for chunk in common.astream_in_thread(lambda: self._stream_local(messages, opts, None), run_manager):
             yield chunk
 
 

@@ -11,9 +11,9 @@ from langchain_core.callbacks import CallbackManager, Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
-from draft_rag import Chunk, DraftEngine
+from draft_rag import DraftEngine
 from draft_rag.prompt import count_tokens
-from draft_rag.scoring import select_chunks
+from draft_rag.selection import KeptChunk, check_pruning
 
 from . import _common as common
 
@@ -30,7 +30,7 @@ class DraftDocumentCompressor(BaseDocumentCompressor):
     One draft pass over (instruction, documents, query) scores every document. Then, in score order:
     ``threshold`` drops documents scoring below it, ``top_n`` keeps at most that many, and ``budget``
     (draft tokens) / ``ratio`` (fraction of all document tokens) keeps documents while they fit, skipping
-    ones that do not (the best document is always kept; ``draft_rag.scoring.select_chunks``). With
+    ones that do not (the best document is always kept; ``DraftEngine.prune_chunks``). With
     ``compress_tokens=True`` the budget/ratio is spent by SpecPC instead, which keeps the best token spans
     inside the documents that survived ``threshold``/``top_n``.
 
@@ -66,9 +66,7 @@ class DraftDocumentCompressor(BaseDocumentCompressor):
 
     @model_validator(mode="after")
     def _setup(self) -> DraftDocumentCompressor:
-        common.check_budget(self.budget, self.ratio)
-        if self.compress_tokens and self.budget is None and self.ratio is None:
-            raise ValueError("compress_tokens=True needs budget=... or ratio=... for SpecPC")
+        check_pruning(self.top_n, self.threshold, self.budget, self.ratio, self.compress_tokens)
         self._engine = common.shared_engine(None, self.draft, self.specpc, draft_kwargs=self.draft_kwargs)
         return self
 
@@ -102,43 +100,18 @@ class DraftDocumentCompressor(BaseDocumentCompressor):
         }
 
     def _compress(self, docs: list[Document], query: str) -> list[Document]:
-        chunks = [Chunk(d.page_content, id=i) for i, d in enumerate(docs)]
-        scores = self._engine.score_chunks(chunks, question=query, instruction=self.instruction)
-        keep = self._select(docs, scores)
-        logger.debug("kept %d of %d documents", len(keep), len(docs))
-        if not self.compress_tokens:
-            return [
-                _annotate(
-                    docs[i],
-                    docs[i].page_content,
-                    scores[i],
-                    [(0, len(docs[i].page_content))] if docs[i].page_content else [],
-                    1.0,
-                )
-                for i in keep
-            ]
-        kept_chunks = [chunks[i] for i in keep]
-        cp = self._engine.compress(
-            chunks=kept_chunks, question=query, instruction=self.instruction, budget=self.budget, ratio=self.ratio
-        )
-        # a document SpecPC cut down to nothing is dropped; empty/whitespace ones pass through as in the other modes
-        return [
-            _annotate(docs[c.id], c.text, scores[c.id], c.kept_spans, c.kept_fraction)
-            for c in cp.chunks
-            if c.text or not c.original.strip()
-        ]
-
-    def _select(self, docs: list[Document], scores: list[float]) -> list[int]:
-        by_tokens = not self.compress_tokens and (self.budget is not None or self.ratio is not None)
-        sizes = [count_tokens(self._engine.draft.tokenizer, d.page_content) if by_tokens else 0 for d in docs]
-        return select_chunks(
-            scores,
-            sizes,
+        pruned = self._engine.prune_chunks(
+            [d.page_content for d in docs],
+            query,
+            instruction=self.instruction,
             top_n=self.top_n,
             threshold=self.threshold,
-            budget=self.budget if by_tokens else None,
-            ratio=self.ratio if by_tokens else None,
+            budget=self.budget,
+            ratio=self.ratio,
+            compress_tokens=self.compress_tokens,
         )
+        logger.debug("kept %d of %d documents", len(pruned.kept), len(docs))
+        return [_annotate(docs[k.index], k) for k in pruned.kept]
 
 
 def _check_documents(documents) -> list[Document]:
@@ -151,12 +124,13 @@ def _check_documents(documents) -> list[Document]:
     return docs
 
 
-def _annotate(doc: Document, text: str, score: float, spans, fraction: float) -> Document:
+def _annotate(doc: Document, kept: KeptChunk) -> Document:
+    """A copy of ``doc`` (same id, metadata plus the draft's score and what was kept) holding the kept text."""
     metadata = {
         **doc.metadata,
-        SCORE_KEY: float(score),
-        RELEVANCE_KEY: float(score),
-        SPANS_KEY: [list(s) for s in spans],
-        FRACTION_KEY: float(fraction),
+        SCORE_KEY: float(kept.score),
+        RELEVANCE_KEY: float(kept.score),
+        SPANS_KEY: [list(s) for s in kept.kept_spans],
+        FRACTION_KEY: float(kept.kept_fraction),
     }
-    return doc.model_copy(update={"page_content": text, "metadata": metadata})
+    return doc.model_copy(update={"page_content": kept.text, "metadata": metadata})

@@ -10,6 +10,8 @@ from langchain_core.language_models import BaseLanguageModel, BaseLLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from pydantic import model_validator
 
+from draft_rag import methods
+
 from . import _common as common
 
 _CALL_OPTIONS = (
@@ -50,23 +52,23 @@ class DraftCompressedLLM(common.DraftSettings, BaseLLM):
         return self._call_options(stop, kwargs, _CALL_OPTIONS)
 
     # -- local target --------------------------------------------------------------------------
-    def _stream_local(self, prompt: str, o: dict, run_manager) -> Iterator[GenerationChunk]:
+    def _stream_local(self, prompt: str, opts: dict, run_manager) -> Iterator[GenerationChunk]:
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
-        gs = self._engine.stream(
+        reply = self._engine.stream(
             prompt or None,
-            question=o["question"],
-            instruction=o["instruction"],
-            method=o["method"],
-            budget=o["budget"],
-            ratio=o["ratio"],
+            question=opts["question"],
+            instruction=opts["instruction"],
+            method=opts["method"],
+            budget=opts["budget"],
+            ratio=opts["ratio"],
             template=self.template,
-            max_new_tokens=o["max_tokens"],
-            temperature=o["temperature"],
-            top_p=o["top_p"],
-            top_k=o["top_k"],
-            stop=o["stop"],
-            seed=o["seed"],
+            max_new_tokens=opts["max_tokens"],
+            temperature=opts["temperature"],
+            top_p=opts["top_p"],
+            top_k=opts["top_k"],
+            stop=opts["stop"],
+            seed=opts["seed"],
             **{
                 n: getattr(self, n)
                 for n in ("pc_budget", "pc_ratio", "lookahead_tokens")
@@ -74,41 +76,45 @@ class DraftCompressedLLM(common.DraftSettings, BaseLLM):
             },
         )
         held = None
-        for piece in common.with_deadline(iter(gs), self.timeout):
+        for piece in common.with_deadline(iter(reply), self.timeout):
             if held is not None:
                 yield common.emit(GenerationChunk(text=held), run_manager)
             held = piece
-        info = {"finish_reason": gs.stats.finish_reason, "model_name": self.model_name, "draft_rag": gs.stats.to_dict()}
-        if gs.compressed is not None:
-            info["draft_rag"]["compressed_text"] = gs.compressed.text
+        info = {
+            "finish_reason": reply.stats.finish_reason,
+            "model_name": self.model_name,
+            "draft_rag": reply.stats.to_dict(),
+        }
+        if reply.compressed is not None:
+            info["draft_rag"]["compressed_text"] = reply.compressed.text
         yield common.emit(GenerationChunk(text=held or "", generation_info=info), run_manager)
 
     # -- wrapped model -------------------------------------------------------------------------
-    def _compress(self, prompt: str, o: dict) -> tuple[str, dict]:
+    def _compress(self, prompt: str, opts: dict) -> tuple[str, dict]:
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
-        stats: dict = {"method": o["method"]}
-        if o["method"] == "full" or not prompt.strip():
-            parts = [o["instruction"], prompt, o["question"]]
+        stats: dict = {"method": opts["method"]}
+        if not methods.get(opts["method"]).shortens_prompt or not prompt.strip():
+            parts = [opts["instruction"], prompt, opts["question"]]
             return "\n\n".join(p for p in parts if p), stats
-        cp = self._engine.compress(
-            prompt, instruction=o["instruction"], question=o["question"], **self._wrapped_budget(o)
+        shortened = self._engine.compress(
+            prompt, instruction=opts["instruction"], question=opts["question"], **self._wrapped_budget(opts)
         )
         stats.update(
-            original_tokens=cp.original_tokens,
-            compressed_tokens=cp.compressed_tokens,
+            original_tokens=shortened.original_tokens,
+            compressed_tokens=shortened.compressed_tokens,
             token_counts="draft tokenizer",
-            seconds=dict(cp.seconds),
-            kept_spans=cp.kept_spans,
+            seconds=dict(shortened.seconds),
+            kept_spans=shortened.kept_spans,
         )
-        return cp.text, stats
+        return shortened.text, stats
 
-    def _wrapped_kwargs(self, o: dict) -> dict:
+    def _wrapped_kwargs(self, opts: dict) -> dict:
         """Unknown per-call kwargs, plus decoding settings set explicitly (at construction or per call)."""
-        fw = dict(o["extra"])
+        fw = dict(opts["extra"])
         for name in ("max_tokens", "temperature", "top_p", "top_k", "seed"):
-            if name in o["given"] or name in self.model_fields_set:
-                fw[name] = o[name]
+            if name in opts["given"] or name in self.model_fields_set:
+                fw[name] = opts[name]
         return fw
 
     def _generate(
@@ -118,17 +124,17 @@ class DraftCompressedLLM(common.DraftSettings, BaseLLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
-        o = self._options(stop, kwargs)
+        opts = self._options(stop, kwargs)
         generations = []
         for prompt in prompts:
             if self.llm is None:
-                chunks = list(self._stream_local(prompt, o, run_manager))
+                chunks = list(self._stream_local(prompt, opts, run_manager))
                 text = "".join(c.text for c in chunks)
                 generations.append([Generation(text=text, generation_info=chunks[-1].generation_info)])
                 continue
-            compressed, stats = self._compress(prompt, o)
+            compressed, stats = self._compress(prompt, opts)
             config = common.child_config(run_manager)
-            out = self.llm.invoke(compressed, config=config, stop=o["stop"] or None, **self._wrapped_kwargs(o))
+            out = self.llm.invoke(compressed, config=config, stop=opts["stop"] or None, **self._wrapped_kwargs(opts))
             text = out if isinstance(out, str) else out.text
             generations.append(
                 [Generation(text=text, generation_info={"model_name": self.model_name, "draft_rag": stats})]
@@ -142,14 +148,16 @@ class DraftCompressedLLM(common.DraftSettings, BaseLLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
-        o = self._options(stop, kwargs)
+        opts = self._options(stop, kwargs)
         if self.llm is None:
-            yield from self._stream_local(prompt, o, run_manager)
+            yield from self._stream_local(prompt, opts, run_manager)
             return
-        compressed, stats = self._compress(prompt, o)
+        compressed, stats = self._compress(prompt, opts)
         config = common.child_config(run_manager)
         first = True
-        for piece in self.llm.stream(compressed, config=config, stop=o["stop"] or None, **self._wrapped_kwargs(o)):
+        for piece in self.llm.stream(
+            compressed, config=config, stop=opts["stop"] or None, **self._wrapped_kwargs(opts)
+        ):
             text = piece if isinstance(piece, str) else piece.text
             info = {"model_name": self.model_name, "draft_rag": stats} if first else None
             yield common.emit(GenerationChunk(text=text, generation_info=info), run_manager)

@@ -48,9 +48,11 @@ class DraftCompressionMiddleware(AgentMiddleware):
         """The request with its messages' retrieved context compressed, and the stats."""
         system = [request.system_message] if request.system_message is not None else []
         messages = system + list(request.messages)
-        cm = self.engine.compress_messages(to_dicts(messages), budget=self.budget, ratio=self.ratio)
-        new = rebuild(messages, cm)
-        return request.override(system_message=new[0] if system else None, messages=new[len(system) :]), cm.stats
+        compressed_chat = self.engine.compress_messages(to_dicts(messages), budget=self.budget, ratio=self.ratio)
+        new = rebuild(messages, compressed_chat)
+        return request.override(
+            system_message=new[0] if system else None, messages=new[len(system) :]
+        ), compressed_chat.stats.to_dict()
 
     def wrap_model_call(self, request: ModelRequest, handler) -> Any:
         new, stats = self.compress(request)

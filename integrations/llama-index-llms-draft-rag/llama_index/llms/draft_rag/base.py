@@ -1,16 +1,18 @@
 """DraftCompressedLLM: a LlamaIndex LLM backed by draft-rag's DraftEngine.
 
 Two modes: ``target=...`` generates with a local HF model run by the engine (any method in
-``draft_rag.engine.METHODS``); ``llm=...`` puts SpecPC (the draft) in front of any LlamaIndex LLM.
+``draft_rag.methods.NAMES``); ``llm=...`` puts SpecPC (the draft) in front of any LlamaIndex LLM ("full" sends
+prompts as they are).
 When a query engine formats a template with ``context_str`` (or ``context_msg``), only that context is
 compressible: the text rendered before it is the instruction and the text after it (the query) the question.
+``predict``/``stream`` (and their async forms) render templates themselves, with LlamaIndex's public API only
+(``templates``), and hand what they found to ``complete``/``chat`` as the explicit argument ``parts``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 from collections.abc import Callable, Iterator, Sequence
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -28,19 +30,29 @@ from llama_index.core.base.llms.types import (
 )
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
+from llama_index.core.instrumentation.events.llm import LLMPredictEndEvent, LLMPredictStartEvent
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
-from llama_index.core.llms.llm import LLM
+from llama_index.core.llms.llm import (
+    LLM,
+    astream_chat_response_to_tokens,
+    astream_completion_response_to_tokens,
+    stream_chat_response_to_tokens,
+    stream_completion_response_to_tokens,
+)
+from llama_index.core.prompts import BasePromptTemplate
+from llama_index.core.types import TokenAsyncGen, TokenGen
 
-from draft_rag import DraftEngine
-from draft_rag import engine as engine_module
+from draft_rag import DraftEngine, methods
 from draft_rag.aio import iterate_in_thread
+from draft_rag.config import Budget
+from draft_rag.engine import shared_engine
 from draft_rag.prompt import has_chat_template
 from llama_index.llms.draft_rag.events import DraftCompressionEvent, dispatcher
+from llama_index.llms.draft_rag.templates import log_template, render_messages, render_prompt
 from llama_index.llms.draft_rag.utils import configs_from_dict, engine_dict
 
 _CONTEXT = "\u2063DRAFTRAG-CONTEXT\u2063"
 CONTEXT_KEYS = ("context_str", "context_msg")  # what LlamaIndex's QA/refine/summary templates call retrieved text
-_prepared: contextvars.ContextVar = contextvars.ContextVar("draft_rag_prepared", default=None)
 GENERATION_KWARGS = ("max_new_tokens", "temperature", "top_p", "top_k", "stop", "seed")
 
 
@@ -58,7 +70,7 @@ class DraftCompressedLLM(LLM):
     target: Any = Field(default=None, exclude=True, description="local target model (anything load_model accepts)")
     draft: Any = Field(default=None, exclude=True, description="draft model; defaults to the target or SmolLM2")
     llm: Optional[LLM] = Field(default=None, exclude=True, description="LlamaIndex LLM to put SpecPC in front of")
-    method: str = Field(default="specpc", description="one of draft_rag.engine.METHODS")
+    method: str = Field(default="specpc", description="one of draft_rag.methods.NAMES; with llm=..., specpc or full")
     budget: Union[Annotated[int, Field(ge=1, strict=True)], Literal["auto"], None] = Field(
         default=None,
         description="prompt budget in draft tokens, or 'auto' (also the default for specpc): fit the "
@@ -106,23 +118,15 @@ class DraftCompressedLLM(LLM):
             raise ValueError(
                 "give exactly one of target=<model> (generate locally) or llm=<LlamaIndex LLM> (SpecPC in front of it)"
             )
-        if self.method not in engine_module.METHODS:
-            raise ValueError(f"method must be one of {engine_module.METHODS}, got {self.method!r}")
-        if llm is not None and self.method != "specpc":
+        method = methods.get(self.method)
+        if llm is not None and not method.works_remote:
             raise ValueError(
-                f"with llm=... only method='specpc' is possible (the wrapped LLM does its own "
+                f"with llm=... method must be one of {methods.REMOTE_NAMES} (the wrapped LLM does its own "
                 f"prefill), got {self.method!r}"
             )
-        if self.budget is not None and self.ratio is not None:
-            raise ValueError("give either budget (tokens or 'auto') or ratio (a fraction), not both")
-        self._engine = engine or DraftEngine(
-            target=target,
-            draft=draft,
-            method=self.method,
-            specpc=self.specpc,
-            speckv=self.speckv,
-            target_kwargs=self.target_kwargs,
-            draft_kwargs=self.draft_kwargs,
+        Budget.parse(self.budget, self.ratio)
+        self._engine = engine or shared_engine(
+            target, draft, self.specpc, self.speckv, target_kwargs=self.target_kwargs, draft_kwargs=self.draft_kwargs
         )
 
     @classmethod
@@ -165,149 +169,174 @@ class DraftCompressedLLM(LLM):
 
     # -- templates: find the retrieved context inside a formatted prompt --------------------------
     @dispatcher.span
-    def predict(self, prompt, **prompt_args: Any) -> str:
-        if self.llm is None or self._plan(prompt, prompt_args) is None:
-            return super().predict(prompt, **prompt_args)
-        return self.llm.predict(prompt, **self._front_args(prompt, prompt_args))
-
-    @dispatcher.span
-    def stream(self, prompt, **prompt_args: Any):
-        if self.llm is None or self._plan(prompt, prompt_args) is None:
-            return super().stream(prompt, **prompt_args)
-        return self.llm.stream(prompt, **self._front_args(prompt, prompt_args))
-
-    @dispatcher.span
-    async def apredict(self, prompt, **prompt_args: Any) -> str:
-        if self.llm is None or self._plan(prompt, prompt_args) is None:
-            return await super().apredict(prompt, **prompt_args)
-        args = await asyncio.to_thread(self._front_args, prompt, prompt_args)
-        return await self.llm.apredict(prompt, **args)
-
-    @dispatcher.span
-    async def astream(self, prompt, **prompt_args: Any):
-        if self.llm is None or self._plan(prompt, prompt_args) is None:
-            return await super().astream(prompt, **prompt_args)
-        args = await asyncio.to_thread(self._front_args, prompt, prompt_args)
-        return await self.llm.astream(prompt, **args)
-
-    def _get_prompt(self, prompt, **prompt_args: Any) -> str:
-        if self.llm is not None:
-            return self.llm._get_prompt(prompt, **prompt_args)
-        text = super()._get_prompt(prompt, **prompt_args)
+    def predict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
         plan = self._plan(prompt, prompt_args)
-        if plan is not None:  # complete() picks it up: only the context is compressible
-            _prepared.set((text, plan))
-        return text
+        if self.llm is not None and plan is not None:
+            return self.llm.predict(prompt, **self._front_args(plan, prompt_args))
+        chat, rendered, extra = self._start(prompt, prompt_args, plan)
+        if chat:
+            return self._predicted(self.chat(rendered, **extra).message.content or "")
+        return self._predicted(self.complete(rendered, formatted=True, **extra).text)
 
-    def _get_messages(self, prompt, **prompt_args: Any) -> list[ChatMessage]:
-        if self.llm is not None:
-            return self.llm._get_messages(prompt, **prompt_args)
-        messages = super()._get_messages(prompt, **prompt_args)
+    @dispatcher.span
+    def stream(self, prompt: BasePromptTemplate, **prompt_args: Any) -> TokenGen:
         plan = self._plan(prompt, prompt_args)
-        if plan is not None:  # chat() picks it up: the template's context variable is the retrieved context
-            _prepared.set((_key(messages), {"context": [prompt_args[plan["key"]]]}))
-        return messages
+        if self.llm is not None and plan is not None:
+            return self.llm.stream(prompt, **self._front_args(plan, prompt_args))
+        chat, rendered, extra = self._start(prompt, prompt_args, plan, streaming=True)
+        if chat:
+            return stream_chat_response_to_tokens(self.stream_chat(rendered, **extra))
+        return stream_completion_response_to_tokens(self.stream_complete(rendered, formatted=True, **extra))
 
-    def _plan(self, prompt, prompt_args: dict) -> dict | None:
-        """Instruction / context chunks / question of a template with a non-empty context variable."""
+    @dispatcher.span
+    async def apredict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
+        plan = self._plan(prompt, prompt_args)
+        if self.llm is not None and plan is not None:
+            args = await asyncio.to_thread(self._front_args, plan, prompt_args)
+            return await self.llm.apredict(prompt, **args)
+        chat, rendered, extra = self._start(prompt, prompt_args, plan)
+        if chat:
+            return self._predicted((await self.achat(rendered, **extra)).message.content or "")
+        return self._predicted((await self.acomplete(rendered, formatted=True, **extra)).text)
+
+    @dispatcher.span
+    async def astream(self, prompt: BasePromptTemplate, **prompt_args: Any) -> TokenAsyncGen:
+        plan = self._plan(prompt, prompt_args)
+        if self.llm is not None and plan is not None:
+            args = await asyncio.to_thread(self._front_args, plan, prompt_args)
+            return await self.llm.astream(prompt, **args)
+        chat, rendered, extra = self._start(prompt, prompt_args, plan, streaming=True)
+        if chat:
+            return await astream_chat_response_to_tokens(await self.astream_chat(rendered, **extra))
+        inner = await self.astream_complete(rendered, formatted=True, **extra)
+        return await astream_completion_response_to_tokens(inner)
+
+    def _plan(self, prompt: BasePromptTemplate, prompt_args: dict) -> tuple[str, dict] | None:
+        """The context variable of a template with a non-empty one, and its instruction / chunks / question."""
         key = next((k for k in CONTEXT_KEYS if isinstance(prompt_args.get(k), str) and prompt_args[k].strip()), None)
         if key is None:
             return None
-        render = self.llm._get_prompt if self.llm is not None else super()._get_prompt  # system prompt etc. too
-        layout = render(prompt, **dict(prompt_args, **{key: _CONTEXT}))
+        layout = render_prompt(self._renderer, prompt, **dict(prompt_args, **{key: _CONTEXT}))  # system prompt etc.
         if layout.count(_CONTEXT) != 1:
             return None
         before, _, after = layout.partition(_CONTEXT)
-        return {
-            "instruction": before.strip() or None,
-            "question": after.strip() or None,
-            "chunks": [c for c in prompt_args[key].split("\n\n") if c.strip()],
-            "key": key,
-        }
+        chunks = [c for c in prompt_args[key].split("\n\n") if c.strip()]
+        return key, {"instruction": before.strip() or None, "chunks": chunks, "question": after.strip() or None}
 
-    def _front_args(self, prompt, prompt_args: dict) -> dict:
+    def _start(
+        self, prompt: BasePromptTemplate, prompt_args: dict, plan: tuple[str, dict] | None, streaming: bool = False
+    ) -> tuple[bool, Any, dict]:
+        """What ``LLM.predict`` does before it calls the model: its events, then the template rendered.
+
+        Returns (chat model?, the messages or prompt, the keyword arguments for ``chat``/``complete``: with a plan,
+        ``parts``, so that only the template's context is compressed). A wrapped LLM's settings render it.
+        """
+        if streaming and (prompt.output_parser is not None or self.output_parser is not None):
+            raise NotImplementedError("Output parser is not supported for streaming.")
+        dispatcher.event(LLMPredictStartEvent(template=prompt, template_args=prompt_args))
+        log_template(self, prompt, prompt_args)
+        if self.metadata.is_chat_model:
+            extra = {"parts": {"context": [prompt_args[plan[0]]]}} if plan else {}
+            return True, render_messages(self._renderer, prompt, **prompt_args), extra
+        return False, render_prompt(self._renderer, prompt, **prompt_args), {"parts": plan[1]} if plan else {}
+
+    def _predicted(self, output: str) -> str:
+        parsed = str(self.output_parser.parse(output)) if self.output_parser is not None else output
+        dispatcher.event(LLMPredictEndEvent(output=parsed))
+        return parsed
+
+    @property
+    def _renderer(self) -> LLM:
+        return self.llm if self.llm is not None else self
+
+    def _front_args(self, plan: tuple[str, dict], prompt_args: dict) -> dict:
         """``prompt_args`` with the context variable compressed by SpecPC (template text protected)."""
-        plan = self._plan(prompt, prompt_args)
-        key = plan.pop("key")
-        cp, _ = self._compress(**plan)
-        return dict(prompt_args, **{key: "\n\n".join(c.text for c in cp.chunks if c.text)})
-
-    @staticmethod
-    def _take(key) -> dict | None:
-        prepared = _prepared.get()
-        if prepared is not None and prepared[0] == key:
-            _prepared.set(None)
-            return {k: v for k, v in prepared[1].items() if k != "key"}
-        return None
+        key, parts = plan
+        if not self._shortens:
+            return prompt_args
+        shortened, _ = self._compress(**parts)
+        return dict(prompt_args, **{key: "\n\n".join(c.text for c in shortened.chunks if c.text)})
 
     # -- completion ------------------------------------------------------------------------------
+    # ``parts`` (what predict() finds in a template) replace the prompt's own layout: instruction / chunks /
+    # question for complete, ``context`` (the retrieved texts inside the messages) for chat.
     @llm_completion_callback()
-    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+    def complete(
+        self, prompt: str, formatted: bool = False, *, parts: dict | None = None, **kwargs: Any
+    ) -> CompletionResponse:
         if self.llm is None:
-            return _last(self._local_stream(_local_args(prompt, self._take(prompt)), kwargs))
-        text, stats = self._front_prompt(prompt)
+            return _last(self._local_stream(parts or {"prompt": prompt}, kwargs))
+        text, stats = self._front_prompt(prompt, parts)
         return _annotate(self.llm.complete(text, formatted=formatted, **kwargs), stats)
 
     @llm_completion_callback()
-    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+    def stream_complete(
+        self, prompt: str, formatted: bool = False, *, parts: dict | None = None, **kwargs: Any
+    ) -> CompletionResponseGen:
         if self.llm is None:
-            return self._local_stream(_local_args(prompt, self._take(prompt)), kwargs)
-        text, stats = self._front_prompt(prompt)
+            return self._local_stream(parts or {"prompt": prompt}, kwargs)
+        text, stats = self._front_prompt(prompt, parts)
         return (_annotate(r, stats) for r in self.llm.stream_complete(text, formatted=formatted, **kwargs))
 
     @llm_completion_callback()
-    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+    async def acomplete(
+        self, prompt: str, formatted: bool = False, *, parts: dict | None = None, **kwargs: Any
+    ) -> CompletionResponse:
         if self.llm is None:
-            args = _local_args(prompt, self._take(prompt))
-            return await _alast(lambda: self._local_stream(args, kwargs))
-        text, stats = await asyncio.to_thread(self._front_prompt, prompt)
+            return await _alast(lambda: self._local_stream(parts or {"prompt": prompt}, kwargs))
+        text, stats = await asyncio.to_thread(self._front_prompt, prompt, parts)
         return _annotate(await self.llm.acomplete(text, formatted=formatted, **kwargs), stats)
 
     @llm_completion_callback()
-    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
+    async def astream_complete(
+        self, prompt: str, formatted: bool = False, *, parts: dict | None = None, **kwargs: Any
+    ) -> CompletionResponseAsyncGen:
         if self.llm is None:
-            args = _local_args(prompt, self._take(prompt))
-            return iterate_in_thread(lambda: self._local_stream(args, kwargs))
-        text, stats = await asyncio.to_thread(self._front_prompt, prompt)
+            return iterate_in_thread(lambda: self._local_stream(parts or {"prompt": prompt}, kwargs))
+        text, stats = await asyncio.to_thread(self._front_prompt, prompt, parts)
         inner = await self.llm.astream_complete(text, formatted=formatted, **kwargs)
         return (_annotate(r, stats) async for r in inner)
 
     # -- chat ------------------------------------------------------------------------------------
     @llm_chat_callback()
-    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+    def chat(self, messages: Sequence[ChatMessage], *, parts: dict | None = None, **kwargs: Any) -> ChatResponse:
         if self.llm is None:
-            return _as_chat(_last(self._local_stream(self._chat_args(messages), kwargs)))
-        msgs, stats = self._front_messages(messages)
+            return _as_chat(_last(self._local_stream(self._chat_args(messages, parts), kwargs)))
+        msgs, stats = self._front_messages(messages, parts)
         return _annotate(self.llm.chat(msgs, **kwargs), stats)
 
     @llm_chat_callback()
-    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+    def stream_chat(
+        self, messages: Sequence[ChatMessage], *, parts: dict | None = None, **kwargs: Any
+    ) -> ChatResponseGen:
         if self.llm is None:
-            return (_as_chat(r) for r in self._local_stream(self._chat_args(messages), kwargs))
-        msgs, stats = self._front_messages(messages)
+            return (_as_chat(r) for r in self._local_stream(self._chat_args(messages, parts), kwargs))
+        msgs, stats = self._front_messages(messages, parts)
         return (_annotate(r, stats) for r in self.llm.stream_chat(msgs, **kwargs))
 
     @llm_chat_callback()
-    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+    async def achat(self, messages: Sequence[ChatMessage], *, parts: dict | None = None, **kwargs: Any) -> ChatResponse:
         if self.llm is None:
-            args = self._chat_args(messages)
+            args = self._chat_args(messages, parts)
             return _as_chat(await _alast(lambda: self._local_stream(args, kwargs)))
-        msgs, stats = await asyncio.to_thread(self._front_messages, messages)
+        msgs, stats = await asyncio.to_thread(self._front_messages, messages, parts)
         return _annotate(await self.llm.achat(msgs, **kwargs), stats)
 
     @llm_chat_callback()
-    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+    async def astream_chat(
+        self, messages: Sequence[ChatMessage], *, parts: dict | None = None, **kwargs: Any
+    ) -> ChatResponseAsyncGen:
         if self.llm is None:
-            args = self._chat_args(messages)
+            args = self._chat_args(messages, parts)
             return iterate_in_thread(lambda: (_as_chat(r) for r in self._local_stream(args, kwargs)))
-        msgs, stats = await asyncio.to_thread(self._front_messages, messages)
+        msgs, stats = await asyncio.to_thread(self._front_messages, messages, parts)
         inner = await self.llm.astream_chat(msgs, **kwargs)
         return (_annotate(r, stats) async for r in inner)
 
     # -- local target ----------------------------------------------------------------------------
-    def _chat_args(self, messages: Sequence[ChatMessage]) -> dict:
+    def _chat_args(self, messages: Sequence[ChatMessage], parts: dict | None) -> dict:
         """The conversation for the engine (answered in the target's chat template), and the template's context."""
-        return {"messages": _dicts(messages), **(self._take(_key(messages)) or {})}
+        return {"messages": _dicts(messages), **(parts or {})}
 
     def _local_stream(self, args: dict, kwargs: dict) -> Iterator[CompletionResponse]:
         """Responses as pieces are decoded; the last one carries the stats (and ``raw['usage']``)."""
@@ -315,7 +344,7 @@ class DraftCompressedLLM(LLM):
         if unknown:
             raise TypeError(f"unsupported generation arguments {sorted(unknown)}; supported: {GENERATION_KWARGS}")
         gen = dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature) | kwargs
-        gs = self._engine.stream(
+        reply = self._engine.stream(
             **args,
             method=self.method,
             budget=self.budget,
@@ -324,93 +353,99 @@ class DraftCompressedLLM(LLM):
             pc_ratio=self.pc_ratio,
             **gen,
         )
-        return self._responses(gs)
+        return self._responses(reply)
 
-    def _responses(self, gs) -> Iterator[CompletionResponse]:
+    def _responses(self, reply) -> Iterator[CompletionResponse]:
         text, pending = "", None
-        with contextlib.closing(iter(gs)) as pieces:  # closed here if abandoned: the engine lock is freed
+        with contextlib.closing(iter(reply)) as pieces:  # closed here if abandoned: the engine lock is freed
             for piece in pieces:
                 if pending is not None:
                     yield pending
                 text += piece
                 pending = CompletionResponse(text=text, delta=piece)
-        stats = gs.stats.to_dict()
+        stats = reply.stats.to_dict()
         usage = {
-            "prompt_tokens": gs.stats.prompt_tokens,
-            "completion_tokens": gs.stats.new_tokens,
-            "total_tokens": gs.stats.prompt_tokens + gs.stats.new_tokens,
+            "prompt_tokens": reply.stats.prompt_tokens,
+            "completion_tokens": reply.stats.new_tokens,
+            "total_tokens": reply.stats.prompt_tokens + reply.stats.new_tokens,
         }
         dispatcher.event(
             DraftCompressionEvent(
                 component="llm",
-                method=gs.stats.method,
-                original_tokens=gs.stats.original_tokens,
-                compressed_tokens=gs.stats.prompt_tokens,
-                seconds=gs.stats.seconds,
-                kv_bytes=gs.stats.kv_bytes,
-                kv_bytes_full=gs.stats.kv_bytes_full,
+                method=reply.stats.method,
+                original_tokens=reply.stats.original_tokens,
+                compressed_tokens=reply.stats.prompt_tokens,
+                seconds=reply.stats.seconds,
+                kv_bytes=reply.stats.kv_bytes,
+                kv_bytes_full=reply.stats.kv_bytes_full,
             )
         )
         yield CompletionResponse(
             text=text,
             delta=pending.delta if pending else "",
-            raw={"usage": usage, "compressed": gs.compressed.to_dict() if gs.compressed else None},
+            raw={"usage": usage, "compressed": reply.compressed.to_dict() if reply.compressed else None},
             additional_kwargs={"draft_rag": stats},
         )
 
     # -- SpecPC in front of another LLM ----------------------------------------------------------
     def _compress(self, **parts) -> tuple[Any, dict]:
-        cp = self._engine.compress(**parts, **self._wrapped_budget())
+        shortened = self._engine.compress(**parts, **self._wrapped_budget())
         stats = {
             "method": "specpc",
-            "original_tokens": cp.original_tokens,
-            "compressed_tokens": cp.compressed_tokens,
-            "seconds": cp.seconds,
+            "original_tokens": shortened.original_tokens,
+            "compressed_tokens": shortened.compressed_tokens,
+            "seconds": shortened.seconds,
         }
         dispatcher.event(DraftCompressionEvent(component="llm", **stats))
-        return cp, stats
+        return shortened, stats
 
     def _wrapped_budget(self) -> dict:
         """With no budget (or ``"auto"``), fit the wrapped LLM's ``metadata.context_window - num_output``."""
         cfg = self._engine.specpc
-        unset = self.budget is None and self.ratio is None and cfg.max_capacity_prompt is None and cfg.ratio is None
+        unset = self.budget is None and self.ratio is None and cfg.budget is None and cfg.ratio is None
         if self.budget != "auto" and not unset:
             return {"budget": self.budget, "ratio": self.ratio}
         inner = self.llm.metadata
         window = (self.context_window or inner.context_window) - max(0, inner.num_output or 0)
         return {"budget": "auto", "context_window": window}
 
-    def _front_prompt(self, prompt: str) -> tuple[str, dict]:
-        cp, stats = self._compress(prompt=prompt)
-        return cp.text, stats
+    @property
+    def _shortens(self) -> bool:
+        """Whether the method compresses the prompt in front of the wrapped LLM ("full": sent as it is)."""
+        return methods.get(self.method).shortens_prompt
 
-    def _front_messages(self, messages: Sequence[ChatMessage]) -> tuple[list, dict]:
+    def _front_prompt(self, prompt: str, parts: dict | None) -> tuple[str, dict]:
+        if not self._shortens:
+            return prompt, {"method": self.method}
+        shortened, stats = self._compress(**(parts or {"prompt": prompt}))
+        return shortened.text, stats
+
+    def _front_messages(self, messages: Sequence[ChatMessage], parts: dict | None) -> tuple[list, dict]:
         """SpecPC on the retrieved context inside the messages (``draft_rag.messages``'s rule); the rest as is."""
-        cm = self._engine.compress_messages(_dicts(messages), budget=self.budget, ratio=self.ratio)
+        if not self._shortens:
+            return list(messages), {"method": self.method}
+        compressed_chat = self._engine.compress_messages(
+            _dicts(messages), budget=self.budget, ratio=self.ratio, **(parts or {})
+        )
         stats = {
             "method": "specpc",
-            "original_tokens": cm.stats["original_tokens"],
-            "compressed_tokens": cm.stats["compressed_tokens"],
-            "seconds": cm.stats["seconds"],
+            "original_tokens": compressed_chat.stats.original_tokens,
+            "compressed_tokens": compressed_chat.stats.compressed_tokens,
+            "seconds": compressed_chat.stats.seconds,
         }
         dispatcher.event(DraftCompressionEvent(component="llm", **stats))
-        changed = {m["message_index"] for m in cm.stats["messages"]}
-        msgs = [_with_text(m, cm.messages[i]["content"]) if i in changed else m for i, m in enumerate(messages)]
-        return msgs, {**stats, **{k: cm.stats[k] for k in ("messages", "warning") if k in cm.stats}}
+        changed = compressed_chat.stats.changed()
+        msgs = [
+            _with_text(m, compressed_chat.messages[i]["content"]) if i in changed else m for i, m in enumerate(messages)
+        ]
+        extra = {k: v for k, v in compressed_chat.stats.to_dict().items() if k in ("messages", "warning")}
+        return msgs, {**stats, **extra}
 
 
 def _window(loaded) -> int:
     cfg = loaded.model.config
     cfg = getattr(cfg, "text_config", None) or cfg
     return getattr(cfg, "max_position_embeddings", None) or DEFAULT_CONTEXT_WINDOW
-
-
-def _local_args(prompt: str, plan: dict | None) -> dict:
-    return plan if plan is not None else {"prompt": prompt}
-
-
-def _key(messages: Sequence[ChatMessage]) -> tuple:
-    return tuple((m.role, m.content) for m in messages)
 
 
 _ROLES = {"chatbot": "assistant", "model": "assistant"}

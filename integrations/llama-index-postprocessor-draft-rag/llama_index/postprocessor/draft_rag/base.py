@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 from typing import Any, Optional
 
@@ -12,9 +11,9 @@ from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
-from draft_rag import Chunk, DraftEngine
-from draft_rag.prompt import count_tokens
-from draft_rag.scoring import select_chunks
+from draft_rag import DraftEngine
+from draft_rag.engine import shared_engine
+from draft_rag.selection import check_pruning
 from llama_index.llms.draft_rag.events import DraftCompressionEvent, dispatcher
 from llama_index.llms.draft_rag.utils import configs_from_dict, engine_dict
 
@@ -32,7 +31,7 @@ class DraftNodePostprocessor(BaseNodePostprocessor):
     caller's objects are not changed) with ``score`` set to the draft importance (a float) and the retrieval
     score kept in ``node.metadata["retrieval_score"]`` (hidden from LLM/embedding text; an existing one wins).
     ``top_n``/``threshold`` filter whole nodes; ``budget`` (draft tokens) or ``ratio`` is met by dropping
-    whole nodes (``draft_rag.scoring.select_chunks``), or with ``compress_tokens=True`` by SpecPC inside
+    whole nodes (``DraftEngine.prune_chunks``), or with ``compress_tokens=True`` by SpecPC inside
     the kept nodes (query and instruction count towards the budget; changed nodes are copies with the same
     id, metadata and relationships plus ``draft_rag_kept_fraction``/``draft_rag_kept_spans``). Nodes
     without text pass through with score 0.0. Output is in retrieval order unless ``sort_by_score=True``.
@@ -64,10 +63,8 @@ class DraftNodePostprocessor(BaseNodePostprocessor):
 
     def __init__(self, draft: Any = None, *, engine: DraftEngine | None = None, **kwargs: Any):
         super().__init__(draft=draft, **kwargs)
-        select_chunks([], [], top_n=self.top_n, budget=self.budget, ratio=self.ratio)  # validates the arguments
-        if self.compress_tokens and self.budget is None and self.ratio is None:
-            raise ValueError("compress_tokens=True needs budget=<tokens> or ratio=<fraction>")
-        self._engine = engine or DraftEngine(draft=draft, specpc=self.specpc, draft_kwargs=self.draft_kwargs)
+        check_pruning(self.top_n, self.threshold, self.budget, self.ratio, self.compress_tokens)
+        self._engine = engine or shared_engine(None, draft, self.specpc, draft_kwargs=self.draft_kwargs)
 
     @classmethod
     def class_name(cls) -> str:
@@ -114,68 +111,37 @@ class DraftNodePostprocessor(BaseNodePostprocessor):
         return out
 
     def _prune(self, nodes, texts, scored, query):
-        t0 = time.perf_counter()
-        scores = (
-            self._engine.score_chunks([texts[i] for i in scored], question=query, instruction=self.instruction)
-            if scored
-            else []
-        )
-        seconds = {"draft": time.perf_counter() - t0}
-        sizes = [count_tokens(self._engine.draft.tokenizer, texts[i]) for i in scored]
-        whole = not self.compress_tokens
-        keep = select_chunks(
-            scores,
-            sizes,
+        """The core's chunk pruner on the nodes with text; nodes without text pass through with score 0.0."""
+        plain = {i: nodes[i].node.get_content(metadata_mode=MetadataMode.NONE) for i in scored}
+        pruned = self._engine.prune_chunks(
+            [plain[i] for i in scored],
+            query,
+            score_texts=[texts[i] for i in scored],
+            instruction=self.instruction,
             top_n=self.top_n,
             threshold=self.threshold,
-            budget=self.budget if whole else None,
-            ratio=self.ratio if whole else None,
+            budget=self.budget,
+            ratio=self.ratio,
+            compress_tokens=self.compress_tokens,
         )
-        score_of, size_of = dict(zip(scored, scores)), dict(zip(scored, sizes))
-        kept = sorted({scored[k] for k in keep} | (set(range(len(nodes))) - set(scored)))
-        out = [_rescore(nodes[i], score_of.get(i, 0.0)) for i in kept]
+        kept = {scored[k.index]: k for k in pruned.kept}
+        out = []
+        for i in sorted(set(kept) | (set(range(len(nodes))) - set(scored))):
+            k = kept.get(i)
+            node = _rescore(nodes[i], k.score if k else 0.0)
+            if k is not None and k.text != plain[i]:  # SpecPC shortened it
+                node.node = _with_text(node.node, k)
+            out.append(node)
         stats = {
-            "method": "specpc-chunks",
-            "original_tokens": sum(sizes),
-            "compressed_tokens": sum(size_of.get(i, 0) for i in kept),
+            "method": "specpc" if pruned.compressed is not None else "specpc-chunks",
+            "original_tokens": pruned.original_tokens,
+            "compressed_tokens": pruned.compressed_tokens,
             "nodes_in": len(nodes),
             "nodes_out": len(out),
-            "seconds": seconds,
+            "seconds": pruned.seconds,
         }
-        if self.compress_tokens:
-            out, stats = self._compress(out, query, stats)
         if self.sort_by_score:
             out.sort(key=lambda n: -n.score)
-        return out, stats
-
-    def _compress(self, nodes: list[NodeWithScore], query: str, stats: dict):
-        """SpecPC over the kept nodes' text; nodes it changed become copies, emptied nodes are dropped."""
-        textful = [n for n in nodes if n.node.get_content(metadata_mode=MetadataMode.NONE).strip()]
-        chunks = [Chunk(n.node.get_content(metadata_mode=MetadataMode.NONE), id=n.node.node_id) for n in textful]
-        if not chunks:
-            return nodes, stats
-        cp = self._engine.compress(
-            chunks=chunks, question=query, instruction=self.instruction, budget=self.budget, ratio=self.ratio
-        )
-        result = {id(n): r for n, r in zip(textful, cp.chunks)}
-        out = []
-        for n in nodes:
-            r = result.get(id(n))
-            if r is not None and r.text != r.original:
-                if not r.text.strip():
-                    logger.info("node %s compressed away entirely; dropped", n.node.node_id)
-                    continue
-                n.node = _with_text(n.node, r)
-            out.append(n)
-        tok = self._engine.draft.tokenizer
-        seconds = {"draft": stats["seconds"]["draft"] + cp.seconds["draft"], "select": cp.seconds["select"]}
-        stats = dict(
-            stats,
-            method="specpc",
-            nodes_out=len(out),
-            seconds=seconds,
-            compressed_tokens=sum(count_tokens(tok, r.text) for r in cp.chunks),
-        )
         return out, stats
 
 

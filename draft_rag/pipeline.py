@@ -1,0 +1,365 @@
+"""One request path for prompts and conversations: compress, tokenise for the target, plan the KV prefill.
+
+``prepare`` is what ``DraftEngine.stream`` runs under the engine lock before decoding, and what the bench calls
+to time a method's stages. The same steps run for a ``PromptInput`` and a ``ChatInput``; only how text is
+rendered and compressed differs (``_PromptText`` and ``_Conversation``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from . import messages as chat
+from . import speckv
+from .config import AUTO_MARGIN, DEFAULT_PC_BUDGET, SPECKV_PC_KERNEL, SPECKV_PC_LOOKAHEAD, Budget, SpecPCConfig
+from .generation import Prefill, Sampling, eos_ids
+from .inputs import ChatInput, PromptInput
+from .methods import Method
+from .prompt import Segment, count_tokens, has_chat_template, template_parts, tokenize, wrap
+from .specpc import CompressedPrompt, compress
+from .stats import CompressionStats, GenerationStats, MessageStats
+
+if TYPE_CHECKING:
+    from .engine import DraftEngine
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one request runs: the method, its budgets (parsed), the lookahead and the decoding settings.
+
+    ``budget``: the prompt budget for SpecPC, the KV budget for the KV methods; ``pc_budget``: SpecKV-PC's
+    prompt budget. ``lookahead``: SpecKV's draft lookahead (None: the configured or official default).
+    """
+
+    method: Method
+    sampling: Sampling
+    budget: Budget = field(default_factory=Budget)
+    pc_budget: Budget = field(default_factory=Budget)
+    lookahead: int | None = None
+    template: str = "chat"
+
+
+@dataclass
+class Prepared:
+    """A request ready to decode: the target's prompt ids, its prefill, SpecPC's result and the stats so far."""
+
+    ids: list[int]
+    prefill: Prefill
+    compressed: CompressedPrompt | None
+    stats: GenerationStats
+
+
+def prepare(
+    engine: DraftEngine, request: PromptInput | ChatInput, plan: Plan, stats: GenerationStats | None = None
+) -> Prepared:
+    """Compress (SpecPC methods), tokenise for the target, and plan the prefill (KV methods evict); ``stats``
+    (a new one by default) is filled as the steps run. Call with the engine lock held."""
+    method, sampling = plan.method, plan.sampling
+    kind = _PromptText if isinstance(request, PromptInput) else _Conversation
+    text = kind(engine, request, plan)
+    stats = stats if stats is not None else GenerationStats(method.name)
+    ids = text.target_ids()
+    stats.original_tokens = len(ids)
+    if not method.shortens_prompt:  # nothing will shorten the prompt: refuse it before any draft work
+        check_fits(engine, len(ids), sampling.max_new_tokens, plan.lookahead)
+    compressed = None
+    n_look = lookahead_count(engine, plan) if method.drafts_lookahead else 0
+    if method.shortens_prompt:
+        compressed = text.compress(_specpc_config(engine, plan, n_look), stats)
+        ids = text.target_ids()
+    prefill = functools.partial(_with_stats, speckv.plain_prefill_stats, stats)
+    if method.evicts_kv:
+        prefill = _kv_prefill(engine, plan, text, ids, compressed, n_look, stats)
+    check_fits(engine, len(ids), sampling.max_new_tokens, stats.lookahead_tokens)
+    stats.prompt_tokens = len(ids)
+    return Prepared(ids, prefill, compressed, stats)
+
+
+class _PromptText:
+    """A ``PromptInput`` in the target's template; compression replaces its context by the kept text."""
+
+    def __init__(self, engine: DraftEngine, request: PromptInput, plan: Plan):
+        self.engine, self.plan, self.system = engine, plan, request.system
+        self.segments, self.chunks = request.segments, request.chunk_list
+
+    def target_ids(self) -> list[int]:
+        target = self.engine.target.tokenizer
+        return tokenize(target, wrap(self.segments, target, self.plan.template, self.system)).ids
+
+    def draft_ids(self) -> list[int]:
+        draft = self.engine.draft.tokenizer
+        return tokenize(draft, wrap(self.segments, draft, self.plan.template, self.system)).ids
+
+    def compress(self, cfg: SpecPCConfig, stats: GenerationStats) -> CompressedPrompt:
+        engine, plan = self.engine, self.plan
+        if _fits_window(engine, plan):
+            room = fit_budget(
+                engine, self.segments, plan.template, engine.target_window, plan.sampling.max_new_tokens,
+                self.system, self.target_ids(),
+            )  # fmt: skip
+            cfg = cfg.replace(budget=room)
+        shortened = compress(
+            engine.draft.model,
+            engine.draft.tokenizer,
+            self.segments,
+            self.chunks,
+            cfg,
+            template=plan.template,
+            target_tokenizer=engine.target.tokenizer,
+            block_size=engine.block_size,
+        )
+        stats.draft_blocks = shortened.draft_blocks
+        stats.seconds.update(draft=shortened.seconds["draft"], select=shortened.seconds["select"])
+        self.segments = compressed_segments(shortened, self.segments)
+        return shortened
+
+
+class _Conversation:
+    """A ``ChatInput`` in the target's chat template; compression replaces the retrieved context in messages."""
+
+    def __init__(self, engine: DraftEngine, request: ChatInput, plan: Plan):
+        chat.check_text_only(request.messages, request.layout)
+        self.engine, self.plan = engine, plan
+        self.messages, self.layout = request.messages, request.layout
+
+    def target_ids(self) -> list[int]:
+        target = self.engine.target.tokenizer
+        return tokenize(target, chat.render(self.messages, self.layout, target, self.plan.template)).ids
+
+    def draft_ids(self) -> list[int]:
+        draft = self.engine.draft.tokenizer
+        template = self.plan.template if has_chat_template(draft) else "raw"
+        segments = drop_lead(chat.render(self.messages, self.layout, draft, template), draft)
+        return tokenize(draft, wrap(segments, draft, "raw")).ids
+
+    def compress(self, cfg: SpecPCConfig, stats: GenerationStats) -> CompressedPrompt | None:
+        engine, plan = self.engine, self.plan
+        window = engine.target_window
+        fit = window - plan.sampling.max_new_tokens if window and _fits_window(engine, plan) else None
+        compressed_chat = compress_conversation(engine, self.messages, self.layout, cfg, fit)
+        stats.compression = compressed_chat.stats
+        stats.draft_blocks = compressed_chat.stats.draft_blocks or 0
+        stats.seconds.update(compressed_chat.stats.seconds)
+        self.messages = compressed_chat.messages
+        self.layout = chat.layout(self.messages)
+        return compressed_chat.compressed
+
+
+def compress_conversation(
+    engine: DraftEngine, messages: list[dict], lay: chat.Layout, cfg: SpecPCConfig, fit: int | None = None
+) -> chat.CompressedMessages:
+    """SpecPC on a conversation's context, read by the draft in its own template (call with the engine lock
+    held); ``fit``: the window a ``budget="auto"`` fills."""
+    draft = engine.draft
+    count_tokenizer = engine.count_tokenizer
+    template = "chat" if has_chat_template(draft.tokenizer) else "raw"
+    segments = drop_lead(chat.render(messages, lay, draft.tokenizer, template), draft.tokenizer)
+    question = chat.reread_question(messages, lay)
+    if question:  # the draft's window should read the question: once more, at the end, for the draft only
+        segments = segments + [Segment("\n\n", "separator"), Segment(question, "question")]
+    if fit is not None:
+        budget = fit_budget(engine, segments, "raw", fit, 0, full_ids=tokenize(count_tokenizer, segments).ids)
+        cfg = cfg.replace(budget=budget)
+    indices = chat.rendered_indices(segments, lay)
+    counts = "target tokenizer" if engine.target else "draft tokenizer"
+    if not indices:
+        return _nothing_to_compress(engine, messages, segments, cfg)
+    shortened = compress(
+        draft.model,
+        draft.tokenizer,
+        segments,
+        lay.chunks,
+        cfg,
+        template="raw",
+        target_tokenizer=count_tokenizer,
+        block_size=engine.block_size,
+    )
+    stats = CompressionStats(
+        counts,
+        original_tokens=shortened.original_tokens,
+        compressed_tokens=shortened.compressed_tokens,
+        draft_original_tokens=shortened.draft_original_tokens,
+        draft_kept_tokens=shortened.draft_kept_tokens,
+        draft_blocks=shortened.draft_blocks,
+        seconds=dict(shortened.seconds),
+    )
+    for i in sorted(indices):
+        before = count_tokens(count_tokenizer, "".join(c.text for c in lay.chunks if c.id == i))
+        after = count_tokens(
+            count_tokenizer, "".join(shortened.chunks[k].text for k, c in enumerate(lay.chunks) if c.id == i)
+        )
+        stats.messages.append(MessageStats(i, before, after / max(1, before)))
+    return chat.CompressedMessages(chat.rebuild(messages, lay, shortened, indices), stats, shortened)
+
+
+def _nothing_to_compress(engine: DraftEngine, messages, segments, cfg: SpecPCConfig) -> chat.CompressedMessages:
+    """The conversation unchanged, with a warning when it is over the budget."""
+    n = sum(count_tokens(engine.draft.tokenizer, s.text) for s in segments if s.in_output)
+    budget = None if cfg.ratio is not None else cfg.budget_for(n)
+    stats = CompressionStats("draft tokenizer", n, n, seconds={"draft": 0.0, "select": 0.0})
+    if budget is not None and n > budget:
+        stats.warning = (
+            f"the conversation has {n} draft tokens, over the budget of {budget}, but no "
+            "retrieved context to compress (see draft_rag.messages); sent whole"
+        )
+        _warn_once(stats.warning)
+    return chat.CompressedMessages([dict(m) for m in messages], stats, None)
+
+
+def _kv_prefill(engine: DraftEngine, plan: Plan, text, ids, compressed, n_look: int, stats: GenerationStats):
+    """The evicting prefill of a KV method: SpecKV's lookahead (SpecPC's, or drafted now) joins the window."""
+    method = plan.method
+    cfg = engine.speckv
+    if not plan.budget.is_unset:
+        cfg = cfg.replace(budget=plan.budget.tokens, ratio=plan.budget.ratio)
+    budget_n = cfg.budget_for(len(ids))
+    look = list(compressed.lookahead_ids) if compressed is not None else []
+    if method.drafts_lookahead and n_look and budget_n < len(ids):
+        draft = engine.draft
+        eos = eos_ids(draft.model, draft.tokenizer)
+        if not look:  # SpecPC did not run the draft (prompt within its budget), or plain speckv
+            t0 = time.perf_counter()
+            draft_ids = text.draft_ids()
+            if engine.draft_window and len(draft_ids) + n_look > engine.draft_window:
+                raise ValueError(
+                    f"{method}: the draft would read {len(draft_ids)} prompt tokens + {n_look} lookahead tokens, "
+                    f"more than its context window of {engine.draft_window}; use method='speckv-pc' (SpecPC "
+                    "shortens the prompt first) or a draft with a longer window"
+                )
+            look = speckv.draft_lookahead(draft.model, draft_ids, n_look, eos)
+            stats.seconds["draft"] = stats.seconds.get("draft", 0.0) + time.perf_counter() - t0
+        look = speckv.lookahead_for_target(draft.tokenizer, engine.target.tokenizer, look, eos)
+    else:
+        look = []
+    stats.lookahead_tokens = len(look)
+    run = functools.partial(
+        speckv.compressed_prefill,
+        lookahead_ids=look,
+        budget=budget_n,
+        scorer=method.make_scorer(cfg),
+        window=cfg.window_size,
+        horizon=plan.sampling.max_new_tokens,
+    )
+    return functools.partial(_with_stats, run, stats)
+
+
+def _specpc_config(engine: DraftEngine, plan: Plan, n_look: int) -> SpecPCConfig:
+    """SpecPC's settings for this request. Inside SpecKV-PC, as in the official configs: kernel = neighbours =
+    32 unless set, the SpecKV lookahead drafted here, and DEFAULT_PC_BUDGET when no prompt budget is given."""
+    if not plan.method.evicts_kv:
+        budget = plan.budget
+        if budget.auto or budget.is_unset:
+            return engine.specpc
+        return engine.specpc.replace(budget=budget.tokens, ratio=budget.ratio)
+    pc = plan.pc_budget
+    cfg = engine.specpc.replace(budget=pc.tokens, ratio=pc.ratio, lookahead_tokens=n_look)
+    if cfg.kernel_size is None:
+        cfg = cfg.replace(kernel_size=SPECKV_PC_KERNEL)
+    if pc.is_unset:
+        cfg = cfg.replace(budget=DEFAULT_PC_BUDGET)
+    return cfg
+
+
+def _fits_window(engine: DraftEngine, plan: Plan) -> bool:
+    """SpecPC fills the target's window: ``budget="auto"``, or plain SpecPC with no budget in the call nor in
+    SpecPCConfig (SpecKV-PC's prompt budget has its own default)."""
+    if plan.budget.auto:
+        return True
+    unset = plan.budget.is_unset and engine.specpc.budget is None and engine.specpc.ratio is None
+    return unset and not plan.method.evicts_kv
+
+
+def lookahead_count(engine: DraftEngine, plan: Plan) -> int:
+    """SpecKV's lookahead length: the call's, else SpecKVConfig's, else the official default (SpecKV drafts
+    ``max_new_tokens``; SpecKV-PC reuses the 20 tokens its SpecPC stage drafts)."""
+    n_look = plan.lookahead if plan.lookahead is not None else engine.speckv.lookahead_tokens
+    if n_look is None:
+        n_look = SPECKV_PC_LOOKAHEAD if plan.method.shortens_prompt else plan.sampling.max_new_tokens
+    if isinstance(n_look, bool) or not isinstance(n_look, int) or n_look < 0:
+        raise ValueError(f"lookahead_tokens must be an integer >= 0, got {n_look!r}")
+    return n_look
+
+
+def check_fits(engine: DraftEngine, n_prompt: int, max_new_tokens: int, lookahead: int | None = 0) -> None:
+    """Refuse a target prompt that, with what will be generated (or drafted ahead), exceeds its window."""
+    window, extra = engine.target_window, max(max_new_tokens, lookahead or 0)
+    if window and n_prompt + extra > window:
+        ahead = f" (lookahead {lookahead} tokens)" if extra > max_new_tokens else ""
+        raise ValueError(
+            f"the target's context window is {window} tokens, but the prompt is {n_prompt} tokens and "
+            f"max_new_tokens={max_new_tokens}{ahead}: {n_prompt + extra} > {window}. Compress it "
+            "(method='specpc' with budget='auto' or a smaller budget, or 'speckv-pc') or lower max_new_tokens"
+        )
+
+
+def fit_budget(
+    engine: DraftEngine,
+    segments,
+    template: str,
+    window: int | None,
+    reserve: int,
+    system: str | None = None,
+    full_ids: list[int] | None = None,
+) -> int:
+    """Draft-token budget whose compressed text fits ``window - reserve`` tokens of the target (or, with no
+    target, of the model behind ``window``), template included, with a margin for re-tokenisation."""
+    window = window or engine.target_window
+    if window is None:
+        raise ValueError(
+            "budget='auto' needs a context window: pass context_window=... (tokens the compressed "
+            "prompt must fit) or give the engine a target"
+        )
+    count_tokenizer = engine.count_tokenizer
+    body = [s for s in segments if s.in_output]
+    text_tokens = len(tokenize(count_tokenizer, body).ids)
+    if full_ids is None:
+        full_ids = tokenize(count_tokenizer, wrap(segments, count_tokenizer, template, system)).ids
+    wrapped = len(full_ids)
+    room = window - reserve - (wrapped - text_tokens)
+    draft_tokens = len(tokenize(engine.draft.tokenizer, body).ids)
+    budget = int(room * draft_tokens / max(1, text_tokens) * AUTO_MARGIN)
+    if budget < 1:
+        raise ValueError(
+            f"budget='auto': a context window of {window} tokens leaves no room for the prompt "
+            f"after {reserve} new tokens and {wrapped - text_tokens} template tokens"
+        )
+    return budget
+
+
+def compressed_segments(shortened: CompressedPrompt, segments: list[Segment]) -> list[Segment]:
+    """The compressed text as untrusted content, with the answer prefix (kept whole) after it."""
+    prefix = "".join(s.text for s in segments if s.role == "answer_prefix")
+    body = shortened.text[: len(shortened.text) - len(prefix)] if prefix else shortened.text
+    return [Segment(body, "context")] + ([Segment(prefix, "answer_prefix")] if prefix else [])
+
+
+def drop_lead(segments: list[Segment], tokenizer) -> list[Segment]:
+    """Rendered segments without the leading special tokens (e.g. ``<bos>``) that ``wrap(..., "raw")`` adds."""
+    lead = template_parts(tokenizer, "raw")[0]
+    if lead and segments and segments[0].role == "template" and segments[0].text.startswith(lead):
+        return [Segment(segments[0].text[len(lead) :], "template")] + segments[1:]
+    return segments
+
+
+def _with_stats(run, stats: GenerationStats, model, ids):
+    """Run a (state, KVStats) prefill and copy its KV figures and timings into ``stats``."""
+    state, kv = run(model, ids)
+    stats.kv_bytes, stats.kv_bytes_full, stats.kv_entries = kv.kv_bytes, kv.kv_bytes_full, kv.entries
+    stats.seconds.update(prefill=kv.seconds["prefill"], kv_select=kv.seconds["select"])
+    return state
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str, key: str = "over budget, nothing compressible") -> None:
+    """Log ``message`` as a warning the first time a warning of this ``key`` comes up in the process."""
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning(message)
