@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from .builtins import BUILTIN_MODELS, DEFAULT_MODEL
 from .config import SpecPCConfig
-from .models import BUILTIN_MODELS, DEFAULT_MODEL
 
 logger = logging.getLogger("draft_rag")
 
@@ -217,7 +217,7 @@ def _cmd_generate(args) -> int:
 
 
 def _cmd_models(args) -> int:
-    from .models import builtin_status, cache_dir, pull
+    from .builtins import builtin_status, cache_dir, pull
 
     unknown = [n for n in args.names if n not in BUILTIN_MODELS]
     if unknown:

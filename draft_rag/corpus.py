@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .models import cache_dir
+from .builtins import cache_dir
 from .prompt import Chunk, count_tokens
 
 logger = logging.getLogger(__name__)

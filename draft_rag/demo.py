@@ -14,7 +14,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from .models import DEFAULT_MODEL
+from .builtins import DEFAULT_MODEL
 
 logger = logging.getLogger(__name__)
 

@@ -16,10 +16,11 @@ from typing import Any
 from . import messages as chat
 from . import methods
 from .blocks import block_size_for, score_blocks
+from .builtins import DEFAULT_MODEL
 from .config import Budget, SpecKVConfig, SpecPCConfig, check_int
 from .generation import Sampling, stream
 from .inputs import ChatInput, PromptInput, from_call
-from .models import DEFAULT_MODEL, LoadedModel, context_window, load_model, load_options
+from .models import LoadedModel, context_window, load_model, load_options
 from .pipeline import Plan, Prepared, compress_conversation, fit_budget, prepare
 from .prompt import has_chat_template, tokenize, wrap
 from .scoring import chunk_scores

@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 
-from .models import DEFAULT_MODEL
+from .builtins import DEFAULT_MODEL
 
 logger = logging.getLogger("draft_rag")
 

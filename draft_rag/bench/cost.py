@@ -564,8 +564,8 @@ def add_parser(sub) -> None:
     """Add ``draft-rag cost`` to the main parser."""
     import argparse
 
+    from ..builtins import DEFAULT_MODEL
     from ..cli import fraction, positive_int
-    from ..models import DEFAULT_MODEL
 
     p = sub.add_parser("cost", help="time full/specpc/speckv/speckv-pc with large random-weight target shapes")
     p.add_argument("--draft", default=DEFAULT_MODEL)

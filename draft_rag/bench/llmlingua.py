@@ -19,7 +19,8 @@ import sys
 import venv
 from pathlib import Path
 
-from ..models import cache_dir, resolve
+from ..builtins import cache_dir
+from ..models import resolve
 
 logger = logging.getLogger(__name__)
 
