@@ -250,18 +250,22 @@ def _kv_prefill(engine: DraftEngine, plan: Plan, text, ids, compressed, n_look: 
 
 
 def _specpc_config(engine: DraftEngine, plan: Plan, n_look: int) -> SpecPCConfig:
-    """SpecPC's settings for this request. Inside SpecKV-PC, as in the official configs: kernel = neighbours =
-    32 unless set, the SpecKV lookahead drafted here, and DEFAULT_PC_BUDGET when no prompt budget is given."""
+    """SpecPC's settings for this request (inside SpecKV-PC: ``speckv_pc_stage``)."""
     if not plan.method.evicts_kv:
         budget = plan.budget
         if budget.auto or budget.is_unset:
             return engine.specpc
         return engine.specpc.replace(budget=budget.tokens, ratio=budget.ratio)
-    pc = plan.pc_budget
-    cfg = engine.specpc.replace(budget=pc.tokens, ratio=pc.ratio, lookahead_tokens=n_look)
+    return speckv_pc_stage(engine.specpc, plan.pc_budget, n_look)
+
+
+def speckv_pc_stage(specpc: SpecPCConfig, pc_budget: Budget, n_look: int = SPECKV_PC_LOOKAHEAD) -> SpecPCConfig:
+    """SpecKV-PC's SpecPC stage as in the official configs: kernel = neighbours = 32 unless set, ``n_look``
+    lookahead tokens drafted (SpecKV's lookahead), and DEFAULT_PC_BUDGET when no prompt budget is given."""
+    cfg = specpc.replace(budget=pc_budget.tokens, ratio=pc_budget.ratio, lookahead_tokens=n_look)
     if cfg.kernel_size is None:
         cfg = cfg.replace(kernel_size=SPECKV_PC_KERNEL)
-    if pc.is_unset:
+    if pc_budget.is_unset:
         cfg = cfg.replace(budget=DEFAULT_PC_BUDGET)
     return cfg
 

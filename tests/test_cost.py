@@ -32,7 +32,7 @@ def test_cost_rows_have_every_field_and_scaled_figures(tmp_path):
         tiny_model("llama"),
         ["tiny"],
         [800],
-        budgets=[cost.Budget(0.5, 64)],
+        budgets=[cost.BudgetLevel(0.5, 64)],
         repeats=2,
         new_tokens=3,
         slice_layers=2,
@@ -79,7 +79,7 @@ def test_no_stage_records_autograd(monkeypatch):
     grad_on = []
     hook = draft.model.register_forward_pre_hook(lambda *_: grad_on.append(torch.is_grad_enabled()))
     segments, chunks = cost.prompt(draft.tokenizer, 300)
-    budgets = [cost.Budget(0.5, 32)]
+    budgets = [cost.BudgetLevel(0.5, 32)]
     cfg = SpecPCConfig(starting_layer_index=1, window_size=8, kernel_size=5)
     stages = cost.draft_stages(draft, segments, chunks, budgets, 3, cfg)
     target = cost.build_target("tiny", draft, 2)

@@ -11,6 +11,7 @@ time its decoder layers, and every target figure is extrapolated linearly in lay
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -24,11 +25,11 @@ from pathlib import Path
 import torch
 
 from .. import speckv
-from ..config import SpecKVConfig, SpecPCConfig
+from ..config import Budget, SpecKVConfig, SpecPCConfig
 from ..generation import Prefilled, plain_prefill
 from ..methods import REGISTRY
 from ..models import LoadedModel, load_model, placement
-from ..pipeline import compressed_segments
+from ..pipeline import compressed_segments, speckv_pc_stage
 from ..prompt import build_segments, tokenize, wrap
 from ..scoring import cache_kwarg
 from ..specpc import compress
@@ -75,14 +76,14 @@ METHODS = ("full", "specpc", "speckv", "speckv-pc")
 
 
 @dataclass(frozen=True)
-class Budget:
+class BudgetLevel:
     """One budget level: SpecPC's prompt ratio and SpecKV's entries per layer and KV head (both for speckv-pc)."""
 
     ratio: float
     kv: int
 
 
-DEFAULT_BUDGETS = (Budget(0.25, 256), Budget(0.5, 1024))
+DEFAULT_BUDGETS = (BudgetLevel(0.25, 256), BudgetLevel(0.5, 1024))
 
 
 def build_target(shape: str, draft: LoadedModel, layers: int | None = None, device=None, dtype=None) -> LoadedModel:
@@ -229,13 +230,25 @@ def draft_stages(
         out[f"specpc@{b.ratio}"] = _timed(functools.partial(compress, model, tok, segments, chunks, cfg), device)
     out["speckv"] = _timed(lambda: speckv.draft_lookahead(model, ids, new_tokens, eos), device)
     for b in budgets:
-        cfg = specpc.replace(ratio=b.ratio, lookahead_tokens=new_tokens)
-        out[f"speckv-pc@{b.ratio}"] = _timed(functools.partial(compress, model, tok, segments, chunks, cfg), device)
+        cfg = speckv_pc_stage(specpc, Budget(ratio=b.ratio))  # the engine's settings for speckv-pc
+        stage = functools.partial(_speckv_pc, model, tok, segments, chunks, cfg, eos)
+        out[f"speckv-pc@{b.ratio}"] = _timed(stage, device)
     return out
 
 
+def _speckv_pc(model, tok, segments, chunks, cfg: SpecPCConfig, eos: set[int]):
+    """SpecKV-PC's draft side as the engine runs it: SpecPC, and when SpecPC drafted no lookahead (block mode),
+    the lookahead drafted from the compressed prompt."""
+    shortened = compress(model, tok, segments, chunks, cfg)
+    if not shortened.lookahead_ids and cfg.lookahead_tokens:
+        ids = tokenize(tok, wrap(compressed_segments(shortened, segments), tok, "chat")).ids
+        look = speckv.draft_lookahead(model, ids, cfg.lookahead_tokens, eos)
+        shortened = dataclasses.replace(shortened, lookahead_ids=look)
+    return shortened
+
+
 def target_run(
-    target: LoadedModel, method: str, budget: Budget | None, segments, stages: dict, new_tokens: int
+    target: LoadedModel, method: str, budget: BudgetLevel | None, segments, stages: dict, new_tokens: int
 ) -> dict:
     """Target side of one cell: prefill seconds, decode s/token, peak memory and KV bytes."""
     model, tok, device = target.model, target.tokenizer, target.model.device
@@ -272,7 +285,7 @@ def target_run(
     }
 
 
-def cells_for(budgets) -> list[tuple[str, Budget | None]]:
+def cells_for(budgets) -> list[tuple[str, BudgetLevel | None]]:
     return [("full", None)] + [(m, b) for m in METHODS[1:] for b in budgets]
 
 
@@ -284,7 +297,7 @@ def _scoring_seconds(stages: dict, key: str | None) -> float:
     return result.seconds["draft"] if hasattr(result, "seconds") else seconds
 
 
-def _draft_key(method: str, budget: Budget | None) -> str | None:
+def _draft_key(method: str, budget: BudgetLevel | None) -> str | None:
     if method == "full":
         return None
     return "speckv" if method == "speckv" else f"{method}@{budget.ratio}"
@@ -537,7 +550,7 @@ def _cmd_cost(args) -> int:
             for r in json.loads((d / "cost.json").read_text())["rows"]
         ]
     else:
-        budgets = [Budget(r, k) for r, k in zip(args.ratios, args.kv_budgets)]
+        budgets = [BudgetLevel(r, k) for r, k in zip(args.ratios, args.kv_budgets)]
         if len(args.ratios) != len(args.kv_budgets):
             raise ValueError("--ratios and --kv-budgets must have the same number of values (one per budget level)")
         rows = run_cost(
