@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from .config import SpecPCConfig
+from .config import SpecPCConfig, check_int
 from .models import context_window
 from .scoring import DraftPass, draft_scores
 
@@ -31,8 +31,7 @@ def block_size_for(model, block_size: int | None = None) -> int:
     window = context_window(model)
     if block_size is None:
         return min(DEFAULT_BLOCK_SIZE, window) if window else DEFAULT_BLOCK_SIZE
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 2 * MIN_BLOCK_CONTEXT:
-        raise ValueError(f"block_size must be an integer >= {2 * MIN_BLOCK_CONTEXT} tokens, got {block_size!r}")
+    check_int("block_size", block_size, 2 * MIN_BLOCK_CONTEXT)
     if window and block_size > window:
         raise ValueError(f"block_size={block_size} exceeds the draft's context window of {window} tokens")
     return block_size

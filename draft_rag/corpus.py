@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .builtins import cache_dir
+from .config import check_int
 from .prompt import Chunk, count_tokens
 
 logger = logging.getLogger(__name__)
@@ -100,8 +101,7 @@ def chunk_documents(docs: list[Document], max_chars: int = 1000) -> list[Chunk]:
     Each chunk's text starts with a ``[source]`` line so the reader knows where it came from;
     ids are ``source#n`` and metadata holds ``source`` and ``index``.
     """
-    if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 100:
-        raise ValueError(f"max_chars must be an integer >= 100, got {max_chars!r}")
+    check_int("max_chars", max_chars, 100)
     chunks = []
     for doc in docs:
         buf: list[str] = []
@@ -149,8 +149,7 @@ class Index:
 
         The top chunk is always returned, even when it alone is longer.
         """
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-            raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+        check_int("max_tokens", max_tokens, 1)
         out, total = [], 0
         for chunk, score in self.search(query, k=len(self.chunks)):
             n = count_tokens(tokenizer, chunk.text)

@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING
 
 from . import messages as chat
 from . import speckv
-from .config import AUTO_MARGIN, DEFAULT_PC_BUDGET, SPECKV_PC_KERNEL, SPECKV_PC_LOOKAHEAD, Budget, SpecPCConfig
+from .config import (
+    AUTO_MARGIN,
+    DEFAULT_PC_BUDGET,
+    SPECKV_PC_KERNEL,
+    SPECKV_PC_LOOKAHEAD,
+    Budget,
+    SpecPCConfig,
+    check_int,
+)
 from .generation import Prefill, Sampling, eos_ids
 from .inputs import ChatInput, PromptInput
 from .methods import Method
@@ -285,8 +293,7 @@ def lookahead_count(engine: DraftEngine, plan: Plan) -> int:
     n_look = plan.lookahead if plan.lookahead is not None else engine.speckv.lookahead_tokens
     if n_look is None:
         n_look = SPECKV_PC_LOOKAHEAD if plan.method.shortens_prompt else plan.sampling.max_new_tokens
-    if isinstance(n_look, bool) or not isinstance(n_look, int) or n_look < 0:
-        raise ValueError(f"lookahead_tokens must be an integer >= 0, got {n_look!r}")
+    check_int("lookahead_tokens", n_look, 0)
     return n_look
 
 

@@ -27,7 +27,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from .attention import observe, window_probs
-from .config import SpecKVConfig
+from .config import SpecKVConfig, check_int
 from .generation import Prefilled, plain_prefill
 from .models import input_device
 from .prompt import Segment, tokenize
@@ -152,8 +152,7 @@ def compressed_prefill(
     """
     if not prompt_ids:
         raise ValueError("prompt_ids must not be empty")
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-        raise ValueError(f"budget must be an integer >= 1, got {budget!r}")
+    check_int("budget", budget, 1)
     if len(prompt_ids) == 1:
         return plain_prefill_stats(model, prompt_ids)
     t0 = time.perf_counter()

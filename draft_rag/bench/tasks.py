@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+from ..config import check_int
 from ..corpus import stdlib_passages
 from ..prompt import count_tokens
 from .ruler import NOISE, RULER_TASKS
@@ -180,9 +181,8 @@ def generate(task: str, tokenizer, length: int, n: int, seed: int = 42) -> list[
     """``n`` records of ``task`` (one of ``TASKS``) at about ``length`` tokens of ``tokenizer``."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
-    for name, v in (("length", length), ("n", n)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    check_int("length", length, 1)
+    check_int("n", n, 1)
     return TASKS[task](tokenizer, length, n, seed)
 
 
