@@ -19,6 +19,7 @@ import math
 import torch
 
 from .config import SpecPCConfig, check_int
+from .context_cache import ContextCache
 from .models import context_window
 from .scoring import DraftPass, draft_scores
 
@@ -60,18 +61,27 @@ def score_blocks(
     eos: set[int] | None = None,
     size: int | None = None,
     score=None,
+    store: ContextCache | None = None,
 ) -> tuple[DraftPass, int]:
     """Draft scores of ``ids`` and the number of passes: one ``score`` pass (``scoring.draft_scores``) if it
     fits ``size`` tokens, else blocks.
 
     ``is_context`` marks the compressible tokens; the head and tail (the rest before and after them) go
-    into every pass, and their score is the max over passes.
+    into every pass, and their score is the max over passes. With an enabled ``store`` each pass's KV up to
+    ``window_size`` tokens before the end of its context is reused from (or kept in) that ``ContextCache``.
     """
     size, score = block_size_for(model, size), score or draft_scores
     n = len(ids)
-    if n + cfg.lookahead_tokens <= size:
-        return score(model, ids, cfg, eos), 1
     ctx = [i for i, c in enumerate(is_context) if c]
+    cached = {} if store is None or not store.enabled else {"store": store}
+
+    def run(pass_ids: list[int], context_end: int, pass_cfg: SpecPCConfig) -> DraftPass:
+        if not cached:
+            return score(model, pass_ids, pass_cfg, eos)
+        return score(model, pass_ids, pass_cfg, eos, prefix=context_end - cfg.window_size, **cached)
+
+    if n + cfg.lookahead_tokens <= size:
+        return run(ids, ctx[-1] + 1 if ctx else 0, cfg), 1
     if not ctx:
         raise ValueError(
             f"the prompt is {n} tokens, more than the draft's {size} per pass, and has no compressible context to split"
@@ -79,10 +89,11 @@ def score_blocks(
     head, tail = ctx[0], n - ctx[-1] - 1
     blocks = split(n, head, tail, size)
     no_lookahead = cfg.replace(lookahead_tokens=0)
-    scores = torch.zeros(n)
+    scores, reused = torch.zeros(n), 0
     for lo, hi in blocks:
-        s = score(model, ids[:head] + ids[lo:hi] + ids[n - tail :], no_lookahead).scores
+        scored = run(ids[:head] + ids[lo:hi] + ids[n - tail :], head + hi - lo, no_lookahead)
+        s, reused = scored.scores, reused + scored.cached_tokens
         scores[lo:hi] = s[head : head + hi - lo]
         torch.maximum(scores[:head], s[:head], out=scores[:head])
         torch.maximum(scores[n - tail :], s[head + hi - lo :], out=scores[n - tail :])
-    return DraftPass(scores, []), len(blocks)
+    return DraftPass(scores, [], reused), len(blocks)

