@@ -12,8 +12,8 @@ logger = logging.getLogger("draft_rag")
 
 
 def add_subcommand(sub) -> None:
-    from .cli import add_budget_args, add_specpc_args, non_negative_int, positive_int, seconds
-    from .engine import METHODS
+    from .cli import add_budget_args, add_specpc_args, non_negative, non_negative_int, positive_int, seconds
+    from .engine import DEFAULT_CONTEXT_CACHE_MB, METHODS
 
     p = sub.add_parser(
         "serve",
@@ -54,6 +54,12 @@ def add_subcommand(sub) -> None:
         "--keep-alive-timeout", type=seconds, default=5.0, help="seconds an idle keep-alive connection stays open"
     )
     p.add_argument(
+        "--context-cache-mb",
+        type=non_negative,
+        default=DEFAULT_CONTEXT_CACHE_MB,
+        help="MiB of draft KV kept for contexts read before (follow-up questions reuse it; 0: off)",
+    )
+    p.add_argument(
         "--shutdown-timeout",
         type=float,
         default=30.0,
@@ -92,9 +98,17 @@ def _cmd_serve(args) -> int:
         body_timeout=args.body_timeout,
     )
     if args.upstream:
-        engine = DraftEngine(draft=args.draft or DEFAULT_MODEL, specpc=specpc_from_args(args))
+        engine = DraftEngine(
+            draft=args.draft or DEFAULT_MODEL, specpc=specpc_from_args(args), context_cache_mb=args.context_cache_mb
+        )
     else:
-        engine = DraftEngine(target=args.target, draft=args.draft, specpc=specpc_from_args(args), method=args.method)
+        engine = DraftEngine(
+            target=args.target,
+            draft=args.draft,
+            specpc=specpc_from_args(args),
+            method=args.method,
+            context_cache_mb=args.context_cache_mb,
+        )
     if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         logger.warning("serving on %s without --api-key: anyone who can reach it can use it", args.host)
     app = create_app(engine, cfg)
