@@ -11,7 +11,7 @@ from draft_rag import DraftEngine, SpecPCConfig
 from draft_rag.bench import evaluate, load_jsonl, score_all, split_input, string_match_all
 from draft_rag.bench.data import parse_record, string_match_part, task_metric
 from draft_rag.bench.grid import Pair, budgets_for, load_results, parse_pair, run_grid
-from draft_rag.bench.report import chunk_table, grid_table, label, summary_table, write_report
+from draft_rag.bench.report import block_table, chunk_table, grid_table, label, summary_table, write_report
 from draft_rag.bench.tasks import LEGACY_TASKS, generate, retrieval_qa
 from draft_rag.cli import main
 from draft_rag.corpus import stdlib_passages
@@ -228,6 +228,23 @@ def test_report_tables_from_cells():
     assert "| 1.0 |" in table  # KV MiB
     rows = chunk_table([{"ranker": "bm25", "keep": 0.25, "recall": 50.0, "score": None, "rank_seconds": 0.1, "n": 2}])
     assert "| bm25 | 1/4 | 50.0 |" in rows
+
+
+def test_block_table_pairs_block_scored_cells_with_one_pass_cells():
+    base = dict(pair="p", length=4096, n=8, seed=42, method="specpc", budget=None, ratio=0.25, avg_kept_tokens=1000.0)
+    secs = {"draft": 20.0, "target": 5.0, "total": 25.0}
+    cells = [
+        {**base, "task": "vt", "score": 40.0, "seconds": secs},
+        {**base, "task": "vt", "score": 60.0, "seconds": {**secs, "draft": 24.0}, "block_size": 8192},
+        {**base, "task": "cwe", "score": 30.0, "seconds": secs},  # no one-pass cell: left out
+        {**base, "task": "qa_2", "score": 50.0, "seconds": secs},
+        {**base, "task": "qa_2", "score": 50.0, "seconds": secs, "block_size": 8192},
+    ]
+    table = block_table(cells)
+    assert table.index("| vt |") < table.index("| qa_2 |")  # RULER's order, not the alphabet
+    assert "| p | 4096 | specpc @25% | vt | 40.0 | 60.0 | 1000 / 1000 | 20.0 / 24.0 |" in table
+    assert "2 cells: mean score 45.0 in blocks, 55.0 in one pass; blocks lower in 1, higher in 0, equal in 1." in table
+    assert block_table(cells[:1]) == ""
 
 
 def test_summary_table_groups_niah_and_counts_records():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from ..blocks import DEFAULT_BLOCK_SIZE
 from .tasks import RULER_13
 
 
@@ -103,6 +104,37 @@ def summary_table(cells: list[dict]) -> str:
     return "\n\n".join(parts)
 
 
+def block_table(cells: list[dict]) -> str:
+    """Block-scored cells (the default block size) beside the same cells run in one draft pass (``--block-size``
+    at least the prompt), per task: scores, kept tokens and draft seconds per record."""
+    single = [c for c in cells if c.get("block_size")]
+    same = ("pair", "task", "length", "n", "seed", "method", "budget", "ratio")
+    blocked = {tuple(c.get(k) for k in same): c for c in cells if not c.get("block_size")}
+    pairs = [(blocked[key], c) for c in single if (key := tuple(c.get(k) for k in same)) in blocked]
+    if not pairs:
+        return ""
+    head = ["pair", "tokens", "method", "task", f"blocks of {DEFAULT_BLOCK_SIZE}: score", "one pass: score",
+            "kept tokens (blocks / one)", "draft s (blocks / one)"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rank = {t: i for i, t in enumerate(_task_order(b["task"] for b, _ in pairs))}
+    for b, o in sorted(pairs, key=lambda p: (p[0]["pair"], p[0]["length"], rank[p[0]["task"]], label(p[0]))):
+        lines.append(
+            f"| {b['pair']} | {b['length']} | {label(b)} | {b['task']} | {b['score']:.1f} | {o['score']:.1f} | "
+            f"{b['avg_kept_tokens']:.0f} / {o['avg_kept_tokens']:.0f} | "
+            f"{b['seconds']['draft']:.1f} / {o['seconds']['draft']:.1f} |"
+        )
+    mean = lambda cs: sum(c["score"] for c in cs) / len(cs)  # noqa: E731
+    lower = sum(b["score"] < o["score"] for b, o in pairs)
+    higher = sum(b["score"] > o["score"] for b, o in pairs)
+    in_blocks, in_one = mean([b for b, _ in pairs]), mean([o for _, o in pairs])
+    lines += [
+        "",
+        f"{len(pairs)} cells: mean score {in_blocks:.1f} in blocks, {in_one:.1f} in one pass; blocks lower in "
+        f"{lower}, higher in {higher}, equal in {len(pairs) - lower - higher}.",
+    ]
+    return "\n".join(lines)
+
+
 def chunk_table(rows: list[dict]) -> str:
     """Chunk-pruning results: recall of the gold chunk and answer accuracy per ranker and keep ratio."""
     if not rows:
@@ -178,6 +210,9 @@ def write_report(data: dict, out_dir) -> dict:
         md += [grid_table(data["results"]), "", "![score vs budget and time per stage](results.png)", ""]
         md += ["## Summary (mean scores; niah = the mean of the niah tasks)", "", summary_table(data["results"]), ""]
         plot(data["results"], out / "results.png")
+    blocks = block_table(data.get("results") or [])
+    if blocks:
+        md += ["## Block scoring vs one draft pass (the same cells, the draft's block size set)", "", blocks, ""]
     if data.get("chunks"):
         md += [
             "## Chunk pruning (gold-chunk recall and answer score by keep ratio)",
