@@ -98,13 +98,15 @@ def check_model_args(args, *names: str) -> None:
 
 
 def budget_arg(text: str) -> int | str:
-    """``--budget``: a number of tokens or ``auto`` (fit the context window)."""
-    if text == "auto":
+    """``--budget``: a number of tokens, ``auto`` (fit the context window) or ``adaptive`` (the draft decides)."""
+    if text in ("auto", "adaptive"):
         return text
     try:
         return positive_int(text)
     except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected a number of tokens >= 1 or 'auto', got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a number of tokens >= 1, 'auto' or 'adaptive', got {text!r}"
+        ) from None
 
 
 def add_budget_args(p: argparse.ArgumentParser, required: bool = False, kv: bool = False) -> None:
@@ -113,7 +115,8 @@ def add_budget_args(p: argparse.ArgumentParser, required: bool = False, kv: bool
     g.add_argument(
         "--budget",
         type=budget_arg,
-        help="keep this many prompt tokens (draft tokenizer), or 'auto': as many as fit the context window" + extra,
+        help="keep this many prompt tokens (draft tokenizer); 'auto': as many as fit the context window; 'adaptive': "
+        "as many as the draft's attention needs (--coverage)" + extra,
     )
     g.add_argument("--ratio", type=fraction, help="fraction of the context kept, question on top, in (0, 1]" + extra)
 
@@ -133,6 +136,12 @@ def add_specpc_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reduction-type", choices=("max", "mean"), default=d.reduction_type)
     g.add_argument("--no-weighted-query", dest="weighted_query", action="store_false")
     g.add_argument(
+        "--coverage",
+        type=fraction,
+        default=None,
+        help="with --budget adaptive: the share of the context's draft attention kept (default 0.9)",
+    )
+    g.add_argument(
         "--block-size",
         type=positive_int,
         help="most draft tokens per pass; longer prompts are scored in blocks "
@@ -150,6 +159,7 @@ def specpc_from_args(args) -> SpecPCConfig:
         pool_type=args.pool_type,
         reduction_type=args.reduction_type,
         weighted_query=args.weighted_query,
+        coverage=args.coverage if args.budget == "adaptive" else None,
     )
 
 
@@ -191,8 +201,8 @@ def _cmd_generate(args) -> int:
 
     text, specpc = _read(args.file), specpc_from_args(args)
     build_segments(text)
-    if args.budget == "auto" and methods.get(args.method).evicts_kv:
-        raise InputError(f"--budget auto (fit the target's window) is for --method specpc, got {args.method}")
+    if args.budget in ("auto", "adaptive") and methods.get(args.method).evicts_kv:
+        raise InputError(f"--budget {args.budget} is for --method specpc, got {args.method}")
     check_model_args(args, "target", "draft")
     engine = DraftEngine(target=args.target, draft=args.draft, specpc=specpc, block_size=args.block_size)
     kwargs = dict(

@@ -10,6 +10,7 @@ REDUCTIONS = ("max", "mean")
 DEFAULT_BUDGET = 1024  # tokens (SpecPC) or KV entries per layer and KV head (SpecKV) when no budget is given
 DEFAULT_PC_BUDGET = 2048  # SpecPC's prompt budget inside speckv-pc when neither pc_budget nor pc_ratio is given
 AUTO_MARGIN = 0.97  # budget="auto" aims at 97% of the room: kept pieces may re-tokenise a little longer
+DEFAULT_COVERAGE = 0.9  # budget="adaptive": the share of the context's pooled draft attention kept (see README)
 
 
 def check_int(name: str, value, minimum: int = 0, allow_none: bool = False) -> None:
@@ -35,30 +36,33 @@ def check_choice(name: str, value, choices) -> None:
 
 @dataclass(frozen=True)
 class Budget:
-    """A budget parsed once: ``tokens``, a ``ratio`` of the prompt, ``auto`` (fit a window), or unset.
+    """A budget parsed once: ``tokens``, a ``ratio`` of the prompt, ``auto`` (fit a window), ``adaptive`` (as
+    many tokens as the draft's attention needs), or unset.
 
-    ``Budget.parse(budget, ratio)`` takes a call's two arguments (``budget`` an int or ``"auto"``) and names
-    them in its errors as the caller did (``prefix="pc_"`` for ``pc_budget`` / ``pc_ratio``).
+    ``Budget.parse(budget, ratio)`` takes a call's two arguments (``budget`` an int, ``"auto"`` or ``"adaptive"``)
+    and names them in its errors as the caller did (``prefix="pc_"`` for ``pc_budget`` / ``pc_ratio``).
     """
 
     tokens: int | None = None
     ratio: float | None = None
     auto: bool = False
+    adaptive: bool = False
 
     @classmethod
     def parse(cls, budget=None, ratio=None, prefix: str = "", allow_auto: bool = True) -> Budget:
+        named = allow_auto and budget in ("auto", "adaptive")
         if budget is not None and ratio is not None:
-            what = "(tokens or 'auto')" if allow_auto and budget == "auto" else "(tokens)"
+            what = f"(tokens or {budget!r})" if named else "(tokens)"
             raise ValueError(f"give either {prefix}budget {what} or {prefix}ratio (a fraction), not both")
-        if budget == "auto" and allow_auto:
-            return cls(auto=True)
+        if named:
+            return cls(auto=budget == "auto", adaptive=budget == "adaptive")
         check_int(prefix + "budget", budget, 1, allow_none=True)
         check_fraction(prefix + "ratio", ratio)
         return cls(tokens=budget, ratio=ratio)
 
     @property
     def is_unset(self) -> bool:
-        return self.tokens is None and self.ratio is None and not self.auto
+        return self.tokens is None and self.ratio is None and not self.auto and not self.adaptive
 
     def resolve(self, n_tokens: int, default: int = DEFAULT_BUDGET) -> int:
         """The budget for ``n_tokens`` tokens (``default`` when unset; ``auto`` is fitted by the pipeline)."""
@@ -87,6 +91,10 @@ class _Budgeted:
             values["ratio"] = None
         if changes.get("ratio") is not None:
             values["budget"] = None
+        if "coverage" in values and (changes.get("budget") is not None or changes.get("ratio") is not None):
+            values["coverage"] = None  # a fixed budget replaces an adaptive one
+        if changes.get("coverage") is not None:
+            values["budget"] = values["ratio"] = None
         values.update(changes)
         return type(self)(**values)
 
@@ -142,6 +150,10 @@ class SpecPCConfig(_Budgeted):
     SpecPC: the prefill window's rows are always scored and the first ``lookahead_tokens - 1`` generated
     tokens are fed back and scored too; the last one is only returned (SpecKV-PC's lookahead). So ``1``
     (the default) scores the prefill window alone and ``0`` generates nothing.
+
+    ``coverage`` makes the budget adaptive instead (``budget="adaptive"``): after the draft pass, keep the fewest
+    context tokens whose pooled draft attention adds up to this share of the whole context's, then at least
+    ``floor`` and at most ``ceiling`` tokens (protected text included, as ``budget`` counts).
     """
 
     budget: int | None = None
@@ -154,9 +166,19 @@ class SpecPCConfig(_Budgeted):
     starting_layer_index: int = 8
     weighted_query: bool = True
     lookahead_tokens: int = 1
+    coverage: float | None = None
+    floor: int | None = None
+    ceiling: int | None = None
 
     def __post_init__(self):
         self._check_common()
+        if self.coverage is not None and (self.budget is not None or self.ratio is not None):
+            raise ValueError("give either coverage (an adaptive budget) or budget/ratio, not both")
+        check_fraction("coverage", self.coverage)
+        check_int("floor", self.floor, 1, allow_none=True)
+        check_int("ceiling", self.ceiling, 1, allow_none=True)
+        if self.floor is not None and self.ceiling is not None and self.floor > self.ceiling:
+            raise ValueError(f"floor ({self.floor}) must not exceed ceiling ({self.ceiling})")
         check_int("neighbor_tokens", self.neighbor_tokens, 0, allow_none=True)
         check_int("starting_layer_index", self.starting_layer_index, 0)
         check_int("lookahead_tokens", self.lookahead_tokens, 0)

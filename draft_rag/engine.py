@@ -22,7 +22,7 @@ from .context_cache import ContextCache
 from .generation import Sampling, stream
 from .inputs import ChatInput, PromptInput, from_call
 from .models import LoadedModel, context_window, load_model, load_options
-from .pipeline import Plan, Prepared, compress_conversation, fit_budget, prepare
+from .pipeline import Plan, Prepared, compress_conversation, fit_budget, prepare, specpc_for, within
 from .prompt import has_chat_template, tokenize, wrap
 from .scoring import chunk_scores
 from .selection import PrunedChunks, prune_chunks
@@ -123,6 +123,8 @@ class DraftEngine:
             budget, ratio: the prompt budget in draft tokens, or as a fraction of the prompt; they override
                 the engine's SpecPCConfig for this call. ``budget="auto"`` keeps as much as fits ``context_window``
                 tokens (default: the target's window), with a small margin for re-tokenisation.
+                ``budget="adaptive"`` keeps as much as the draft's attention needs (``SpecPCConfig.coverage``,
+                default ``DEFAULT_COVERAGE``), never more than fits ``context_window`` when there is one.
             context_window: the window ``budget="auto"`` fits (default: the target's).
             template: ``"chat"`` (the draft's chat template) or ``"raw"``.
 
@@ -133,8 +135,8 @@ class DraftEngine:
         request = PromptInput(prompt, chunks, instruction, question, answer_prefix)
         parsed = Budget.parse(budget, ratio)
         cfg = self._specpc_for(parsed)
-        if parsed.auto:
-            cfg = cfg.replace(budget=fit_budget(self, request.segments, template, context_window, 0))
+        if parsed.auto or (parsed.adaptive and (context_window or self.target_window)):
+            cfg = within(cfg, fit_budget(self, request.segments, template, context_window, 0))
         with self._lock:
             return compress(
                 self.draft.model,
@@ -194,10 +196,11 @@ class DraftEngine:
         ``draft_rag.messages``; ``ratio`` is the fraction of the context kept. Only ``content`` of messages whose
         context was compressed changes; the draft reads the conversation in its own chat template. ``context``:
         texts known to be the retrieved context (see ``draft_rag.messages.layout``). ``budget="auto"`` keeps as
-        much as fits ``context_window`` tokens (default: the target's window).
+        much as fits ``context_window`` tokens (default: the target's window); ``budget="adaptive"`` as much as
+        the draft's attention needs, within that window when there is one.
         """
         parsed = Budget.parse(budget, ratio)
-        fit = None
+        fit = context_window or self.target_window if parsed.adaptive else None
         if parsed.auto:
             fit = context_window or self.target_window
             if fit is None:
@@ -214,10 +217,7 @@ class DraftEngine:
         return prune_chunks(self, chunks, question, **settings)
 
     def _specpc_for(self, budget: Budget) -> SpecPCConfig:
-        """The engine's SpecPCConfig with a call's (non-auto) budget in place of its own."""
-        if budget.auto or budget.is_unset:
-            return self.specpc
-        return self.specpc.replace(budget=budget.tokens, ratio=budget.ratio)
+        return specpc_for(self.specpc, budget)
 
     # -- generation ----------------------------------------------------------------------------
     def prepare(self, request: PromptInput | ChatInput, plan: Plan, stats: GenerationStats | None = None) -> Prepared:
@@ -286,8 +286,9 @@ class DraftEngine:
         stop = tuple([stop] if isinstance(stop, str) else stop or ())
         sampling = Sampling(max_new_tokens, temperature, top_p, top_k, stop, seed)
         parsed = Budget.parse(budget, ratio)
-        if parsed.auto and chosen.evicts_kv:
-            raise ValueError(f"budget='auto' (fit the target's window) is for method='specpc', got method={chosen}")
+        if (parsed.auto or parsed.adaptive) and chosen.evicts_kv:
+            what = "auto' (fit the target's window)" if parsed.auto else "adaptive' (sized by the draft's attention)"
+            raise ValueError(f"budget='{what} is for method='specpc', got method={chosen}")
         check_int("lookahead_tokens", lookahead_tokens, 0, allow_none=True)
         plan = Plan(chosen, sampling, parsed, Budget.parse(pc_budget, pc_ratio, "pc_"), lookahead_tokens,
                     template or self._template())  # fmt: skip

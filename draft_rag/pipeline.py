@@ -17,6 +17,7 @@ from . import messages as chat
 from . import speckv
 from .config import (
     AUTO_MARGIN,
+    DEFAULT_COVERAGE,
     DEFAULT_PC_BUDGET,
     SPECKV_PC_KERNEL,
     SPECKV_PC_LOOKAHEAD,
@@ -106,12 +107,12 @@ class _PromptText:
 
     def compress(self, cfg: SpecPCConfig, stats: GenerationStats) -> CompressedPrompt:
         engine, plan = self.engine, self.plan
-        if _fits_window(engine, plan):
+        if _fits_window(engine, plan) or (_adaptive(engine, plan) and engine.target_window):
             room = fit_budget(
                 engine, self.segments, plan.template, engine.target_window, plan.sampling.max_new_tokens,
                 self.system, self.target_ids(),
             )  # fmt: skip
-            cfg = cfg.replace(budget=room)
+            cfg = within(cfg, room)
         shortened = compress(
             engine.draft.model,
             engine.draft.tokenizer,
@@ -150,7 +151,8 @@ class _Conversation:
     def compress(self, cfg: SpecPCConfig, stats: GenerationStats) -> CompressedPrompt | None:
         engine, plan = self.engine, self.plan
         window = engine.target_window
-        fit = window - plan.sampling.max_new_tokens if window and _fits_window(engine, plan) else None
+        fits = _fits_window(engine, plan) or _adaptive(engine, plan)
+        fit = window - plan.sampling.max_new_tokens if window and fits else None
         compressed_chat = compress_conversation(engine, self.messages, self.layout, cfg, fit)
         stats.compression = compressed_chat.stats
         stats.draft_blocks = compressed_chat.stats.draft_blocks or 0
@@ -174,8 +176,8 @@ def compress_conversation(
     if question:  # the draft's window should read the question: once more, at the end, for the draft only
         segments = segments + [Segment("\n\n", "separator"), Segment(question, "question")]
     if fit is not None:
-        budget = fit_budget(engine, segments, "raw", fit, 0, full_ids=tokenize(count_tokenizer, segments).ids)
-        cfg = cfg.replace(budget=budget)
+        room = fit_budget(engine, segments, "raw", fit, 0, full_ids=tokenize(count_tokenizer, segments).ids)
+        cfg = within(cfg, room)
     indices = chat.rendered_indices(segments, lay)
     counts = "target tokenizer" if engine.target else "draft tokenizer"
     if not indices:
@@ -264,11 +266,17 @@ def _kv_prefill(engine: DraftEngine, plan: Plan, text, ids, compressed, n_look: 
 def _specpc_config(engine: DraftEngine, plan: Plan, n_look: int) -> SpecPCConfig:
     """SpecPC's settings for this request (inside SpecKV-PC: ``speckv_pc_stage``)."""
     if not plan.method.evicts_kv:
-        budget = plan.budget
-        if budget.auto or budget.is_unset:
-            return engine.specpc
-        return engine.specpc.replace(budget=budget.tokens, ratio=budget.ratio)
+        return specpc_for(engine.specpc, plan.budget)
     return speckv_pc_stage(engine.specpc, plan.pc_budget, n_look)
+
+
+def specpc_for(specpc: SpecPCConfig, budget: Budget) -> SpecPCConfig:
+    """``specpc`` with a call's budget in place of its own (``auto`` is fitted later; ``adaptive`` sets coverage)."""
+    if budget.adaptive:
+        return specpc.replace(coverage=specpc.coverage or DEFAULT_COVERAGE)
+    if budget.auto or budget.is_unset:
+        return specpc
+    return specpc.replace(budget=budget.tokens, ratio=budget.ratio)
 
 
 def speckv_pc_stage(specpc: SpecPCConfig, pc_budget: Budget, n_look: int = SPECKV_PC_LOOKAHEAD) -> SpecPCConfig:
@@ -287,8 +295,25 @@ def _fits_window(engine: DraftEngine, plan: Plan) -> bool:
     SpecPCConfig (SpecKV-PC's prompt budget has its own default)."""
     if plan.budget.auto:
         return True
-    unset = plan.budget.is_unset and engine.specpc.budget is None and engine.specpc.ratio is None
+    cfg = engine.specpc
+    unset = plan.budget.is_unset and cfg.budget is None and cfg.ratio is None and cfg.coverage is None
     return unset and not plan.method.evicts_kv
+
+
+def _adaptive(engine: DraftEngine, plan: Plan) -> bool:
+    """SpecPC sizes its budget from the draft's attention (then the target's window is its ceiling)."""
+    if plan.method.evicts_kv:
+        return False
+    return plan.budget.adaptive or (plan.budget.is_unset and engine.specpc.coverage is not None)
+
+
+def within(cfg: SpecPCConfig, room: int) -> SpecPCConfig:
+    """``cfg`` kept within ``room`` draft tokens: its budget (``auto``), or its ceiling when adaptive."""
+    if cfg.coverage is None:
+        return cfg.replace(budget=room)
+    return cfg.replace(
+        ceiling=min(cfg.ceiling or room, room), floor=None if cfg.floor is None else min(cfg.floor, room)
+    )
 
 
 def lookahead_count(engine: DraftEngine, plan: Plan) -> int:

@@ -131,6 +131,8 @@ def compress(
     n_out = int(in_output.sum())
     n_protected = int(protected.sum())  # ratio: the fraction of the compressible context kept
     budget = n_protected + cfg.budget_for(n_out - n_protected) if cfg.ratio is not None else cfg.budget_for(n_out)
+    if cfg.coverage is not None:  # adaptive: set from the draft's scores below, unless the floor keeps it all
+        budget = n_out if (cfg.floor or 0) >= n_out else n_out - 1
     starts, original = _output_offsets(layout)
     count_tokenizer = target_tokenizer or tokenizer
     if n_out <= budget:  # nothing to do: unchanged, the draft is not run
@@ -145,6 +147,8 @@ def compress(
     t2 = time.perf_counter()
     scores = dp.scores.numpy()
     pooled = pool(dp.scores, cfg.pool_type, cfg.kernel_size).numpy()
+    if cfg.coverage is not None:
+        budget = adaptive_budget(pooled, in_output & ~protected, n_protected, cfg)
     out_idx = np.flatnonzero(in_output)
     window = np.zeros_like(in_output)
     room_for_window = max(0, budget - int(protected.sum()))
@@ -156,6 +160,20 @@ def compress(
     result.seconds = {"draft": t2 - t1, "select": (t1 - t0) + (time.perf_counter() - t2)}
     result.draft_blocks, result.draft_cached_tokens = n_blocks, dp.cached_tokens
     return result
+
+
+def adaptive_budget(pooled: np.ndarray, selectable: np.ndarray, n_protected: int, cfg: SpecPCConfig) -> int:
+    """The protected tokens plus the fewest selectable ones whose pooled scores reach ``cfg.coverage`` of all the
+    selectable tokens' scores, then within ``cfg.floor`` and ``cfg.ceiling``."""
+    scores = np.sort(np.clip(pooled[selectable], 0, None))[::-1]
+    total = float(scores.sum())
+    k = len(scores) if total <= 0 else int(np.searchsorted(np.cumsum(scores) / total, cfg.coverage)) + 1
+    budget = n_protected + min(k, len(scores))
+    if cfg.floor is not None:
+        budget = max(budget, cfg.floor)
+    if cfg.ceiling is not None:
+        budget = min(budget, cfg.ceiling)
+    return min(budget, n_protected + len(scores))
 
 
 def _output_offsets(layout: list[Segment]) -> tuple[list[int | None], str]:

@@ -53,7 +53,7 @@ class DraftOptions(BaseModel):
 
     model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
     method: Literal[METHODS] | None = None
-    budget: Positive | Literal["auto"] | None = None
+    budget: Positive | Literal["auto", "adaptive"] | None = None
     ratio: Fraction | None = None
     pc_budget: Positive | None = None
     pc_ratio: Fraction | None = None

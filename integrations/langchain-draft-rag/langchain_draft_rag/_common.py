@@ -18,7 +18,7 @@ from draft_rag.engine import shared_engine
 
 
 def check_budget(budget: Any, ratio: Any, prefix: str = "") -> None:
-    """``budget`` tokens (or ``"auto"``: fit the model's context window, not for ``pc_budget``) or ``ratio``."""
+    """``budget`` tokens (or ``"auto"`` / ``"adaptive"``, not for ``pc_budget``) or ``ratio``."""
     _Budget.parse(budget, ratio, prefix, allow_auto=not prefix)
 
 
@@ -50,9 +50,9 @@ class DraftSettings(BaseModel):
     """The draft model; defaults to the target itself, or to the built-in SmolLM2 with ``llm``."""
     method: str = "specpc"
     """A name in ``draft_rag.engine.METHODS`` ("full": no compression); with ``llm`` only "specpc" or "full"."""
-    budget: Optional[Union[Annotated[int, Field(ge=1, strict=True)], Literal["auto"]]] = None
-    """The method's budget: prompt tokens for "specpc" ("auto": fit the context window), KV entries per layer and
-    KV head for the KV methods."""
+    budget: Optional[Union[Annotated[int, Field(ge=1, strict=True)], Literal["auto", "adaptive"]]] = None
+    """The method's budget: prompt tokens for "specpc" ("auto": fit the context window; "adaptive": as many as the
+    draft's attention needs, within that window), KV entries per layer and KV head for the KV methods."""
     context_window: Optional[Annotated[int, Field(ge=1, strict=True)]] = None
     """Tokens the compressed prompt must fit with ``budget="auto"``; default: the target's or wrapped model's."""
     ratio: Ratio = None
@@ -189,6 +189,8 @@ class DraftSettings(BaseModel):
         window = self.context_window or (getattr(self.llm, "profile", None) or {}).get("max_input_tokens")
         cfg = self._engine.specpc
         unset = opts["budget"] is None and opts["ratio"] is None and cfg.budget is None and cfg.ratio is None
+        if opts["budget"] == "adaptive":
+            return {"budget": "adaptive", "context_window": window}
         if opts["budget"] == "auto" or (unset and window):
             if not window:
                 raise ValueError(

@@ -71,10 +71,11 @@ class DraftCompressedLLM(LLM):
     draft: Any = Field(default=None, exclude=True, description="draft model; defaults to the target or SmolLM2")
     llm: Optional[LLM] = Field(default=None, exclude=True, description="LlamaIndex LLM to put SpecPC in front of")
     method: str = Field(default="specpc", description="one of draft_rag.methods.NAMES; with llm=..., specpc or full")
-    budget: Union[Annotated[int, Field(ge=1, strict=True)], Literal["auto"], None] = Field(
+    budget: Union[Annotated[int, Field(ge=1, strict=True)], Literal["auto", "adaptive"], None] = Field(
         default=None,
         description="prompt budget in draft tokens, or 'auto' (also the default for specpc): fit the "
-        "context window (the target's; with llm=..., its metadata's minus num_output)",
+        "context window (the target's; with llm=..., its metadata's minus num_output), or 'adaptive': as many "
+        "tokens as the draft's attention needs, within that window",
     )
     ratio: Optional[float] = Field(
         default=None, gt=0, le=1, allow_inf_nan=False, description="prompt budget as a fraction of the prompt"
@@ -403,11 +404,11 @@ class DraftCompressedLLM(LLM):
         """With no budget (or ``"auto"``), fit the wrapped LLM's ``metadata.context_window - num_output``."""
         cfg = self._engine.specpc
         unset = self.budget is None and self.ratio is None and cfg.budget is None and cfg.ratio is None
-        if self.budget != "auto" and not unset:
+        if self.budget not in ("auto", "adaptive") and not unset:
             return {"budget": self.budget, "ratio": self.ratio}
         inner = self.llm.metadata
         window = (self.context_window or inner.context_window) - max(0, inner.num_output or 0)
-        return {"budget": "auto", "context_window": window}
+        return {"budget": self.budget if self.budget == "adaptive" else "auto", "context_window": window}
 
     @property
     def _shortens(self) -> bool:
