@@ -212,6 +212,14 @@ def test_wrapped_compresses_context_keeps_system_question_ids_and_metadata():
     assert msg.content.startswith("3 messages") and msg.usage_metadata["output_tokens"] == 3
 
 
+def test_wrapped_adaptive_budget_is_the_engines():
+    rec = Recorder()
+    ChatDraftCompressed(llm=rec, draft=tiny(), specpc=CFG, budget="adaptive").invoke(rag_messages())
+    cm = shared_engine(None, tiny(), CFG).compress_messages(to_dicts(rag_messages()), budget="adaptive")
+    sent = rec.calls[-1]["messages"]
+    assert sent[1].content == cm.messages[1]["content"] and len(sent[1].content) < len(CONTEXT)
+
+
 def test_wrapped_passes_tools_and_multimodal_through_and_forwards_options():
     rec = Recorder()
     image = HumanMessage(
