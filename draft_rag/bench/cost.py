@@ -477,6 +477,43 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def speedup_table(rows: list[dict]) -> str:
+    """Per method@budget, the end-to-end speed-up at each length for each target (the README's summary), and
+    SpecKV's KV kept and decode time per token against full context at the longest length."""
+    shapes = sorted({r["shape"] for r in rows}, key=lambda s: next(r["size_ratio"] for r in rows if r["shape"] == s))
+    lengths = sorted({r["length"] for r in rows})
+    by = {(r["shape"], r["length"], _budget_label(r)): r for r in rows}
+    ratio = {s: next(r["size_ratio"] for r in rows if r["shape"] == s) for s in shapes}
+    span = " / ".join(f"{n // 1024}k" for n in lengths)
+    head = ["end-to-end speed-up vs full context"] + [f"{s} ({ratio[s]:.1f}x draft) {span}" for s in shapes]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    order = {m: i for i, m in enumerate(METHODS)}  # then the budget levels in the order they ran
+    labels = [_budget_label(r) for r in sorted(rows, key=lambda r: order[r["method"]]) if r["method"] != "full"]
+    labels = list(dict.fromkeys(labels))
+    for lab in labels:
+        cells = [" / ".join(_x(by.get((s, n, lab)), "speedup_e2e") for n in lengths) for s in shapes]
+        lines.append(f"| {lab} | " + " | ".join(cells) + " |")
+    longest, kv = lengths[-1], next((lab for lab in labels if lab.startswith("speckv@")), None)
+    if kv:
+        cells = []
+        for s in shapes:
+            full, row = by.get((s, longest, "full")), by.get((s, longest, kv))
+            cells.append(
+                f"{100 * row['kv_bytes'] / full['kv_bytes']:.1f}% / "
+                f"{row['decode_s_per_token'] / full['decode_s_per_token']:.2f}x"
+                if full and row
+                else ""
+            )
+        lines.append(
+            f"| {kv} at {longest // 1024}k: KV kept / decode s per token vs full | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines)
+
+
+def _x(row: dict | None, key: str) -> str:
+    return f"{row[key]:.2f}x" if row else ""
+
+
 def overhead_table(rows: list[dict]) -> str:
     """The draft's scoring pass (SpecPC, no selection) against a plain draft forward of the same prompt."""
     lines = ["| draft tokens | plain forward s | scoring pass s | overhead | repetitions |", "|---|---|---|---|---|"]
@@ -566,7 +603,7 @@ def _cmd_cost(args) -> int:
             dtype=args.dtype,
             out=out,
         )
-    md = table(rows) + "\n\n" + overhead_table(rows)
+    md = table(rows) + "\n\n" + speedup_table(rows) + "\n\n" + overhead_table(rows)
     (out / "cost.md").write_text(md + "\n")
     plot(rows, out / "cost.png")
     print(md)
