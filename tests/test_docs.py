@@ -78,3 +78,23 @@ def test_demo_figures_are_its_committed_output():
     long = runs[-1]["runs"]
     assert long[0]["refused"] and long[1]["refused"] is None and long[1]["evidence"] is True
     assert f"{long[1]['original_tokens']:,} tokens" in readme and f"reading {long[1]['prompt_tokens']:,}" in readme
+
+
+def test_cost_tables_are_the_cost_report():
+    """The README's speed-up summary and RESULTS.md's cost tables are lines of docs/bench/cost/cost.md."""
+    report = set((ROOT / "docs/bench/cost/cost.md").read_text().splitlines())
+    readme = _section((ROOT / "README.md").read_text(), "**Cost with a target", "## Limitations")
+    results = _section((ROOT / "docs/RESULTS.md").read_text(), "### Measured: three target shapes", "### Not committed")
+    rows = [line for line in (readme + results).splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) > 60
+    assert [r for r in rows if r not in report] == []
+
+
+def test_context_cache_and_adaptive_tables_are_their_scripts_output():
+    for name in ("context_cache.txt", "adaptive_coverage.txt"):
+        out = set((ROOT / "docs/bench" / name).read_text().splitlines())
+        results = (ROOT / "docs/RESULTS.md").read_text()
+        start = results.index(f"docs/bench/{name}")
+        rows = [line for line in results[start:].split("\n\n|", 1)[1].split("\n\n")[0].splitlines()]
+        rows = ["|" + rows[0]] + rows[1:]
+        assert len(rows) > 3 and [r for r in rows if r not in out] == [], name
