@@ -115,3 +115,20 @@ def test_stats_say_how_many_draft_tokens_came_from_the_cache():
     e.compress_messages(messages, ratio=0.3)
     messages[0]["content"] = f"Documents:\n{text}\n\nQuestion: Which colour is the grass?"
     assert e.compress_messages(messages, ratio=0.3).stats.draft_cached_tokens > 0
+
+
+def test_the_adapters_size_their_engines_cache():
+    pytest.importorskip("langchain_draft_rag")
+    pytest.importorskip("llama_index.llms.draft_rag")
+    from langchain_draft_rag import ChatDraftCompressed, DraftDocumentCompressor
+    from llama_index.llms.draft_rag import DraftCompressedLLM
+    from llama_index.postprocessor.draft_rag import DraftNodePostprocessor
+
+    tiny = tiny_model("llama")
+    assert ChatDraftCompressed(target=tiny, specpc=CFG).engine.context_cache.max_bytes == 1024 * 2**20
+    assert not ChatDraftCompressed(target=tiny, specpc=CFG, context_cache_mb=0).engine.context_cache.enabled
+    assert DraftDocumentCompressor(draft=tiny, specpc=CFG, context_cache_mb=2).engine.context_cache.max_bytes == 2**21
+    assert DraftCompressedLLM(target=tiny, specpc=CFG, context_cache_mb=3).engine.context_cache.max_bytes == 3 * 2**20
+    assert DraftNodePostprocessor(draft=tiny, specpc=CFG, context_cache_mb=0).engine.context_cache.max_bytes == 0
+    with pytest.raises(ValueError, match="context_cache_mb"):
+        ChatDraftCompressed(target=tiny, context_cache_mb=-1)

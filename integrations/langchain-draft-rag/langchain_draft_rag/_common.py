@@ -14,7 +14,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, Se
 from draft_rag import DraftEngine, methods
 from draft_rag.aio import iterate_in_thread
 from draft_rag.config import Budget as _Budget
-from draft_rag.engine import shared_engine
+from draft_rag.engine import DEFAULT_CONTEXT_CACHE_MB, shared_engine
 
 
 def check_budget(budget: Any, ratio: Any, prefix: str = "") -> None:
@@ -93,6 +93,8 @@ class DraftSettings(BaseModel):
     """``draft_rag.load_model`` options for the target only (device_map, dtype, model_kwargs, ...)."""
     draft_kwargs: Optional[dict] = None
     """``draft_rag.load_model`` options for the draft only."""
+    context_cache_mb: Annotated[float, Field(ge=0, allow_inf_nan=False)] = DEFAULT_CONTEXT_CACHE_MB
+    """MiB of the draft's KV kept for contexts read before (follow-up questions reuse it); 0 turns it off."""
 
     model_config = CONFIG
     _engine: DraftEngine = PrivateAttr()
@@ -110,8 +112,19 @@ class DraftSettings(BaseModel):
         check_budget(self.pc_budget, self.pc_ratio, "pc_")
         self.stop = stop_list(self.stop) or None
         self._engine = shared_engine(
-            self.target, self.draft, self.specpc, self.speckv, self.target_kwargs, self.draft_kwargs
+            self.target,
+            self.draft,
+            self.specpc,
+            self.speckv,
+            self.target_kwargs,
+            self.draft_kwargs,
+            context_cache_mb=self.context_cache_mb,
         )
+
+    @property
+    def engine(self) -> DraftEngine:
+        """The shared ``DraftEngine`` behind this object (its models, settings and context cache)."""
+        return self._engine
 
     @property
     def model_name(self) -> str:

@@ -60,6 +60,8 @@ class DraftDocumentCompressor(BaseDocumentCompressor):
     """A ``draft_rag.SpecPCConfig`` for the draft's scoring window and layers."""
     draft_kwargs: Optional[dict] = None
     """``draft_rag.load_model`` options for the draft (device_map, dtype, model_kwargs, ...)."""
+    context_cache_mb: Annotated[float, Field(ge=0, allow_inf_nan=False)] = common.DEFAULT_CONTEXT_CACHE_MB
+    """MiB of the draft's KV kept for documents read before (the same documents asked again); 0 turns it off."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", use_attribute_docstrings=True)
     _engine: DraftEngine = PrivateAttr()
@@ -67,8 +69,15 @@ class DraftDocumentCompressor(BaseDocumentCompressor):
     @model_validator(mode="after")
     def _setup(self) -> DraftDocumentCompressor:
         check_pruning(self.top_n, self.threshold, self.budget, self.ratio, self.compress_tokens)
-        self._engine = common.shared_engine(None, self.draft, self.specpc, draft_kwargs=self.draft_kwargs)
+        self._engine = common.shared_engine(
+            None, self.draft, self.specpc, draft_kwargs=self.draft_kwargs, context_cache_mb=self.context_cache_mb
+        )
         return self
+
+    @property
+    def engine(self) -> DraftEngine:
+        """The shared ``DraftEngine`` behind this object (its models, settings and context cache)."""
+        return self._engine
 
     def compress_documents(
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None

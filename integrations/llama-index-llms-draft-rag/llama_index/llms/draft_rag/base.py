@@ -45,7 +45,7 @@ from llama_index.core.types import TokenAsyncGen, TokenGen
 from draft_rag import DraftEngine, methods
 from draft_rag.aio import iterate_in_thread
 from draft_rag.config import Budget
-from draft_rag.engine import shared_engine
+from draft_rag.engine import DEFAULT_CONTEXT_CACHE_MB, shared_engine
 from draft_rag.prompt import has_chat_template
 from llama_index.llms.draft_rag.events import DraftCompressionEvent, dispatcher
 from llama_index.llms.draft_rag.templates import log_template, render_messages, render_prompt
@@ -101,6 +101,12 @@ class DraftCompressedLLM(LLM):
         "device_map, dtype, attn_implementation, device, model_kwargs",
     )
     draft_kwargs: Optional[dict] = Field(default=None, description="draft_rag.load_model options for the draft")
+    context_cache_mb: float = Field(
+        default=DEFAULT_CONTEXT_CACHE_MB,
+        ge=0,
+        allow_inf_nan=False,
+        description="MiB of the draft's KV kept for contexts read before (follow-ups reuse it); 0 turns it off",
+    )
     _engine: DraftEngine = PrivateAttr()
 
     def __init__(
@@ -127,7 +133,13 @@ class DraftCompressedLLM(LLM):
             )
         Budget.parse(self.budget, self.ratio)
         self._engine = engine or shared_engine(
-            target, draft, self.specpc, self.speckv, target_kwargs=self.target_kwargs, draft_kwargs=self.draft_kwargs
+            target,
+            draft,
+            self.specpc,
+            self.speckv,
+            target_kwargs=self.target_kwargs,
+            draft_kwargs=self.draft_kwargs,
+            context_cache_mb=self.context_cache_mb,
         )
 
     @classmethod

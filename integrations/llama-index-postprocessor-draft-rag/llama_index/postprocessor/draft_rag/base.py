@@ -12,7 +12,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from draft_rag import DraftEngine
-from draft_rag.engine import shared_engine
+from draft_rag.engine import DEFAULT_CONTEXT_CACHE_MB, shared_engine
 from draft_rag.selection import check_pruning
 from llama_index.llms.draft_rag.events import DraftCompressionEvent, dispatcher
 from llama_index.llms.draft_rag.utils import configs_from_dict, engine_dict
@@ -59,12 +59,20 @@ class DraftNodePostprocessor(BaseNodePostprocessor):
         description="draft_rag.load_model options for the draft: "
         "device_map, dtype, attn_implementation, device, model_kwargs",
     )
+    context_cache_mb: float = Field(
+        default=DEFAULT_CONTEXT_CACHE_MB,
+        ge=0,
+        allow_inf_nan=False,
+        description="MiB of the draft's KV kept for nodes read before (the same nodes asked again); 0 turns it off",
+    )
     _engine: DraftEngine = PrivateAttr()
 
     def __init__(self, draft: Any = None, *, engine: DraftEngine | None = None, **kwargs: Any):
         super().__init__(draft=draft, **kwargs)
         check_pruning(self.top_n, self.threshold, self.budget, self.ratio, self.compress_tokens)
-        self._engine = engine or shared_engine(None, draft, self.specpc, draft_kwargs=self.draft_kwargs)
+        self._engine = engine or shared_engine(
+            None, draft, self.specpc, draft_kwargs=self.draft_kwargs, context_cache_mb=self.context_cache_mb
+        )
 
     @classmethod
     def class_name(cls) -> str:
