@@ -99,9 +99,10 @@ metadata = st.dictionaries(st.text(max_size=5), st.one_of(st.integers(), st.text
 
 
 def budget_and_ratio(draw, n: int):
-    """(budget, ratio): a budget in 0..2n, a ratio (some invalid), both, or neither."""
-    kind = draw(st.sampled_from(["budget", "budget", "budget", "ratio", "ratio", "none", "none", "both"]))
+    """(budget, ratio): a budget in 0..2n or "adaptive", a ratio (some invalid), both, or neither."""
+    kind = draw(st.sampled_from(["budget", "budget", "budget", "ratio", "ratio", "none", "none", "both", "adaptive"]))
     b = draw(st.integers(0, max(2, 2 * n))) if kind in ("budget", "both") else None
+    b = "adaptive" if kind == "adaptive" else b
     r = draw(ratio) if kind in ("ratio", "both") else None
     return b, r
 
@@ -111,7 +112,8 @@ def draft_len(s: str) -> int:
 
 
 def valid_budget(b, r) -> bool:
-    return not (b is not None and r is not None) and (b is None or b >= 1) and (r is None or 0 < r <= 1)
+    fixed = b is None or b == "adaptive" or b >= 1
+    return not (b is not None and r is not None) and fixed and (r is None or 0 < r <= 1)
 
 
 def documented(exc: ValueError, *words: str) -> None:
@@ -151,7 +153,7 @@ def test_engine_compress(data):
     assert valid_budget(b, r)
     assert args == before
     check_subsequence(cp.text, cp.original_text, cp.kept_spans)
-    if b is not None:
+    if isinstance(b, int):
         assert cp.draft_kept_tokens <= b
     if q:
         assert cp.text.endswith(q)
@@ -190,11 +192,11 @@ def test_engine_generate(data):
         documented(exc)
         return
     assert g.stats.new_tokens <= n and g.stats.finish_reason in ("stop", "length")
-    if method == "specpc" and b is not None:
+    if method == "specpc" and isinstance(b, int):
         assert g.compressed.draft_kept_tokens <= b
         if q:
             assert g.compressed.text.endswith(q)
-    if method in ("speckv", "snapkv") and b is not None:
+    if method in ("speckv", "snapkv") and isinstance(b, int):
         assert max(g.stats.kv_entries) <= max(b, g.stats.prompt_tokens)
     assert ENGINE.generate(prompt, **kw).text == g.text
 
