@@ -10,7 +10,7 @@ from conftest import tiny_model, tiny_tokenizer
 from draft_rag import DraftEngine, SpecPCConfig
 from draft_rag.bench import evaluate, load_jsonl, score_all, split_input, string_match_all
 from draft_rag.bench.data import parse_record, string_match_part, task_metric
-from draft_rag.bench.grid import Pair, budgets_for, load_results, parse_pair, run_grid
+from draft_rag.bench.grid import Pair, budgets_for, cells_for, load_results, parse_pair, run_grid
 from draft_rag.bench.report import block_table, chunk_table, grid_table, label, summary_table, write_report
 from draft_rag.bench.tasks import LEGACY_TASKS, generate, retrieval_qa
 from draft_rag.cli import main
@@ -377,3 +377,28 @@ def test_draft_overhead_times_both_passes(tiny_engine):
         {"results": [], "chunks": [], "overhead": [{**row, "pair": "p", "length": 500}]}, Path(tempfile.mkdtemp())
     )["markdown"].read_text()
     assert "| p | 500 | 1 |" in md
+
+
+def test_adaptive_cells_run_specpc_at_each_coverage(tiny_dir, tmp_path, monkeypatch):
+    from draft_rag.bench import grid
+
+    small = SpecPCConfig(starting_layer_index=0, window_size=8, kernel_size=5, neighbor_tokens=4)
+    monkeypatch.setattr(grid, "DraftEngine", lambda **kw: DraftEngine(specpc=small, **kw))  # the tiny draft's layers
+    assert cells_for("specpc", [0.25], [], [0.9]) == [(None, 0.25, None), ("adaptive", None, 0.9)]
+    assert cells_for("snapkv", [0.25], [64], [0.9]) == [(64, None, None)]  # only specpc has adaptive cells
+    assert label({"method": "specpc", "ratio": None, "budget": "adaptive", "coverage": 0.8}) == "specpc @adaptive 80%"
+    pair = Pair("tiny", tiny_dir, tiny_dir)
+    kw = dict(ratios=[0.5], out_dir=tmp_path, max_new_tokens=2, progress=False)
+    data = run_grid([pair], ["niah_single"], [300], 2, ["specpc"], coverages=[0.3, 0.99], **kw)
+    fixed, low, high = data["results"]
+    assert (low["budget"], low["coverage"], high["coverage"]) == ("adaptive", 0.3, 0.99) and "coverage" not in fixed
+    assert low["avg_kept_tokens"] < high["avg_kept_tokens"] <= high["avg_input_tokens"]  # coverage sets the budget
+    assert run_grid([pair], ["niah_single"], [300], 2, ["specpc"], coverages=[0.3, 0.99], **kw) == data  # reused
+    md = write_report(data, tmp_path)["markdown"].read_text()
+    assert "specpc @adaptive 30%" in md and "specpc @adaptive 99%" in md and "specpc @50%" in md
+    engine = DraftEngine(target=tiny_dir, specpc=small)
+    recs = [parse_record(r) for r in generate("niah_single", tiny_tokenizer(), 300, 1, seed=3)]
+    with pytest.raises(ValueError, match="coverage is an adaptive budget for specpc alone"):
+        evaluate(engine, recs, "snapkv", budget=64, coverage=0.9, progress=False)
+    evaluate(engine, recs, "specpc", coverage=0.5, max_new_tokens=1, progress=False)
+    assert engine.specpc.coverage is None  # the engine's own settings are back

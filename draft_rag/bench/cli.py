@@ -95,6 +95,7 @@ def _cmd_bench(args) -> int:
             max_new_tokens=args.max_new_tokens,
             fresh=args.fresh,
             block_size=args.block_size,
+            coverages=args.coverages,
         )
         if tasks
         else load_results(out / "results.json")
@@ -210,6 +211,13 @@ def add_subcommand(sub) -> None:
     p.add_argument("--methods", nargs="+", choices=methods, help=f"default: all ({', '.join(methods)})")
     p.add_argument("--ratios", nargs="+", type=fraction, default=[0.25, 0.5], help="prompt-compression budgets")
     p.add_argument("--kv-budgets", nargs="+", type=positive_int, default=[128, 256], help="KV-entry budgets")
+    p.add_argument(
+        "--coverages",
+        nargs="+",
+        type=fraction,
+        default=[],
+        help="also run specpc with budget='adaptive' at each coverage (share of the draft's attention to keep)",
+    )
     p.add_argument("--max-new-tokens", type=positive_int, help="default: each task's tokens_to_generate")
     p.add_argument(
         "--chunk-queries",

@@ -53,6 +53,12 @@ def budgets_for(method: str, ratios, kv_budgets) -> list[tuple[int | None, float
     return [(b, None) for b in kv_budgets] if evicts else [(None, None)]
 
 
+def cells_for(method: str, ratios, kv_budgets, coverages=()) -> list[tuple]:
+    """(budget, ratio, coverage) cells: ``budgets_for``'s, then one adaptive cell per coverage for ``specpc``."""
+    fixed = [(b, r, None) for b, r in budgets_for(method, ratios, kv_budgets)]
+    return fixed + ([("adaptive", None, c) for c in coverages] if method == "specpc" else [])
+
+
 def machine() -> str:
     import os
 
@@ -64,7 +70,7 @@ def machine() -> str:
 
 
 def _key(cell: dict) -> tuple:
-    keys = ("pair", "task", "length", "n", "seed", "method", "budget", "ratio", "block_size")
+    keys = ("pair", "task", "length", "n", "seed", "method", "budget", "ratio", "block_size", "coverage")
     return tuple(cell.get(k) for k in keys)
 
 
@@ -161,11 +167,13 @@ def run_grid(
     fresh: bool = False,
     progress: bool = True,
     block_size: int | None = None,
+    coverages=(),
 ) -> dict:
     """Run (or reuse) every cell; write ``results.json`` after each one. Returns the results dict.
 
     ``block_size``: the engine's draft tokens per scoring pass (None: its default); cells record it when given,
-    so block-scored and single-pass cells of one grid stand side by side.
+    so block-scored and single-pass cells of one grid stand side by side. ``coverages``: adaptive budgets
+    (``budget="adaptive"`` at each coverage) run for ``specpc`` beside its fixed ratios; cells record ``coverage``.
     """
     for m in methods:
         check_method(m)
@@ -183,7 +191,7 @@ def run_grid(
                     write_jsonl(raw, data_path(out, task, length, pair.draft))
                     records = [parse_record(r, f"{task}[{i}]") for i, r in enumerate(raw)]
                     for method in methods:
-                        for budget, ratio in budgets_for(method, ratios, kv_budgets):
+                        for budget, ratio, coverage in cells_for(method, ratios, kv_budgets, coverages):
                             cell = dict(
                                 pair=pair.name,
                                 task=task,
@@ -194,6 +202,7 @@ def run_grid(
                                 budget=budget,
                                 ratio=ratio,
                                 **({"block_size": block_size} if block_size else {}),
+                                **({"coverage": coverage} if coverage else {}),
                             )
                             if _key(cell) in done:
                                 continue
@@ -207,10 +216,11 @@ def run_grid(
                                 method,
                                 budget=budget,
                                 ratio=ratio,
+                                coverage=coverage,
                                 max_new_tokens=max_new_tokens,
                                 progress=progress,
                                 llmlingua=lingua,
-                                desc=f"{pair.name} {task}-{length} {method} {budget or ratio or ''}",
+                                desc=f"{pair.name} {task}-{length} {method} {budget or ratio or coverage or ''}",
                                 metric=task_metric(task),
                             )
                             cell.update(
@@ -227,7 +237,7 @@ def run_grid(
                                 task,
                                 length,
                                 method,
-                                budget or ratio or "",
+                                budget or ratio or coverage or "",
                                 res.score,
                                 res.avg_kept_tokens,
                                 res.avg_input_tokens,

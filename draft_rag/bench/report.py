@@ -12,6 +12,8 @@ from .tasks import RULER_13
 def label(cell: dict) -> str:
     """``method @budget``, with both budgets for speckv-pc and the draft's block size where the cell set one."""
     blocks = f" [blocks of {cell['block_size']}]" if cell.get("block_size") else ""
+    if cell.get("coverage") is not None:  # an adaptive budget
+        return f"{cell['method']} @adaptive {cell['coverage']:.0%}{blocks}"
     if cell.get("ratio") is not None and cell.get("budget") is not None:  # speckv-pc: prompt ratio and KV entries
         return f"{cell['method']} @{cell['ratio']:.0%} / {cell['budget']} KV{blocks}"
     if cell.get("ratio") is not None:
@@ -26,7 +28,8 @@ ORDER = ("full", "specpc", "speckv-pc", "llmlingua", "speckv", "snapkv", "stream
 
 def _sort_key(cell: dict):
     m = cell["method"]
-    return (ORDER.index(m) if m in ORDER else len(ORDER), m, cell.get("ratio") or 0, cell.get("budget") or 0)
+    budget = cell.get("budget") if isinstance(cell.get("budget"), int) else 0
+    return (ORDER.index(m) if m in ORDER else len(ORDER), m, cell.get("coverage") or 0, cell.get("ratio") or 0, budget)
 
 
 def _by_pair_and_length(cells: list[dict]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -83,6 +84,7 @@ def evaluate(
     *,
     budget: int | None = None,
     ratio: float | None = None,
+    coverage: float | None = None,
     template: str | None = None,
     max_new_tokens: int | None = None,
     progress: bool = True,
@@ -96,7 +98,8 @@ def evaluate(
     keeps the mean under both in ``scores``.
     The record's input is split into a protected instruction line, the context and a protected question
     line (``split_input``); the answer prefix follows the chat turn, as RULER does. ``llmlingua`` is a
-    ``LLMLinguaClient`` for method ``llmlingua``.
+    ``LLMLinguaClient`` for method ``llmlingua``. ``coverage`` (``specpc`` only) runs ``budget="adaptive"`` at
+    that coverage instead of a fixed budget.
     """
     from tqdm.auto import tqdm
 
@@ -105,22 +108,25 @@ def evaluate(
         raise ValueError(f"metric must be one of {list(METRICS)}, got {metric!r}")
     if method == "llmlingua" and llmlingua is None:
         raise ValueError("method 'llmlingua' needs an LLMLinguaClient (see draft_rag.bench.llmlingua)")
+    if coverage is not None and (method != "specpc" or budget is not None and budget != "adaptive" or ratio):
+        raise ValueError(f"coverage is an adaptive budget for specpc alone, got method={method!r}, {budget=}, {ratio=}")
     per_entry = kv_bytes_per_entry(engine.target.model)
     rows, sums = [], {"draft": 0.0, "target": 0.0, "total": 0.0}
     bar = tqdm(
         records, desc=desc or f"{method} {budget or ratio or ''}".strip(), disable=not progress, unit="rec", leave=False
     )
     for rec in bar:
-        row = _one(
-            engine,
-            rec,
-            method,
-            budget,
-            ratio,
-            template,
-            max_new_tokens or rec.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
-            llmlingua,
-        )
+        with _coverage(engine, coverage):
+            row = _one(
+                engine,
+                rec,
+                method,
+                "adaptive" if coverage is not None else budget,
+                ratio,
+                template,
+                max_new_tokens or rec.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+                llmlingua,
+            )
         if not row["kv_bytes"]:
             row["kv_bytes"] = row["kept_tokens"] * per_entry
         rows.append(row)
@@ -143,6 +149,18 @@ def evaluate(
         {m: 100 * sum(r["scores"][m] for r in rows) / n for m in METRICS},
         rows,
     )
+
+
+@contextlib.contextmanager
+def _coverage(engine: DraftEngine, coverage: float | None):
+    """The engine with SpecPC's adaptive coverage set to ``coverage`` for the block (as it was after)."""
+    saved = engine.specpc
+    if coverage is not None:
+        engine.specpc = saved.replace(coverage=coverage)
+    try:
+        yield engine
+    finally:
+        engine.specpc = saved
 
 
 def _one(engine, rec: Record, method, budget, ratio, template, max_new_tokens, llmlingua) -> dict:
