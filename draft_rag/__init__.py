@@ -1,6 +1,6 @@
 """draft-rag: a small draft model decides which tokens, chunks and KV entries a big target needs."""
 
-from .config import SpecKVConfig, SpecPCConfig
+from .config import SparsePrefillConfig, SpecKVConfig, SpecPCConfig
 from .engine import DraftEngine
 from .inputs import ChatInput, PromptInput
 from .messages import CompressedMessages
@@ -22,6 +22,7 @@ __all__ = [
     "LoadedModel",
     "MessageStats",
     "PromptInput",
+    "SparsePrefillConfig",
     "SpecKVConfig",
     "SpecPCConfig",
     "load_model",

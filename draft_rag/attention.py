@@ -3,7 +3,8 @@
 ``attach(model)`` switches the model to a registered wrapper of its own kernel (sdpa, eager or flash).
 The wrapped kernel still computes every layer's output; while an observer is active (``observe``), the
 wrapper also hands it the layer's query/key tensors so that it can score the last few queries against
-all keys: at most ``W x N`` probabilities per head, never ``N x N``.
+all keys: at most ``W x N`` probabilities per head, never ``N x N``. While a kernel is active
+(``use_kernel``), it computes the layers' outputs instead, given the model's own kernel to fall back on.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 PREFIX = "draft_rag+"
 Observer = Callable[..., None]  # (module, query, key, attention_mask, kwargs) -> None
+Kernel = Callable[..., tuple]  # (base_kernel, module, query, key, value, attention_mask, **kwargs) -> (out, weights)
 _observer: ContextVar[Observer | None] = ContextVar("draft_rag_observer", default=None)
+_kernel: ContextVar[Kernel | None] = ContextVar("draft_rag_kernel", default=None)
 
 
 def _base_kernel(name: str, module) -> Callable:
@@ -35,7 +38,11 @@ def _register(base: str) -> str:
         return name
 
     def attention(module, query, key, value, attention_mask, **kwargs):
-        out = _base_kernel(base, module)(module, query, key, value, attention_mask, **kwargs)
+        kernel, own = _kernel.get(), _base_kernel(base, module)
+        if kernel is None:
+            out = own(module, query, key, value, attention_mask, **kwargs)
+        else:
+            out = kernel(own, module, query, key, value, attention_mask, **kwargs)
         observer = _observer.get()
         if observer is not None:
             observer(module, query, key, attention_mask, kwargs)
@@ -65,6 +72,17 @@ def observe(model, observer: Observer):
         yield
     finally:
         _observer.reset(token)
+
+
+@contextlib.contextmanager
+def use_kernel(model, kernel: Kernel):
+    """Compute every attention layer of ``model`` with ``kernel`` inside the ``with`` block."""
+    attach(model)
+    token = _kernel.set(kernel)
+    try:
+        yield
+    finally:
+        _kernel.reset(token)
 
 
 def window_probs(

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from .builtins import BUILTIN_MODELS, DEFAULT_MODEL
-from .config import SpecPCConfig
+from .config import SparsePrefillConfig, SpecPCConfig
 
 logger = logging.getLogger("draft_rag")
 
@@ -194,6 +194,29 @@ def _cmd_compress(args) -> int:
     return 0
 
 
+def add_sparse_args(p) -> None:
+    """``--sparse-prefill`` and its settings (the paper's names and defaults)."""
+    d = SparsePrefillConfig()
+    g = p.add_argument_group("sparse prefill (local target; prefills longer than vertical + window tokens)")
+    g.add_argument("--sparse-prefill", action="store_true", help="vertical-slash sparse prefill, as the paper's SpecKV")
+    g.add_argument(
+        "--prefill-vertical-size",
+        type=positive_int,
+        default=d.prefill_vertical_size,
+        help="key columns every query block reads (chosen by the last queries' attention)",
+    )
+    g.add_argument("--prefill-window-size", type=positive_int, default=d.prefill_window_size,
+                   help="keys before each query block that it reads (the local band)")  # fmt: skip
+
+
+def sparse_from_args(args) -> SparsePrefillConfig | None:
+    if not args.sparse_prefill:
+        return None
+    return SparsePrefillConfig(
+        prefill_vertical_size=args.prefill_vertical_size, prefill_window_size=args.prefill_window_size
+    )
+
+
 def _cmd_generate(args) -> int:
     from . import methods
     from .engine import DraftEngine
@@ -215,6 +238,7 @@ def _cmd_generate(args) -> int:
         seed=args.seed,
         pc_budget=args.pc_budget,
         pc_ratio=args.pc_ratio,
+        sparse_prefill=sparse_from_args(args),
     )
     if args.json:
         g = engine.generate(text, **kwargs)
@@ -282,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", choices=("chat", "raw"), help="default: chat when the target has a template")
     p.add_argument("--json", action="store_true", help="print text plus stats as JSON")
     add_specpc_args(p)
+    add_sparse_args(p)
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("models", help="list the built-in models (and whether each is installed), or install them")

@@ -234,3 +234,40 @@ class SpecKVConfig(_Budgeted):
         check_int("lookahead_tokens", self.lookahead_tokens, 0, allow_none=True)
         check_int("sink_tokens", self.sink_tokens, 0)
         check_int("seed", self.seed, 0)
+
+
+@dataclass(frozen=True)
+class SparsePrefillConfig:
+    """Vertical-slash sparse prefill for a local target (the paper's settings and defaults).
+
+    Every query attends to the ``prefill_vertical_size`` key columns that the last queries (SpecKV's window and
+    lookahead; for the other methods the last ``estimate_queries`` prompt tokens) attend to most, plus the local
+    band: the ``prefill_window_size`` keys before its block of ``query_block`` queries and the block itself.
+    Only prefills longer than ``min_tokens`` are sparse (default ``prefill_vertical_size + prefill_window_size``,
+    the paper's rule); sliding-window layers keep their own kernel.
+    """
+
+    prefill_vertical_size: int = 2048
+    prefill_window_size: int = 2048
+    estimate_queries: int = 64
+    query_block: int = 1024
+    min_tokens: int | None = None
+
+    def __post_init__(self):
+        for f in fields(self):
+            if f.name != "min_tokens":
+                check_int(f.name, getattr(self, f.name), 1)
+        check_int("min_tokens", self.min_tokens, 0, allow_none=True)
+        if self.min_tokens is None:
+            object.__setattr__(self, "min_tokens", self.prefill_vertical_size + self.prefill_window_size)
+
+    @classmethod
+    def parse(cls, value) -> SparsePrefillConfig | None:
+        """``sparse_prefill=`` as callers give it: True (the defaults), False/None (dense), or a config."""
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        raise ValueError(f"sparse_prefill must be True, False, None or a SparsePrefillConfig, got {value!r}")

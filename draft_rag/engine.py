@@ -17,7 +17,7 @@ from . import messages as chat
 from . import methods
 from .blocks import block_size_for, score_blocks
 from .builtins import DEFAULT_MODEL
-from .config import Budget, SpecKVConfig, SpecPCConfig, check_int
+from .config import Budget, SparsePrefillConfig, SpecKVConfig, SpecPCConfig, check_int
 from .context_cache import ContextCache
 from .generation import Sampling, stream
 from .inputs import ChatInput, PromptInput, from_call
@@ -55,6 +55,8 @@ class DraftEngine:
         context_cache_mb: MiB of draft KV kept for contexts read before, so that a follow-up question over the
             same context runs only its own tokens (and the last window of context) through the draft; 0 turns
             it off (``context_cache.ContextCache``).
+        sparse_prefill: the target prefills long prompts vertical-slash sparse, as the paper's SpecKV does (True:
+            ``SparsePrefillConfig()``, or a config); per call, ``stream(sparse_prefill=...)`` overrides it.
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class DraftEngine:
         threads: int | None = None,
         block_size: int | None = None,
         context_cache_mb: float = DEFAULT_CONTEXT_CACHE_MB,
+        sparse_prefill: bool | SparsePrefillConfig | None = None,
     ):
         methods.get(method)
         set_threads(threads)
@@ -93,6 +96,7 @@ class DraftEngine:
         self.target_window = context_window(self.target.model) if self.target else None
         self.block_size = block_size_for(self.draft.model, block_size)
         self.context_cache = ContextCache(context_cache_mb)
+        self.sparse_prefill = SparsePrefillConfig.parse(sparse_prefill)
         self._lock = threading.Lock()  # held per step only (see the module docstring)
 
     @property
@@ -257,6 +261,7 @@ class DraftEngine:
         lookahead_tokens: int | None = None,
         messages: list[dict] | None = None,
         context: list[str] | None = None,
+        sparse_prefill: bool | SparsePrefillConfig | None = None,
     ) -> GenerationStream:
         """Generate with the local target; yields text pieces as they are decoded.
 
@@ -276,6 +281,8 @@ class DraftEngine:
             pc_budget, pc_ratio: ``speckv-pc``'s prompt budget (default 2048 tokens).
             lookahead_tokens: SpecKV's draft lookahead; overrides SpecKVConfig's (default: ``max_new_tokens``
                 for speckv; for speckv-pc, the 20 tokens its SpecPC stage drafts, as in the official configs).
+            sparse_prefill: the target prefills long prompts vertical-slash sparse (True: the paper's settings,
+                or a ``SparsePrefillConfig``; False: dense); defaults to the engine's.
 
         Returns:
             A ``GenerationStream`` of text pieces; its ``stats`` and ``compressed`` are complete once exhausted.
@@ -290,8 +297,9 @@ class DraftEngine:
             what = "auto' (fit the target's window)" if parsed.auto else "adaptive' (sized by the draft's attention)"
             raise ValueError(f"budget='{what} is for method='specpc', got method={chosen}")
         check_int("lookahead_tokens", lookahead_tokens, 0, allow_none=True)
+        sparse = self.sparse_prefill if sparse_prefill is None else SparsePrefillConfig.parse(sparse_prefill)
         plan = Plan(chosen, sampling, parsed, Budget.parse(pc_budget, pc_ratio, "pc_"), lookahead_tokens,
-                    template or self._template())  # fmt: skip
+                    template or self._template(), sparse)  # fmt: skip
         if isinstance(prompt, (PromptInput, ChatInput)):
             request = prompt
         else:

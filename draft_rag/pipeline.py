@@ -22,6 +22,7 @@ from .config import (
     SPECKV_PC_KERNEL,
     SPECKV_PC_LOOKAHEAD,
     Budget,
+    SparsePrefillConfig,
     SpecPCConfig,
     check_int,
 )
@@ -44,6 +45,7 @@ class Plan:
 
     ``budget``: the prompt budget for SpecPC, the KV budget for the KV methods; ``pc_budget``: SpecKV-PC's
     prompt budget. ``lookahead``: SpecKV's draft lookahead (None: the configured or official default).
+    ``sparse``: the target's prefill is vertical-slash sparse (None: dense).
     """
 
     method: Method
@@ -52,6 +54,7 @@ class Plan:
     pc_budget: Budget = field(default_factory=Budget)
     lookahead: int | None = None
     template: str = "chat"
+    sparse: SparsePrefillConfig | None = None
 
 
 @dataclass
@@ -82,7 +85,7 @@ def prepare(
     if method.shortens_prompt:
         compressed = text.compress(_specpc_config(engine, plan, n_look), stats)
         ids = text.target_ids()
-    prefill = functools.partial(_with_stats, speckv.plain_prefill_stats, stats)
+    prefill = functools.partial(_with_stats, functools.partial(speckv.plain_prefill_stats, sparse=plan.sparse), stats)
     if method.evicts_kv:
         prefill = _kv_prefill(engine, plan, text, ids, compressed, n_look, stats)
     check_fits(engine, len(ids), sampling.max_new_tokens, stats.lookahead_tokens)
@@ -259,6 +262,7 @@ def _kv_prefill(engine: DraftEngine, plan: Plan, text, ids, compressed, n_look: 
         scorer=method.make_scorer(cfg),
         window=cfg.window_size,
         horizon=plan.sampling.max_new_tokens,
+        sparse=plan.sparse,
     )
     return functools.partial(_with_stats, run, stats)
 
@@ -392,6 +396,7 @@ def _with_stats(run, stats: GenerationStats, model, ids):
     state, kv = run(model, ids)
     stats.kv_bytes, stats.kv_bytes_full, stats.kv_entries = kv.kv_bytes, kv.kv_bytes_full, kv.entries
     stats.seconds.update(prefill=kv.seconds["prefill"], kv_select=kv.seconds["select"])
+    stats.sparse_layers = kv.sparse_layers
     return state
 
 

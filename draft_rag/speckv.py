@@ -27,11 +27,12 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from .attention import observe, window_probs
-from .config import SpecKVConfig, check_int
+from .config import SparsePrefillConfig, SpecKVConfig, check_int
 from .generation import Prefilled, plain_prefill
 from .models import input_device
 from .prompt import Segment, tokenize
 from .scoring import cache_kwarg, num_layers, pool
+from .sparse_prefill import sparse_prefill
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class KVStats:
     kv_bytes: int = 0
     kv_bytes_full: int = 0  # what a plain prefill of the prompt would hold
     seconds: dict = field(default_factory=dict)  # prefill (incl. select), select
+    sparse_layers: int = 0  # layer calls of the prefill that ran vertical-slash sparse
 
 
 class _Evictor:
@@ -140,6 +142,7 @@ def compressed_prefill(
     *,
     window: int = 32,
     horizon: int = 1,
+    sparse: SparsePrefillConfig | None = None,
 ) -> tuple[Prefilled, KVStats]:
     """Prefill ``prompt_ids + lookahead_ids``, keeping ``budget`` entries of the prompt before its last token
     per layer and KV head, then feed that last token again over the compressed cache.
@@ -148,13 +151,14 @@ def compressed_prefill(
     the last prompt token and the lookahead; the first answer token's logits and the last prompt token's KV
     come from the compressed context (``budget + 1`` entries). ``horizon`` is how many tokens will be decoded
     (it decides whether sliding-window layers can be compressed). The returned state continues at position
-    ``len(prompt_ids)``; the lookahead's KV is not in the cache.
+    ``len(prompt_ids)``; the lookahead's KV is not in the cache. ``sparse``: the prefill is vertical-slash
+    sparse, its columns chosen by the same window queries (``sparse_prefill``).
     """
     if not prompt_ids:
         raise ValueError("prompt_ids must not be empty")
     check_int("budget", budget, 1)
     if len(prompt_ids) == 1:
-        return plain_prefill_stats(model, prompt_ids)
+        return plain_prefill_stats(model, prompt_ids, sparse)
     t0 = time.perf_counter()
     n, last = len(prompt_ids) - 1, prompt_ids[-1]  # n: the compressed prefix
     cache = DynamicCache(config=model.config)
@@ -165,7 +169,7 @@ def compressed_prefill(
     evictor = _Evictor(cache, n, budget, window, scorer, horizon + 1, num_layers(model))
     ids = torch.tensor([list(prompt_ids) + list(lookahead_ids)], device=input_device(model))
     ck = cache_kwarg(model)
-    with observe(model, evictor):
+    with observe(model, evictor), sparse_prefill(model, sparse, n, evictor.window) as sparsity:
         model(input_ids=ids, use_cache=True, logits_to_keep=1, **{ck: cache})
     missing = [i for i, d in enumerate(evictor.done) if not d]
     if missing:
@@ -188,14 +192,20 @@ def compressed_prefill(
         kv_bytes=kv_bytes(cache),
         kv_bytes_full=sum(e * f for e, f in zip(per_entry, full_entries)),
         seconds={"prefill": time.perf_counter() - t0, "select": evictor.seconds},
+        sparse_layers=sparsity.layers,
     )
     return Prefilled(cache, out.logits[0, -1], n + 1), stats
 
 
-def plain_prefill_stats(model, input_ids: list[int]) -> tuple[Prefilled, KVStats]:
-    """``generation.plain_prefill`` with the same KV statistics (nothing evicted)."""
+def plain_prefill_stats(
+    model, input_ids: list[int], sparse: SparsePrefillConfig | None = None
+) -> tuple[Prefilled, KVStats]:
+    """``generation.plain_prefill`` with the same KV statistics (nothing evicted); ``sparse``: vertical-slash
+    sparse, its columns chosen by the prompt's last ``sparse.estimate_queries`` tokens."""
     t0 = time.perf_counter()
-    state = plain_prefill(model, input_ids)
+    window = sparse.estimate_queries if sparse else 0
+    with sparse_prefill(model, sparse, len(input_ids), window) as sparsity:
+        state = plain_prefill(model, input_ids)
     size = kv_bytes(state.cache)
     return state, KVStats(
         entries=_entries(state.cache),
@@ -203,6 +213,7 @@ def plain_prefill_stats(model, input_ids: list[int]) -> tuple[Prefilled, KVStats
         kv_bytes=size,
         kv_bytes_full=size,
         seconds={"prefill": time.perf_counter() - t0, "select": 0.0},
+        sparse_layers=sparsity.layers,
     )
 
 

@@ -59,6 +59,7 @@ class GenerationStats:
     lookahead_tokens: int = 0  # draft tokens the target prefilled as SpecKV's lookahead (target tokenizer)
     draft_blocks: int = 0  # SpecPC's draft passes over the prompt (>1: scored in blocks; 0: not run)
     draft_cached_tokens: int = 0  # of SpecPC's draft tokens, those whose KV came from the context cache
+    sparse_layers: int = 0  # target layers whose prefill ran vertical-slash sparse (sparse_prefill=)
     compression: CompressionStats | None = None  # SpecPC on a conversation (messages=...)
 
     def usage(self) -> dict:

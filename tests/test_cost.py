@@ -84,7 +84,7 @@ def test_no_stage_records_autograd(monkeypatch):
     stages = cost.draft_stages(draft, segments, chunks, budgets, 3, cfg)
     target = cost.build_target("tiny", draft, 2)
     target.model.register_forward_pre_hook(lambda *_: grad_on.append(torch.is_grad_enabled()))
-    for method, budget in cost.cells_for(budgets):
+    for method, budget, _ in cost.cells_for(budgets):
         cost.target_run(target, method, budget, segments, stages, 3)
     hook.remove()
     assert grad_on and not any(grad_on)
@@ -104,11 +104,12 @@ def test_median_over_repetitions():
             "draft_s": 1.0,
             "scoring_s": 0.9,
             "plain_draft_s": 1.0,
+            "attention_s": p / 4,
         }
         for p in (1.0, 5.0, 2.0)
     ]
     row = cost._row(samples, "tiny", 6, 1)
-    assert row["prefill_s"] == 2.0 and row["ttft_s"] == 3.0
+    assert row["prefill_s"] == 2.0 and row["ttft_s"] == 3.0 and row["attention_share"] == 0.25
 
 
 def test_layer_clock_times_only_the_decoder_layers():
@@ -122,3 +123,36 @@ def test_layer_clock_times_only_the_decoder_layers():
 def test_unknown_shape_is_a_clear_error():
     with pytest.raises(ValueError, match="shape must be one of"):
         cost.build_target("gpt-5", tiny_model("llama"))
+
+
+def test_sparse_prefill_cells_beside_dense_ones(tmp_path):
+    from draft_rag import SparsePrefillConfig
+
+    sparse = SparsePrefillConfig(prefill_vertical_size=64, prefill_window_size=64, query_block=64, min_tokens=128)
+    assert cost.cells_for([cost.BudgetLevel(0.5, 64)], ["speckv"], sparse=True) == [
+        ("full", None, False),
+        ("speckv", cost.BudgetLevel(0.5, 64), False),
+        ("full", None, True),
+        ("speckv", cost.BudgetLevel(0.5, 64), True),
+    ]
+    rows = cost.run_cost(
+        tiny_model("llama"),
+        ["tiny"],
+        [800],
+        budgets=[cost.BudgetLevel(0.5, 64)],
+        repeats=1,
+        new_tokens=2,
+        slice_layers=2,
+        out=tmp_path,
+        methods=["speckv"],
+        sparse=sparse,
+    )
+    by = {cost._budget_label(r): r for r in rows}
+    assert set(by) == {"full", "full +sparse", "speckv@64", "speckv@64 +sparse"}
+    assert by["full +sparse"]["sparse_layers"] == 2 and by["full"]["sparse_layers"] == 0
+    assert 0 < by["full"]["attention_share"] < 1 and by["full +sparse"]["attention_share"] is None
+    assert by["full +sparse"]["speedup_e2e"] == by["full"]["e2e_s"] / by["full +sparse"]["e2e_s"]  # vs dense full
+    assert by["speckv@64 +sparse"]["kv_bytes"] == by["speckv@64"]["kv_bytes"]
+    md = cost.sparse_table(rows)
+    assert "| tiny (scaled) |" in md and "speckv@64 e2e dense / +sparse" in md
+    assert cost.sparse_table([r for r in rows if not r["sparse_prefill"]]) == ""

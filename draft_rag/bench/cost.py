@@ -6,7 +6,9 @@ the draft stages run once each (a plain draft forward, SpecPC's scoring per budg
 SpecKV-PC's scoring per budget) and then every target runs every method, so load drifts hit all methods
 alike. A target too slow for the machine runs as a slice of its first layers (``slice_layers``): forward hooks
 time its decoder layers, and every target figure is extrapolated linearly in layers from that slice (labelled
-"scaled"); draft figures are never scaled.
+"scaled"); draft figures are never scaled. With a ``SparsePrefillConfig`` the full, speckv and speckv-pc cells
+also run with a vertical-slash sparse prefill (labelled "+sparse"); dense prefills time their attention kernel
+too (``attention_share`` of the prefill's layer time).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from pathlib import Path
 import torch
 
 from .. import speckv
-from ..config import Budget, SpecKVConfig, SpecPCConfig
+from ..attention import use_kernel
+from ..config import Budget, SparsePrefillConfig, SpecKVConfig, SpecPCConfig
 from ..generation import Prefilled, plain_prefill
 from ..methods import REGISTRY
 from ..models import LoadedModel, load_model, placement
@@ -73,6 +76,7 @@ SHAPES = {
     },
 }
 METHODS = ("full", "specpc", "speckv", "speckv-pc")
+SPARSE_METHODS = ("full", "speckv", "speckv-pc")  # the methods whose target prefill can be sparse
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,21 @@ class LayerClock:
     def __exit__(self, *exc):
         for h in self._handles:
             h.remove()
+
+
+class AttentionClock:
+    """An ``attention.Kernel`` that runs the model's own kernel and adds up its seconds."""
+
+    def __init__(self, device):
+        self.device, self.seconds = device, 0.0
+
+    def __call__(self, own, *args, **kwargs):
+        _sync(self.device)
+        t0 = time.perf_counter()
+        out = own(*args, **kwargs)
+        _sync(self.device)
+        self.seconds += time.perf_counter() - t0
+        return out
 
 
 def _sync(device) -> None:
@@ -217,19 +236,27 @@ def _timed(fn, device):
 
 
 def draft_stages(
-    draft: LoadedModel, segments, chunks, budgets, new_tokens: int, specpc: SpecPCConfig | None = None
+    draft: LoadedModel,
+    segments,
+    chunks,
+    budgets,
+    new_tokens: int,
+    specpc: SpecPCConfig | None = None,
+    methods=METHODS,
 ) -> dict:
-    """Every draft-side stage for one prompt: {stage: (result, seconds)}; stage names are method@budget."""
+    """The draft-side stages of ``methods`` for one prompt: {stage: (result, seconds)}; stage names are
+    method@budget ("plain", a plain draft forward, always runs)."""
     model, tok, device = draft.model, draft.tokenizer, draft.model.device
     specpc = specpc or SpecPCConfig()
     ids = tokenize(tok, wrap(segments, tok, "chat")).ids
     eos = {tok.eos_token_id}
     out = {"plain": (len(ids), _timed(lambda: plain_prefill(model, ids), device)[1])}  # no autograd, as every stage
-    for b in budgets:
+    for b in budgets if "specpc" in methods else ():
         cfg = specpc.replace(ratio=b.ratio)
         out[f"specpc@{b.ratio}"] = _timed(functools.partial(compress, model, tok, segments, chunks, cfg), device)
-    out["speckv"] = _timed(lambda: speckv.draft_lookahead(model, ids, new_tokens, eos), device)
-    for b in budgets:
+    if "speckv" in methods:
+        out["speckv"] = _timed(lambda: speckv.draft_lookahead(model, ids, new_tokens, eos), device)
+    for b in budgets if "speckv-pc" in methods else ():
         cfg = speckv_pc_stage(specpc, Budget(ratio=b.ratio))  # the engine's settings for speckv-pc
         stage = functools.partial(_speckv_pc, model, tok, segments, chunks, cfg, eos)
         out[f"speckv-pc@{b.ratio}"] = _timed(stage, device)
@@ -248,15 +275,22 @@ def _speckv_pc(model, tok, segments, chunks, cfg: SpecPCConfig, eos: set[int]):
 
 
 def target_run(
-    target: LoadedModel, method: str, budget: BudgetLevel | None, segments, stages: dict, new_tokens: int
+    target: LoadedModel,
+    method: str,
+    budget: BudgetLevel | None,
+    segments,
+    stages: dict,
+    new_tokens: int,
+    sparse: SparsePrefillConfig | None = None,
 ) -> dict:
-    """Target side of one cell: prefill seconds, decode s/token, peak memory and KV bytes."""
+    """Target side of one cell: prefill seconds (and, dense, its attention kernel's), decode s/token, peak memory
+    and KV bytes; ``sparse``: the prefill is vertical-slash sparse."""
     model, tok, device = target.model, target.tokenizer, target.model.device
     if method in ("specpc", "speckv-pc"):
         segments = compressed_segments(stages[f"{method}@{budget.ratio}"][0], segments)
     ids = tokenize(tok, wrap(segments, tok, "chat")).ids
     if method in ("full", "specpc"):
-        prefill = speckv.plain_prefill_stats
+        prefill = functools.partial(speckv.plain_prefill_stats, sparse=sparse)
     else:
         cp_or_look = stages["speckv"][0] if method == "speckv" else stages[f"{method}@{budget.ratio}"][0].lookahead_ids
         cfg = SpecKVConfig(budget=budget.kv)
@@ -267,9 +301,11 @@ def target_run(
             scorer=REGISTRY["speckv"].make_scorer(cfg),
             window=cfg.window_size,
             horizon=new_tokens,
+            sparse=sparse,
         )
+    attention = AttentionClock(device)
     with PeakMemory(device) as mem:
-        with LayerClock(model) as in_prefill:
+        with LayerClock(model) as in_prefill, use_kernel(model, attention):  # a sparse prefill sets its own kernel
             (state, kv), seconds = _timed(lambda: prefill(model, ids), device)
         with LayerClock(model) as in_decode:
             step = decode(model, state, new_tokens)
@@ -278,6 +314,8 @@ def target_run(
         "target_tokens": len(ids),
         "prefill_s": seconds,
         "prefill_layers_s": in_prefill.seconds,
+        "attention_s": None if kv.sparse_layers else attention.seconds,
+        "sparse_layers": kv.sparse_layers,
         "decode_s_per_token": step,
         "decode_layers_s_per_token": in_decode.seconds / max(1, new_tokens - 1),
         "peak_bytes": mem.peak,
@@ -285,8 +323,11 @@ def target_run(
     }
 
 
-def cells_for(budgets) -> list[tuple[str, BudgetLevel | None]]:
-    return [("full", None)] + [(m, b) for m in METHODS[1:] for b in budgets]
+def cells_for(budgets, methods=METHODS, sparse: bool = False) -> list[tuple[str, BudgetLevel | None, bool]]:
+    """(method, budget, sparse prefill) cells: full (always, the reference), then each method at each budget;
+    with ``sparse`` each of ``SPARSE_METHODS`` once more with a sparse prefill."""
+    dense = [("full", None)] + [(m, b) for m in METHODS[1:] if m in methods for b in budgets]
+    return [(m, b, False) for m, b in dense] + [(m, b, True) for m, b in dense if sparse and m in SPARSE_METHODS]
 
 
 def _scoring_seconds(stages: dict, key: str | None) -> float:
@@ -317,8 +358,11 @@ def run_cost(
     dtype=None,
     specpc: SpecPCConfig | None = None,
     out: Path | None = None,
+    methods=METHODS,
+    sparse: SparsePrefillConfig | None = None,
 ) -> list[dict]:
-    """Measure every (shape, length, method, budget) cell ``repeats`` times, interleaved; return median rows.
+    """Measure every (shape, length, method, budget, sparse) cell ``repeats`` times, interleaved; return median
+    rows. ``methods``: which to run besides full; ``sparse``: also their sparse-prefill cells (``cells_for``).
 
     Shapes in ``full_shapes`` (or all when ``slice_layers`` is None) run with all their layers; the others run
     their first ``slice_layers`` layers and are scaled. Rows are written to ``out``/cost.json after every repetition.
@@ -331,22 +375,23 @@ def run_cost(
         for shape in shapes
     }
     segments, chunks = prompt(draft.tokenizer, min(512, min(lengths) // 2))  # warm-up on a short prompt, not recorded
-    stages = draft_stages(draft, segments, chunks, budgets, new_tokens, specpc)
+    stages = draft_stages(draft, segments, chunks, budgets, new_tokens, specpc, methods)
+    cells = cells_for(budgets, methods, sparse is not None)
     for target in targets.values():
-        for method, budget in cells_for(budgets):
-            target_run(target, method, budget, segments, stages, new_tokens)
+        for method, budget, sparsely in cells:
+            target_run(target, method, budget, segments, stages, new_tokens, sparse if sparsely else None)
     raw: dict = {}
     for length in lengths:
         segments, chunks = prompt(draft.tokenizer, length)
         for rep in range(repeats):
             t0 = time.perf_counter()
-            stages = draft_stages(draft, segments, chunks, budgets, new_tokens, specpc)
+            stages = draft_stages(draft, segments, chunks, budgets, new_tokens, specpc, methods)
             logger.info("cost: %d tokens, draft stages %s", length, {k: round(v[1], 1) for k, v in stages.items()})
             for shape, target in targets.items():
-                for method, budget in cells_for(budgets):
-                    run = target_run(target, method, budget, segments, stages, new_tokens)
+                for method, budget, sparsely in cells:
+                    run = target_run(target, method, budget, segments, stages, new_tokens, sparse if sparsely else None)
                     key = _draft_key(method, budget)
-                    raw.setdefault((shape, length, method, budget), []).append(
+                    raw.setdefault((shape, length, method, budget, sparsely), []).append(
                         {
                             "draft_s": stages[key][1] if key else 0.0,
                             "scoring_s": _scoring_seconds(stages, key),
@@ -358,7 +403,7 @@ def run_cost(
             logger.info("cost: %d tokens, repetition %d done in %.0f s", length, rep + 1, time.perf_counter() - t0)
             rows = summarize(raw, draft, new_tokens)
             if out is not None:
-                save(rows, out, meta(draft_ref, repeats, new_tokens, slice_layers, device))
+                save(rows, out, meta(draft_ref, repeats, new_tokens, slice_layers, device, sparse))
     return summarize(raw, draft, new_tokens)
 
 
@@ -375,8 +420,10 @@ def _row(samples: list[dict], shape: str, layers: int, new_tokens: int) -> dict:
             "peak_bytes": scale(s["peak_bytes"], s["kv_bytes"], n, layers),
         }  # + each added layer's KV
         ttft = s["draft_s"] + t["prefill_s"]
+        share = s["attention_s"] / s["prefill_layers_s"] if s["attention_s"] is not None else None
         return {
             **t,
+            "attention_share": share,
             "draft_s": s["draft_s"],
             "scoring_s": s["scoring_s"],
             "plain_draft_s": s["plain_draft_s"],
@@ -385,14 +432,14 @@ def _row(samples: list[dict], shape: str, layers: int, new_tokens: int) -> dict:
         }
 
     reps = [per_rep(s) for s in samples]
-    return {k: statistics.median(r[k] for r in reps) for k in reps[0]}
+    return {k: None if reps[0][k] is None else statistics.median(r[k] for r in reps) for k in reps[0]}
 
 
 def summarize(raw: dict, draft: LoadedModel, new_tokens: int) -> list[dict]:
     """One row per cell (medians), with the speed-up of end-to-end time and TTFT against full."""
     rows = []
     draft_params = sum(p.numel() for p in draft.model.parameters())
-    for (shape, length, method, budget), samples in raw.items():
+    for (shape, length, method, budget, sparsely), samples in raw.items():
         layers = SHAPES[shape]["num_hidden_layers"]
         row = {
             "shape": shape,
@@ -403,6 +450,8 @@ def summarize(raw: dict, draft: LoadedModel, new_tokens: int) -> list[dict]:
             else (
                 budget.ratio if method == "specpc" else budget.kv if method == "speckv" else [budget.ratio, budget.kv]
             ),
+            "sparse_prefill": sparsely,
+            "sparse_layers": samples[0]["sparse_layers"],
             "scaled": samples[0]["layers"] != layers,
             "measured_layers": samples[0]["layers"],
             "repeats": len(samples),
@@ -412,7 +461,7 @@ def summarize(raw: dict, draft: LoadedModel, new_tokens: int) -> list[dict]:
             **_row(samples, shape, layers, new_tokens),
         }
         rows.append(row)
-    full = {(r["shape"], r["length"]): r for r in rows if r["method"] == "full"}
+    full = {(r["shape"], r["length"]): r for r in rows if r["method"] == "full" and not r["sparse_prefill"]}
     for r in rows:
         f = full.get((r["shape"], r["length"]))
         r["speedup_e2e"] = f["e2e_s"] / r["e2e_s"] if f else None
@@ -429,8 +478,9 @@ def target_params(shape: str, draft: LoadedModel) -> int:
     return s["num_hidden_layers"] * layer + vocab * h * (1 if s["tie_word_embeddings"] else 2) + h
 
 
-def meta(draft_ref, repeats, new_tokens, slice_layers, device) -> dict:
+def meta(draft_ref, repeats, new_tokens, slice_layers, device, sparse: SparsePrefillConfig | None = None) -> dict:
     return {
+        "sparse_prefill": dataclasses.asdict(sparse) if sparse else None,
         "draft": getattr(draft_ref, "name", str(draft_ref)),
         "repeats": repeats,
         "new_tokens": new_tokens,
@@ -448,14 +498,14 @@ def save(rows: list[dict], out: Path, info: dict) -> Path:
 
 
 def _budget_label(row: dict) -> str:
-    b = row["budget"]
+    b, tail = row["budget"], " +sparse" if row.get("sparse_prefill") else ""
     if row["method"] == "full":
-        return "full"
+        return "full" + tail
     if row["method"] == "specpc":
         return f"specpc@{b:.0%}"
     if row["method"] == "speckv":
-        return f"speckv@{b}"
-    return f"speckv-pc@{b[0]:.0%}/{b[1]}"
+        return f"speckv@{b}" + tail
+    return f"speckv-pc@{b[0]:.0%}/{b[1]}" + tail
 
 
 def table(rows: list[dict]) -> str:
@@ -466,7 +516,10 @@ def table(rows: list[dict]) -> str:
         "| target prefill s | peak MiB | KV MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
-    for r in sorted(rows, key=lambda r: (r["size_ratio"], r["length"], order[r["method"]])):  # stable: budgets as run
+    rows = sorted(
+        rows, key=lambda r: (r["size_ratio"], r["length"], r.get("sparse_prefill", False), order[r["method"]])
+    )
+    for r in rows:  # stable: budgets as run
         name = r["shape"] + (" (scaled)" if r["scaled"] else "")
         lines.append(
             f"| {name} | {r['draft_tokens']} | {_budget_label(r)} | {r['ttft_s']:.1f} | {r['e2e_s']:.1f} | "
@@ -488,7 +541,8 @@ def speedup_table(rows: list[dict]) -> str:
     head = ["end-to-end speed-up vs full context"] + [f"{s} ({ratio[s]:.1f}x draft) {span}" for s in shapes]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     order = {m: i for i, m in enumerate(METHODS)}  # then the budget levels in the order they ran
-    labels = [_budget_label(r) for r in sorted(rows, key=lambda r: order[r["method"]]) if r["method"] != "full"]
+    ranked = sorted(rows, key=lambda r: (r.get("sparse_prefill", False), order[r["method"]]))
+    labels = [_budget_label(r) for r in ranked if _budget_label(r) != "full"]
     labels = list(dict.fromkeys(labels))
     for lab in labels:
         cells = [" / ".join(_x(by.get((s, n, lab)), "speedup_e2e") for n in lengths) for s in shapes]
@@ -512,6 +566,33 @@ def speedup_table(rows: list[dict]) -> str:
 
 def _x(row: dict | None, key: str) -> str:
     return f"{row[key]:.2f}x" if row else ""
+
+
+def sparse_table(rows: list[dict]) -> str:
+    """Per target and length: dense vs sparse prefill, the attention kernel's share of the dense prefill, and the
+    end-to-end speed-up of each KV method with either prefill (against full context, dense)."""
+    if not any(r.get("sparse_prefill") for r in rows):
+        return ""
+    by = {(r["shape"], r["length"], _budget_label(r)): r for r in rows}
+    kv = list(dict.fromkeys(_budget_label(r) for r in rows if r["method"] != "full" and not r.get("sparse_prefill")))
+    kv = [lab for lab in kv if not lab.startswith("specpc")]
+    head = ["target", "tokens", "attention share (dense)", "prefill s dense", "prefill s sparse", "sparse / dense"]
+    head += [f"{lab} e2e dense / +sparse" for lab in kv]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (shape, length, lab), dense in sorted(by.items(), key=lambda kv_: (kv_[1]["size_ratio"], kv_[0][1])):
+        sparse = by.get((shape, length, "full +sparse"))
+        if lab != "full" or sparse is None:
+            continue
+        speedups = [
+            " / ".join(_x(by.get((shape, length, k + tail)), "speedup_e2e") for tail in ("", " +sparse")) for k in kv
+        ]
+        share = f"{dense['attention_share']:.0%}" if dense.get("attention_share") is not None else ""
+        name = shape + (" (scaled)" if dense["scaled"] else "")
+        lines.append(
+            f"| {name} | {dense['draft_tokens']} | {share} | {dense['prefill_s']:.1f} | {sparse['prefill_s']:.1f} | "
+            f"{sparse['prefill_s'] / dense['prefill_s']:.2f}x | " + " | ".join(speedups) + " |"
+        )
+    return "\n".join(lines)
 
 
 def overhead_table(rows: list[dict]) -> str:
@@ -577,6 +658,8 @@ def plot(rows: list[dict], path: Path) -> Path:
 
 
 def _cmd_cost(args) -> int:
+    from ..cli import sparse_from_args
+
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -602,8 +685,11 @@ def _cmd_cost(args) -> int:
             device=args.device,
             dtype=args.dtype,
             out=out,
+            methods=args.methods,
+            sparse=sparse_from_args(args),
         )
-    md = table(rows) + "\n\n" + speedup_table(rows) + "\n\n" + overhead_table(rows)
+    parts = [table(rows), speedup_table(rows), sparse_table(rows), overhead_table(rows)]
+    md = "\n\n".join(part for part in parts if part)
     (out / "cost.md").write_text(md + "\n")
     plot(rows, out / "cost.png")
     print(md)
@@ -615,11 +701,12 @@ def add_parser(sub) -> None:
     import argparse
 
     from ..builtins import DEFAULT_MODEL
-    from ..cli import fraction, positive_int
+    from ..cli import add_sparse_args, fraction, positive_int
 
     p = sub.add_parser("cost", help="time full/specpc/speckv/speckv-pc with large random-weight target shapes")
     p.add_argument("--draft", default=DEFAULT_MODEL)
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="full always runs")
     p.add_argument("--lengths", nargs="+", type=positive_int, default=[2048, 4096, 8192], help="prompt draft tokens")
     p.add_argument(
         "--ratios",
@@ -654,4 +741,5 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--merge", nargs="+", metavar="DIR", help="with --report-only: also the rows of these runs' cost.json"
     )
+    add_sparse_args(p)
     p.set_defaults(func=_cmd_cost)

@@ -63,6 +63,8 @@ class DraftSettings(BaseModel):
     """speckv-pc: SpecPC's prompt budget as a fraction of the prompt."""
     lookahead_tokens: Optional[Annotated[int, Field(ge=0, strict=True)]] = None
     """Draft tokens generated as SpecKV's lookahead (default: ``max_tokens``)."""
+    sparse_prefill: Optional[bool] = Field(None, strict=True)
+    """The local target prefills long prompts vertical-slash sparse (the paper's settings); local targets only."""
     max_tokens: int = Field(256, ge=1, strict=True)
     """Most new tokens to generate."""
     temperature: float = Field(0.0, ge=0, allow_inf_nan=False)
@@ -108,6 +110,8 @@ class DraftSettings(BaseModel):
         methods.get(self.method)
         if self.llm is not None:
             check_wrapped_method(self.method)
+            if self.sparse_prefill:
+                raise ValueError("sparse_prefill=True needs a local target (target=...); llm=... prefills itself")
         check_budget(self.budget, self.ratio)
         check_budget(self.pc_budget, self.pc_ratio, "pc_")
         self.stop = stop_list(self.stop) or None
@@ -152,6 +156,7 @@ class DraftSettings(BaseModel):
             "stop": self.stop,
             "template": self.template,
             "lookahead_tokens": self.lookahead_tokens,
+            "sparse_prefill": self.sparse_prefill,
             "specpc": dataclasses.asdict(self._engine.specpc),
             "speckv": dataclasses.asdict(self._engine.speckv),
             "target_kwargs": self.target_kwargs,

@@ -55,6 +55,7 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
         context_window: with ``llm``: input tokens the wrapped model accepts (default: its profile's).
             ``ratio`` is the fraction of the retrieved context kept (question and instructions on top).
         pc_budget / pc_ratio / lookahead_tokens: SpecKV-PC's prompt budget and the draft lookahead length.
+        sparse_prefill: the local target prefills long prompts vertical-slash sparse (``SparsePrefillConfig``).
         max_tokens, temperature, top_p, top_k, seed, stop: decoding settings. With ``llm`` they are forwarded
             to the wrapped model only when set explicitly (at construction or per call); ``stop`` always.
         timeout: seconds a local generation may run before ``TimeoutError`` (checked per token).
@@ -103,8 +104,8 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
         )
 
     def _kv_args(self) -> dict:
-        """SpecKV-PC's prompt budget and the draft lookahead, passed only when set (KV methods only)."""
-        names = ("pc_budget", "pc_ratio", "lookahead_tokens")
+        """SpecKV-PC's prompt budget, the draft lookahead and sparse prefill, passed only when set."""
+        names = ("pc_budget", "pc_ratio", "lookahead_tokens", "sparse_prefill")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     def _local_final(self, text: str, reply) -> ChatGenerationChunk:

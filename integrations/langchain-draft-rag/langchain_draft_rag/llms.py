@@ -71,7 +71,7 @@ class DraftCompressedLLM(common.DraftSettings, BaseLLM):
             seed=opts["seed"],
             **{
                 n: getattr(self, n)
-                for n in ("pc_budget", "pc_ratio", "lookahead_tokens")
+                for n in ("pc_budget", "pc_ratio", "lookahead_tokens", "sparse_prefill")
                 if getattr(self, n) is not None
             },
         )

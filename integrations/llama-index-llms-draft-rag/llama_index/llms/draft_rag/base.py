@@ -93,6 +93,11 @@ class DraftCompressedLLM(LLM):
     context_window: Optional[int] = Field(
         default=None, ge=1, strict=True, description="override the reported context window"
     )
+    sparse_prefill: Optional[bool] = Field(
+        default=None,
+        strict=True,
+        description="the local target prefills long prompts vertical-slash sparse (draft_rag.SparsePrefillConfig)",
+    )
     specpc: Any = Field(default=None, exclude=True, description="draft_rag.SpecPCConfig")
     speckv: Any = Field(default=None, exclude=True, description="draft_rag.SpecKVConfig (KV methods)")
     target_kwargs: Optional[dict] = Field(
@@ -131,6 +136,8 @@ class DraftCompressedLLM(LLM):
                 f"with llm=... method must be one of {methods.REMOTE_NAMES} (the wrapped LLM does its own "
                 f"prefill), got {self.method!r}"
             )
+        if llm is not None and self.sparse_prefill:
+            raise ValueError("sparse_prefill=True needs a local target (target=...); llm=... prefills itself")
         Budget.parse(self.budget, self.ratio)
         self._engine = engine or shared_engine(
             target,
@@ -364,6 +371,7 @@ class DraftCompressedLLM(LLM):
             ratio=self.ratio,
             pc_budget=self.pc_budget,
             pc_ratio=self.pc_ratio,
+            sparse_prefill=self.sparse_prefill,
             **gen,
         )
         return self._responses(reply)

@@ -1,0 +1,163 @@
+"""Vertical-slash sparse prefill: the pattern it computes, exactness with every column, and the engine paths."""
+
+import pytest
+import torch
+from conftest import tiny_model
+
+from draft_rag import DraftEngine, SparsePrefillConfig, SpecPCConfig
+from draft_rag.sparse_prefill import SparseStats, VerticalSlash, sparse_prefill, vertical_slash
+
+
+def reference(query, key, value, scores, cfg: SparsePrefillConfig, scale: float) -> torch.Tensor:
+    """Dense attention under the vertical-slash mask written out query by query (small N only)."""
+    _, hq, n, _ = query.shape
+    hkv = key.shape[1]
+    allowed = torch.zeros(hkv, n, n, dtype=torch.bool)
+    for i in range(n):
+        start = i // cfg.query_block * cfg.query_block
+        near = max(0, start - cfg.prefill_window_size)
+        allowed[:, i, near : i + 1] = True
+        far = min(cfg.prefill_vertical_size, near)
+        if far:
+            for h in range(hkv):
+                allowed[h, i, scores[0, h, :near].topk(far).indices] = True
+    mask = allowed.repeat_interleave(hq // hkv, dim=0)[None]
+    k = key.repeat_interleave(hq // hkv, dim=1)
+    v = value.repeat_interleave(hq // hkv, dim=1)
+    logits = (query @ k.transpose(-1, -2) * scale).masked_fill(~mask, float("-inf"))
+    return torch.softmax(logits, dim=-1) @ v
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2), (6, 1)])
+def test_blocks_compute_the_vertical_slash_pattern(heads, kv_heads):
+    torch.manual_seed(0)
+    n, d = 90, 8
+    q, k, v = torch.randn(1, heads, n, d), torch.randn(1, kv_heads, n, d), torch.randn(1, kv_heads, n, d)
+    scores = torch.rand(1, kv_heads, n)
+    cfg = SparsePrefillConfig(prefill_vertical_size=7, prefill_window_size=12, query_block=16, min_tokens=0)
+    out, widest = vertical_slash(q, k, v, scores, cfg, 0.3)
+    assert torch.allclose(out, reference(q, k, v, scores, cfg, 0.3), atol=1e-5)
+    assert widest == 7 + 12 + 16  # no query block reads more keys than vertical + band + itself
+
+
+def test_every_column_selected_is_dense_attention():
+    torch.manual_seed(1)
+    q, k, v = torch.randn(1, 4, 70, 8), torch.randn(1, 2, 70, 8), torch.randn(1, 2, 70, 8)
+    cfg = SparsePrefillConfig(prefill_vertical_size=70, prefill_window_size=5, query_block=9, min_tokens=0)
+    out, _ = vertical_slash(q, k, v, torch.rand(1, 2, 70), cfg, 8**-0.5)
+    dense = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    assert torch.allclose(out, dense, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch,full_layers", [("llama", 3), ("qwen2", 3), ("gemma3", 1)])
+def test_models_with_every_column_match_dense_prefill(arch, full_layers):
+    """Llama, Qwen2 and Gemma-3 shapes; Gemma-3's sliding-window layers keep their own kernel."""
+    model = tiny_model(arch).model
+    ids = torch.randint(5, 200, (1, 260), generator=torch.Generator().manual_seed(2))
+    every = SparsePrefillConfig(prefill_vertical_size=260, prefill_window_size=16, query_block=32, min_tokens=0)
+    few = SparsePrefillConfig(prefill_vertical_size=8, prefill_window_size=16, query_block=32, min_tokens=0)
+    with torch.no_grad():
+        dense = model(input_ids=ids).logits
+        with sparse_prefill(model, every, 260, 8) as stats:
+            exact = model(input_ids=ids).logits
+        with sparse_prefill(model, few, 260, 8) as sparse_stats:
+            sparse = model(input_ids=ids).logits
+    assert stats.layers == sparse_stats.layers == full_layers
+    assert torch.allclose(exact, dense, atol=1e-4)
+    assert not torch.allclose(sparse, dense, atol=1e-3)  # fewer columns: a different (approximate) prefill
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, dense)  # outside the block: the model's own kernel
+
+
+def test_short_prefills_and_decoding_steps_use_the_model_kernel():
+    cfg = SparsePrefillConfig(prefill_vertical_size=16, prefill_window_size=16)
+    assert cfg.min_tokens == 32
+    kernel = VerticalSlash(cfg, 40, 8, SparseStats())
+    q = torch.zeros(1, 2, 40, 4)
+    assert kernel.applies(q, torch.zeros(1, 2, 40, 4), {})
+    assert not kernel.applies(q[:, :, :32], torch.zeros(1, 2, 32, 4), {})  # not longer than min_tokens
+    assert not kernel.applies(q[:, :, -1:], torch.zeros(1, 2, 40, 4), {})  # a decoding step
+    assert not kernel.applies(q, torch.zeros(1, 2, 40, 4), {"sliding_window": 16})
+    assert not kernel.applies(q, torch.zeros(1, 2, 40, 4), {"softcap": 30.0})
+    assert not kernel.applies(torch.zeros(2, 2, 40, 4), torch.zeros(2, 2, 40, 4), {})  # a batch
+
+
+def test_config_names_bad_settings():
+    with pytest.raises(ValueError, match="prefill_vertical_size must be an integer >= 1"):
+        SparsePrefillConfig(prefill_vertical_size=0)
+    with pytest.raises(ValueError, match="min_tokens must be an integer >= 0"):
+        SparsePrefillConfig(min_tokens=-1)
+    with pytest.raises(ValueError, match="sparse_prefill must be True, False, None or a SparsePrefillConfig"):
+        SparsePrefillConfig.parse("yes")
+    assert SparsePrefillConfig.parse(True) == SparsePrefillConfig() and SparsePrefillConfig.parse(False) is None
+
+
+@pytest.fixture(scope="module")
+def engine():
+    small = SpecPCConfig(starting_layer_index=0, window_size=8, kernel_size=5, neighbor_tokens=4)
+    return DraftEngine(target=tiny_model("llama"), specpc=small)
+
+
+PROMPT = " ".join(f"item{i} is {i * 7 % 13}." for i in range(150))
+
+
+@pytest.mark.parametrize("method,kw", [("full", {}), ("speckv", {"budget": 96}), ("speckv-pc", {"budget": 96})])
+def test_engine_methods_prefill_sparse_when_asked(engine, method, kw):
+    cfg = SparsePrefillConfig(prefill_vertical_size=64, prefill_window_size=64, query_block=64, min_tokens=128)
+    args = dict(question="What is item42?", method=method, max_new_tokens=3, **kw)
+    sparse = engine.generate(PROMPT, sparse_prefill=cfg, **args)
+    dense = engine.generate(PROMPT, **args)
+    assert sparse.stats.sparse_layers == 3 and dense.stats.sparse_layers == 0
+    assert sparse.stats.prompt_tokens == dense.stats.prompt_tokens > 128
+    assert sparse.stats.kv_entries == dense.stats.kv_entries  # eviction keeps as many entries either way
+    every = cfg.__class__(prefill_vertical_size=4096, prefill_window_size=64, query_block=64, min_tokens=128)
+    assert engine.generate(PROMPT, sparse_prefill=every, **args).text == dense.text
+
+
+def test_engine_default_and_the_paper_threshold(engine):
+    assert engine.generate(PROMPT, method="full", max_new_tokens=1, sparse_prefill=True).stats.sparse_layers == 0
+    local = DraftEngine(target=engine.target, specpc=engine.specpc, sparse_prefill=SparsePrefillConfig(min_tokens=64))
+    assert local.generate(PROMPT, method="full", max_new_tokens=1).stats.sparse_layers == 3
+    assert local.generate(PROMPT, method="full", max_new_tokens=1, sparse_prefill=False).stats.sparse_layers == 0
+    with pytest.raises(ValueError, match="sparse_prefill must be"):
+        engine.generate(PROMPT, sparse_prefill="on")
+
+
+def _recording(engine, monkeypatch) -> list[dict]:
+    """The keyword arguments of every ``engine.stream`` call from now on."""
+    calls, stream = [], engine.stream
+
+    def record(*args, **kwargs):
+        calls.append(kwargs)
+        return stream(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "stream", record)
+    return calls
+
+
+def test_langchain_adapters_pass_sparse_prefill_to_local_targets_only(monkeypatch):
+    from langchain_core.language_models import FakeListChatModel
+
+    from langchain_draft_rag import ChatDraftCompressed, DraftCompressedLLM
+
+    chat = ChatDraftCompressed(target=tiny_model("llama"), method="full", max_tokens=2, sparse_prefill=True)
+    calls = _recording(chat.engine, monkeypatch)
+    chat.invoke("hello")
+    DraftCompressedLLM(target=tiny_model("llama"), method="full", max_tokens=2, sparse_prefill=True).invoke("hi")
+    assert calls[0]["sparse_prefill"] is True and chat._identifying_params["sparse_prefill"] is True
+    with pytest.raises(ValueError, match="sparse_prefill=True needs a local target"):
+        ChatDraftCompressed(llm=FakeListChatModel(responses=["x"]), sparse_prefill=True)
+
+
+def test_llamaindex_llm_passes_sparse_prefill_to_local_targets_only(monkeypatch):
+    pytest.importorskip("llama_index.core")
+    from llama_index.core.llms import MockLLM
+
+    from llama_index.llms.draft_rag import DraftCompressedLLM
+
+    llm = DraftCompressedLLM(target=tiny_model("llama"), method="full", max_new_tokens=2, sparse_prefill=True)
+    calls = _recording(llm.engine, monkeypatch)
+    llm.complete("hello")
+    assert calls[0]["sparse_prefill"] is True and llm.to_dict()["sparse_prefill"] is True
+    with pytest.raises(ValueError, match="sparse_prefill=True needs a local target"):
+        DraftCompressedLLM(llm=MockLLM(), sparse_prefill=True)
