@@ -150,9 +150,11 @@ def test_sparse_prefill_cells_beside_dense_ones(tmp_path):
     by = {cost._budget_label(r): r for r in rows}
     assert set(by) == {"full", "full +sparse", "speckv@64", "speckv@64 +sparse"}
     assert by["full +sparse"]["sparse_layers"] == 2 and by["full"]["sparse_layers"] == 0
+    assert by["full"]["plain_draft_s"] is None  # a plain draft forward is timed for specpc only
     assert 0 < by["full"]["attention_share"] < 1 and by["full +sparse"]["attention_share"] is None
     assert by["full +sparse"]["speedup_e2e"] == by["full"]["e2e_s"] / by["full +sparse"]["e2e_s"]  # vs dense full
     assert by["speckv@64 +sparse"]["kv_bytes"] == by["speckv@64"]["kv_bytes"]
+    assert "| full +sparse |" in cost.table(rows)
     md = cost.sparse_table(rows)
     assert "| tiny (scaled) |" in md and "speckv@64 e2e dense / +sparse" in md
     assert cost.sparse_table([r for r in rows if not r["sparse_prefill"]]) == ""

@@ -245,12 +245,14 @@ def draft_stages(
     methods=METHODS,
 ) -> dict:
     """The draft-side stages of ``methods`` for one prompt: {stage: (result, seconds)}; stage names are
-    method@budget ("plain", a plain draft forward, always runs)."""
+    method@budget ("plain": the prompt's draft tokens and, with specpc, a plain draft forward's seconds)."""
     model, tok, device = draft.model, draft.tokenizer, draft.model.device
     specpc = specpc or SpecPCConfig()
     ids = tokenize(tok, wrap(segments, tok, "chat")).ids
     eos = {tok.eos_token_id}
-    out = {"plain": (len(ids), _timed(lambda: plain_prefill(model, ids), device)[1])}  # no autograd, as every stage
+    out = {"plain": (len(ids), None)}  # timed for SpecPC's overhead table only; no autograd, as every stage
+    if "specpc" in methods:
+        out["plain"] = (len(ids), _timed(lambda: plain_prefill(model, ids), device)[1])
     for b in budgets if "specpc" in methods else ():
         cfg = specpc.replace(ratio=b.ratio)
         out[f"specpc@{b.ratio}"] = _timed(functools.partial(compress, model, tok, segments, chunks, cfg), device)
@@ -386,7 +388,11 @@ def run_cost(
         for rep in range(repeats):
             t0 = time.perf_counter()
             stages = draft_stages(draft, segments, chunks, budgets, new_tokens, specpc, methods)
-            logger.info("cost: %d tokens, draft stages %s", length, {k: round(v[1], 1) for k, v in stages.items()})
+            logger.info(
+                "cost: %d tokens, draft stages %s",
+                length,
+                {k: round(v[1], 1) for k, v in stages.items() if v[1] is not None},
+            )
             for shape, target in targets.items():
                 for method, budget, sparsely in cells:
                     run = target_run(target, method, budget, segments, stages, new_tokens, sparse if sparsely else None)
@@ -521,11 +527,11 @@ def table(rows: list[dict]) -> str:
     )
     for r in rows:  # stable: budgets as run
         name = r["shape"] + (" (scaled)" if r["scaled"] else "")
+        plain = "" if r["plain_draft_s"] is None else f"{r['plain_draft_s']:.1f}"  # timed with specpc only
         lines.append(
             f"| {name} | {r['draft_tokens']} | {_budget_label(r)} | {r['ttft_s']:.1f} | {r['e2e_s']:.1f} | "
             f"{r['speedup_e2e']:.2f}x | {r['decode_s_per_token']:.3f} | {r['draft_s']:.1f} | "
-            f"{r['plain_draft_s']:.1f} | {r['prefill_s']:.1f} | {r['peak_bytes'] / 2**20:.0f} | "
-            f"{r['kv_bytes'] / 2**20:.1f} |"
+            f"{plain} | {r['prefill_s']:.1f} | {r['peak_bytes'] / 2**20:.0f} | {r['kv_bytes'] / 2**20:.1f} |"
         )
     return "\n".join(lines)
 
