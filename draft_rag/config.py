@@ -11,6 +11,7 @@ DEFAULT_BUDGET = 1024  # tokens (SpecPC) or KV entries per layer and KV head (Sp
 DEFAULT_PC_BUDGET = 2048  # SpecPC's prompt budget inside speckv-pc when neither pc_budget nor pc_ratio is given
 AUTO_MARGIN = 0.97  # budget="auto" aims at 97% of the room: kept pieces may re-tokenise a little longer
 DEFAULT_COVERAGE = 0.9  # budget="adaptive": the share of the context's pooled draft attention kept (see README)
+DEFAULT_MIN_TOKENS = 2048  # budget="auto" before a remote model: shorter contexts that fit its window stay whole
 
 
 def check_int(name: str, value, minimum: int = 0, allow_none: bool = False) -> None:
@@ -154,6 +155,9 @@ class SpecPCConfig(_Budgeted):
     ``coverage`` makes the budget adaptive instead (``budget="adaptive"``): after the draft pass, keep the fewest
     context tokens whose pooled draft attention adds up to this share of the whole context's, then at least
     ``floor`` and at most ``ceiling`` tokens (protected text included, as ``budget`` counts).
+
+    ``min_tokens``: ``budget="auto"`` in front of a remote model leaves whole a prompt that fits its window when
+    the prompt's context has at most this many tokens (a local target is timed instead: ``draft_rag.payoff``).
     """
 
     budget: int | None = None
@@ -169,9 +173,11 @@ class SpecPCConfig(_Budgeted):
     coverage: float | None = None
     floor: int | None = None
     ceiling: int | None = None
+    min_tokens: int = DEFAULT_MIN_TOKENS
 
     def __post_init__(self):
         self._check_common()
+        check_int("min_tokens", self.min_tokens, 0)
         if self.coverage is not None and (self.budget is not None or self.ratio is not None):
             raise ValueError("give either coverage (an adaptive budget) or budget/ratio, not both")
         check_fraction("coverage", self.coverage)

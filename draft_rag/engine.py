@@ -22,7 +22,8 @@ from .context_cache import ContextCache
 from .generation import Sampling, stream
 from .inputs import ChatInput, PromptInput, from_call
 from .models import LoadedModel, context_window, load_model, load_options
-from .pipeline import Plan, Prepared, compress_conversation, fit_budget, prepare, specpc_for, within
+from .payoff import Costs
+from .pipeline import Plan, Prepared, auto_config, compress_conversation, fit_budget, prepare, specpc_for, within
 from .prompt import has_chat_template, tokenize, wrap
 from .scoring import chunk_scores
 from .selection import PrunedChunks, prune_chunks
@@ -57,6 +58,8 @@ class DraftEngine:
             it off (``context_cache.ContextCache``).
         sparse_prefill: the target prefills long prompts vertical-slash sparse, as the paper's SpecKV does (True:
             ``SparsePrefillConfig()``, or a config); per call, ``stream(sparse_prefill=...)`` overrides it.
+        costs: the draft's and target's seconds per prompt length (``payoff.Costs``) by which ``budget="auto"``
+            decides whether compressing a prompt that fits the window pays; default: measured at first need.
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class DraftEngine:
         block_size: int | None = None,
         context_cache_mb: float = DEFAULT_CONTEXT_CACHE_MB,
         sparse_prefill: bool | SparsePrefillConfig | None = None,
+        costs: Costs | None = None,
     ):
         methods.get(method)
         set_threads(threads)
@@ -97,6 +101,7 @@ class DraftEngine:
         self.block_size = block_size_for(self.draft.model, block_size)
         self.context_cache = ContextCache(context_cache_mb)
         self.sparse_prefill = SparsePrefillConfig.parse(sparse_prefill)
+        self.costs = costs
         self._lock = threading.Lock()  # held per step only (see the module docstring)
 
     @property
@@ -126,7 +131,9 @@ class DraftEngine:
             instruction, question, answer_prefix: protected text, kept word for word.
             budget, ratio: the prompt budget in draft tokens, or as a fraction of the prompt; they override
                 the engine's SpecPCConfig for this call. ``budget="auto"`` keeps as much as fits ``context_window``
-                tokens (default: the target's window), with a small margin for re-tokenisation.
+                tokens (default: the target's window), with a small margin for re-tokenisation; a prompt that
+                fits is compressed to the engine's own budget (adaptive when it has none) only when that pays
+                (``draft_rag.payoff``), else left whole and ``left_whole`` says why.
                 ``budget="adaptive"`` keeps as much as the draft's attention needs (``SpecPCConfig.coverage``,
                 default ``DEFAULT_COVERAGE``), never more than fits ``context_window`` when there is one.
             context_window: the window ``budget="auto"`` fits (default: the target's).
@@ -138,11 +145,13 @@ class DraftEngine:
         """
         request = PromptInput(prompt, chunks, instruction, question, answer_prefix)
         parsed = Budget.parse(budget, ratio)
-        cfg = self._specpc_for(parsed)
-        if parsed.auto or (parsed.adaptive and (context_window or self.target_window)):
+        cfg, why = self._specpc_for(parsed), ""
+        if parsed.adaptive and (context_window or self.target_window):
             cfg = within(cfg, fit_budget(self, request.segments, template, context_window, 0))
         with self._lock:
-            return compress(
+            if parsed.auto:
+                cfg, why = auto_config(self, cfg, request.segments, template, context_window, 0)
+            result = compress(
                 self.draft.model,
                 self.draft.tokenizer,
                 request.segments,
@@ -153,6 +162,8 @@ class DraftEngine:
                 block_size=self.block_size,
                 context_cache=self.context_cache,
             )
+        result.left_whole = why
+        return result
 
     def score_chunks(
         self,
@@ -213,7 +224,9 @@ class DraftEngine:
                 )
         request = ChatInput(messages, context)
         with self._lock:
-            return compress_conversation(self, request.messages, request.layout, self._specpc_for(parsed), fit)
+            return compress_conversation(
+                self, request.messages, request.layout, self._specpc_for(parsed), fit, auto=parsed.auto
+            )
 
     def prune_chunks(self, chunks, question: str, **settings) -> PrunedChunks:
         """Keep the chunks the draft finds relevant to ``question`` (``selection.prune_chunks``; settings:
@@ -274,7 +287,9 @@ class DraftEngine:
             method: one of ``METHODS``; defaults to the engine's.
             budget, ratio: the prompt budget for ``specpc``, the KV budget (entries per layer and KV head)
                 for the KV methods. ``specpc`` with no budget, or ``budget="auto"``, compresses to fit the
-                target's window; a prompt that (plus ``max_new_tokens``) exceeds it raises ``ValueError`` early.
+                target's window, and a prompt that fits only when compressing pays (``draft_rag.payoff``; the
+                stats' ``left_whole`` says why not); a prompt that (plus ``max_new_tokens``) exceeds the window
+                raises ``ValueError`` early for the other methods.
             template: ``"chat"``/``"raw"``; defaults to chat when the target's tokenizer has a template.
             system: system prompt (chat template only).
             max_new_tokens, temperature, top_p, top_k, stop, seed: decoding settings (temperature 0 = greedy).

@@ -29,6 +29,7 @@ from .config import (
 from .generation import Prefill, Sampling, eos_ids
 from .inputs import ChatInput, PromptInput
 from .methods import Method
+from .payoff import why_whole
 from .prompt import Segment, count_tokens, has_chat_template, template_parts, tokenize, wrap
 from .specpc import CompressedPrompt, compress
 from .stats import CompressionStats, GenerationStats, MessageStats
@@ -110,12 +111,11 @@ class _PromptText:
 
     def compress(self, cfg: SpecPCConfig, stats: GenerationStats) -> CompressedPrompt:
         engine, plan = self.engine, self.plan
-        if _fits_window(engine, plan) or (_adaptive(engine, plan) and engine.target_window):
-            room = fit_budget(
-                engine, self.segments, plan.template, engine.target_window, plan.sampling.max_new_tokens,
-                self.system, self.target_ids(),
-            )  # fmt: skip
-            cfg = within(cfg, room)
+        fit = (self.segments, plan.template, engine.target_window, plan.sampling.max_new_tokens, self.system)
+        if _fits_window(engine, plan):
+            cfg, stats.left_whole = auto_config(engine, cfg, *fit, self.target_ids())
+        elif _adaptive(engine, plan) and engine.target_window:
+            cfg = within(cfg, fit_budget(engine, *fit, self.target_ids()))
         shortened = compress(
             engine.draft.model,
             engine.draft.tokenizer,
@@ -156,8 +156,11 @@ class _Conversation:
         window = engine.target_window
         fits = _fits_window(engine, plan) or _adaptive(engine, plan)
         fit = window - plan.sampling.max_new_tokens if window and fits else None
-        compressed_chat = compress_conversation(engine, self.messages, self.layout, cfg, fit)
+        compressed_chat = compress_conversation(
+            engine, self.messages, self.layout, cfg, fit, auto=_fits_window(engine, plan)
+        )
         stats.compression = compressed_chat.stats
+        stats.left_whole = compressed_chat.stats.left_whole or ""
         stats.draft_blocks = compressed_chat.stats.draft_blocks or 0
         stats.draft_cached_tokens = compressed_chat.stats.draft_cached_tokens or 0
         stats.seconds.update(compressed_chat.stats.seconds)
@@ -167,10 +170,15 @@ class _Conversation:
 
 
 def compress_conversation(
-    engine: DraftEngine, messages: list[dict], lay: chat.Layout, cfg: SpecPCConfig, fit: int | None = None
+    engine: DraftEngine,
+    messages: list[dict],
+    lay: chat.Layout,
+    cfg: SpecPCConfig,
+    fit: int | None = None,
+    auto: bool = False,
 ) -> chat.CompressedMessages:
     """SpecPC on a conversation's context, read by the draft in its own template (call with the engine lock
-    held); ``fit``: the window a ``budget="auto"`` fills."""
+    held); ``fit``: the window the compressed conversation must fit; ``auto``: ``budget="auto"`` (``auto_config``)."""
     draft = engine.draft
     count_tokenizer = engine.count_tokenizer
     template = "chat" if has_chat_template(draft.tokenizer) else "raw"
@@ -178,9 +186,11 @@ def compress_conversation(
     question = chat.reread_question(messages, lay)
     if question:  # the draft's window should read the question: once more, at the end, for the draft only
         segments = segments + [Segment("\n\n", "separator"), Segment(question, "question")]
-    if fit is not None:
-        room = fit_budget(engine, segments, "raw", fit, 0, full_ids=tokenize(count_tokenizer, segments).ids)
-        cfg = within(cfg, room)
+    why = None
+    if fit is not None and auto:
+        cfg, why = auto_config(engine, cfg, segments, "raw", fit, 0, full_ids=tokenize(count_tokenizer, segments).ids)
+    elif fit is not None:
+        cfg = within(cfg, fit_budget(engine, segments, "raw", fit, 0, full_ids=tokenize(count_tokenizer, segments).ids))
     indices = chat.rendered_indices(segments, lay)
     counts = "target tokenizer" if engine.target else "draft tokenizer"
     if not indices:
@@ -205,6 +215,7 @@ def compress_conversation(
         draft_blocks=shortened.draft_blocks,
         draft_cached_tokens=shortened.draft_cached_tokens,
         seconds=dict(shortened.seconds),
+        left_whole=why or None,
     )
     for i in sorted(indices):
         before = count_tokens(count_tokenizer, "".join(c.text for c in lay.chunks if c.id == i))
@@ -320,6 +331,40 @@ def within(cfg: SpecPCConfig, room: int) -> SpecPCConfig:
     )
 
 
+def auto_config(
+    engine: DraftEngine,
+    cfg: SpecPCConfig,
+    segments,
+    template: str,
+    window: int | None,
+    reserve: int,
+    system: str | None = None,
+    full_ids: list[int] | None = None,
+) -> tuple[SpecPCConfig, str]:
+    """``budget="auto"``: SpecPC's settings and, for a prompt left whole, why (else "").
+
+    A prompt past the window is compressed to fit it (``fit_budget``). One that fits is compressed to ``cfg``'s own
+    budget (adaptive at ``DEFAULT_COVERAGE`` when it has none) only when that pays (``payoff.why_whole``).
+    """
+    room, n_draft, n_target = _room(engine, segments, template, window, reserve, system, full_ids)
+    if n_draft > room:
+        return within(cfg, room), ""
+    n_context = len(tokenize(engine.draft.tokenizer, [s for s in segments if s.role == "context"]).ids)
+    unset = cfg.budget is None and cfg.ratio is None and cfg.coverage is None
+    paying = cfg.replace(coverage=DEFAULT_COVERAGE) if unset else cfg
+    protected = n_draft - n_context
+    if paying.coverage is not None:
+        fewest = max(paying.floor or 0, protected)
+    elif paying.ratio is not None:
+        fewest = protected + paying.budget_for(n_context)
+    else:
+        fewest = min(paying.budget_for(n_draft), n_draft)
+    reason = why_whole(engine, n_draft, n_target, fewest, n_context, cfg.min_tokens)
+    if reason:
+        return within(cfg, room), reason
+    return (within(paying, room) if paying.coverage is not None else cfg.replace(budget=min(room, fewest))), ""
+
+
 def lookahead_count(engine: DraftEngine, plan: Plan) -> int:
     """SpecKV's lookahead length: the call's, else SpecKVConfig's, else the official default (SpecKV drafts
     ``max_new_tokens``; SpecKV-PC reuses the 20 tokens its SpecPC stage drafts)."""
@@ -353,6 +398,11 @@ def fit_budget(
 ) -> int:
     """Draft-token budget whose compressed text fits ``window - reserve`` tokens of the target (or, with no
     target, of the model behind ``window``), template included, with a margin for re-tokenisation."""
+    return _room(engine, segments, template, window, reserve, system, full_ids)[0]
+
+
+def _room(engine, segments, template, window, reserve, system=None, full_ids=None) -> tuple[int, int, int]:
+    """``fit_budget``'s budget, with the prompt's draft tokens (its text) and target tokens (template included)."""
     window = window or engine.target_window
     if window is None:
         raise ValueError(
@@ -373,7 +423,7 @@ def fit_budget(
             f"budget='auto': a context window of {window} tokens leaves no room for the prompt "
             f"after {reserve} new tokens and {wrapped - text_tokens} template tokens"
         )
-    return budget
+    return budget, draft_tokens, wrapped
 
 
 def compressed_segments(shortened: CompressedPrompt, segments: list[Segment]) -> list[Segment]:

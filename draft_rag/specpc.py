@@ -46,6 +46,7 @@ class CompressedPrompt:
     seconds: dict = field(default_factory=dict)
     draft_blocks: int = 0  # draft passes over the prompt: 0 when it was within budget, >1 in block mode
     draft_cached_tokens: int = 0  # prompt tokens whose draft KV came from the engine's context cache
+    left_whole: str = ""  # budget="auto": why a prompt that fits the window was not compressed
 
     @property
     def ratio(self) -> float:
@@ -60,6 +61,7 @@ class CompressedPrompt:
             "seconds": self.seconds,
             "draft_blocks": self.draft_blocks,
             "draft_cached_tokens": self.draft_cached_tokens,
+            "left_whole": self.left_whole,
             "chunks": [
                 {
                     "id": c.id,

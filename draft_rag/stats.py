@@ -33,6 +33,7 @@ class CompressionStats:
     seconds: dict = field(default_factory=dict)
     messages: list[MessageStats] = field(default_factory=list)
     warning: str | None = None  # over budget, but nothing in the conversation is compressible
+    left_whole: str | None = None  # budget="auto": why a conversation that fits the window was not compressed
 
     def changed(self) -> set[int]:
         """Indices of the messages whose content changed."""
@@ -60,6 +61,7 @@ class GenerationStats:
     draft_blocks: int = 0  # SpecPC's draft passes over the prompt (>1: scored in blocks; 0: not run)
     draft_cached_tokens: int = 0  # of SpecPC's draft tokens, those whose KV came from the context cache
     sparse_layers: int = 0  # target layers whose prefill ran vertical-slash sparse (sparse_prefill=)
+    left_whole: str = ""  # budget="auto": why a prompt that fits the window was not compressed
     compression: CompressionStats | None = None  # SpecPC on a conversation (messages=...)
 
     def usage(self) -> dict:

@@ -1,0 +1,65 @@
+"""scripts/gpu_check.py's logic on CPU with tiny models: every step runs, failures and skips become rows."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config, tiny_tokenizer
+
+from draft_rag.bench import cost
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def deep_dir(tmp_path_factory) -> str:
+    """A tiny Llama deep enough for SpecPC's default starting layer (8), saved as a local folder."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("llama", num_hidden_layers=9), dtype=torch.float32)
+    path = tmp_path_factory.mktemp("deep-llama")
+    model.save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return str(path)
+
+
+def test_every_step_on_cpu(gpu_check, deep_dir, tmp_path, monkeypatch):
+    shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, rope_theta=10000.0, tie_word_embeddings=True)  # fmt: skip
+    monkeypatch.setitem(cost.SHAPES, "tiny", shape)
+    out = tmp_path / "check.md"
+    text = gpu_check.main(
+        ["--device", "cpu", "--dtype", "float32", "--draft", deep_dir, "--needle-tokens", "300", "--shape", "tiny",
+         "--lengths", "700", "--pair", f"{deep_dir}:{deep_dir}", "--tasks", "niah_single_1", "--pair-length", "400",
+         "--n", "1", "--sparse-min-tokens", "128", "--out", str(out)]
+    )  # fmt: skip
+    assert out.read_text() == text and text.startswith("# GPU check: CPU, float32")
+    rows = [line for line in text.splitlines() if line.startswith("| methods |")]
+    assert len(rows) == len(gpu_check.METHOD_BUDGETS) + len(gpu_check.SPARSE_METHODS) + 1  # + flash skipped
+    assert "| methods | flash_attention_2 | skipped | 0.0 | skipped: flash-attn is not installed |" in text
+    assert all("| ok |" in r for r in rows if "flash" not in r)
+    assert "sdpa full +sparse | ok" in text and "sparse layers 9" in text  # the sparse kernel ran in every layer
+    assert "| device_map | auto | ok |" in text and "| cost | tiny 700 | ok |" in text
+    assert "| tiny | 695 | full +sparse |" in text and "attention share (dense)" in text  # the cost tables
+    assert f"**{Path(deep_dir).name}->{Path(deep_dir).name}**, 400 tokens" in text  # the pair's RULER summary
+
+
+def test_a_failing_step_is_a_row_not_a_crash(gpu_check, tmp_path):
+    text = gpu_check.main(
+        ["--device", "cpu", "--dtype", "float32", "--draft", str(tmp_path / "missing"), "--steps", "methods",
+         "device_map", "pair", "--attn", "sdpa", "--out", str(tmp_path / "r.md")]
+    )  # fmt: skip
+    assert "| methods | sdpa load | FAILED |" in text and "| device_map | auto | FAILED |" in text
+    assert "| pair | - | skipped |" in text
