@@ -12,7 +12,15 @@ logger = logging.getLogger("draft_rag")
 
 
 def add_subcommand(sub) -> None:
-    from .cli import add_budget_args, add_specpc_args, non_negative, non_negative_int, positive_int, seconds
+    from .cli import (
+        add_budget_args,
+        add_sparse_args,
+        add_specpc_args,
+        non_negative,
+        non_negative_int,
+        positive_int,
+        seconds,
+    )
     from .engine import DEFAULT_CONTEXT_CACHE_MB, METHODS
 
     p = sub.add_parser(
@@ -66,17 +74,22 @@ def add_subcommand(sub) -> None:
         help="on SIGINT/SIGTERM, seconds in-flight requests get to finish before they are cancelled",
     )
     add_specpc_args(p)
+    add_sparse_args(p)
     p.set_defaults(func=_cmd_serve)
 
 
 def _cmd_serve(args) -> int:
+    from .cli import InputError
+
+    if args.upstream and args.sparse_prefill:
+        raise InputError("--sparse-prefill needs a local target (--target); with --upstream the upstream prefills")
     try:
         import uvicorn
 
         from .server import ServeConfig, create_app, timed_protocol
     except ModuleNotFoundError as exc:
         raise RuntimeError(f"draft-rag serve needs {exc.name}: pip install 'draft-rag[serve]'") from None
-    from .cli import specpc_from_args
+    from .cli import sparse_from_args, specpc_from_args
     from .engine import DraftEngine
 
     api_key = args.api_key or os.environ.get("DRAFT_RAG_API_KEY") or None  # keys never appear in --help
@@ -108,6 +121,7 @@ def _cmd_serve(args) -> int:
             specpc=specpc_from_args(args),
             method=args.method,
             context_cache_mb=args.context_cache_mb,
+            sparse_prefill=sparse_from_args(args),
         )
     if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         logger.warning("serving on %s without --api-key: anyone who can reach it can use it", args.host)

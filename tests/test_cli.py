@@ -131,6 +131,8 @@ def _bad_inputs(tmp_path, tiny_dir):
         (["serve", "--queue-timeout", "0"], "--queue-timeout"),
         (["serve", "--upstream-timeout", "inf"], "--upstream-timeout"),
         (["serve", "--max-queue", "-1"], "--max-queue"),
+        (["serve", "--upstream", "http://127.0.0.1:9", "--sparse-prefill"], "--sparse-prefill needs a local target"),
+        (["generate", "--target", tiny_dir, "--sparse-prefill", "--prefill-window-size", "0", str(ok)], "window-size"),
     ]
 
 
