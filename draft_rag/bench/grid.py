@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..engine import DraftEngine
 from .data import METRICS, load_jsonl, parse_record, task_metric, write_jsonl
+from .report import label
 from .runner import check_method, evaluate, kind
 from .tasks import generate
 
@@ -220,7 +221,7 @@ def run_grid(
                                 max_new_tokens=max_new_tokens,
                                 progress=progress,
                                 llmlingua=lingua,
-                                desc=f"{pair.name} {task}-{length} {method} {budget or ratio or coverage or ''}",
+                                desc=f"{pair.name} {task}-{length} {label(cell)}",
                                 metric=task_metric(task),
                             )
                             cell.update(
@@ -232,12 +233,11 @@ def run_grid(
                                 predictions=[r["prediction"] for r in res.records],
                             )
                             logger.info(
-                                "%s %s-%d %s %s: score %.1f, kept %.0f/%.0f, %.1f s/record",
+                                "%s %s-%d %s: score %.1f, kept %.0f/%.0f, %.1f s/record",
                                 pair.name,
                                 task,
                                 length,
-                                method,
-                                budget or ratio or coverage or "",
+                                label(cell),
                                 res.score,
                                 res.avg_kept_tokens,
                                 res.avg_input_tokens,
