@@ -60,7 +60,8 @@ def main() -> None:
                              "whole_s": whole, "compressed_s": spend, "pays": spend < whole})  # fmt: skip
                 name = pair.replace(":", " -> ").replace("shape=", "")
                 lines.append(
-                    f"| {name} | {1000 * costs.draft[1]:.2f} | {1000 * costs.target[1]:.2f} | {n} | {kept:.0%} | {whole:.1f} | {spend:.1f} | {'yes' if spend < whole else 'no'} |"
+                    f"| {name} | {1000 * costs.draft[1]:.2f} | {1000 * costs.target[1]:.2f} | {n} | {kept:.0%} "
+                    f"| {whole:.1f} | {spend:.1f} | {'yes' if spend < whole else 'no'} |"
                 )
         print("\n".join(lines[-len(args.lengths) * len(args.kept) :]), flush=True)
     Path(args.out + ".json").write_text(json.dumps(rows, indent=1))
