@@ -58,6 +58,12 @@ def test_chat_reports_what_the_target_read(client):
     assert full.draft_rag["method"] == "full" and full.usage.prompt_tokens == full.draft_rag["original_tokens"]
     assert comp.draft_rag["method"] == "specpc" and comp.usage.prompt_tokens < full.usage.prompt_tokens / 2
     assert comp.draft_rag["original_tokens"] == full.usage.prompt_tokens
+    sparse = client.chat.completions.create(
+        model="m", messages=LONG, max_tokens=8, extra_body={"draft_rag": {"method": "full", "sparse_prefill": True}}
+    )  # passed to the engine; this prompt is below the sparse threshold, so the same dense prefill
+    assert (
+        sparse.draft_rag["sparse_layers"] == 0 and sparse.choices[0].message.content == full.choices[0].message.content
+    )
 
 
 def test_streaming_equals_non_streaming(client):
@@ -101,6 +107,7 @@ def test_auth_refused_without_the_key(local):
         ({"draft_rag": {"method": "magic"}}, 400, "draft_rag.method"),
         ({"draft_rag": {"ratios": 0.5}}, 400, "draft_rag.ratios"),
         ({"draft_rag": {"ratio": 2}}, 400, "draft_rag.ratio"),
+        ({"draft_rag": {"sparse_prefill": "yes"}}, 400, "draft_rag.sparse_prefill"),
         ({"messages": []}, 400, "messages"),
         ({"n": 2}, 400, "n"),
         ({"temperature": "hot"}, 400, "temperature"),
@@ -267,6 +274,11 @@ def test_proxy_compresses_in_front_of_an_openai_server(caplog):
             )
             assert "".join(x.choices[0].delta.content or "" for x in chunks) == r.choices[0].message.content
             assert [m.id for m in c.models.list()] == ["vllm"]
+            with pytest.raises(openai.BadRequestError) as err:  # no local target to prefill sparsely
+                c.chat.completions.create(
+                    model="vllm", messages=LONG, max_tokens=4, extra_body={"draft_rag": {"sparse_prefill": True}}
+                )
+            assert err.value.body["param"] == "draft_rag.sparse_prefill"
             with pytest.raises(openai.AuthenticationError):
                 openai.OpenAI(base_url=url + "/v1", api_key="no", max_retries=0).chat.completions.create(
                     model="vllm", messages=LONG, max_tokens=4

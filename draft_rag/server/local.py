@@ -80,7 +80,11 @@ def engine_options(req, cfg) -> dict:
     }
     out["budget"], out["ratio"] = opts.budgets(cfg.budget, cfg.ratio)
     out.update(
-        {k: getattr(opts, k) for k in ("pc_budget", "pc_ratio", "lookahead_tokens") if getattr(opts, k) is not None}
+        {
+            k: getattr(opts, k)
+            for k in ("pc_budget", "pc_ratio", "lookahead_tokens", "sparse_prefill")
+            if getattr(opts, k) is not None
+        }
     )
     return out
 

@@ -40,6 +40,10 @@ async def chat_completions(request: Request):
             f"in proxy mode draft_rag.method must be one of {list(PROXY_METHODS)} (KV methods need a local target)",
             "draft_rag.method",
         )
+    if opts.sparse_prefill:
+        raise ApiError(
+            400, "draft_rag.sparse_prefill needs a local target; the upstream prefills", "draft_rag.sparse_prefill"
+        )
     req.completion_limit(state.cfg.max_tokens)  # the upstream applies its own default when none is given
     stats = {"method": method}
     if methods.get(method).shortens_prompt:

@@ -58,6 +58,7 @@ class DraftOptions(BaseModel):
     pc_budget: Positive | None = None
     pc_ratio: Fraction | None = None
     lookahead_tokens: Annotated[int, Field(ge=0, le=65_536)] | None = None
+    sparse_prefill: bool | None = None
 
     @model_validator(mode="after")
     def _one_budget(self):
