@@ -90,8 +90,8 @@ def test_cost_tables_are_the_cost_report():
     assert [r for r in rows if r not in report] == []
 
 
-def test_context_cache_and_adaptive_tables_are_their_scripts_output():
-    for name in ("context_cache.txt", "adaptive_coverage.txt"):
+def test_scripts_tables_in_results_are_their_committed_output():
+    for name in ("context_cache.txt", "adaptive_coverage.txt", "payoff.txt"):
         out = set((ROOT / "docs/bench" / name).read_text().splitlines())
         results = (ROOT / "docs/RESULTS.md").read_text()
         start = results.index(f"docs/bench/{name}")
