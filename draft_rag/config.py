@@ -11,6 +11,8 @@ DEFAULT_BUDGET = 1024  # tokens (SpecPC) or KV entries per layer and KV head (Sp
 DEFAULT_PC_BUDGET = 2048  # SpecPC's prompt budget inside speckv-pc when neither pc_budget nor pc_ratio is given
 AUTO_MARGIN = 0.97  # budget="auto" aims at 97% of the room: kept pieces may re-tokenise a little longer
 DEFAULT_COVERAGE = 0.9  # budget="adaptive": the share of the context's pooled draft attention kept (see README)
+AUTO_PAY_RATIO = 0.5  # budget="auto" compressing a prompt that fits: the share kept when SpecPCConfig sets no budget
+# (of the ratios and coverages run on RULER at 1k, the best mean: docs/RESULTS.md, "The adaptive budget")
 DEFAULT_MIN_TOKENS = 2048  # budget="auto" before a remote model: shorter contexts that fit its window stay whole
 
 

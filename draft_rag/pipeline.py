@@ -17,6 +17,7 @@ from . import messages as chat
 from . import speckv
 from .config import (
     AUTO_MARGIN,
+    AUTO_PAY_RATIO,
     DEFAULT_COVERAGE,
     DEFAULT_PC_BUDGET,
     SPECKV_PC_KERNEL,
@@ -344,14 +345,14 @@ def auto_config(
     """``budget="auto"``: SpecPC's settings and, for a prompt left whole, why (else "").
 
     A prompt past the window is compressed to fit it (``fit_budget``). One that fits is compressed to ``cfg``'s own
-    budget (adaptive at ``DEFAULT_COVERAGE`` when it has none) only when that pays (``payoff.why_whole``).
+    budget (``AUTO_PAY_RATIO`` of its context when it has none) only when that pays (``payoff.why_whole``).
     """
     room, n_draft, n_target = _room(engine, segments, template, window, reserve, system, full_ids)
     if n_draft > room:
         return within(cfg, room), ""
     n_context = len(tokenize(engine.draft.tokenizer, [s for s in segments if s.role == "context"]).ids)
     unset = cfg.budget is None and cfg.ratio is None and cfg.coverage is None
-    paying = cfg.replace(coverage=DEFAULT_COVERAGE) if unset else cfg
+    paying = cfg.replace(ratio=AUTO_PAY_RATIO) if unset else cfg
     protected = n_draft - n_context
     if paying.coverage is not None:
         fewest = max(paying.floor or 0, protected)

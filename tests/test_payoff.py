@@ -41,7 +41,7 @@ def test_a_fitting_prompt_stays_whole_when_the_draft_costs_as_much_as_it_saves(t
 def test_a_fitting_prompt_is_compressed_when_a_cheap_draft_pays(target):
     engine = DraftEngine(target=target, specpc=SMALL, costs=CHEAP_DRAFT)
     g = engine.generate(CONTEXT, question=QUESTION, max_new_tokens=2)
-    assert g.stats.left_whole == "" and g.stats.prompt_tokens < g.stats.original_tokens  # adaptive budget
+    assert g.stats.left_whole == "" and g.stats.prompt_tokens < 0.75 * g.stats.original_tokens  # half the context
     fixed = DraftEngine(target=target, specpc=SMALL.replace(ratio=0.3), costs=CHEAP_DRAFT)
     cp = fixed.compress(CONTEXT, question=QUESTION, budget="auto")
     assert cp.left_whole == "" and cp.draft_kept_tokens < 0.5 * cp.draft_original_tokens  # the engine's own ratio
