@@ -594,15 +594,17 @@ def sparse_table(rows: list[dict]) -> str:
         ]
         share = f"{dense['attention_share']:.0%}" if dense.get("attention_share") is not None else ""
         name = shape + (" (scaled)" if dense["scaled"] else "")
-        lines.append(
-            f"| {name} | {dense['draft_tokens']} | {share} | {dense['prefill_s']:.1f} | {sparse['prefill_s']:.1f} | "
-            f"{sparse['prefill_s'] / dense['prefill_s']:.2f}x | " + " | ".join(speedups) + " |"
-        )
+        cells = [name, str(dense["draft_tokens"]), share, f"{dense['prefill_s']:.1f}", f"{sparse['prefill_s']:.1f}"]
+        cells += [f"{sparse['prefill_s'] / dense['prefill_s']:.2f}x", *speedups]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def overhead_table(rows: list[dict]) -> str:
-    """The draft's scoring pass (SpecPC, no selection) against a plain draft forward of the same prompt."""
+    """The draft's scoring pass (SpecPC, no selection) against a plain draft forward of the same prompt ("" when
+    SpecPC did not run)."""
+    if not any(r["method"] == "specpc" for r in rows):
+        return ""
     lines = ["| draft tokens | plain forward s | scoring pass s | overhead | repetitions |", "|---|---|---|---|---|"]
     seen = set()
     for r in sorted(rows, key=lambda r: r["length"]):
