@@ -98,3 +98,14 @@ def test_scripts_tables_in_results_are_their_committed_output():
         rows = [line for line in results[start:].split("\n\n|", 1)[1].split("\n\n")[0].splitlines()]
         rows = ["|" + rows[0]] + rows[1:]
         assert len(rows) > 3 and [r for r in rows if r not in out] == [], name
+
+
+def test_sparse_prefill_tables_are_their_commands_output():
+    """README's and RESULTS.md's sparse-prefill tables are lines of the cost report and the needle script's output."""
+    out = set()
+    for name in ("cost.md", "sparse_needles_8k.txt", "sparse_needles_16k.txt"):
+        out |= set((ROOT / "docs/bench/sparse_prefill" / name).read_text().splitlines())
+    readme = _section((ROOT / "README.md").read_text(), "### Sparse prefill", "### Long prompts")
+    results = _section((ROOT / "docs/RESULTS.md").read_text(), "## Sparse prefill", "## Pays for itself")
+    rows = [line for line in (readme + results).splitlines() if line.startswith("| ")]
+    assert len(rows) > 10 and [r for r in rows if r not in out] == []
