@@ -64,25 +64,24 @@ def attach(model) -> None:
 
 
 @contextlib.contextmanager
+def _active(model, var: ContextVar, value):
+    """``model`` attached and ``var`` set to ``value`` inside the ``with`` block."""
+    attach(model)
+    token = var.set(value)
+    try:
+        yield
+    finally:
+        var.reset(token)
+
+
 def observe(model, observer: Observer):
     """Call ``observer`` from every attention layer of ``model`` inside the ``with`` block."""
-    attach(model)
-    token = _observer.set(observer)
-    try:
-        yield
-    finally:
-        _observer.reset(token)
+    return _active(model, _observer, observer)
 
 
-@contextlib.contextmanager
 def use_kernel(model, kernel: Kernel):
     """Compute every attention layer of ``model`` with ``kernel`` inside the ``with`` block."""
-    attach(model)
-    token = _kernel.set(kernel)
-    try:
-        yield
-    finally:
-        _kernel.reset(token)
+    return _active(model, _kernel, kernel)
 
 
 def window_probs(

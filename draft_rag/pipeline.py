@@ -188,10 +188,12 @@ def compress_conversation(
     if question:  # the draft's window should read the question: once more, at the end, for the draft only
         segments = segments + [Segment("\n\n", "separator"), Segment(question, "question")]
     why = None
-    if fit is not None and auto:
-        cfg, why = auto_config(engine, cfg, segments, "raw", fit, 0, full_ids=tokenize(count_tokenizer, segments).ids)
-    elif fit is not None:
-        cfg = within(cfg, fit_budget(engine, segments, "raw", fit, 0, full_ids=tokenize(count_tokenizer, segments).ids))
+    if fit is not None:
+        full_ids = tokenize(count_tokenizer, segments).ids
+        if auto:
+            cfg, why = auto_config(engine, cfg, segments, "raw", fit, 0, full_ids=full_ids)
+        else:
+            cfg = within(cfg, fit_budget(engine, segments, "raw", fit, 0, full_ids=full_ids))
     indices = chat.rendered_indices(segments, lay)
     counts = "target tokenizer" if engine.target else "draft tokenizer"
     if not indices:
