@@ -25,6 +25,7 @@ from .attention import use_kernel, window_probs
 from .config import SparsePrefillConfig
 from .scoring import pool
 
+SPARSE_METHODS = ("full", "speckv", "speckv-pc")  # the methods whose target prefill a bench runs sparse too
 KERNEL_SIZE = 7  # max-pooling of the column scores along the keys, as SpecKV's default
 
 

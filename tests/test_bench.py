@@ -123,6 +123,7 @@ def test_evaluate_full_and_specpc_on_a_tiny_model(tiny_engine):
         "kv_bytes",
         "metric",
         "scores",
+        "sparse_layers",
     }
     assert pc.metric == "all" and pc.scores["all"] == pc.score and pc.scores["part"] >= pc.score
     with pytest.raises(ValueError, match="method must be one of"):
@@ -384,8 +385,8 @@ def test_adaptive_cells_run_specpc_at_each_coverage(tiny_dir, tmp_path, monkeypa
 
     small = SpecPCConfig(starting_layer_index=0, window_size=8, kernel_size=5, neighbor_tokens=4)
     monkeypatch.setattr(grid, "DraftEngine", lambda **kw: DraftEngine(specpc=small, **kw))  # the tiny draft's layers
-    assert cells_for("specpc", [0.25], [], [0.9]) == [(None, 0.25, None), ("adaptive", None, 0.9)]
-    assert cells_for("snapkv", [0.25], [64], [0.9]) == [(64, None, None)]  # only specpc has adaptive cells
+    assert cells_for("specpc", [0.25], [], [0.9]) == [(None, 0.25, None, False), ("adaptive", None, 0.9, False)]
+    assert cells_for("snapkv", [0.25], [64], [0.9]) == [(64, None, None, False)]  # only specpc has adaptive cells
     assert label({"method": "specpc", "ratio": None, "budget": "adaptive", "coverage": 0.8}) == "specpc @adaptive 80%"
     pair = Pair("tiny", tiny_dir, tiny_dir)
     kw = dict(ratios=[0.5], out_dir=tmp_path, max_new_tokens=2, progress=False)
@@ -402,3 +403,28 @@ def test_adaptive_cells_run_specpc_at_each_coverage(tiny_dir, tmp_path, monkeypa
         evaluate(engine, recs, "snapkv", budget=64, coverage=0.9, progress=False)
     evaluate(engine, recs, "specpc", coverage=0.5, max_new_tokens=1, progress=False)
     assert engine.specpc.coverage is None  # the engine's own settings are back
+
+
+def test_sparse_prefill_cells_run_beside_dense_ones(tiny_dir, tmp_path, monkeypatch):
+    assert cells_for("speckv", [], [64], sparse=True) == [(64, None, None, False), (64, None, None, True)]
+    assert cells_for("specpc", [0.25], [], sparse=True) == [(None, 0.25, None, False)]  # its target reads a short prompt
+    assert label({"method": "full", "ratio": None, "budget": None, "sparse_prefill": True}) == "full +sparse"
+    calls = []
+    real = DraftEngine.stream
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs.get("sparse_prefill"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(DraftEngine, "stream", spy)
+    pair = Pair("tiny", tiny_dir, tiny_dir)
+    kw = dict(kv_budgets=[64], out_dir=tmp_path, max_new_tokens=2, progress=False)
+    data = run_grid([pair], ["niah_single"], [300], 2, ["full", "snapkv"], sparse_prefill=True, **kw)
+    assert [(c["method"], c.get("sparse_prefill")) for c in data["results"]] == [
+        ("full", None),
+        ("full", True),
+        ("snapkv", None),
+    ]
+    assert calls == [None, None, True, True, None, None]  # the sparse cell's records asked for it
+    assert run_grid([pair], ["niah_single"], [300], 2, ["full", "snapkv"], sparse_prefill=True, **kw) == data
+    assert "| full +sparse |" in write_report(data, tmp_path)["markdown"].read_text()

@@ -96,6 +96,7 @@ def _cmd_bench(args) -> int:
             fresh=args.fresh,
             block_size=args.block_size,
             coverages=args.coverages,
+            sparse_prefill=args.sparse_prefill,
         )
         if tasks
         else load_results(out / "results.json")
@@ -246,6 +247,11 @@ def add_subcommand(sub) -> None:
         "--block-size",
         type=positive_int,
         help="draft tokens per SpecPC scoring pass (default 2048; the draft's window: one pass), recorded per cell",
+    )
+    p.add_argument(
+        "--sparse-prefill",
+        action="store_true",
+        help="also run full, speckv and speckv-pc with the target's vertical-slash sparse prefill (cells '+sparse')",
     )
     p.add_argument(
         "--merge",

@@ -35,6 +35,7 @@ from ..models import LoadedModel, load_model, placement
 from ..pipeline import compressed_segments, speckv_pc_stage
 from ..prompt import build_segments, tokenize, wrap
 from ..scoring import cache_kwarg
+from ..sparse_prefill import SPARSE_METHODS
 from ..specpc import compress
 from .data import split_input
 from .tasks import generate
@@ -76,7 +77,6 @@ SHAPES = {
     },
 }
 METHODS = ("full", "specpc", "speckv", "speckv-pc")
-SPARSE_METHODS = ("full", "speckv", "speckv-pc")  # the methods whose target prefill can be sparse
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..engine import DraftEngine
+from ..sparse_prefill import SPARSE_METHODS
 from .data import METRICS, load_jsonl, parse_record, task_metric, write_jsonl
 from .report import label
 from .runner import check_method, evaluate, kind
@@ -54,10 +55,12 @@ def budgets_for(method: str, ratios, kv_budgets) -> list[tuple[int | None, float
     return [(b, None) for b in kv_budgets] if evicts else [(None, None)]
 
 
-def cells_for(method: str, ratios, kv_budgets, coverages=()) -> list[tuple]:
-    """(budget, ratio, coverage) cells: ``budgets_for``'s, then one adaptive cell per coverage for ``specpc``."""
-    fixed = [(b, r, None) for b, r in budgets_for(method, ratios, kv_budgets)]
-    return fixed + ([("adaptive", None, c) for c in coverages] if method == "specpc" else [])
+def cells_for(method: str, ratios, kv_budgets, coverages=(), sparse: bool = False) -> list[tuple]:
+    """(budget, ratio, coverage, sparse prefill) cells: ``budgets_for``'s, then one adaptive cell per coverage
+    for ``specpc``; with ``sparse`` each fixed cell of a ``SPARSE_METHODS`` method once more, sparse."""
+    fixed = [(b, r, None, False) for b, r in budgets_for(method, ratios, kv_budgets)]
+    sparse_cells = [(b, r, c, True) for b, r, c, _ in fixed] if sparse and method in SPARSE_METHODS else []
+    return fixed + sparse_cells + ([("adaptive", None, c, False) for c in coverages] if method == "specpc" else [])
 
 
 def machine() -> str:
@@ -71,7 +74,7 @@ def machine() -> str:
 
 
 def _key(cell: dict) -> tuple:
-    keys = ("pair", "task", "length", "n", "seed", "method", "budget", "ratio", "block_size", "coverage")
+    keys = ("pair", "task", "length", "n", "seed", "method", "budget", "ratio", "block_size", "coverage", "sparse_prefill")
     return tuple(cell.get(k) for k in keys)
 
 
@@ -169,12 +172,15 @@ def run_grid(
     progress: bool = True,
     block_size: int | None = None,
     coverages=(),
+    sparse_prefill: bool = False,
 ) -> dict:
     """Run (or reuse) every cell; write ``results.json`` after each one. Returns the results dict.
 
     ``block_size``: the engine's draft tokens per scoring pass (None: its default); cells record it when given,
     so block-scored and single-pass cells of one grid stand side by side. ``coverages``: adaptive budgets
     (``budget="adaptive"`` at each coverage) run for ``specpc`` beside its fixed ratios; cells record ``coverage``.
+    ``sparse_prefill``: full, speckv and speckv-pc cells also run with the target's vertical-slash sparse prefill
+    (the paper's settings); those cells record ``sparse_prefill``.
     """
     for m in methods:
         check_method(m)
@@ -192,7 +198,9 @@ def run_grid(
                     write_jsonl(raw, data_path(out, task, length, pair.draft))
                     records = [parse_record(r, f"{task}[{i}]") for i, r in enumerate(raw)]
                     for method in methods:
-                        for budget, ratio, coverage in cells_for(method, ratios, kv_budgets, coverages):
+                        for budget, ratio, coverage, sparse in cells_for(
+                            method, ratios, kv_budgets, coverages, sparse_prefill
+                        ):
                             cell = dict(
                                 pair=pair.name,
                                 task=task,
@@ -204,6 +212,7 @@ def run_grid(
                                 ratio=ratio,
                                 **({"block_size": block_size} if block_size else {}),
                                 **({"coverage": coverage} if coverage else {}),
+                                **({"sparse_prefill": True} if sparse else {}),
                             )
                             if _key(cell) in done:
                                 continue
@@ -223,6 +232,7 @@ def run_grid(
                                 llmlingua=lingua,
                                 desc=f"{pair.name} {task}-{length} {label(cell)}",
                                 metric=task_metric(task),
+                                sparse_prefill=sparse,
                             )
                             cell.update(
                                 res.to_dict(),

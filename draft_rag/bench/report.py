@@ -10,8 +10,10 @@ from .tasks import RULER_13
 
 
 def label(cell: dict) -> str:
-    """``method @budget``, with both budgets for speckv-pc and the draft's block size where the cell set one."""
+    """``method @budget``, with both budgets for speckv-pc, the draft's block size where the cell set one and
+    " +sparse" for a sparse target prefill."""
     blocks = f" [blocks of {cell['block_size']}]" if cell.get("block_size") else ""
+    blocks += " +sparse" if cell.get("sparse_prefill") else ""
     if cell.get("coverage") is not None:  # an adaptive budget
         return f"{cell['method']} @adaptive {cell['coverage']:.0%}{blocks}"
     if cell.get("ratio") is not None and cell.get("budget") is not None:  # speckv-pc: prompt ratio and KV entries

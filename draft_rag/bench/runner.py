@@ -49,6 +49,7 @@ class EvalResult:
     kv_bytes: float | None
     metric: str = "all"
     scores: dict = field(default_factory=dict)  # the mean under each metric ("all", "part"), 0-100
+    sparse_layers: float = 0.0  # mean target layers per record that prefilled sparse
     records: list = field(default_factory=list)
 
     def to_dict(self, with_records: bool = False) -> dict:
@@ -91,6 +92,7 @@ def evaluate(
     llmlingua=None,
     desc: str | None = None,
     metric: str = "all",
+    sparse_prefill: bool = False,
 ) -> EvalResult:
     """Greedy answers for ``records``; RULER's score (0-100) under ``metric`` and mean per-record timings.
 
@@ -99,7 +101,7 @@ def evaluate(
     The record's input is split into a protected instruction line, the context and a protected question
     line (``split_input``); the answer prefix follows the chat turn, as RULER does. ``llmlingua`` is a
     ``LLMLinguaClient`` for method ``llmlingua``. ``coverage`` (``specpc`` only) runs ``budget="adaptive"`` at
-    that coverage instead of a fixed budget.
+    that coverage instead of a fixed budget. ``sparse_prefill``: the target prefills vertical-slash sparse.
     """
     from tqdm.auto import tqdm
 
@@ -126,6 +128,7 @@ def evaluate(
                 template,
                 max_new_tokens or rec.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
                 llmlingua,
+                sparse_prefill,
             )
         if not row["kv_bytes"]:
             row["kv_bytes"] = row["kept_tokens"] * per_entry
@@ -147,6 +150,7 @@ def evaluate(
         sum(r["kv_bytes"] for r in rows) / n,
         metric,
         {m: 100 * sum(r["scores"][m] for r in rows) / n for m in METRICS},
+        sum(r["sparse_layers"] for r in rows) / n,
         rows,
     )
 
@@ -163,7 +167,7 @@ def _coverage(engine: DraftEngine, coverage: float | None):
         engine.specpc = saved
 
 
-def _one(engine, rec: Record, method, budget, ratio, template, max_new_tokens, llmlingua) -> dict:
+def _one(engine, rec: Record, method, budget, ratio, template, max_new_tokens, llmlingua, sparse=False) -> dict:
     instruction, context, question = split_input(rec.input)
     args = dict(
         instruction=instruction or None,
@@ -171,6 +175,7 @@ def _one(engine, rec: Record, method, budget, ratio, template, max_new_tokens, l
         answer_prefix=rec.answer_prefix or None,
         template=template,
         max_new_tokens=max_new_tokens,
+        **({"sparse_prefill": True} if sparse else {}),
     )
     draft_s = 0.0
     if method == "llmlingua":
@@ -197,6 +202,7 @@ def _one(engine, rec: Record, method, budget, ratio, template, max_new_tokens, l
         "input_tokens": s.original_tokens,
         "kept_tokens": kept_tokens(method, s),
         "kv_bytes": getattr(s, "kv_bytes", 0) or 0,
+        "sparse_layers": s.sparse_layers,
         "seconds": {"draft": draft_s, "target": target_s, "total": total},
     }
 
