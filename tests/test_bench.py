@@ -124,6 +124,7 @@ def test_evaluate_full_and_specpc_on_a_tiny_model(tiny_engine):
         "metric",
         "scores",
         "sparse_layers",
+        "follow_up",
     }
     assert pc.metric == "all" and pc.scores["all"] == pc.score and pc.scores["part"] >= pc.score
     with pytest.raises(ValueError, match="method must be one of"):
@@ -407,7 +408,9 @@ def test_adaptive_cells_run_specpc_at_each_coverage(tiny_dir, tmp_path, monkeypa
 
 def test_sparse_prefill_cells_run_beside_dense_ones(tiny_dir, tmp_path, monkeypatch):
     assert cells_for("speckv", [], [64], sparse=True) == [(64, None, None, False), (64, None, None, True)]
-    assert cells_for("specpc", [0.25], [], sparse=True) == [(None, 0.25, None, False)]  # its target reads a short prompt
+    assert cells_for("specpc", [0.25], [], sparse=True) == [
+        (None, 0.25, None, False)
+    ]  # its target reads a short prompt
     assert label({"method": "full", "ratio": None, "budget": None, "sparse_prefill": True}) == "full +sparse"
     calls = []
     real = DraftEngine.stream
@@ -428,3 +431,36 @@ def test_sparse_prefill_cells_run_beside_dense_ones(tiny_dir, tmp_path, monkeypa
     assert calls == [None, None, True, True, None, None]  # the sparse cell's records asked for it
     assert run_grid([pair], ["niah_single"], [300], 2, ["full", "snapkv"], sparse_prefill=True, **kw) == data
     assert "| full +sparse |" in write_report(data, tmp_path)["markdown"].read_text()
+
+
+def test_follow_ups_share_the_context_and_reuse_its_draft_kv(tiny_engine, tiny_dir, tmp_path, monkeypatch):
+    from draft_rag.bench import grid
+    from draft_rag.bench.data import follow_ups
+
+    raw = generate("niah_multiquery", tiny_tokenizer(), 600, 2, seed=4)
+    recs = [parse_record(r) for r in raw]
+    asked = follow_ups(recs[0])
+    assert len(asked) == 4 and not follow_ups(parse_record(RULER_LINE))
+    for f in asked:
+        assert split_input(f.input)[:2] == split_input(recs[0].input)[:2]  # instruction and context unchanged
+        assert split_input(f.input)[2] == f.extra[0][1] and f.max_new_tokens == recs[0].max_new_tokens
+    with pytest.raises(ValueError, match=r"follow_ups\[0\]: expected an object with a non-empty 'question'"):
+        follow_ups(parse_record({**raw[0], "follow_ups": [{"question": " "}]}))
+    res = evaluate(tiny_engine, recs, "specpc", ratio=0.5, max_new_tokens=2, progress=False, ask_follow_ups=True)
+    first, then = res.records[0], res.records[0]["follow_ups"]
+    assert first["cached_tokens"] == 0 and res.records[1]["cached_tokens"] == 0  # every record starts cold
+    assert all(f["cached_tokens"] > 0.5 * f["draft_tokens"] for f in then)  # follow-ups reuse the context's KV
+    summary = res.follow_up
+    assert summary["questions"] == 8 and len(summary["predictions"]) == 8 and 0 <= summary["score"] <= 100
+    cold = evaluate(tiny_engine, [asked[1]], "specpc", ratio=0.5, max_new_tokens=2, progress=False)
+    assert cold.records[0]["prediction"] == then[1]["prediction"]  # a follow-up answers as a cold run does
+    assert evaluate(tiny_engine, recs, "full", max_new_tokens=1, progress=False).follow_up is None
+    monkeypatch.setattr(grid, "DraftEngine", lambda **kw: DraftEngine(specpc=tiny_engine.specpc, **kw))
+    pair = Pair("tiny", tiny_dir, tiny_dir)
+    kw = dict(ratios=[0.5], out_dir=tmp_path, max_new_tokens=2, progress=False, follow_ups=True)
+    data = run_grid([pair], ["niah_multiquery", "niah_single_1"], [600], 1, ["specpc"], **kw)
+    multi, single = data["results"]
+    assert multi["follow_ups"] is True and multi["follow_up"]["questions"] == 4 and "follow_ups" not in single
+    md = write_report(data, tmp_path)["markdown"].read_text()
+    assert "## Follow-up questions" in md and "| tiny | 600 | specpc @50% | niah_multiquery | 1 | 4 |" in md
+    assert "niah_multiquery" not in md.split("## Follow-up questions")[0]  # follow-up cells stay out of the grid

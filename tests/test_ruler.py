@@ -42,7 +42,7 @@ def test_records_are_valid_ruler_with_answers_in_the_context(task):
     assert recs[:1] == generate(task, tok, length, 1, seed=3) and recs[0]["outputs"] != recs[1]["outputs"]
     gen = GEN_TOKENS[FAMILY.get(task, "niah")]
     for i, r in enumerate(recs):
-        assert set(r) == {"index", "input", "outputs", "answer_prefix", "length", "tokens_to_generate"}
+        assert set(r) - {"follow_ups"} == {"index", "input", "outputs", "answer_prefix", "length", "tokens_to_generate"}
         rec = parse_record(r)
         assert rec.index == i and rec.max_new_tokens == gen and rec.answer_prefix.startswith(" ")
         # RULER's length: input + answer prefix + the answer's tokens, within the requested length
@@ -90,3 +90,21 @@ def test_format_matches_nvidia_generator(task):
     assert _shape(ours.answer_prefix) == _shape(theirs.answer_prefix)
     assert {_shape(x) for x in ours.input.split("\n")} == {_shape(x) for x in theirs.input.split("\n")}
     assert len(ours.outputs) == len(theirs.outputs)
+
+
+def test_haystacks_with_several_keys_carry_follow_up_questions():
+    tok = tiny_tokenizer()
+    query = generate("niah_multiquery", tok, 1600, 1)[0]
+    multikey = generate("niah_multikey_1", tok, 1600, 1)[0]
+    assert [len(r.get("follow_ups", ())) for r in (query, multikey)] == [4, 3]  # each queried key; the other keys
+    assert all("follow_ups" not in generate(t, tok, 1600, 1)[0] for t in ("niah_single_1", "niah_multivalue"))
+    asked = {v for f in query["follow_ups"] for v in f["outputs"]}
+    assert asked == set(query["outputs"])  # the four keys of the joint question, one at a time
+    for f in query["follow_ups"] + multikey["follow_ups"]:
+        key = re.search(r"for (\S+) mentioned", f["question"]).group(1)
+        assert f["question"] == f"What is the special magic number for {key} mentioned in the provided text?"
+        assert f["answer_prefix"] == f" The special magic number for {key} mentioned in the provided text is"
+        assert (
+            f"One of the special magic numbers for {key} is: {f['outputs'][0]}." in multikey["input"] + query["input"]
+        )
+    assert not set(multikey["outputs"]) & {v for f in multikey["follow_ups"] for v in f["outputs"]}

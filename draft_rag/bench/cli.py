@@ -97,6 +97,7 @@ def _cmd_bench(args) -> int:
             block_size=args.block_size,
             coverages=args.coverages,
             sparse_prefill=args.sparse_prefill,
+            follow_ups=args.follow_ups,
         )
         if tasks
         else load_results(out / "results.json")
@@ -252,6 +253,12 @@ def add_subcommand(sub) -> None:
         "--sparse-prefill",
         action="store_true",
         help="also run full, speckv and speckv-pc with the target's vertical-slash sparse prefill (cells '+sparse')",
+    )
+    p.add_argument(
+        "--follow-ups",
+        action="store_true",
+        help="on tasks whose haystacks hide several keys (niah_multikey_1, niah_multiquery), also ask each key on "
+        "its own after the first question, over the same context (the draft's context cache serves them)",
     )
     p.add_argument(
         "--merge",

@@ -46,6 +46,23 @@ def parse_record(obj, where: str = "record") -> Record:
     return Record(obj["input"], tuple(outputs), prefix, obj.get("index"), tokens, extra)
 
 
+def follow_ups(rec: Record) -> list[Record]:
+    """The record's follow-up questions (its ``follow_ups`` field: question, answer_prefix, outputs) as records
+    over the same input with the last line, the question, replaced; none when it has no such field."""
+    items = dict(rec.extra).get("follow_ups") or []
+    head = rec.input.rstrip("\n").rpartition("\n")[0]
+    if items and not head:
+        raise ValueError(f"record {rec.index!r}: follow-up questions need an input whose last line is the question")
+    out = []
+    for i, item in enumerate(items):
+        where = f"record {rec.index!r} follow_ups[{i}]"
+        if not isinstance(item, dict) or not isinstance(item.get("question"), str) or not item["question"].strip():
+            raise ValueError(f"{where}: expected an object with a non-empty 'question'")
+        fields = {"input": f"{head}\n{item['question']}", "index": rec.index, "tokens_to_generate": rec.max_new_tokens}
+        out.append(parse_record({**item, **fields}, where))
+    return out
+
+
 def load_jsonl(path, limit: int | None = None) -> list[Record]:
     """Read RULER-format JSONL (``input``, ``outputs``, optional ``answer_prefix``); first ``limit`` records."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):

@@ -74,7 +74,20 @@ def machine() -> str:
 
 
 def _key(cell: dict) -> tuple:
-    keys = ("pair", "task", "length", "n", "seed", "method", "budget", "ratio", "block_size", "coverage", "sparse_prefill")
+    keys = (
+        "pair",
+        "task",
+        "length",
+        "n",
+        "seed",
+        "method",
+        "budget",
+        "ratio",
+        "block_size",
+        "coverage",
+        "sparse_prefill",
+        "follow_ups",
+    )
     return tuple(cell.get(k) for k in keys)
 
 
@@ -173,6 +186,7 @@ def run_grid(
     block_size: int | None = None,
     coverages=(),
     sparse_prefill: bool = False,
+    follow_ups: bool = False,
 ) -> dict:
     """Run (or reuse) every cell; write ``results.json`` after each one. Returns the results dict.
 
@@ -180,7 +194,10 @@ def run_grid(
     so block-scored and single-pass cells of one grid stand side by side. ``coverages``: adaptive budgets
     (``budget="adaptive"`` at each coverage) run for ``specpc`` beside its fixed ratios; cells record ``coverage``.
     ``sparse_prefill``: full, speckv and speckv-pc cells also run with the target's vertical-slash sparse prefill
-    (the paper's settings); those cells record ``sparse_prefill``.
+    (the paper's settings); those cells record ``sparse_prefill``. ``follow_ups``: where a task's records hold
+    follow-up questions (RULER's niah tasks with several keys), each record's are asked after its first question
+    over the same context (the draft's context cache serves them); those cells record ``follow_ups`` and their
+    results under ``follow_up``.
     """
     for m in methods:
         check_method(m)
@@ -197,6 +214,7 @@ def run_grid(
                     raw = generate(task, engine.draft.tokenizer, length, n, seed)
                     write_jsonl(raw, data_path(out, task, length, pair.draft))
                     records = [parse_record(r, f"{task}[{i}]") for i, r in enumerate(raw)]
+                    asks = follow_ups and any(r.get("follow_ups") for r in raw)
                     for method in methods:
                         for budget, ratio, coverage, sparse in cells_for(
                             method, ratios, kv_budgets, coverages, sparse_prefill
@@ -213,6 +231,7 @@ def run_grid(
                                 **({"block_size": block_size} if block_size else {}),
                                 **({"coverage": coverage} if coverage else {}),
                                 **({"sparse_prefill": True} if sparse else {}),
+                                **({"follow_ups": True} if asks else {}),
                             )
                             if _key(cell) in done:
                                 continue
@@ -233,6 +252,7 @@ def run_grid(
                                 desc=f"{pair.name} {task}-{length} {label(cell)}",
                                 metric=task_metric(task),
                                 sparse_prefill=sparse,
+                                ask_follow_ups=asks,
                             )
                             cell.update(
                                 res.to_dict(),

@@ -113,7 +113,19 @@ def block_table(cells: list[dict]) -> str:
     """Block-scored cells (the default block size) beside the same cells run in one draft pass (``--block-size``
     at least the prompt), per task: scores, kept tokens and draft seconds per record."""
     single = [c for c in cells if c.get("block_size")]
-    same = ("pair", "task", "length", "n", "seed", "method", "budget", "ratio")
+    same = (
+        "pair",
+        "task",
+        "length",
+        "n",
+        "seed",
+        "method",
+        "budget",
+        "ratio",
+        "coverage",
+        "sparse_prefill",
+        "follow_ups",
+    )
     blocked = {tuple(c.get(k) for k in same): c for c in cells if not c.get("block_size")}
     pairs = [(blocked[key], c) for c in single if (key := tuple(c.get(k) for k in same)) in blocked]
     if not pairs:
@@ -137,6 +149,26 @@ def block_table(cells: list[dict]) -> str:
         f"{len(pairs)} cells: mean score {in_blocks:.1f} in blocks, {in_one:.1f} in one pass; blocks lower in "
         f"{lower}, higher in {higher}, equal in {len(pairs) - lower - higher}.",
     ]
+    return "\n".join(lines)
+
+
+def follow_up_table(cells: list[dict]) -> str:
+    """Cells that asked follow-up questions: the first questions' score and draft seconds beside the follow-ups'."""
+    asked = [c for c in cells if c.get("follow_up")]
+    if not asked:
+        return ""
+    head = ["pair", "tokens", "method", "task", "records", "follow-ups", "first: score", "follow-ups: score",
+            "first: draft s", "follow-up: draft s", "follow-up / first", "draft tokens reused"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in sorted(asked, key=lambda c: (c["pair"], c["length"], c["task"], _sort_key(c))):
+        f = c["follow_up"]
+        first, then = f["first_draft_s"], f["seconds"]["draft"]
+        share = f"{then / first:.2f}x" if first else ""
+        reused = f"{100 * f['cached_tokens'] / f['draft_tokens']:.0f}%" if f["draft_tokens"] else ""
+        lines.append(
+            f"| {c['pair']} | {c['length']} | {label(c)} | {c['task']} | {c['n']} | {f['questions']} | "
+            f"{c['score']:.1f} | {f['score']:.1f} | {first:.2f} | {then:.2f} | {share} | {reused} |"
+        )
     return "\n".join(lines)
 
 
@@ -211,13 +243,17 @@ def write_report(data: dict, out_dir) -> dict:
     """Write ``results.md`` and ``results.png`` beside ``results.json``; returns their paths."""
     out = Path(out_dir)
     md = ["# draft-rag bench results", ""]
-    if data.get("results"):
-        md += [grid_table(data["results"]), "", "![score vs budget and time per stage](results.png)", ""]
-        md += ["## Summary (mean scores; niah = the mean of the niah tasks)", "", summary_table(data["results"]), ""]
-        plot(data["results"], out / "results.png")
-    blocks = block_table(data.get("results") or [])
+    cells = [c for c in data.get("results") or [] if not c.get("follow_ups")]  # follow-up cells: their own table
+    if cells:
+        md += [grid_table(cells), "", "![score vs budget and time per stage](results.png)", ""]
+        md += ["## Summary (mean scores; niah = the mean of the niah tasks)", "", summary_table(cells), ""]
+        plot(cells, out / "results.png")
+    blocks = block_table(cells)
     if blocks:
         md += ["## Block scoring vs one draft pass (the same cells, the draft's block size set)", "", blocks, ""]
+    asked = follow_up_table(data.get("results") or [])
+    if asked:
+        md += ["## Follow-up questions over the same context (each key of a haystack asked on its own)", "", asked, ""]
     if data.get("chunks"):
         md += [
             "## Chunk pruning (gold-chunk recall and answer score by keep ratio)",

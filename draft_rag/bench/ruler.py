@@ -196,8 +196,23 @@ def niah(task: str, tokenizer, length: int, n: int, seed: int = 42) -> list[dict
             return template.format(type_v=tv, context=context, query=query), prefix.format(type_v=tv, query=query)
 
         text, pre = build(_fit(build, tokenizer, length, gen))
-        records.append(_record(index, tokenizer, text, pre, [v for i in asked for v in values[i]], gen))
+        record = _record(index, tokenizer, text, pre, [v for i in asked for v in values[i]], gen)
+        if num_k > 1:  # each hidden key may be asked on its own over the same haystack
+            alone = [i for i in range(num_k) if num_q > 1 or i not in asked]
+            record["follow_ups"] = [_single_question(keys[i], values[i], type_v) for i in alone]
+        records.append(record)
     return records
+
+
+def _single_question(key: str, values: list[str], type_v: str) -> dict:
+    """A follow-up about one key of a niah haystack in RULER's singular wording: question, prefix, outputs."""
+    one = type_v[:-1]  # the tasks with several keys hide one value per key
+    question = NIAH.rpartition("\n")[2].replace("are all", "is").format(type_v=one, query=key)
+    return {
+        "question": question,
+        "answer_prefix": NIAH_PREFIX.replace("are", "is").format(type_v=one, query=key),
+        "outputs": values,
+    }
 
 
 def _chain(rng: random.Random, hops: int, letters: int, value: str) -> tuple[list[str], list[str]]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from .. import methods
 from ..engine import METHODS, DraftEngine
 from ..inputs import PromptInput
-from .data import METRICS, Record, split_input
+from .data import METRICS, Record, follow_ups, split_input
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class EvalResult:
     metric: str = "all"
     scores: dict = field(default_factory=dict)  # the mean under each metric ("all", "part"), 0-100
     sparse_layers: float = 0.0  # mean target layers per record that prefilled sparse
+    follow_up: dict | None = None  # the records' follow-up questions (``follow_up_summary``), when asked
     records: list = field(default_factory=list)
 
     def to_dict(self, with_records: bool = False) -> dict:
@@ -93,6 +94,7 @@ def evaluate(
     desc: str | None = None,
     metric: str = "all",
     sparse_prefill: bool = False,
+    ask_follow_ups: bool = False,
 ) -> EvalResult:
     """Greedy answers for ``records``; RULER's score (0-100) under ``metric`` and mean per-record timings.
 
@@ -102,6 +104,9 @@ def evaluate(
     line (``split_input``); the answer prefix follows the chat turn, as RULER does. ``llmlingua`` is a
     ``LLMLinguaClient`` for method ``llmlingua``. ``coverage`` (``specpc`` only) runs ``budget="adaptive"`` at
     that coverage instead of a fixed budget. ``sparse_prefill``: the target prefills vertical-slash sparse.
+    Every record's first question reads its context cold (the engine's context cache is emptied before it);
+    with ``ask_follow_ups`` the record's follow-up questions (``data.follow_ups``) are asked next over the same
+    context, and the result's ``follow_up`` sums them up.
     """
     from tqdm.auto import tqdm
 
@@ -118,24 +123,28 @@ def evaluate(
         records, desc=desc or f"{method} {budget or ratio or ''}".strip(), disable=not progress, unit="rec", leave=False
     )
     for rec in bar:
+        engine.context_cache.clear()
         with _coverage(engine, coverage):
-            row = _one(
+            ask = lambda r: _one(  # noqa: E731
                 engine,
-                rec,
+                r,
                 method,
                 "adaptive" if coverage is not None else budget,
                 ratio,
                 template,
-                max_new_tokens or rec.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+                max_new_tokens or r.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
                 llmlingua,
                 sparse_prefill,
             )
-        if not row["kv_bytes"]:
-            row["kv_bytes"] = row["kept_tokens"] * per_entry
+            row = ask(rec)
+            if ask_follow_ups:
+                row["follow_ups"] = [ask(f) for f in follow_ups(rec)]
+        for r in [row, *row.get("follow_ups", ())]:
+            r["kv_bytes"] = r["kv_bytes"] or r["kept_tokens"] * per_entry
+            r["score"] = r["scores"][metric]
         rows.append(row)
         for k in sums:
             sums[k] += row["seconds"][k]
-        row["score"] = row["scores"][metric]
         bar.set_postfix(score=f"{100 * sum(r['score'] for r in rows) / len(rows):.1f}")
     n = len(rows)
     return EvalResult(
@@ -151,8 +160,29 @@ def evaluate(
         metric,
         {m: 100 * sum(r["scores"][m] for r in rows) / n for m in METRICS},
         sum(r["sparse_layers"] for r in rows) / n,
+        follow_up_summary(rows, metric) if ask_follow_ups else None,
         rows,
     )
+
+
+def follow_up_summary(rows: list[dict], metric: str) -> dict | None:
+    """Mean results of the follow-up questions in ``rows`` (evaluate's), beside their first questions'
+    draft seconds; None when no record had any."""
+    asked = [f for r in rows for f in r.get("follow_ups", ())]
+    if not asked:
+        return None
+    mean = lambda get, rs=asked: sum(get(r) for r in rs) / len(rs)  # noqa: E731
+    return {
+        "questions": len(asked),
+        "metric": metric,
+        "score": 100 * mean(lambda r: r["scores"][metric]),
+        "scores": {m: 100 * mean(lambda r, m=m: r["scores"][m]) for m in METRICS},
+        "seconds": {k: mean(lambda r, k=k: r["seconds"][k]) for k in ("draft", "target", "total")},
+        "first_draft_s": mean(lambda r: r["seconds"]["draft"], [r for r in rows if r.get("follow_ups")]),
+        "cached_tokens": mean(lambda r: r["cached_tokens"]),
+        "draft_tokens": mean(lambda r: r["draft_tokens"]),
+        "predictions": [r["prediction"] for r in asked],
+    }
 
 
 @contextlib.contextmanager
@@ -203,6 +233,8 @@ def _one(engine, rec: Record, method, budget, ratio, template, max_new_tokens, l
         "kept_tokens": kept_tokens(method, s),
         "kv_bytes": getattr(s, "kv_bytes", 0) or 0,
         "sparse_layers": s.sparse_layers,
+        "cached_tokens": s.draft_cached_tokens or 0,
+        "draft_tokens": gen.compressed.draft_original_tokens if gen.compressed else 0,
         "seconds": {"draft": draft_s, "target": target_s, "total": total},
     }
 
