@@ -9,7 +9,8 @@ keys before the block and the block, causally). Nothing of size N x N is built: 
 selected (``prefill_vertical_size`` at least the prompt) the result is dense attention.
 
 The kernel runs through ``attention.use_kernel``, under any attention implementation: blocks go to torch's
-``scaled_dot_product_attention`` (its CPU flash kernel, or CUDA's fused kernels). Sliding-window layers,
+``scaled_dot_product_attention`` one at a time, or, on CUDA in half precision with flash-attn installed, all of a
+layer's blocks to one ``flash_attn_varlen_func`` call. Sliding-window layers,
 soft-capped logits, attention sinks, batches and decoding steps use the model's own kernel.
 """
 
@@ -81,20 +82,19 @@ class VerticalSlash:
 def vertical_slash(query, key, value, scores, cfg: SparsePrefillConfig, scale: float) -> tuple[torch.Tensor, int]:
     """Causal attention of ``query`` ``[1, Hq, N, D]`` over ``key``/``value`` ``[1, Hkv, N, D]`` restricted to
     the vertical-slash pattern chosen by ``scores`` ``[1, Hkv, N]``. Returns ``[1, Hq, N, Dv]`` and the most keys
-    one query block read."""
-    n, block, band = query.shape[2], cfg.query_block, cfg.prefill_window_size
+    one query block read. On CUDA in half precision with flash-attn installed every block runs in one
+    ``flash_attn_varlen_func`` call; elsewhere each block is one ``scaled_dot_product_attention`` call."""
+    n, block = query.shape[2], cfg.query_block
+    spans = [(start, min(n, start + block)) for start in range(0, n, block)]
+    varlen = varlen_kernel(query)
+    if varlen is not None:
+        blocks = [_block_keys(key, value, scores, start, end, cfg) for start, end in spans]
+        return _packed(varlen, query, spans, blocks, scale), max(k.shape[2] for k, _ in blocks)
     gqa = query.shape[1] != key.shape[1]
     out = query.new_empty(*query.shape[:3], value.shape[-1])
     widest = 0
-    for start in range(0, n, block):
-        end = min(n, start + block)
-        near = max(0, start - band)  # the band: [near, end)
-        keys, values = key[:, :, near:end], value[:, :, near:end]
-        far = min(cfg.prefill_vertical_size, near)
-        if far:  # per KV head, the best-scored keys before the band, in order
-            idx = scores[..., :near].topk(far, dim=-1).indices.sort(dim=-1).values[..., None]
-            keys = torch.cat([key.gather(2, idx.expand(-1, -1, -1, key.shape[-1])), keys], dim=2)
-            values = torch.cat([value.gather(2, idx.expand(-1, -1, -1, value.shape[-1])), values], dim=2)
+    for start, end in spans:
+        keys, values = _block_keys(key, value, scores, start, end, cfg)
         width = keys.shape[2]
         causal = torch.ones(end - start, width, dtype=torch.bool, device=query.device).tril_(width - (end - start))
         out[:, :, start:end] = F.scaled_dot_product_attention(
@@ -102,6 +102,50 @@ def vertical_slash(query, key, value, scores, cfg: SparsePrefillConfig, scale: f
         )
         widest = max(widest, width)
     return out, widest
+
+
+def _block_keys(key, value, scores, start: int, end: int, cfg: SparsePrefillConfig):
+    """The keys and values the queries ``[start, end)`` read, in position order: per KV head the
+    ``prefill_vertical_size`` best-scored keys before the band, then the band ``[start - window, end)``."""
+    near = max(0, start - cfg.prefill_window_size)
+    keys, values = key[:, :, near:end], value[:, :, near:end]
+    far = min(cfg.prefill_vertical_size, near)
+    if far:
+        idx = scores[..., :near].topk(far, dim=-1).indices.sort(dim=-1).values[..., None]
+        keys = torch.cat([key.gather(2, idx.expand(-1, -1, -1, key.shape[-1])), keys], dim=2)
+        values = torch.cat([value.gather(2, idx.expand(-1, -1, -1, value.shape[-1])), values], dim=2)
+    return keys, values
+
+
+def varlen_kernel(query):
+    """flash-attn's ``flash_attn_varlen_func`` when it can run on ``query`` (CUDA, fp16/bf16, installed), else None."""
+    if not query.is_cuda or query.dtype not in (torch.float16, torch.bfloat16):
+        return None
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except ImportError:
+        return None
+    return flash_attn_varlen_func
+
+
+def _packed(varlen, query, spans, blocks, scale: float) -> torch.Tensor:
+    """All query blocks in one varlen call: block i's queries and its keys are sequence i of the packed batch.
+    Causal masks in flash-attn align to the end of each sequence's keys, where the block's own keys are."""
+    q_lens = torch.tensor([0] + [end - start for start, end in spans], device=query.device)
+    k_lens = torch.tensor([0] + [k.shape[2] for k, _ in blocks], device=query.device)
+    flat = lambda t: t[0].transpose(0, 1)  # noqa: E731  [1, H, L, D] -> [L, H, D]
+    out = varlen(
+        flat(query),
+        torch.cat([flat(k) for k, _ in blocks]),
+        torch.cat([flat(v) for _, v in blocks]),
+        q_lens.cumsum(0, dtype=torch.int32),
+        k_lens.cumsum(0, dtype=torch.int32),
+        int(q_lens.max()),
+        int(k_lens.max()),
+        softmax_scale=scale,
+        causal=True,
+    )
+    return out.transpose(0, 1)[None]
 
 
 @contextlib.contextmanager

@@ -151,6 +151,16 @@ def check_pair(args) -> tuple[list[dict], dict]:
     return [_row("pair", args.pair, run)], data
 
 
+def sparse_blocks(args) -> str:
+    """Which kernel the sparse prefill's query blocks run on for this device and dtype."""
+    import torch
+
+    from draft_rag.sparse_prefill import varlen_kernel
+
+    probe = torch.zeros(1, device=args.device, dtype=getattr(torch, args.dtype))
+    return "flash-attn varlen, one call per layer" if varlen_kernel(probe) else "torch SDPA, one call per query block"
+
+
 def report(args, rows: list[dict], cost_rows: list[dict], grid: dict, seconds: float) -> str:
     import torch
 
@@ -160,6 +170,8 @@ def report(args, rows: list[dict], cost_rows: list[dict], grid: dict, seconds: f
     device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") and torch.cuda.is_available() else "CPU"
     parts = [
         f"# GPU check: {device}, {args.dtype}, torch {torch.__version__}, {seconds:.0f} s",
+        "",
+        f"Sparse prefill blocks: {sparse_blocks(args)}.",
         "",
         "| step | case | result | seconds | note |",
         "|---|---|---|---|---|",

@@ -51,6 +51,7 @@ def test_every_step_on_cpu(gpu_check, deep_dir, tmp_path, monkeypatch):
     assert "| methods | flash_attention_2 | skipped | 0.0 | skipped: flash-attn is not installed |" in text
     assert all("| ok |" in r for r in rows if "flash" not in r)
     assert "sdpa full +sparse | ok" in text and "sparse layers 9" in text  # the sparse kernel ran in every layer
+    assert "Sparse prefill blocks: torch SDPA, one call per query block." in text  # CPU: no varlen kernel
     assert "| device_map | auto | ok |" in text and "| cost | tiny 700 | ok |" in text
     assert "| tiny | 695 | full +sparse |" in text and "attention share (dense)" in text  # the cost tables
     assert f"**{Path(deep_dir).name}->{Path(deep_dir).name}**, 400 tokens" in text  # the pair's RULER summary

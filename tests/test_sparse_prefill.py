@@ -40,6 +40,47 @@ def test_blocks_compute_the_vertical_slash_pattern(heads, kv_heads):
     assert widest == 7 + 12 + 16  # no query block reads more keys than vertical + band + itself
 
 
+def varlen_stand_in(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=None, causal=False):
+    """flash-attn's ``flash_attn_varlen_func`` contract on CPU (the real kernel needs CUDA; scripts/gpu_check.py
+    runs it): packed ``[total, H, D]`` sequences cut at ``cu_q``/``cu_k``, GQA by head groups, causal masks
+    aligned to the end of each sequence's keys."""
+    assert cu_q.dtype == cu_k.dtype == torch.int32 and causal and softmax_scale
+    assert max_q == int((cu_q[1:] - cu_q[:-1]).max()) and max_k == int((cu_k[1:] - cu_k[:-1]).max())
+    out, seq = [], lambda t, a, b: t[a:b].transpose(0, 1)[None]  # noqa: E731  [L, H, D] -> [1, H, L, D]
+    for qa, qb, ka, kb in zip(cu_q[:-1], cu_q[1:], cu_k[:-1], cu_k[1:]):
+        mask = torch.ones(int(qb - qa), int(kb - ka), dtype=torch.bool).tril_(int(kb - ka) - int(qb - qa))
+        o = torch.nn.functional.scaled_dot_product_attention(
+            seq(q, qa, qb), seq(k, ka, kb), seq(v, ka, kb), attn_mask=mask, scale=softmax_scale, enable_gqa=True
+        )
+        out.append(o[0].transpose(0, 1))
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (6, 2)])
+def test_flash_attn_varlen_path_packs_every_block_in_one_call(monkeypatch, heads, kv_heads):
+    from draft_rag import sparse_prefill as sp
+
+    calls = []
+    monkeypatch.setattr(
+        sp, "varlen_kernel", lambda query: lambda *a, **kw: calls.append(1) or varlen_stand_in(*a, **kw)
+    )
+    torch.manual_seed(2)
+    n, d = 83, 8
+    q, k, v = torch.randn(1, heads, n, d), torch.randn(1, kv_heads, n, d), torch.randn(1, kv_heads, n, d)
+    scores = torch.rand(1, kv_heads, n)
+    cfg = SparsePrefillConfig(prefill_vertical_size=6, prefill_window_size=10, query_block=16, min_tokens=0)
+    out, widest = vertical_slash(q, k, v, scores, cfg, 0.3)
+    assert calls == [1] and widest == 6 + 10 + 16
+    assert torch.allclose(out, reference(q, k, v, scores, cfg, 0.3), atol=1e-5)
+
+
+def test_varlen_kernel_only_for_half_precision_cuda():
+    from draft_rag.sparse_prefill import varlen_kernel
+
+    assert varlen_kernel(torch.zeros(1, dtype=torch.bfloat16)) is None  # CPU: the SDPA blocks
+    assert varlen_kernel(torch.zeros(1)) is None
+
+
 def test_every_column_selected_is_dense_attention():
     torch.manual_seed(1)
     q, k, v = torch.randn(1, 4, 70, 8), torch.randn(1, 2, 70, 8), torch.randn(1, 2, 70, 8)
