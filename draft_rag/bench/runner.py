@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -122,20 +123,20 @@ def evaluate(
     bar = tqdm(
         records, desc=desc or f"{method} {budget or ratio or ''}".strip(), disable=not progress, unit="rec", leave=False
     )
+    ask = functools.partial(
+        _one,
+        engine,
+        method=method,
+        budget="adaptive" if coverage is not None else budget,
+        ratio=ratio,
+        template=template,
+        max_new_tokens=max_new_tokens,
+        llmlingua=llmlingua,
+        sparse=sparse_prefill,
+    )
     for rec in bar:
         engine.context_cache.clear()
         with _coverage(engine, coverage):
-            ask = lambda r: _one(  # noqa: E731
-                engine,
-                r,
-                method,
-                "adaptive" if coverage is not None else budget,
-                ratio,
-                template,
-                max_new_tokens or r.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
-                llmlingua,
-                sparse_prefill,
-            )
             row = ask(rec)
             if ask_follow_ups:
                 row["follow_ups"] = [ask(f) for f in follow_ups(rec)]
@@ -197,14 +198,15 @@ def _coverage(engine: DraftEngine, coverage: float | None):
         engine.specpc = saved
 
 
-def _one(engine, rec: Record, method, budget, ratio, template, max_new_tokens, llmlingua, sparse=False) -> dict:
+def _one(engine, rec: Record, *, method, budget, ratio, template, max_new_tokens, llmlingua, sparse) -> dict:
+    """Ask one record; its answer, scores, token counts and seconds per stage."""
     instruction, context, question = split_input(rec.input)
     args = dict(
         instruction=instruction or None,
         question=question or None,
         answer_prefix=rec.answer_prefix or None,
         template=template,
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=max_new_tokens or rec.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
         **({"sparse_prefill": True} if sparse else {}),
     )
     draft_s = 0.0
