@@ -25,7 +25,7 @@ from .scoring import DraftPass, draft_scores
 
 DEFAULT_BLOCK_SIZE = 2048  # tokens per draft pass; see README "Long prompts" for the measurement
 MIN_BLOCK_CONTEXT = 64  # a pass must leave at least this many positions for context
-TAIL_SHARE = 8  # a pass keeps an eighth of its tokens for the question and what follows (256 of 2048)
+TAIL_SHARE = 8  # the tail's room in a pass grows in steps of an eighth of it (256 tokens of 2048)
 
 
 def block_size_for(model, block_size: int | None = None) -> int:
@@ -43,10 +43,12 @@ def split(n: int, head: int, tail: int, size: int) -> list[tuple[int, int]]:
     """``[lo, hi)`` token ranges of near-equal blocks covering ``head .. n - tail``, each fitting ``size`` with
     the head and tail around it.
 
-    Each pass keeps at least ``size // TAIL_SHARE`` tokens for the tail, so every question up to that length
-    cuts a context at the same places: a follow-up question finds each block's draft KV in the context cache.
+    The tail's room is rounded up to a multiple of ``size // TAIL_SHARE`` tokens, so every question up to that
+    length (and a conversation's later turns, within each such step) cuts a context at the same places: a
+    follow-up question finds each block's draft KV in the context cache.
     """
-    room = size - head - max(tail, size // TAIL_SHARE)
+    step = max(1, size // TAIL_SHARE)
+    room = size - head - -(-max(tail, 1) // step) * step
     if room < MIN_BLOCK_CONTEXT:  # a long head: the tail gets no more than it needs
         room = size - head - tail
     if room < MIN_BLOCK_CONTEXT:

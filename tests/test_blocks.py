@@ -118,7 +118,8 @@ def test_questions_up_to_an_eighth_of_a_pass_cut_the_context_alike():
     head, context = 51, 3872  # a RULER niah_multiquery prompt at 4k: its joint question, then one key alone
     cuts = {tuple(split(head + context + tail, head, tail, 2048)) for tail in range(1, 2048 // 8 + 1)}
     assert len(cuts) == 1 and len(cuts.pop()) == 3  # so every follow-up finds each block in the context cache
-    assert len(split(head + context + 600, head, 600, 2048)) == 3  # a longer tail still fits: smaller room
+    later = {tuple(split(head + context + tail, head, tail, 2048)) for tail in range(513, 769)}
+    assert len(later) == 1 and all(head + hi - lo + 768 <= 2048 for lo, hi in later.pop())  # a longer tail: 256-steps
     long_head = split(1000, 170, 10, 256)  # 170 + 32 would leave less than 64 for context: no allowance then
     assert all(170 + (hi - lo) + 10 <= 256 and hi - lo >= 64 for lo, hi in long_head)
 
