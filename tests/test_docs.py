@@ -110,3 +110,12 @@ def test_sparse_prefill_tables_are_their_commands_output():
     results = _section((ROOT / "docs/RESULTS.md").read_text(), "## Sparse prefill", "## Pays for itself")
     rows = [line for line in (readme + results).splitlines() if line.startswith("| ")]
     assert len(rows) > 10 and [r for r in rows if r not in out] == []
+
+
+def test_follow_up_rows_are_the_bench_report():
+    report = set((ROOT / "docs/bench/results.md").read_text().splitlines())
+    results = _section((ROOT / "docs/RESULTS.md").read_text(), "### In the RULER bench", "## The adaptive budget")
+    rows = [r for r in results.splitlines() if r.startswith("| smollm2")]
+    assert len(rows) == 2 and all(r in report for r in rows)
+    ratios = sorted(r.split(" | ")[10] for r in rows)
+    assert f"{ratios[0][:-1]}x-{ratios[1]}" in (ROOT / "README.md").read_text()  # "0.12x-0.13x"
