@@ -250,17 +250,17 @@ def test_block_table_pairs_block_scored_cells_with_one_pass_cells():
 
 
 def test_summary_table_groups_niah_and_counts_records():
-    base = dict(pair="p", length=100, n=2, budget=None, ratio=None, score=0.0)
+    base = dict(pair="p", length=100, n=2, budget=None, ratio=None, score=0.0, avg_input_tokens=90)
     cells = [
-        {**base, "task": "niah_single_1", "method": "full", "score": 100.0},
-        {**base, "task": "niah_multikey_1", "method": "full", "score": 50.0},
-        {**base, "task": "vt", "method": "full", "score": 30.0},
-        {**base, "task": "niah_single_1", "method": "specpc", "ratio": 0.25, "score": 80.0},
+        {**base, "task": "niah_single_1", "method": "full", "score": 100.0, "avg_kept_tokens": 90},
+        {**base, "task": "niah_multikey_1", "method": "full", "score": 50.0, "avg_kept_tokens": 90},
+        {**base, "task": "vt", "method": "full", "score": 30.0, "avg_input_tokens": 120, "avg_kept_tokens": 120},
+        {**base, "task": "niah_single_1", "method": "specpc", "ratio": 0.25, "score": 80.0, "avg_kept_tokens": 20},
     ]
     table = summary_table(cells)
-    assert "| method @ budget | mean | niah (2 tasks) | vt | records |" in table
-    assert "| full | **60.0** | 75.0 | 30.0 | 6 |" in table
-    assert "| specpc @25% |  |  |  | 2 |" in table  # a partial row has no means to mislead
+    assert "| method @ budget | mean | niah (2 tasks) | vt | kept tokens | records |" in table
+    assert "| full | **60.0** | 75.0 | 30.0 | 100 / 100 | 6 |" in table
+    assert "| specpc @25% |  |  |  |  | 2 |" in table  # a partial row has no means to mislead
     stats = dict(avg_input_tokens=9, avg_kept_tokens=9, kv_bytes=0, seconds=dict(draft=0, target=1, total=1))
     late = [{**base, **stats, "task": t, "method": "full"} for t in ("qa_1", "vt", "niah_multikey_3", "niah_single_2")]
     header = grid_table(late).splitlines()[2]  # merged out of order, tabled in RULER's order

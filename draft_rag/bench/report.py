@@ -91,22 +91,32 @@ def grid_table(cells: list[dict]) -> str:
 
 
 def summary_table(cells: list[dict]) -> str:
-    """Per (pair, length): each method@budget's mean score, the niah tasks' mean, and every other task."""
+    """Per (pair, length): each method@budget's mean score, the niah tasks' mean, every other task and, for rows
+    with every task, the mean kept tokens (of the prompt's)."""
     parts = []
     for pair, length, _, tasks, rows in _by_pair_and_length(cells):
         niah = [t for t in tasks if t.startswith("niah")]
         rest = [t for t in tasks if t not in niah]
-        head = ["method @ budget", "mean", *([f"niah ({len(niah)} tasks)"] if niah else []), *rest, "records"]
+        head = ["method @ budget", "mean", *([f"niah ({len(niah)} tasks)"] if niah else []), *rest, "kept tokens",
+                "records"]  # fmt: skip
         lines = [f"**{pair}**, {length} tokens", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for name, by_task in rows.items():
             scores = {t: c["score"] for t, c in by_task.items()}
             avg = lambda ts: f"{sum(scores[t] for t in ts) / len(ts):.1f}" if all(t in scores for t in ts) else ""  # noqa: E731
             n = sum(c["n"] for c in by_task.values())
             mean = avg(tasks)
-            cols = [f"**{mean}**" if mean else "", *([avg(niah)] if niah else []), *(avg([t]) for t in rest), str(n)]
+            cols = [f"**{mean}**" if mean else "", *([avg(niah)] if niah else []), *(avg([t]) for t in rest)]
+            cols += [_kept(by_task.values()) if mean else "", str(n)]
             lines.append("| " + " | ".join([name, *cols]) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
+
+
+def _kept(cells) -> str:
+    """Mean kept / mean input tokens per record over ``cells``."""
+    cells = list(cells)
+    mean = lambda k: sum(c[k] for c in cells) / len(cells)  # noqa: E731
+    return f"{mean('avg_kept_tokens'):.0f} / {mean('avg_input_tokens'):.0f}"
 
 
 def block_table(cells: list[dict]) -> str:
