@@ -48,7 +48,7 @@ def split(n: int, head: int, tail: int, size: int) -> list[tuple[int, int]]:
     follow-up question finds each block's draft KV in the context cache.
     """
     step = max(1, size // TAIL_SHARE)
-    room = size - head - -(-max(tail, 1) // step) * step
+    room = size - head - step * math.ceil(max(tail, 1) / step)
     if room < MIN_BLOCK_CONTEXT:  # a long head: the tail gets no more than it needs
         room = size - head - tail
     if room < MIN_BLOCK_CONTEXT:

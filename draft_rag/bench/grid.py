@@ -17,7 +17,7 @@ from pathlib import Path
 from ..engine import DraftEngine
 from ..sparse_prefill import SPARSE_METHODS
 from .data import METRICS, load_jsonl, parse_record, task_metric, write_jsonl
-from .report import label
+from .report import CELL_KEYS, label
 from .runner import check_method, evaluate, kind
 from .tasks import generate
 
@@ -74,21 +74,7 @@ def machine() -> str:
 
 
 def _key(cell: dict) -> tuple:
-    keys = (
-        "pair",
-        "task",
-        "length",
-        "n",
-        "seed",
-        "method",
-        "budget",
-        "ratio",
-        "block_size",
-        "coverage",
-        "sparse_prefill",
-        "follow_ups",
-    )
-    return tuple(cell.get(k) for k in keys)
+    return tuple(cell.get(k) for k in CELL_KEYS)
 
 
 def load_results(path: Path) -> dict:

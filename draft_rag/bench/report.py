@@ -8,6 +8,9 @@ from pathlib import Path
 from ..blocks import DEFAULT_BLOCK_SIZE
 from .tasks import RULER_13
 
+CELL_KEYS = ("pair", "task", "length", "n", "seed", "method", "budget", "ratio", "block_size", "coverage",
+             "sparse_prefill", "follow_ups")  # fmt: skip  # what tells one bench cell from another
+
 
 def label(cell: dict) -> str:
     """``method @budget``, with both budgets for speckv-pc, the draft's block size where the cell set one and
@@ -123,19 +126,7 @@ def block_table(cells: list[dict]) -> str:
     """Block-scored cells (the default block size) beside the same cells run in one draft pass (``--block-size``
     at least the prompt), per task: scores, kept tokens and draft seconds per record."""
     single = [c for c in cells if c.get("block_size")]
-    same = (
-        "pair",
-        "task",
-        "length",
-        "n",
-        "seed",
-        "method",
-        "budget",
-        "ratio",
-        "coverage",
-        "sparse_prefill",
-        "follow_ups",
-    )
+    same = [k for k in CELL_KEYS if k != "block_size"]
     blocked = {tuple(c.get(k) for k in same): c for c in cells if not c.get("block_size")}
     pairs = [(blocked[key], c) for c in single if (key := tuple(c.get(k) for k in same)) in blocked]
     if not pairs:

@@ -176,10 +176,7 @@ def niah(task: str, tokenizer, length: int, n: int, seed: int = 42) -> list[dict
         asked = rng.sample(range(num_k), num_q)
         queries = [keys[i] for i in asked]
         query = ", ".join(queries[:-1]) + ", and " + queries[-1] if num_q > 1 else queries[0]
-        template, prefix, tv = NIAH, NIAH_PREFIX, type_v
-        if num_q * num_v == 1:  # RULER's singular wording
-            template = template.replace("Some", "A").replace("are all", "is").replace("are", "is")
-            prefix, tv = prefix.replace("are", "is"), type_v[:-1]
+        template, prefix, tv = _singular(type_v) if num_q * num_v == 1 else (NIAH, NIAH_PREFIX, type_v)
         depths, fractions = rng.sample(DEPTHS, len(needles)), [rng.random() for _ in needles]
         extra = random.Random(f"{task}-{seed}-{index}-haystack")
         distractors: list[str] = []
@@ -204,15 +201,17 @@ def niah(task: str, tokenizer, length: int, n: int, seed: int = 42) -> list[dict
     return records
 
 
+def _singular(type_v: str) -> tuple[str, str, str]:
+    """RULER's singular wording of the niah template and answer prefix, and the value type in the singular."""
+    template = NIAH.replace("Some", "A").replace("are all", "is").replace("are", "is")
+    return template, NIAH_PREFIX.replace("are", "is"), type_v[:-1]
+
+
 def _single_question(key: str, values: list[str], type_v: str) -> dict:
-    """A follow-up about one key of a niah haystack in RULER's singular wording: question, prefix, outputs."""
-    one = type_v[:-1]  # the tasks with several keys hide one value per key
-    question = NIAH.rpartition("\n")[2].replace("are all", "is").format(type_v=one, query=key)
-    return {
-        "question": question,
-        "answer_prefix": NIAH_PREFIX.replace("are", "is").format(type_v=one, query=key),
-        "outputs": values,
-    }
+    """A follow-up about one key of a niah haystack (the tasks with several keys hide one value per key)."""
+    template, prefix, one = _singular(type_v)
+    question = template.rpartition("\n")[2].format(type_v=one, query=key)
+    return {"question": question, "answer_prefix": prefix.format(type_v=one, query=key), "outputs": values}
 
 
 def _chain(rng: random.Random, hops: int, letters: int, value: str) -> tuple[list[str], list[str]]:
