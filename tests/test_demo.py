@@ -11,7 +11,7 @@ from conftest import tiny_config, tiny_tokenizer
 
 from draft_rag.cli import main
 from draft_rag.corpus import build_index, chunk_documents, folder_documents, load_embedder, stdlib_documents
-from draft_rag.demo import LONG_QUESTION, QUESTIONS, check, has_evidence, long_act
+from draft_rag.demo import LONG_QUESTION, QUESTIONS, answer_question, check, has_evidence, long_act
 from draft_rag.prompt import count_tokens
 
 FACTS = {
@@ -107,6 +107,34 @@ def test_long_act_refuses_full_context_and_specpc_fits_the_window(folder, embedd
     assert specpc.refused is None and specpc.prompt_tokens + 4 <= 256 and specpc.answer
 
 
+def test_chunks_are_placed_best_last_or_in_rank_order(folder, embedder):
+    """The top-ranked chunk stands nearest the question (best-last, the default) or first (rank); ``retrieved``
+    lists rank order either way, and nothing retrieved is left out of the prompt."""
+    from transformers import AutoModelForCausalLM
+
+    from draft_rag import DraftEngine
+    from draft_rag.models import LoadedModel
+
+    model = AutoModelForCausalLM.from_config(tiny_config("llama")).eval()
+    engine = DraftEngine(target=LoadedModel(model, tiny_tokenizer(), "tiny"))
+    index = build_index(chunk_documents(folder_documents(folder), max_chars=120), embedder=embedder, progress=False)
+    question = "In which year did Mount Keldar last erupt?"
+    seen = {}
+    stream = engine.stream
+
+    def spy(**kwargs):
+        seen["ids"] = [c.id for c in kwargs["chunks"]]
+        return stream(**kwargs)
+
+    engine.stream = spy
+    for order in ("best-last", "rank"):
+        r = answer_question(engine, index, question, None, ["full"], context_tokens=200, max_new_tokens=2, order=order)
+        assert r.retrieved[0] == "volcano.md#0" and len(r.retrieved) > 1
+        assert seen["ids"] == (r.retrieved[::-1] if order == "best-last" else r.retrieved)
+    with pytest.raises(ValueError, match="order must be one of"):
+        answer_question(engine, index, question, None, ["full"], context_tokens=60, order="random")
+
+
 def test_index_is_cached_and_retrieves(folder, tmp_path, monkeypatch, embedder):
     monkeypatch.setenv("DRAFT_RAG_CACHE", str(tmp_path / "cache"))
     chunks = chunk_documents(folder_documents(folder), max_chars=200)
@@ -160,8 +188,6 @@ def test_builtin_questions_are_answerable_from_retrieval(smollm):
 
 @pytest.mark.slow
 def test_demo_end_to_end(folder, tmp_path, capsys, smollm):
-    from draft_rag.engine import METHODS
-
     out_json, out_html = tmp_path / "run.json", tmp_path / "kept.html"
     argv = [
         "demo",
@@ -177,6 +203,10 @@ def test_demo_end_to_end(folder, tmp_path, capsys, smollm):
         "12",
         "--ratio",
         "0.5",
+        "--methods",
+        "full",
+        "specpc",
+        "speckv",
         "--json",
         str(out_json),
         "--html",
@@ -187,15 +217,14 @@ def test_demo_end_to_end(folder, tmp_path, capsys, smollm):
     assert "Q1. In which year did Mount Keldar last erupt?" in printed and "summary |" in printed
     result = json.loads(out_json.read_text())[0]
     methods = [r["method"] for r in result["runs"]]
-    assert methods == [m for m in ("full", "specpc", "speckv") if m in METHODS]
+    assert methods == ["full", "specpc", "speckv"]
     assert result["retrieved"][0] == "volcano.md#0"
     runs = {r["method"]: r for r in result["runs"]}
     assert runs["specpc"]["original_tokens"] == runs["full"]["original_tokens"] == runs["full"]["prompt_tokens"]
     assert runs["specpc"]["prompt_tokens"] < runs["full"]["prompt_tokens"]
     assert {cid for cid, _, _ in runs["specpc"]["kept_chunks"]} == set(result["retrieved"])
     assert all(r["answer"] and r["seconds"]["total"] > 0 for r in result["runs"])
-    if "speckv" in runs:
-        assert 0 < runs["speckv"]["kv_bytes"] < runs["speckv"]["kv_bytes_full"]
+    assert 0 < runs["speckv"]["kv_bytes"] < runs["speckv"]["kv_bytes_full"]
     page = out_html.read_text()
     assert "In which year did Mount Keldar last erupt?" in page and 'data-chunk="volcano.md#0"' in page
     assert "kept: " in printed and "tokens |" in printed

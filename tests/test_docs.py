@@ -78,6 +78,14 @@ def test_demo_figures_are_its_committed_output():
     long = runs[-1]["runs"]
     assert long[0]["refused"] and long[1]["refused"] is None and long[1]["evidence"] is True
     assert f"{long[1]['original_tokens']:,} tokens" in readme and f"reading {long[1]['prompt_tokens']:,}" in readme
+    assert long[1]["correct"] is True and "answers correctly" in readme  # the long act answers where full cannot
+    window_sized = [r["runs"] for r in runs[:-1]]
+    assert len(window_sized) >= 8
+    for key in ("evidence", "correct"):  # SpecPC keeps the evidence and answers at least as often as full context
+        full, specpc = (sum(bool(q[i][key]) for q in window_sized) for i in (0, 1))
+        assert specpc >= full, key
+    minutes, seconds = re.search(r"real\s+(\d+)m([\d.]+)s", (ROOT / "docs/bench/demo_time.txt").read_text()).groups()
+    assert int(minutes) * 60 + float(seconds) < 360 and f"{minutes} min {round(float(seconds))} s" in readme
 
 
 def test_cost_tables_are_the_cost_report():
