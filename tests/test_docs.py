@@ -127,3 +127,16 @@ def test_follow_up_rows_are_the_bench_report():
     assert len(rows) == 2 and all(r in report for r in rows)
     ratios = sorted(r.split(" | ")[10] for r in rows)
     assert f"{ratios[0][:-1]}x-{ratios[1]}" in (ROOT / "README.md").read_text()  # "0.12x-0.13x"
+
+
+def test_block_table_is_the_bench_report():
+    """RESULTS.md's block-vs-one-pass table is the report's, row for row, with its summary sentence."""
+    report = _section(
+        (ROOT / "docs/bench/results.md").read_text(), "## Block scoring vs one draft pass", "## Follow-up"
+    )
+    results = _section(
+        (ROOT / "docs/RESULTS.md").read_text(), "## Block scoring against one draft pass", "## LongLLMLingua"
+    )
+    assert _table_rows(results) == _table_rows(report) and len(_table_rows(report)) > 8
+    summary = next(line for line in report.splitlines() if " cells: mean score " in line)
+    assert summary in results
