@@ -95,6 +95,13 @@ def prepare(
     return Prepared(ids, prefill, compressed, stats)
 
 
+def _ids_and_context_end(tokenizer, layout: list[Segment]) -> tuple[list[int], int]:
+    """``layout``'s token ids and the end of its last retrieved-context token (0: it has none)."""
+    tok = tokenize(tokenizer, layout)
+    ends = [i + 1 for i, seg in enumerate(tok.segment) if layout[seg].role == "context"]
+    return tok.ids, (ends[-1] if ends else 0)
+
+
 class _PromptText:
     """A ``PromptInput`` in the target's template; compression replaces its context by the kept text."""
 
@@ -106,9 +113,9 @@ class _PromptText:
         target = self.engine.target.tokenizer
         return tokenize(target, wrap(self.segments, target, self.plan.template, self.system)).ids
 
-    def draft_ids(self) -> list[int]:
+    def draft_prompt(self) -> tuple[list[int], int]:
         draft = self.engine.draft.tokenizer
-        return tokenize(draft, wrap(self.segments, draft, self.plan.template, self.system)).ids
+        return _ids_and_context_end(draft, wrap(self.segments, draft, self.plan.template, self.system))
 
     def compress(self, cfg: SpecPCConfig, stats: GenerationStats) -> CompressedPrompt:
         engine, plan = self.engine, self.plan
@@ -146,11 +153,11 @@ class _Conversation:
         target = self.engine.target.tokenizer
         return tokenize(target, chat.render(self.messages, self.layout, target, self.plan.template)).ids
 
-    def draft_ids(self) -> list[int]:
+    def draft_prompt(self) -> tuple[list[int], int]:
         draft = self.engine.draft.tokenizer
         template = self.plan.template if has_chat_template(draft) else "raw"
         segments = drop_lead(chat.render(self.messages, self.layout, draft, template), draft)
-        return tokenize(draft, wrap(segments, draft, "raw")).ids
+        return _ids_and_context_end(draft, wrap(segments, draft, "raw"))
 
     def compress(self, cfg: SpecPCConfig, stats: GenerationStats) -> CompressedPrompt | None:
         engine, plan = self.engine, self.plan
@@ -256,14 +263,18 @@ def _kv_prefill(engine: DraftEngine, plan: Plan, text, ids, compressed, n_look: 
         eos = eos_ids(draft.model, draft.tokenizer)
         if not look:  # SpecPC did not run the draft (prompt within its budget), or plain speckv
             t0 = time.perf_counter()
-            draft_ids = text.draft_ids()
+            draft_ids, context_end = text.draft_prompt()
             if engine.draft_window and len(draft_ids) + n_look > engine.draft_window:
                 raise ValueError(
                     f"{method}: the draft would read {len(draft_ids)} prompt tokens + {n_look} lookahead tokens, "
                     f"more than its context window of {engine.draft_window}; use method='speckv-pc' (SpecPC "
                     "shortens the prompt first) or a draft with a longer window"
                 )
-            look = speckv.draft_lookahead(draft.model, draft_ids, n_look, eos)
+            # the context's KV up to SpecPC's window before its end is shared with SpecPC's passes and follow-ups
+            prefix = context_end - engine.specpc.for_draft(draft.model).window_size
+            look, stats.draft_cached_tokens = speckv.draft_lookahead(
+                draft.model, draft_ids, n_look, eos, prefix=max(0, prefix), store=engine.context_cache
+            )
             stats.seconds["draft"] = stats.seconds.get("draft", 0.0) + time.perf_counter() - t0
         look = speckv.lookahead_for_target(draft.tokenizer, engine.target.tokenizer, look, eos)
     else:

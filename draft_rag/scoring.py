@@ -83,6 +83,25 @@ class DraftPass:
 
 
 @torch.no_grad()
+def cached_prefix(model, input_ids: list[int], prefix: int, store: ContextCache | None) -> tuple[object, int, int]:
+    """A KV cache holding ``input_ids[:prefix]`` read by ``model``, taken from ``store`` or computed now and kept
+    there, as ``(cache, start, cached_tokens)``: the caller runs ``input_ids[start:]`` on top. Every call with the
+    same prefix splits there, hit or miss, so what follows does not depend on the store's state. Without an enabled
+    store, or with ``prefix`` 0, the cache is empty and ``start`` 0."""
+    cache = DynamicCache(config=model.config)
+    if store is None or not store.enabled or not 0 < prefix < len(input_ids):
+        return cache, 0, 0
+    key = store.key(model, input_ids[:prefix])
+    hit = store.get(key)
+    if hit is not None:
+        return hit, prefix, prefix
+    ids = torch.tensor([input_ids[:prefix]], device=input_device(model))
+    model(input_ids=ids, use_cache=True, logits_to_keep=1, **{cache_kwarg(model): cache})
+    store.put(key, cache)
+    return cache, prefix, 0
+
+
+@torch.no_grad()
 def draft_scores(
     model,
     input_ids: list[int],
@@ -104,20 +123,12 @@ def draft_scores(
         raise ValueError(f"starting_layer_index={cfg.starting_layer_index} but the draft has only {layers} layers")
     device = input_device(model)
     reducer = _Reducer(len(input_ids), cfg)
-    cache = DynamicCache(config=model.config)
     ck = cache_kwarg(model)
     ids = torch.tensor([input_ids], device=device)
     lookahead: list[int] = []
-    start = cached = 0
-    if store is not None and store.enabled and 0 < prefix <= len(input_ids) - cfg.window_size:
-        key = store.key(model, input_ids[:prefix])
-        hit = store.get(key)
-        if hit is None:  # read the prefix unobserved: the window queries are the rest's last ones
-            model(input_ids=ids[:, :prefix], use_cache=True, logits_to_keep=1, **{ck: cache})
-            store.put(key, cache)
-        else:
-            cache, cached = hit, prefix
-        start = prefix
+    # the prefix is read unobserved: the window queries are the rest's last ones
+    usable = 0 < prefix <= len(input_ids) - cfg.window_size
+    cache, start, cached = cached_prefix(model, input_ids, prefix if usable else 0, store)
     with observe(model, reducer):
         out = model(input_ids=ids[:, start:], use_cache=True, logits_to_keep=1, **{ck: cache})
         reducer.end_step()

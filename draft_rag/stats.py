@@ -59,7 +59,7 @@ class GenerationStats:
     kv_entries: list = field(default_factory=list)  # cache entries per KV head, per layer, after prefill
     lookahead_tokens: int = 0  # draft tokens the target prefilled as SpecKV's lookahead (target tokenizer)
     draft_blocks: int = 0  # SpecPC's draft passes over the prompt (>1: scored in blocks; 0: not run)
-    draft_cached_tokens: int = 0  # of SpecPC's draft tokens, those whose KV came from the context cache
+    draft_cached_tokens: int = 0  # draft tokens (SpecPC's pass, SpecKV's lookahead) whose KV came from the cache
     sparse_layers: int = 0  # target layers whose prefill ran vertical-slash sparse (sparse_prefill=)
     left_whole: str = ""  # budget="auto": why a prompt that fits the window was not compressed
     compression: CompressionStats | None = None  # SpecPC on a conversation (messages=...)

@@ -132,3 +132,25 @@ def test_the_adapters_size_their_engines_cache():
     assert DraftNodePostprocessor(draft=tiny, specpc=CFG, context_cache_mb=0).engine.context_cache.max_bytes == 0
     with pytest.raises(ValueError, match="context_cache_mb"):
         ChatDraftCompressed(target=tiny, context_cache_mb=-1)
+
+
+def test_speckv_lookahead_reuses_the_context_and_answers_as_a_cold_run():
+    """Plain SpecKV drafts its lookahead over the prompt: a follow-up question, and a SpecKV call after SpecPC read
+    the same context, take the context's draft KV from the cache and generate what a cold engine generates."""
+    text, question, _ = needle_prompt(60)
+    tiny = tiny_model("llama")
+    run = dict(method="speckv", budget=24, max_new_tokens=3, lookahead_tokens=4)
+    warm = DraftEngine(tiny, specpc=CFG, context_cache_mb=64)
+    first = warm.generate(text, question=question, **run)
+    assert first.stats.draft_cached_tokens == 0 and first.stats.lookahead_tokens == 4
+    for q in QUESTIONS[1:]:
+        follow = warm.generate(text, question=q, **run)
+        cold = DraftEngine(tiny, specpc=CFG, context_cache_mb=64).generate(text, question=q, **run)
+        assert follow.stats.draft_cached_tokens > 0.8 * follow.stats.original_tokens
+        assert follow.text == cold.text and cold.stats.draft_cached_tokens == 0
+        assert follow.stats.kv_bytes == cold.stats.kv_bytes
+    shared = DraftEngine(tiny, specpc=CFG, context_cache_mb=64)
+    shared.generate(text, question=question, method="specpc", budget=80, max_new_tokens=1)
+    assert shared.generate(text, question=question, **run).stats.draft_cached_tokens > 0
+    off = DraftEngine(tiny, specpc=CFG, context_cache_mb=0)
+    assert off.generate(text, question=question, **run).stats.draft_cached_tokens == 0
