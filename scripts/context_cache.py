@@ -5,6 +5,9 @@ the same context, its draft KV reused), and the same follow-up cold again (cache
 exactly the same spans. Prints a markdown table (medians) and writes JSON.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python scripts/context_cache.py --lengths 2048 8192 16384 --repeats 2
+
+``--method speckv`` times plain SpecKV's lookahead drafting instead (the draft stage of a generation with the
+draft as its own target, one new token), and checks that the follow-up generates what a cold run generates.
 """
 
 from __future__ import annotations
@@ -25,11 +28,26 @@ FOLLOW_UPS = (
 )
 
 
-def timed(engine, text: str, question: str, budget: int):
-    """(CompressedPrompt, wall seconds, CPU seconds) of one compression."""
+class Drafted:
+    """What the table needs of one SpecKV generation, named as a ``CompressedPrompt``'s fields."""
+
+    def __init__(self, generation):
+        st = generation.stats
+        self.draft_original_tokens, self.draft_blocks = st.original_tokens, 1
+        self.draft_cached_tokens, self.text = st.draft_cached_tokens, generation.text
+        self.kept_spans, self.draft_seconds = st.kv_bytes, st.seconds["draft"]
+
+
+def timed(engine, text: str, question: str, budget: int, method: str):
+    """(result, draft seconds, CPU seconds): SpecPC's compression (wall seconds), or SpecKV's lookahead drafting
+    (``Drafted``; its draft stage's seconds)."""
     t0, c0 = time.perf_counter(), time.process_time()
-    result = engine.compress(text, question=question, budget=budget)
-    return result, time.perf_counter() - t0, time.process_time() - c0
+    if method == "specpc":
+        result = engine.compress(text, question=question, budget=budget)
+        return result, time.perf_counter() - t0, time.process_time() - c0
+    run = engine.generate(text, question=question, method="speckv", budget=budget, max_new_tokens=1)
+    result = Drafted(run)
+    return result, result.draft_seconds, time.process_time() - c0
 
 
 def main() -> None:
@@ -40,6 +58,7 @@ def main() -> None:
     p.add_argument("--draft", default="smollm2-135m-instruct")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache-mb", type=float, default=1024)
+    p.add_argument("--method", choices=("specpc", "speckv"), default="specpc")
     p.add_argument("--json", default="context_cache.json")
     args = p.parse_args()
 
@@ -47,17 +66,18 @@ def main() -> None:
 
     from draft_rag import DraftEngine
 
-    engine = DraftEngine(draft=args.draft, threads=args.threads, context_cache_mb=args.cache_mb)
+    target = args.draft if args.method == "speckv" else None
+    engine = DraftEngine(target, draft=args.draft, threads=args.threads, context_cache_mb=args.cache_mb)
     texts = {n: prompt_at(haystack_lines(engine.draft.tokenizer, n), 0.5) for n in args.lengths}
     runs = []
     for r in range(args.repeats):
         for n, text in texts.items():
             follow_up = FOLLOW_UPS[r % len(FOLLOW_UPS)]
             engine.context_cache.clear()
-            first, first_s, first_cpu = timed(engine, text, QUESTION, args.budget)
-            warm, warm_s, warm_cpu = timed(engine, text, follow_up, args.budget)
+            first, first_s, first_cpu = timed(engine, text, QUESTION, args.budget, args.method)
+            warm, warm_s, warm_cpu = timed(engine, text, follow_up, args.budget, args.method)
             engine.context_cache.clear()
-            cold, cold_s, cold_cpu = timed(engine, text, follow_up, args.budget)
+            cold, cold_s, cold_cpu = timed(engine, text, follow_up, args.budget, args.method)
             run = {
                 "tokens": n,
                 "repeat": r,
@@ -71,14 +91,17 @@ def main() -> None:
                 "cached_tokens": warm.draft_cached_tokens,
                 "cache_mib": engine.context_cache.nbytes / 2**20,
                 "same_spans": warm.kept_spans == cold.kept_spans and warm.text == cold.text,
-                "needle_kept": NEEDLE.split(" is ")[1].rstrip(".") in first.text,
+                "needle_kept": NEEDLE.split(" is ")[1].rstrip(".") in first.text if args.method == "specpc" else None,
             }
             runs.append(run)
             print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in run.items()}), flush=True)
-    Path(args.json).write_text(json.dumps({"threads": torch.get_num_threads(), "runs": runs}, indent=1))
-    print(f"\ntorch threads {torch.get_num_threads()}, medians of {args.repeats} interleaved repetitions\n")
+    meta = {"threads": torch.get_num_threads(), "method": args.method, "budget": args.budget}
+    Path(args.json).write_text(json.dumps({**meta, "runs": runs}, indent=1))
+    threads = torch.get_num_threads()
+    print(f"\n{args.method}, torch threads {threads}, medians of {args.repeats} interleaved repetitions\n")
+    same = "same kept spans as cold" if args.method == "specpc" else "same answer and KV as cold"
     print("| context tokens | draft passes | first question s | follow-up s | follow-up / first | draft tokens reused "
-          "| same kept spans as cold |")  # fmt: skip
+          f"| {same} |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
     for n in args.lengths:
         rows = [x for x in runs if x["tokens"] == n]
