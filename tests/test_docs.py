@@ -84,6 +84,15 @@ def test_demo_figures_are_its_committed_output():
     for key in ("evidence", "correct"):  # SpecPC keeps the evidence and answers at least as often as full context
         full, specpc = (sum(bool(q[i][key]) for q in window_sized) for i in (0, 1))
         assert specpc >= full, key
+    full_ok, specpc_ok = (sum(bool(q[i]["correct"]) for q in window_sized) for i in (0, 1))
+    if full_ok == specpc_ok:
+        assert f"answers {full_ok} of {len(window_sized)} correctly either way" in readme
+    prose = _section(readme, "## The demo and what was kept", "## Command line")
+    walls = [line for line in out if line.startswith("wall ") or " | wall " in line]
+    figures = re.findall(r"(\d+(?:\.\d)?) s(?: per question| for the eight| inside the demo|\))", prose)
+    assert len(figures) >= 4
+    for figure in figures:
+        assert any(f"{figure}s" in line for line in walls + [summary]), figure
     minutes, seconds = re.search(r"real\s+(\d+)m([\d.]+)s", (ROOT / "docs/bench/demo_time.txt").read_text()).groups()
     assert int(minutes) * 60 + float(seconds) < 360 and f"{minutes} min {round(float(seconds))} s" in readme
 
