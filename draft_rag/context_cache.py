@@ -4,7 +4,8 @@ A draft pass reads ``head + context + tail`` (template start and instruction, th
 question). The KV of everything up to ``window_size`` tokens before the end of the context does not depend on the
 question, so it is kept here, keyed by those token ids; a later pass over the same context runs only the last
 window of context plus its own question through the draft. Every pass splits at the same place whether it hits
-or not, so a follow-up's scores equal a cold run's bit for bit. Entries are evicted least recently used first
+or not, so a follow-up's scores equal a cold run's bit for bit. SpecKV's lookahead drafting reads its prompt the
+same way (``scoring.cached_prefix``), so it shares these entries. Entries are evicted least recently used first
 so that the KV held stays under ``max_mb``.
 """
 
