@@ -83,6 +83,9 @@ def compat_model_dir(model_ref: str, out_root: Path | None = None) -> Path:
     (out / "config.json").write_text(json.dumps(config))
     tok_cfg = json.loads((src / "tokenizer_config.json").read_text())
     tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    # decode must give back the text (transformers 4.44 cleans spaces before punctuation unless told not to; SmolLM2's
+    # own config turns it off, transformers 5 does not clean by default): llmlingua asserts the round trip
+    tok_cfg["clean_up_tokenization_spaces"] = False
     for k in ("backend", "is_local", "local_files_only"):
         tok_cfg.pop(k, None)
     (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
