@@ -32,6 +32,7 @@ from .inputs import ChatInput, PromptInput
 from .methods import Method
 from .payoff import why_whole
 from .prompt import Segment, count_tokens, has_chat_template, template_parts, tokenize, wrap
+from .scoring import cached_prefix
 from .specpc import CompressedPrompt, compress
 from .stats import CompressionStats, GenerationStats, MessageStats
 
@@ -271,10 +272,10 @@ def _kv_prefill(engine: DraftEngine, plan: Plan, text, ids, compressed, n_look: 
                     "shortens the prompt first) or a draft with a longer window"
                 )
             # the context's KV up to SpecPC's window before its end is shared with SpecPC's passes and follow-ups
-            prefix = context_end - engine.specpc.for_draft(draft.model).window_size
-            look, stats.draft_cached_tokens = speckv.draft_lookahead(
-                draft.model, draft_ids, n_look, eos, prefix=max(0, prefix), store=engine.context_cache
-            )
+            prefix = max(0, context_end - engine.specpc.for_draft(draft.model).window_size)
+            store = engine.context_cache
+            cache, start, stats.draft_cached_tokens = cached_prefix(draft.model, draft_ids, prefix, store)
+            look = speckv.draft_lookahead(draft.model, draft_ids, n_look, eos, cache=cache, start=start)
             stats.seconds["draft"] = stats.seconds.get("draft", 0.0) + time.perf_counter() - t0
         look = speckv.lookahead_for_target(draft.tokenizer, engine.target.tokenizer, look, eos)
     else:

@@ -28,11 +28,10 @@ from transformers.cache_utils import DynamicLayer
 
 from .attention import observe, window_probs
 from .config import SparsePrefillConfig, SpecKVConfig, check_int
-from .context_cache import ContextCache
 from .generation import Prefilled, plain_prefill
 from .models import input_device
 from .prompt import Segment, tokenize
-from .scoring import cache_kwarg, cached_prefix, num_layers, pool
+from .scoring import cache_kwarg, num_layers, pool
 from .sparse_prefill import sparse_prefill
 
 log = logging.getLogger(__name__)
@@ -220,19 +219,13 @@ def plain_prefill_stats(
 
 @torch.no_grad()
 def draft_lookahead(
-    model,
-    input_ids: list[int],
-    n_tokens: int,
-    eos_ids: set[int] = frozenset(),
-    prefix: int = 0,
-    store: ContextCache | None = None,
-) -> tuple[list[int], int]:
-    """Up to ``n_tokens`` greedy draft tokens after ``input_ids`` (stops before an end-of-sequence token), and how
-    many prompt tokens' KV came from ``store``: with an enabled ``ContextCache`` the first ``prefix`` tokens (the
-    prompt up to shortly before its context ends) are reused from it or kept in it (``scoring.cached_prefix``)."""
+    model, input_ids: list[int], n_tokens: int, eos_ids: set[int] = frozenset(), cache=None, start: int = 0
+) -> list[int]:
+    """Up to ``n_tokens`` greedy draft tokens after ``input_ids`` (stops before an end-of-sequence token).
+    ``cache`` may already hold the KV of ``input_ids[:start]`` (``scoring.cached_prefix``: from the context cache)."""
     if n_tokens <= 0:
-        return [], 0
-    cache, start, cached = cached_prefix(model, input_ids, prefix, store)
+        return []
+    cache = DynamicCache(config=model.config) if cache is None else cache
     ck, out = cache_kwarg(model), []
     rest = torch.tensor([input_ids[start:]], device=input_device(model))
     logits = model(input_ids=rest, use_cache=True, logits_to_keep=1, **{ck: cache}).logits[0, -1]
@@ -250,7 +243,7 @@ def draft_lookahead(
             **{ck: cache},
         )
         logits = res.logits[0, -1]
-    return out, cached
+    return out
 
 
 def same_vocabulary(a, b) -> bool:
