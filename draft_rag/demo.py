@@ -24,8 +24,9 @@ INSTRUCTION = "Answer the question using the documentation excerpts below. Reply
 # target itself (slower than full context here), and with it the demo takes longer than 6 minutes on one thread
 DEFAULT_METHODS = ("full", "specpc")
 DEFAULT_RATIO = 0.5  # SpecPC keeps half the retrieved context (at 0.3 it lost the evidence of 2 of the 8 questions)
-ORDERS = ("best-last", "rank")  # how retrieved chunks are placed in the prompt; best-last: the top chunk nearest the
-# question, where a small target reads a long prompt best (in rank order the 135M target missed the long act)
+# How retrieved chunks are placed in the prompt. best-last: the top chunk nearest the question, where the 135M
+# target found the long act's answer (in rank order it answered wrongly)
+ORDERS = ("best-last", "rank")
 
 # Real questions about the built-in corpus (pydoc of STDLIB_MODULES): (question, answer regex, evidence regex).
 # The evidence is the documentation text that states the answer, in each form the docs state it (a signature's

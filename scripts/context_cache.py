@@ -95,9 +95,9 @@ def main() -> None:
             }
             runs.append(run)
             print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in run.items()}), flush=True)
-    meta = {"threads": torch.get_num_threads(), "method": args.method, "budget": args.budget}
-    Path(args.json).write_text(json.dumps({**meta, "runs": runs}, indent=1))
     threads = torch.get_num_threads()
+    meta = {"threads": threads, "method": args.method, "budget": args.budget}
+    Path(args.json).write_text(json.dumps({**meta, "runs": runs}, indent=1))
     print(f"\n{args.method}, torch threads {threads}, medians of {args.repeats} interleaved repetitions\n")
     same = "same kept spans as cold" if args.method == "specpc" else "same answer and KV as cold"
     print("| context tokens | draft passes | first question s | follow-up s | follow-up / first | draft tokens reused "
