@@ -35,15 +35,21 @@ def run(engine, text: str, sparse: bool, max_new_tokens: int) -> dict:
     }
 
 
-def main() -> None:
+def earlier_rows(path: Path) -> list[dict]:
+    """The rows an interrupted run wrote to ``path`` (none if it is missing)."""
+    return json.loads(path.read_text())["rows"] if path.exists() else []
+
+
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--target", default="gemma3-270m")
     p.add_argument("--lengths", type=int, nargs="+", default=[8192, 16384, 32768])
     p.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9])
     p.add_argument("--max-new-tokens", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="sparse_needles", help="writes OUT.json and OUT.txt")
-    args = p.parse_args()
+    p.add_argument("--out", default="sparse_needles", help="writes OUT.json (after every prompt) and OUT.txt")
+    p.add_argument("--resume", action="store_true", help="keep OUT.json's rows and run only the prompts it lacks")
+    args = p.parse_args(argv)
 
     import torch
 
@@ -51,11 +57,13 @@ def main() -> None:
 
     engine = DraftEngine(target=args.target, threads=args.threads)
     head = f"target {args.target}, window {engine.target_window}, torch threads {torch.get_num_threads()}"
-    lines_out, rows = [head, ""], []
+    lines_out, rows = [head, ""], earlier_rows(Path(args.out + ".json")) if args.resume else []
     print(head, flush=True)
     for length in args.lengths:
         lines = haystack_lines(engine.target.tokenizer, length)
         for depth in args.depths:
+            if any(r["length"] == length and r["depth"] == depth for r in rows):
+                continue
             text = prompt_at(lines, depth)
             row = {"length": length, "depth": depth}
             for mode in ("dense", "sparse"):
