@@ -59,11 +59,11 @@ def main(argv: list[str] | None = None) -> None:
     head = f"target {args.target}, window {engine.target_window}, torch threads {torch.get_num_threads()}"
     lines_out, rows = [head, ""], earlier_rows(Path(args.out + ".json")) if args.resume else []
     print(head, flush=True)
+    done = {(r["length"], r["depth"]) for r in rows}
     for length in args.lengths:
-        lines = haystack_lines(engine.target.tokenizer, length)
-        for depth in args.depths:
-            if any(r["length"] == length and r["depth"] == depth for r in rows):
-                continue
+        todo = [depth for depth in args.depths if (length, depth) not in done]
+        lines = haystack_lines(engine.target.tokenizer, length) if todo else []  # a 32k haystack takes a while
+        for depth in todo:
             text = prompt_at(lines, depth)
             row = {"length": length, "depth": depth}
             for mode in ("dense", "sparse"):
