@@ -14,6 +14,8 @@ DEFAULT_COVERAGE = 0.9  # budget="adaptive": the share of the context's pooled d
 AUTO_PAY_RATIO = 0.5  # budget="auto" compressing a prompt that fits: the share kept when SpecPCConfig sets no budget
 # (of the ratios and coverages run on RULER at 1k, the best mean: docs/RESULTS.md, "The adaptive budget")
 DEFAULT_MIN_TOKENS = 2048  # budget="auto" before a remote model: shorter contexts that fit its window stay whole
+ASSUMED_WINDOW = 32768  # tokens assumed for a wrapped model whose window is unknown, when no budget is given
+ASSUMED_NOTE = "ASSUMED_WINDOW: the wrapped model's window is unknown; set context_window=... or budget=..."
 
 
 def check_int(name: str, value, minimum: int = 0, allow_none: bool = False) -> None:
@@ -72,6 +74,31 @@ class Budget:
         if self.ratio is not None:
             return max(1, round(self.ratio * n_tokens))
         return default if self.tokens is None else self.tokens
+
+
+def wrapped_budget(budget, ratio, specpc: SpecPCConfig, window: int | None, source: str) -> tuple[dict, dict]:
+    """SpecPC's budget in front of a wrapped model: the ``compress`` / ``compress_messages`` keyword arguments, and
+    the note each response's stats carry (``budget``, ``ratio``, ``context_window``, ``budget_reason``).
+
+    A ``budget``/``ratio`` given (or set in ``specpc``) applies as it is. Otherwise (no budget, ``"auto"``,
+    ``"adaptive"``) the prompt must fit ``window`` tokens, the model's input window (``source`` says where it was
+    read); when that is unknown (None) ``ASSUMED_WINDOW`` is assumed and the note says so.
+    """
+    if budget not in ("auto", "adaptive") and (budget is not None or ratio is not None):
+        given = f"budget={budget} draft tokens" if budget is not None else f"ratio={ratio} of the context kept"
+        return {"budget": budget, "ratio": ratio}, {"budget": budget, "ratio": ratio, "budget_reason": given + " (set)"}
+    if budget is None and (specpc.budget is not None or specpc.ratio is not None):
+        own = f"budget={specpc.budget}" if specpc.budget is not None else f"ratio={specpc.ratio}"
+        note = {"budget": specpc.budget, "ratio": specpc.ratio, "budget_reason": f"SpecPCConfig({own})"}
+        return {"budget": None, "ratio": None}, note
+    if window is None:
+        window, source = ASSUMED_WINDOW, ASSUMED_NOTE
+    kind = budget or "auto"
+    why = "as many tokens as the draft's attention needs, within" if kind == "adaptive" else "fit"
+    asked = f"budget={kind!r}" if budget else "no budget given"
+    reason = f"{asked}: {why} a {window}-token window ({source})"
+    note = {"budget": kind, "context_window": window, "budget_reason": reason}
+    return {"budget": kind, "context_window": window}, note
 
 
 def check_budget(budget, ratio, prefix: str = "") -> None:

@@ -112,7 +112,7 @@ class DraftEngine:
     # -- compression ---------------------------------------------------------------------------
     def compress(
         self,
-        prompt: str | None = None,
+        prompt: str | PromptInput | None = None,
         *,
         chunks=None,
         instruction: str | None = None,
@@ -126,7 +126,9 @@ class DraftEngine:
         """SpecPC on a prompt string or on chunks; protected segments are always kept.
 
         Args:
-            prompt: the text to compress (all of it compressible), or None when ``chunks`` are given.
+            prompt: the text to compress (all of it compressible), or None when ``chunks`` are given; or a
+                ``PromptInput`` carrying the whole input (``PromptInput(text, split=True)``: the text laid out by
+                ``draft_rag.messages``'s rule, its question and instructions protected).
             chunks: retrieved passages (strings or ``Chunk``), compressed each with its own provenance.
             instruction, question, answer_prefix: protected text, kept word for word.
             budget, ratio: the prompt budget in draft tokens, or as a fraction of the prompt; they override
@@ -143,8 +145,11 @@ class DraftEngine:
             A ``CompressedPrompt``: the kept text, per-chunk results and token counts (in the target's
             tokenizer when the engine has a target).
         """
-        request = PromptInput(prompt, chunks, instruction, question, answer_prefix)
-        parsed = Budget.parse(budget, ratio)
+        if not isinstance(prompt, PromptInput):
+            prompt = PromptInput(prompt, chunks, instruction, question, answer_prefix)
+        elif any(v is not None for v in (chunks, instruction, question, answer_prefix)):
+            raise ValueError("give the parts inside the PromptInput, or a prompt string with chunks/question/...")
+        request, parsed = prompt, Budget.parse(budget, ratio)
         cfg, why = self._specpc_for(parsed), ""
         if parsed.adaptive and (context_window or self.target_window):
             cfg = within(cfg, fit_budget(self, request.segments, template, context_window, 0))

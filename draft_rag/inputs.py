@@ -12,7 +12,12 @@ from .prompt import Chunk, Segment, build_segments
 @dataclass(frozen=True)
 class PromptInput:
     """Retrieved context (one ``prompt`` text or ``chunks``) between protected instruction, question and answer
-    prefix; ``system`` is the chat template's system prompt. Checked on creation."""
+    prefix; ``system`` is the chat template's system prompt. Checked on creation.
+
+    ``split=True``: a ``prompt`` given alone is laid out by ``draft_rag.messages``'s rule (``prompt_segments``:
+    ``Context:`` / ``Question:`` labels, the question and instructions protected) instead of being all context;
+    the completion adapters use it. A prompt in which the rule finds no context stays all context.
+    """
 
     prompt: str | None = None
     chunks: Sequence | None = None
@@ -20,19 +25,27 @@ class PromptInput:
     question: str | None = None
     answer_prefix: str | None = None
     system: str | None = None
+    split: bool = False
     segments: list[Segment] = field(init=False, repr=False, compare=False)
     chunk_list: list[Chunk] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        segments, chunk_list = build_segments(
-            self.prompt,
-            chunks=self.chunks,
-            instruction=self.instruction,
-            question=self.question,
-            answer_prefix=self.answer_prefix,
-        )
+        segments, chunk_list = self._split() if self.split else ([], [])
+        if not segments:
+            segments, chunk_list = build_segments(
+                self.prompt,
+                chunks=self.chunks,
+                instruction=self.instruction,
+                question=self.question,
+                answer_prefix=self.answer_prefix,
+            )
         object.__setattr__(self, "segments", segments)
         object.__setattr__(self, "chunk_list", chunk_list)
+
+    def _split(self) -> tuple[list[Segment], list[Chunk]]:
+        if self.chunks is not None or self.instruction or self.question or self.answer_prefix:
+            raise ValueError("split=True lays out a prompt given alone; give chunks/instruction/question without it")
+        return chat.prompt_segments(self.prompt) if isinstance(self.prompt, str) else ([], [])
 
 
 @dataclass(frozen=True)

@@ -159,15 +159,35 @@ def layout(messages: list[dict], context: list[str] | None = None) -> Layout:
             spans = [(0, len(text), False)]
         else:
             spans = split_text(text, question_last=i == last_user)
-        segments = []
-        for s, e, protected in _trim(text, spans):
-            if protected:
-                segments.append(Segment(text[s:e], "instruction"))
-            else:
-                segments.append(Segment(text[s:e], "context", len(lay.chunks)))
-                lay.chunks.append(Chunk(text[s:e], id=i, metadata={"message_index": i}))
-        lay.contents.append(segments)
+        lay.contents.append(_segments(text, spans, lay.chunks, i, {"message_index": i}))
     return lay
+
+
+def _segments(text: str, spans, chunks: list[Chunk], chunk_id: Any, metadata: dict) -> list[Segment]:
+    """``text`` as segments by ``(start, end, protected)`` spans; each context span is appended to ``chunks``."""
+    segments = []
+    for s, e, protected in _trim(text, spans):
+        if protected:
+            segments.append(Segment(text[s:e], "instruction"))
+        else:
+            segments.append(Segment(text[s:e], "context", len(chunks)))
+            chunks.append(Chunk(text[s:e], id=chunk_id, metadata=dict(metadata)))
+    return segments
+
+
+def prompt_segments(prompt: str) -> tuple[list[Segment], list[Chunk]]:
+    """A completion prompt laid out by the module's rule, as if it were the last user message: labelled parts, the
+    first and short end paragraphs and the question protected, the rest context.
+
+    The protected text after the context (``Question: ... Answer:``) then ends every draft pass, so the draft reads
+    the question while it scores each block of a long context. ``([], [])`` when the rule finds no context, or the
+    prompt is shorter than ``LONG_CHARS`` (one draft pass reads it whole, its end in the window).
+    """
+    if len(prompt) < LONG_CHARS:
+        return [], []
+    chunks: list[Chunk] = []
+    segments = _segments(prompt, split_text(prompt, question_last=True), chunks, 0, {})
+    return (segments, chunks) if chunks else ([], [])
 
 
 def _occurrences(text: str, known: list[str]) -> list[tuple[int, int, bool]]:

@@ -18,6 +18,7 @@ from . import speckv
 from .config import (
     AUTO_MARGIN,
     AUTO_PAY_RATIO,
+    DEFAULT_BUDGET,
     DEFAULT_COVERAGE,
     DEFAULT_PC_BUDGET,
     SPECKV_PC_KERNEL,
@@ -79,6 +80,7 @@ def prepare(
     kind = _PromptText if isinstance(request, PromptInput) else _Conversation
     text = kind(engine, request, plan)
     stats = stats if stats is not None else GenerationStats(method.name)
+    stats.budget_reason = budget_reason(engine, plan)
     ids = text.target_ids()
     stats.original_tokens = len(ids)
     if not method.shortens_prompt:  # nothing will shorten the prompt: refuse it before any draft work
@@ -318,6 +320,38 @@ def speckv_pc_stage(specpc: SpecPCConfig, pc_budget: Budget, n_look: int = SPECK
     if pc_budget.is_unset:
         cfg = cfg.replace(budget=DEFAULT_PC_BUDGET)
     return cfg
+
+
+def budget_reason(engine: DraftEngine, plan: Plan) -> str:
+    """Which budget a request applies and why, in words (the stats' ``budget_reason``)."""
+    method, window = plan.method, engine.target_window
+    parts = []
+    if method.shortens_prompt and method.evicts_kv:
+        pc = plan.pc_budget
+        parts.append(f"prompt: {_given(pc, 'pc_') or f'pc_budget={DEFAULT_PC_BUDGET} draft tokens (the default)'}")
+    elif method.shortens_prompt:
+        cfg = engine.specpc
+        if _fits_window(engine, plan):
+            asked = "budget='auto'" if plan.budget.auto else "no budget given"
+            parts.append(f"prompt: {asked}: fit the target's {window}-token window")
+        elif _adaptive(engine, plan):
+            coverage = cfg.coverage or DEFAULT_COVERAGE
+            parts.append(f"prompt: adaptive (coverage {coverage}), within the target's {window}-token window")
+        else:
+            own = f"SpecPCConfig(budget={cfg.budget})" if cfg.budget is not None else f"SpecPCConfig(ratio={cfg.ratio})"
+            parts.append(f"prompt: {_given(plan.budget) or own}")
+    if method.evicts_kv:
+        kv = engine.speckv
+        own = f"SpecKVConfig(ratio={kv.ratio})" if kv.ratio is not None else f"budget={kv.budget or DEFAULT_BUDGET}"
+        parts.append(f"KV: {_given(plan.budget) or own} entries per layer and KV head")
+    return "; ".join(parts) or f"method={method.name!r}: the prompt is read whole"
+
+
+def _given(budget: Budget, prefix: str = "") -> str:
+    """A budget given in the call, in words ("" when none was)."""
+    if budget.tokens is not None:
+        return f"{prefix}budget={budget.tokens} (given)"
+    return f"{prefix}ratio={budget.ratio} (given)" if budget.ratio is not None else ""
 
 
 def _fits_window(engine: DraftEngine, plan: Plan) -> bool:

@@ -62,6 +62,7 @@ class GenerationStats:
     draft_cached_tokens: int = 0  # draft tokens (SpecPC's pass, SpecKV's lookahead) whose KV came from the cache
     sparse_layers: int = 0  # target layers whose prefill ran vertical-slash sparse (sparse_prefill=)
     left_whole: str = ""  # budget="auto": why a prompt that fits the window was not compressed
+    budget_reason: str = ""  # which budget applied and why, in words
     compression: CompressionStats | None = None  # SpecPC on a conversation (messages=...)
 
     def usage(self) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 
@@ -12,6 +13,7 @@ import torch
 from draft_rag import DraftEngine, SpecPCConfig
 from draft_rag import blocks as blocks_mod
 from draft_rag.blocks import block_size_for, score_blocks, split
+from draft_rag.config import ASSUMED_WINDOW
 from draft_rag.corpus import stdlib_documents
 from draft_rag.models import LoadedModel, context_window
 from draft_rag.prompt import build_segments, tokenize, wrap
@@ -271,8 +273,13 @@ def test_langchain_wrapped_chat_model_fits_its_window():
     rec = Recorder(profile={"max_input_tokens": 200})
     ChatDraftCompressed(llm=rec, draft=short_window_model(), specpc=CFG).invoke(msgs)
     assert 100 < _draft_tokens("".join(m.text for m in rec.calls[-1]["messages"])) < 200
-    with pytest.raises(ValueError, match="context_window"):
-        ChatDraftCompressed(llm=Recorder(), draft=short_window_model(), specpc=CFG, budget="auto").invoke(msgs)
+    for budget in (None, "auto"):  # an unknown window: ASSUMED_WINDOW, said in the stats (the warning: test_budgets)
+        rec = Recorder()
+        out = ChatDraftCompressed(llm=rec, draft=short_window_model(), specpc=CFG, budget=budget).invoke(msgs)
+        stats, sent = out.response_metadata["draft_rag"], rec.calls[-1]["messages"]
+        assert stats["context_window"] == ASSUMED_WINDOW and "ASSUMED_WINDOW" in stats["budget_reason"]
+        assert [m.text for m in sent] == [m.text for m in msgs]  # it fits 32k tokens: sent whole
+        assert "min_tokens" in stats["left_whole"]
 
 
 def test_langchain_local_target_accepts_budget_auto():
@@ -287,7 +294,7 @@ def test_langchain_local_target_accepts_budget_auto():
 
 
 def test_llamaindex_wrapped_llm_fits_its_window():
-    from llama_index.core.llms import MockLLM
+    from llama_index.core.llms import ChatMessage, MockLLM
 
     from llama_index.llms.draft_rag import DraftCompressedLLM
 
@@ -295,8 +302,14 @@ def test_llamaindex_wrapped_llm_fits_its_window():
         llm = DraftCompressedLLM(
             llm=MockLLM(), draft=short_window_model(), specpc=CFG, budget=budget, context_window=150
         )
-        sent = llm.complete(real_text()).text  # MockLLM echoes its prompt
-        assert 100 < _draft_tokens(sent) <= 150
+        reply = llm.complete(real_text())
+        assert 100 < _draft_tokens(reply.text) <= 150  # MockLLM echoes its prompt
+        messages = [ChatMessage(role="user", content="Context:\n" + real_text() * 2 + "\n\nQuestion: " + QUESTION)]
+        replies = [llm.chat(messages), list(llm.stream_chat(messages))[-1], asyncio.run(llm.achat(messages))]
+        for chat in replies:  # the chat paths fit the same window as complete (not the engine's 1024 default)
+            assert 100 < _draft_tokens(chat.message.content) <= 150 and QUESTION in chat.message.content
+            assert chat.additional_kwargs["draft_rag"]["context_window"] == 150
+        assert reply.additional_kwargs["draft_rag"]["context_window"] == 150
     with pytest.raises(ValueError, match="auto"):
         DraftCompressedLLM(llm=MockLLM(), draft=short_window_model(), budget="auto", ratio=0.5)
 

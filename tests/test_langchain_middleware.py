@@ -98,3 +98,32 @@ def test_agent_with_smollm_answers_from_the_compressed_tool_result(smollm):
     )
     sent_tool, reply = check_run(agent.invoke({"messages": [HumanMessage(QUESTION)]}), model)
     assert NEEDLE in sent_tool.content and ANSWER in reply.text, reply.text
+
+
+def test_middleware_fits_the_model_window_and_says_which_budget(caplog):
+    """No budget: fit the window (set here, else the model's profile, else ASSUMED_WINDOW, logged once)."""
+    from draft_rag.config import ASSUMED_WINDOW
+
+    def run(middleware, model):
+        agent = create_agent(model, tools=[retrieve], middleware=[middleware])
+        state = agent.invoke({"messages": [HumanMessage(QUESTION)]})
+        return model.seen[-1][-1], state["messages"][-1].response_metadata["draft_rag"]
+
+    caplog.set_level("WARNING")
+    unknown = DraftCompressionMiddleware(draft=tiny_model("llama"), specpc=CFG)
+    for _ in range(2):
+        sent, stats = run(unknown, ScriptedToolCaller())
+        assert (stats["budget"], stats["context_window"]) == ("auto", ASSUMED_WINDOW) and sent.content == CONTEXT
+        assert "ASSUMED_WINDOW" in stats["budget_reason"]
+    assert sum("ASSUMED_WINDOW" in r.getMessage() for r in caplog.records) == 1
+    for middleware, model, window in (
+        (DraftCompressionMiddleware(draft=tiny_model("llama"), specpc=CFG, budget="auto", context_window=400),
+         ScriptedToolCaller(), 400),
+        (DraftCompressionMiddleware(draft=tiny_model("llama"), specpc=CFG),
+         ScriptedToolCaller(profile={"max_input_tokens": 500}), 500),
+    ):  # fmt: skip
+        sent, stats = run(middleware, model)
+        assert stats["context_window"] == window and stats["compressed_tokens"] <= window < stats["original_tokens"]
+        assert len(sent.content) < len(CONTEXT)
+    with pytest.raises(ValueError, match="context_window"):
+        DraftCompressionMiddleware(draft=tiny_model("llama"), context_window=0)

@@ -224,7 +224,10 @@ def test_wrapping_with_method_full_sends_prompts_as_they_are(draft_events):
         context_str=PARAGRAPHS, query_str=QUESTION
     )
     direct = llm.complete(CONTEXT + QUESTION)
-    assert direct.text == CONTEXT + QUESTION and direct.additional_kwargs["draft_rag"] == {"method": "full"}
+    assert direct.text == CONTEXT + QUESTION and direct.additional_kwargs["draft_rag"] == {
+        "method": "full",
+        "budget_reason": "method='full': the prompt is sent whole",
+    }
     messages = [ChatMessage(role=MessageRole.USER, content=LONG + "\n\n" + QUESTION)]
     assert LONG in llm.chat(messages).message.content
     assert draft_events == []  # the draft never ran

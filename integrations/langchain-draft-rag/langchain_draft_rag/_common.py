@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated, Any, Literal, Optional, Union
@@ -13,8 +14,12 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, Se
 
 from draft_rag import DraftEngine, methods
 from draft_rag.aio import iterate_in_thread
+from draft_rag.config import ASSUMED_WINDOW, wrapped_budget
 from draft_rag.config import Budget as _Budget
 from draft_rag.engine import DEFAULT_CONTEXT_CACHE_MB, shared_engine
+
+logger = logging.getLogger(__name__)
+SENT_WHOLE = "method='full': the prompt is sent whole"
 
 
 def check_budget(budget: Any, ratio: Any, prefix: str = "") -> None:
@@ -100,6 +105,7 @@ class DraftSettings(BaseModel):
 
     model_config = CONFIG
     _engine: DraftEngine = PrivateAttr()
+    _warned_window: bool = PrivateAttr(False)
 
     def _check_settings(self, base: type, kind: str, base_name: str) -> None:
         """Validate the settings, normalise ``stop`` and pick the shared engine; ``llm`` must be a ``base``."""
@@ -197,26 +203,31 @@ class DraftSettings(BaseModel):
         opts["extra"] = {k: v for k, v in kwargs.items() if k not in names and not k.startswith("ls_")}
         return opts
 
-    def _wrapped_budget(self, opts: dict) -> dict:
-        """``budget``/``ratio`` (and ``context_window``) for SpecPC in front of ``self.llm``.
+    def _wrapped_budget(self, opts: dict) -> tuple[dict, dict]:
+        """SpecPC's budget in front of ``self.llm`` (``draft_rag.config.wrapped_budget``) and the stats' note on it.
 
-        With no budget anywhere, or ``budget="auto"``, the prompt is fit to the wrapped model's input window:
-        ``context_window`` if set, else the chat model's ``profile["max_input_tokens"]``. With no budget and no
-        known window, the engine's SpecPCConfig budget applies (1024 tokens by default).
+        With no budget anywhere, ``"auto"`` or ``"adaptive"``, the prompt fits the wrapped model's input window:
+        ``context_window`` if set, else the chat model's ``profile["max_input_tokens"]``, else ``ASSUMED_WINDOW``
+        (logged once per instance).
         """
-        window = self.context_window or (getattr(self.llm, "profile", None) or {}).get("max_input_tokens")
-        cfg = self._engine.specpc
-        unset = opts["budget"] is None and opts["ratio"] is None and cfg.budget is None and cfg.ratio is None
-        if opts["budget"] == "adaptive":
-            return {"budget": "adaptive", "context_window": window}
-        if opts["budget"] == "auto" or (unset and window):
-            if not window:
-                raise ValueError(
-                    "budget='auto' with llm=... needs the wrapped model's input window: set "
-                    "context_window=... (tokens) or give the chat model a profile with max_input_tokens"
-                )
-            return {"budget": "auto", "context_window": window}
-        return {"budget": opts["budget"], "ratio": opts["ratio"]}
+        profile = (getattr(self.llm, "profile", None) or {}).get("max_input_tokens")
+        window = self.context_window or profile
+        source = "context_window set here" if self.context_window else "the chat model's profile['max_input_tokens']"
+        kwargs, note = wrapped_budget(opts["budget"], opts["ratio"], self._engine.specpc, window, source)
+        if window is None and "context_window" in kwargs and not self._warned_window:
+            self._warned_window = True
+            warn_assumed(f"{type(self).__name__}(llm={type(self.llm).__name__})")
+        return kwargs, note
+
+
+def warn_assumed(who: str) -> None:
+    """Log that ``who`` assumed ``ASSUMED_WINDOW`` for a wrapped model whose window it does not know."""
+    logger.warning(
+        "%s: the wrapped model's context window is unknown, so prompts are fitted to ASSUMED_WINDOW=%d tokens; "
+        "set context_window=... (its input window in tokens) or budget=... to choose",
+        who,
+        ASSUMED_WINDOW,
+    )
 
 
 def child_config(run_manager) -> dict | None:

@@ -143,15 +143,17 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
     def _compress_messages(self, messages: list[BaseMessage], opts: dict) -> tuple[list[BaseMessage], dict]:
         dicts = to_dicts(messages)
         if not methods.get(opts["method"]).shortens_prompt:
-            return list(messages), {"method": opts["method"], "messages": []}
-        compressed_chat = self._engine.compress_messages(dicts, **self._wrapped_budget(opts))
+            return list(messages), {"method": opts["method"], "messages": [], "budget_reason": common.SENT_WHOLE}
+        kwargs, note = self._wrapped_budget(opts)
+        compressed_chat = self._engine.compress_messages(dicts, **kwargs)
         logger.debug(
             "compressed %d messages: %s -> %s tokens",
             len(compressed_chat.stats.messages),
             compressed_chat.stats.original_tokens,
             compressed_chat.stats.compressed_tokens,
         )
-        return rebuild(messages, compressed_chat), {"method": opts["method"], **compressed_chat.stats.to_dict()}
+        stats = {"method": opts["method"], **note, **compressed_chat.stats.to_dict()}
+        return rebuild(messages, compressed_chat), stats
 
     def _forwarded(self, opts: dict) -> dict:
         """Keyword arguments for the wrapped model: unknown per-call ones, plus decoding settings set explicitly."""

@@ -11,6 +11,7 @@ from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from pydantic import model_validator
 
 from draft_rag import methods
+from draft_rag.inputs import PromptInput
 
 from . import _common as common
 
@@ -56,9 +57,7 @@ class DraftCompressedLLM(common.DraftSettings, BaseLLM):
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
         reply = self._engine.stream(
-            prompt or None,
-            question=opts["question"],
-            instruction=opts["instruction"],
+            _request(prompt, opts),
             method=opts["method"],
             budget=opts["budget"],
             ratio=opts["ratio"],
@@ -96,17 +95,20 @@ class DraftCompressedLLM(common.DraftSettings, BaseLLM):
         stats: dict = {"method": opts["method"]}
         if not methods.get(opts["method"]).shortens_prompt or not prompt.strip():
             parts = [opts["instruction"], prompt, opts["question"]]
-            return "\n\n".join(p for p in parts if p), stats
-        shortened = self._engine.compress(
-            prompt, instruction=opts["instruction"], question=opts["question"], **self._wrapped_budget(opts)
-        )
+            why = common.SENT_WHOLE if prompt.strip() else "an empty prompt: nothing to compress"
+            return "\n\n".join(p for p in parts if p), {**stats, "budget_reason": why}
+        kwargs, note = self._wrapped_budget(opts)
+        shortened = self._engine.compress(_request(prompt, opts), **kwargs)
         stats.update(
+            **note,
             original_tokens=shortened.original_tokens,
             compressed_tokens=shortened.compressed_tokens,
             token_counts="draft tokenizer",
             seconds=dict(shortened.seconds),
             kept_spans=shortened.kept_spans,
         )
+        if shortened.left_whole:
+            stats["left_whole"] = shortened.left_whole
         return shortened.text, stats
 
     def _wrapped_kwargs(self, opts: dict) -> dict:
@@ -173,3 +175,11 @@ class DraftCompressedLLM(common.DraftSettings, BaseLLM):
         """The whole sync stream runs in one worker thread; the event loop only receives its chunks."""
         async for chunk in common.astream_in_thread(lambda: self._stream(prompt, stop, None, **kwargs), run_manager):
             yield chunk
+
+
+def _request(prompt: str, opts: dict) -> PromptInput:
+    """The call's input: the prompt laid out by ``draft_rag.messages``'s rule (its ``Question:`` and instructions
+    protected), or, with ``question=`` / ``instruction=`` per call, all context between them."""
+    if opts["question"] is None and opts["instruction"] is None:
+        return PromptInput(prompt or None, split=True)
+    return PromptInput(prompt or None, instruction=opts["instruction"], question=opts["question"])

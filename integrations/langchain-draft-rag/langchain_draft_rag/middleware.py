@@ -22,6 +22,8 @@ from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResp
 from langchain.agents.middleware.types import ExtendedModelResponse
 from langchain_core.messages import AIMessage
 
+from draft_rag.config import check_int, wrapped_budget
+
 from . import _common as common
 from ._messages import rebuild, to_dicts
 
@@ -31,28 +33,57 @@ class DraftCompressionMiddleware(AgentMiddleware):
 
     Args:
         draft: the draft model (anything ``draft_rag.load_model`` accepts); default: the built-in SmolLM2.
-        budget: draft tokens the prompt is compressed to (protected text included; default 1024).
-        ratio: instead of ``budget``, the fraction of the retrieved context kept.
+        budget: draft tokens the prompt is compressed to (protected text included); ``"auto"``: as many as fit the
+            model's input window; ``"adaptive"``: as many as the draft's attention needs, within that window.
+            With neither ``budget`` nor ``ratio``, ``"auto"``.
+        ratio: instead of ``budget``, the fraction of the retrieved context kept (0.25 keeps a quarter).
+        context_window: the model's input window in tokens, for ``"auto"``/``"adaptive"``; default: the chat
+            model's ``profile["max_input_tokens"]``, else ``draft_rag.config.ASSUMED_WINDOW`` (32768; logged once).
         specpc: a ``draft_rag.SpecPCConfig`` for the other SpecPC settings.
+        draft_kwargs: ``draft_rag.load_model`` options for the draft (``device_map``, ``dtype``, ...).
+
+    The stats in ``response_metadata["draft_rag"]`` say which budget applied and why (``budget_reason``).
     """
 
     def __init__(
-        self, draft: Any = None, *, budget: int | None = None, ratio: float | None = None, specpc: Any = None
+        self,
+        draft: Any = None,
+        *,
+        budget: int | str | None = None,
+        ratio: float | None = None,
+        context_window: int | None = None,
+        specpc: Any = None,
+        draft_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
         common.check_budget(budget, ratio)
-        self.budget, self.ratio = budget, ratio
-        self.engine = common.shared_engine(None, draft, specpc)
+        check_int("context_window", context_window, 1, allow_none=True)
+        self.budget, self.ratio, self.context_window = budget, ratio, context_window
+        self.engine = common.shared_engine(None, draft, specpc, draft_kwargs=draft_kwargs)
+        self._warned_window = False
 
     def compress(self, request: ModelRequest) -> tuple[ModelRequest, dict]:
         """The request with its messages' retrieved context compressed, and the stats."""
         system = [request.system_message] if request.system_message is not None else []
         messages = system + list(request.messages)
-        compressed_chat = self.engine.compress_messages(to_dicts(messages), budget=self.budget, ratio=self.ratio)
+        kwargs, note = self._budget(request.model)
+        compressed_chat = self.engine.compress_messages(to_dicts(messages), **kwargs)
         new = rebuild(messages, compressed_chat)
-        return request.override(
-            system_message=new[0] if system else None, messages=new[len(system) :]
-        ), compressed_chat.stats.to_dict()
+        return request.override(system_message=new[0] if system else None, messages=new[len(system) :]), {
+            **note,
+            **compressed_chat.stats.to_dict(),
+        }
+
+    def _budget(self, model: Any) -> tuple[dict, dict]:
+        """``draft_rag.config.wrapped_budget`` for ``model``: this middleware's window, else the model's profile."""
+        profile = (getattr(model, "profile", None) or {}).get("max_input_tokens")
+        window = self.context_window or profile
+        source = "context_window set here" if self.context_window else "the chat model's profile['max_input_tokens']"
+        kwargs, note = wrapped_budget(self.budget, self.ratio, self.engine.specpc, window, source)
+        if window is None and "context_window" in kwargs and not self._warned_window:
+            self._warned_window = True
+            common.warn_assumed(f"DraftCompressionMiddleware (model {type(model).__name__})")
+        return kwargs, note
 
     def wrap_model_call(self, request: ModelRequest, handler) -> Any:
         new, stats = self.compress(request)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -44,15 +45,18 @@ from llama_index.core.types import TokenAsyncGen, TokenGen
 
 from draft_rag import DraftEngine, methods
 from draft_rag.aio import iterate_in_thread
-from draft_rag.config import Budget
+from draft_rag.config import Budget, wrapped_budget
 from draft_rag.engine import DEFAULT_CONTEXT_CACHE_MB, shared_engine
+from draft_rag.inputs import PromptInput
 from draft_rag.prompt import has_chat_template
 from llama_index.llms.draft_rag.events import DraftCompressionEvent, dispatcher
 from llama_index.llms.draft_rag.templates import log_template, render_messages, render_prompt
 from llama_index.llms.draft_rag.utils import configs_from_dict, engine_dict
 
+logger = logging.getLogger(__name__)
 _CONTEXT = "\u2063DRAFTRAG-CONTEXT\u2063"
 CONTEXT_KEYS = ("context_str", "context_msg")  # what LlamaIndex's QA/refine/summary templates call retrieved text
+SENT_WHOLE = "method='full': the prompt is sent whole"
 GENERATION_KWARGS = ("max_new_tokens", "temperature", "top_p", "top_k", "stop", "seed")
 
 
@@ -113,6 +117,7 @@ class DraftCompressedLLM(LLM):
         description="MiB of the draft's KV kept for contexts read before (follow-ups reuse it); 0 turns it off",
     )
     _engine: DraftEngine = PrivateAttr()
+    _warned_window: bool = PrivateAttr(default=False)
 
     def __init__(
         self,
@@ -285,7 +290,7 @@ class DraftCompressedLLM(LLM):
         self, prompt: str, formatted: bool = False, *, parts: dict | None = None, **kwargs: Any
     ) -> CompletionResponse:
         if self.llm is None:
-            return _last(self._local_stream(parts or {"prompt": prompt}, kwargs))
+            return _last(self._local_stream(_prompt_args(prompt, parts), kwargs))
         text, stats = self._front_prompt(prompt, parts)
         return _annotate(self.llm.complete(text, formatted=formatted, **kwargs), stats)
 
@@ -294,7 +299,7 @@ class DraftCompressedLLM(LLM):
         self, prompt: str, formatted: bool = False, *, parts: dict | None = None, **kwargs: Any
     ) -> CompletionResponseGen:
         if self.llm is None:
-            return self._local_stream(parts or {"prompt": prompt}, kwargs)
+            return self._local_stream(_prompt_args(prompt, parts), kwargs)
         text, stats = self._front_prompt(prompt, parts)
         return (_annotate(r, stats) for r in self.llm.stream_complete(text, formatted=formatted, **kwargs))
 
@@ -303,7 +308,7 @@ class DraftCompressedLLM(LLM):
         self, prompt: str, formatted: bool = False, *, parts: dict | None = None, **kwargs: Any
     ) -> CompletionResponse:
         if self.llm is None:
-            return await _alast(lambda: self._local_stream(parts or {"prompt": prompt}, kwargs))
+            return await _alast(lambda: self._local_stream(_prompt_args(prompt, parts), kwargs))
         text, stats = await asyncio.to_thread(self._front_prompt, prompt, parts)
         return _annotate(await self.llm.acomplete(text, formatted=formatted, **kwargs), stats)
 
@@ -312,7 +317,7 @@ class DraftCompressedLLM(LLM):
         self, prompt: str, formatted: bool = False, *, parts: dict | None = None, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
         if self.llm is None:
-            return iterate_in_thread(lambda: self._local_stream(parts or {"prompt": prompt}, kwargs))
+            return iterate_in_thread(lambda: self._local_stream(_prompt_args(prompt, parts), kwargs))
         text, stats = await asyncio.to_thread(self._front_prompt, prompt, parts)
         inner = await self.llm.astream_complete(text, formatted=formatted, **kwargs)
         return (_annotate(r, stats) async for r in inner)
@@ -410,7 +415,8 @@ class DraftCompressedLLM(LLM):
 
     # -- SpecPC in front of another LLM ----------------------------------------------------------
     def _compress(self, **parts) -> tuple[Any, dict]:
-        shortened = self._engine.compress(**parts, **self._wrapped_budget())
+        kwargs, note = self._wrapped_budget()
+        shortened = self._engine.compress(**parts, **kwargs)
         stats = {
             "method": "specpc",
             "original_tokens": shortened.original_tokens,
@@ -418,17 +424,35 @@ class DraftCompressedLLM(LLM):
             "seconds": shortened.seconds,
         }
         dispatcher.event(DraftCompressionEvent(component="llm", **stats))
-        return shortened, stats
+        return shortened, {**stats, **note, **({"left_whole": shortened.left_whole} if shortened.left_whole else {})}
 
-    def _wrapped_budget(self) -> dict:
-        """With no budget (or ``"auto"``), fit the wrapped LLM's ``metadata.context_window - num_output``."""
-        cfg = self._engine.specpc
-        unset = self.budget is None and self.ratio is None and cfg.budget is None and cfg.ratio is None
-        if self.budget not in ("auto", "adaptive") and not unset:
-            return {"budget": self.budget, "ratio": self.ratio}
+    def _wrapped_budget(self) -> tuple[dict, dict]:
+        """SpecPC's budget in front of the wrapped LLM and the stats' note on it (``config.wrapped_budget``).
+
+        With no budget, ``"auto"`` or ``"adaptive"``, the prompt (``complete``) or conversation (``chat``) fits
+        ``context_window`` (this LLM's, else the wrapped LLM's metadata) minus the wrapped LLM's ``num_output``.
+        """
         inner = self.llm.metadata
         window = (self.context_window or inner.context_window) - max(0, inner.num_output or 0)
-        return {"budget": self.budget if self.budget == "adaptive" else "auto", "context_window": window}
+        if self.context_window:
+            source = f"context_window={self.context_window} set here, minus num_output={inner.num_output}"
+        else:
+            source = f"the wrapped LLM's metadata: context_window={inner.context_window} minus num_output"
+            if inner.context_window == DEFAULT_CONTEXT_WINDOW:
+                source += f" ({DEFAULT_CONTEXT_WINDOW} is LlamaIndex's default for an LLM that does not know its own)"
+                self._warn_default_window()
+        return wrapped_budget(self.budget, self.ratio, self._engine.specpc, window, source)
+
+    def _warn_default_window(self) -> None:
+        """Say once per instance that the wrapped LLM reports LlamaIndex's default window, not a known one."""
+        if not self._warned_window:
+            self._warned_window = True
+            logger.warning(
+                "DraftCompressedLLM: the wrapped %s reports LlamaIndex's default context_window=%d; prompts are "
+                "fitted to it. If its real window differs, set context_window=... here (or on it) or budget=...",
+                type(self.llm).__name__,
+                DEFAULT_CONTEXT_WINDOW,
+            )
 
     @property
     def _shortens(self) -> bool:
@@ -437,17 +461,16 @@ class DraftCompressedLLM(LLM):
 
     def _front_prompt(self, prompt: str, parts: dict | None) -> tuple[str, dict]:
         if not self._shortens:
-            return prompt, {"method": self.method}
-        shortened, stats = self._compress(**(parts or {"prompt": prompt}))
+            return prompt, {"method": self.method, "budget_reason": SENT_WHOLE}
+        shortened, stats = self._compress(**_prompt_args(prompt, parts))
         return shortened.text, stats
 
     def _front_messages(self, messages: Sequence[ChatMessage], parts: dict | None) -> tuple[list, dict]:
         """SpecPC on the retrieved context inside the messages (``draft_rag.messages``'s rule); the rest as is."""
         if not self._shortens:
-            return list(messages), {"method": self.method}
-        compressed_chat = self._engine.compress_messages(
-            _dicts(messages), budget=self.budget, ratio=self.ratio, **(parts or {})
-        )
+            return list(messages), {"method": self.method, "budget_reason": SENT_WHOLE}
+        kwargs, note = self._wrapped_budget()
+        compressed_chat = self._engine.compress_messages(_dicts(messages), **kwargs, **(parts or {}))
         stats = {
             "method": "specpc",
             "original_tokens": compressed_chat.stats.original_tokens,
@@ -459,8 +482,15 @@ class DraftCompressedLLM(LLM):
         msgs = [
             _with_text(m, compressed_chat.messages[i]["content"]) if i in changed else m for i, m in enumerate(messages)
         ]
-        extra = {k: v for k, v in compressed_chat.stats.to_dict().items() if k in ("messages", "warning")}
-        return msgs, {**stats, **extra}
+        kept = ("messages", "warning", "left_whole")
+        extra = {k: v for k, v in compressed_chat.stats.to_dict().items() if k in kept}
+        return msgs, {**stats, **note, **extra}
+
+
+def _prompt_args(prompt: str, parts: dict | None) -> dict:
+    """``complete``'s input for the engine: the template's ``parts``, else the prompt laid out by
+    ``draft_rag.messages``'s rule (its ``Question:`` and instructions protected, as in ``chat``)."""
+    return parts or {"prompt": PromptInput(prompt or None, split=True)}
 
 
 def _window(loaded) -> int:
