@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models import LLM, BaseChatModel
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
-from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.prompts import ChatPromptTemplate, PromptTemplate
 from pydantic import Field
 
-from langchain_draft_rag import ChatDraftCompressed
+from langchain_draft_rag import ChatDraftCompressed, DraftCompressedLLM
 
 pytestmark = pytest.mark.slow
 
@@ -165,3 +165,51 @@ def test_question_first_keeps_the_asked_needle_among_distractors(smollm, layout,
         messages=[{"role": "user", "content": messages[0].text}], method="specpc", ratio=0.15, max_new_tokens=1
     )
     assert NUMBERS[key] in gen.compressed.text
+
+
+COMPLETION = "Context:\n{context}\n\nQuestion: {question}\nAnswer:"
+
+
+class PromptRecorder(LLM):
+    """Stands for a remote completion API: records the prompts it receives."""
+
+    prompts: list = Field(default_factory=list)
+
+    @property
+    def _llm_type(self) -> str:
+        return "prompt-recorder"
+
+    def _call(self, prompt, stop=None, run_manager=None, **kwargs):
+        self.prompts.append(prompt)
+        return "ok"
+
+
+def long_context(tokenizer, position: float, tokens: int = 8000) -> str:
+    """About ``tokens`` SmolLM2 tokens of the stdlib's pydoc (real text), with NEEDLE between paragraphs at
+    ``position``."""
+    from draft_rag.corpus import stdlib_documents
+
+    modules = ("textwrap", "bisect", "heapq", "shlex", "fnmatch", "glob", "colorsys", "queue")
+    text = "\n\n".join(d.text for d in stdlib_documents(modules))
+    text = text[: tokenizer(text, return_offsets_mapping=True)["offset_mapping"][tokens][0]]
+    paragraphs = text.split("\n\n")
+    k = int(len(paragraphs) * position)
+    return "\n\n".join(paragraphs[:k] + [NEEDLE] + paragraphs[k:])
+
+
+@pytest.mark.parametrize("position", [0.1, 0.7])
+def test_completion_template_keeps_the_answer_over_a_long_context(smollm, position):
+    """The plainest LangChain completion shape over ~8k tokens (five draft passes) keeps the answering sentence,
+    as the chat shape of the same prompt does: its ``Question: ... Answer:`` is protected and ends every draft
+    pass. When the whole prompt was context only the last pass read the question, and the needle was lost at
+    positions 0.1, 0.5 and 0.7 (kept at 0.3)."""
+    context = long_context(smollm.tokenizer, position)
+    rec = PromptRecorder()
+    chain = PromptTemplate.from_template(COMPLETION) | DraftCompressedLLM(llm=rec, draft=smollm, ratio=0.25)
+    chain.invoke({"context": context, "question": QUESTION})
+    sent = rec.prompts[-1]
+    assert NEEDLE in sent and sent.endswith(f"Question: {QUESTION}\nAnswer:") and len(sent) < 0.4 * len(context)
+    chat = Recorder()
+    prompt = COMPLETION.format(context=context, question=QUESTION)
+    ChatDraftCompressed(llm=chat, draft=smollm, ratio=0.25).invoke([HumanMessage(prompt)])
+    assert NEEDLE in chat.calls[-1][0].text
