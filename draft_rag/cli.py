@@ -109,6 +109,18 @@ def budget_arg(text: str) -> int | str:
         ) from None
 
 
+class DeprecatedAlias(argparse.Action):
+    """An old option name kept working: stores its value under the new option's ``dest`` and warns to use ``new``."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        logger.warning("%s is deprecated and will be removed: use %s", option_string, self.new)
+        setattr(namespace, self.dest, values)
+
+
 def add_budget_args(p: argparse.ArgumentParser, required: bool = False, kv: bool = False) -> None:
     g = p.add_mutually_exclusive_group(required=required)
     extra = "; for KV methods: KV entries kept per layer and KV head" if kv else ""
@@ -128,10 +140,18 @@ def add_specpc_args(p: argparse.ArgumentParser) -> None:
     helps = {
         "kernel_size": "default: by the draft's family (Qwen 64, others 32)",
         "neighbor_tokens": "default: the kernel size",
-        "lookahead_tokens": "draft tokens generated; all but the last are scored (default 1: the prefill window only)",
     }
-    for name in ("window_size", "kernel_size", "neighbor_tokens", "starting_layer_index", "lookahead_tokens"):
+    for name in ("window_size", "kernel_size", "neighbor_tokens", "starting_layer_index"):
         g.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name), help=helps.get(name))
+    g.add_argument(
+        "--pc-lookahead-tokens",
+        dest="lookahead_tokens",
+        type=non_negative_int,
+        default=d.lookahead_tokens,
+        help="SpecPC's lookahead: draft tokens generated, all but the last scored (default 1: the prefill window only)",
+    )
+    g.add_argument("--lookahead-tokens", dest="lookahead_tokens", type=non_negative_int, action=DeprecatedAlias,
+                   new="--pc-lookahead-tokens")  # fmt: skip
     g.add_argument("--pool-type", choices=("max", "avg", "none"), default=d.pool_type)
     g.add_argument("--reduction-type", choices=("max", "mean"), default=d.reduction_type)
     g.add_argument("--no-weighted-query", dest="weighted_query", action="store_false")
@@ -150,6 +170,9 @@ def add_specpc_args(p: argparse.ArgumentParser) -> None:
 
 
 def specpc_from_args(args) -> SpecPCConfig:
+    """The SpecPC options as a config; ``--coverage`` without ``--budget adaptive`` is refused, not ignored."""
+    if args.coverage is not None and getattr(args, "budget", None) != "adaptive":
+        raise InputError("--coverage sets the adaptive budget: give it with --budget adaptive (or drop it)")
     return SpecPCConfig(
         window_size=args.window_size,
         kernel_size=args.kernel_size,
@@ -159,7 +182,7 @@ def specpc_from_args(args) -> SpecPCConfig:
         pool_type=args.pool_type,
         reduction_type=args.reduction_type,
         weighted_query=args.weighted_query,
-        coverage=args.coverage if args.budget == "adaptive" else None,
+        coverage=args.coverage,
     )
 
 
@@ -226,6 +249,8 @@ def _cmd_generate(args) -> int:
     build_segments(text)
     if args.budget in ("auto", "adaptive") and methods.get(args.method).evicts_kv:
         raise InputError(f"--budget {args.budget} is for --method specpc, got {args.method}")
+    if args.kv_lookahead_tokens is not None and not methods.get(args.method).drafts_lookahead:
+        raise InputError(f"--kv-lookahead-tokens is SpecKV's lookahead (speckv, speckv-pc), got --method {args.method}")
     check_model_args(args, "target", "draft")
     engine = DraftEngine(target=args.target, draft=args.draft, specpc=specpc, block_size=args.block_size)
     kwargs = dict(
@@ -238,6 +263,7 @@ def _cmd_generate(args) -> int:
         seed=args.seed,
         pc_budget=args.pc_budget,
         pc_ratio=args.pc_ratio,
+        lookahead_tokens=args.kv_lookahead_tokens,
         sparse_prefill=sparse_from_args(args),
     )
     if args.json:
@@ -300,6 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--pc-budget", type=positive_int, help="speckv-pc: SpecPC's prompt budget in tokens (default 2048)")
     g.add_argument("--pc-ratio", type=fraction, help="speckv-pc: SpecPC's prompt budget as a fraction")
+    p.add_argument(
+        "--kv-lookahead-tokens",
+        type=non_negative_int,
+        help="speckv/speckv-pc: draft tokens generated as SpecKV's lookahead (default: --max-new-tokens for speckv, "
+        "20 for speckv-pc)",
+    )
     p.add_argument("--max-new-tokens", type=positive_int, default=256)
     p.add_argument("--temperature", type=non_negative, default=0.0, help="0 = greedy")
     p.add_argument("--seed", type=int)

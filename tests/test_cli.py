@@ -133,6 +133,11 @@ def _bad_inputs(tmp_path, tiny_dir):
         (["serve", "--max-queue", "-1"], "--max-queue"),
         (["serve", "--upstream", "http://127.0.0.1:9", "--sparse-prefill"], "--sparse-prefill needs a local target"),
         (["generate", "--target", tiny_dir, "--sparse-prefill", "--prefill-window-size", "0", str(ok)], "window-size"),
+        (["compress", "--budget", "10", "--coverage", "0.8", str(ok)], "--coverage sets the adaptive budget"),
+        (["generate", "--target", tiny_dir, "--kv-lookahead-tokens", "4", str(ok)], "--kv-lookahead-tokens"),
+        (["eval", "--data", str(ok), "--method", "specpc", "--budget", "10", "--ratio", "0.5"], "not both"),
+        (["eval", "--data", str(ok), "--method", "speckv", "--budget", "adaptive"], "--budget adaptive is for"),
+        (["eval", "--data", str(ok), "--method", "specpc", "--budget", "9", "--coverage", "0.8"], "--coverage"),
     ]
 
 
@@ -193,3 +198,32 @@ def test_generate_speckv_pc_takes_both_budgets(tiny_dir, prompt_file, capsys):
     assert (
         stats["prompt_tokens"] < stats["original_tokens"] and max(stats["kv_entries"]) == 41
     )  # 40 + the re-fed last prompt token
+
+
+def test_lookahead_flags_name_their_method_and_old_names_warn(caplog):
+    from draft_rag.cli import build_parser
+
+    parse = build_parser().parse_args
+    with caplog.at_level(logging.WARNING):
+        new = parse(["generate", "f.txt", "--pc-lookahead-tokens", "3", "--kv-lookahead-tokens", "5"])
+        assert not caplog.records
+        old = parse(["generate", "f.txt", "--lookahead-tokens", "3"])
+        demo = parse(["demo", "--model", "some/model"])
+    assert (new.lookahead_tokens, new.kv_lookahead_tokens, old.lookahead_tokens) == (3, 5, 3)
+    assert parse(["demo", "--target", "x"]).target == "x" and demo.target == "some/model"
+    warned = [r.getMessage() for r in caplog.records]
+    assert warned == [
+        "--lookahead-tokens is deprecated and will be removed: use --pc-lookahead-tokens",
+        "--model is deprecated and will be removed: use --target",
+    ]
+    args = parse(["eval", "--data", "d.jsonl", "--method", "specpc", "--budget", "adaptive", "--coverage", "0.8"])
+    assert (args.budget, args.coverage) == ("adaptive", 0.8)
+
+
+def test_generate_kv_lookahead_sets_speckvs_lookahead(tiny_dir, prompt_file, capsys):
+    base = ["generate", "--target", tiny_dir, "--method", "speckv", "--budget", "16", "--max-new-tokens", "6"]
+    looked = {}
+    for extra in ([], ["--kv-lookahead-tokens", "2"]):
+        assert main(base + extra + ["--json", prompt_file]) == 0
+        looked[len(extra)] = json.loads(capsys.readouterr().out)["stats"]["lookahead_tokens"]
+    assert looked == {0: 6, 2: 2}  # default: max_new_tokens; the flag: its own count

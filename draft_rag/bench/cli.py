@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from ..cli import fraction, positive_int
+from ..config import DEFAULT_COVERAGE
 
 logger = logging.getLogger("draft_rag.bench")
 
@@ -26,8 +27,7 @@ def _cmd_eval(args) -> int:
 
     check_method(args.method)
     _threads(args)
-    if args.method != "full" and args.budget is None and args.ratio is None:
-        raise ValueError(f"--method {args.method} needs --budget N or --ratio R")
+    _check_eval_budget(args)
     records = load_jsonl(args.data, args.limit)
     engine = DraftEngine(target=args.target, draft=args.draft or args.target)
     lingua = None
@@ -44,8 +44,9 @@ def _cmd_eval(args) -> int:
             engine,
             records,
             args.method,
-            budget=args.budget,
+            budget=None if args.budget == "adaptive" else args.budget,
             ratio=args.ratio,
+            coverage=(args.coverage or DEFAULT_COVERAGE) if args.budget == "adaptive" else None,
             template=args.template,
             max_new_tokens=args.max_new_tokens,
             llmlingua=lingua,
@@ -61,6 +62,22 @@ def _cmd_eval(args) -> int:
         logger.info("wrote %s", args.json)
     print(json.dumps(summary))
     return 0
+
+
+def _check_eval_budget(args) -> None:
+    """``eval``'s budget flags: one of ``--budget`` / ``--ratio`` (both only for speckv-pc, whose ``--ratio`` is
+    SpecPC's), ``--budget adaptive`` and ``--coverage`` for specpc alone; a flag that would be ignored is an error."""
+    if args.method != "full" and args.budget is None and args.ratio is None:
+        raise ValueError(f"--method {args.method} needs --budget N or --ratio R")
+    if args.budget is not None and args.ratio is not None and args.method != "speckv-pc":
+        raise ValueError(
+            f"give --budget or --ratio, not both (only speckv-pc takes both: --budget its KV entries, --ratio its "
+            f"prompt ratio), got --method {args.method}"
+        )
+    if args.budget == "adaptive" and args.method != "specpc":
+        raise ValueError(f"--budget adaptive is for --method specpc, got {args.method}")
+    if args.coverage is not None and args.budget != "adaptive":
+        raise ValueError("--coverage sets the adaptive budget: give it with --budget adaptive (or drop it)")
 
 
 def _cmd_bench(args) -> int:
@@ -147,6 +164,16 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _eval_budget(text: str) -> int | str:
+    """``eval --budget``: a number of tokens or ``adaptive``."""
+    if text == "adaptive":
+        return text
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a number of tokens >= 1 or 'adaptive', got {text!r}") from None
+
+
 def add_subcommand(sub) -> None:
     """Add ``eval`` and ``bench`` to the main ``draft-rag`` parser."""
     from ..builtins import DEFAULT_MODEL
@@ -160,8 +187,14 @@ def add_subcommand(sub) -> None:
     p.add_argument("--method", required=True, choices=methods)
     p.add_argument(
         "--budget",
-        type=positive_int,
-        help="prompt tokens kept (draft tokenizer) for specpc/llmlingua; KV entries for KV methods and speckv-pc",
+        type=_eval_budget,
+        help="prompt tokens kept (draft tokenizer) for specpc/llmlingua; KV entries for KV methods and speckv-pc; "
+        "'adaptive' (specpc): as many as the draft's attention needs (--coverage)",
+    )
+    p.add_argument(
+        "--coverage",
+        type=fraction,
+        help="with --budget adaptive: the share of the context's draft attention kept (default 0.9)",
     )
     p.add_argument(
         "--ratio",
