@@ -101,6 +101,30 @@ def wrapped_budget(budget, ratio, specpc: SpecPCConfig, window: int | None, sour
     return {"budget": kind, "context_window": window}, note
 
 
+def chunk_budget(budget, ratio, context_window: int | None) -> tuple[int | None, str]:
+    """A chunk pruner's draft-token budget (the node postprocessor, the document compressor) and why, in words.
+
+    ``budget="auto"`` keeps the chunks that fit ``context_window`` tokens (the room the LLM's prompt leaves them),
+    with ``AUTO_MARGIN``'s slack for re-tokenisation; ``context_window`` is required with it and refused without it.
+    """
+    if budget == "auto":
+        if context_window is None:
+            raise ValueError(
+                "budget='auto' needs context_window=... (the tokens of the LLM's prompt the kept chunks may fill)"
+            )
+        check_int("context_window", context_window, 1)
+        n = max(1, int(context_window * AUTO_MARGIN))
+        return n, f"budget='auto': {n} draft tokens, {AUTO_MARGIN:.0%} of context_window={context_window}"
+    if context_window is not None:
+        raise ValueError(f"context_window={context_window} is for budget='auto'; give that too, or drop it")
+    Budget.parse(budget, ratio, allow_auto=False)
+    if budget is not None:
+        return budget, f"budget={budget} draft tokens (set)"
+    if ratio is not None:
+        return None, f"ratio={ratio} of the chunks' draft tokens (set)"
+    return None, "no budget: chunks are kept by top_n / threshold"
+
+
 def check_budget(budget, ratio, prefix: str = "") -> None:
     """Check a call's ``budget`` (tokens, >= 1) / ``ratio`` (in (0, 1]) pair, naming them as the caller did."""
     Budget.parse(budget, ratio, prefix, allow_auto=False)

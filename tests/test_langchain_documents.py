@@ -146,3 +146,24 @@ def test_smollm_keeps_the_needle_document(smollm):
     documents = [Document(t, metadata={"n": i}) for i, t in enumerate(haystack)]
     out = DraftDocumentCompressor(draft=smollm, top_n=1).compress_documents(documents, question)
     assert [d.metadata["n"] for d in out] == [5] and answer in "".join(d.page_content for d in out)
+
+
+def test_budget_auto_keeps_what_fits_the_context_window():
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    from draft_rag.config import AUTO_MARGIN
+
+    class Ends(BaseCallbackHandler):
+        outputs: list = []
+
+        def on_chain_end(self, outputs, **kwargs):
+            self.outputs.append(outputs)
+
+    ends = Ends()
+    auto = compressor(budget="auto", context_window=80).compress_documents(docs(), QUERY, callbacks=[ends])
+    fixed = compressor(budget=int(80 * AUTO_MARGIN)).compress_documents(docs(), QUERY)  # the same selection
+    assert [d.id for d in auto] == [d.id for d in fixed] and 0 < len(auto) < len(docs())
+    n = int(80 * AUTO_MARGIN)
+    assert ends.outputs[-1]["budget_reason"] == f"budget='auto': {n} draft tokens, 97% of context_window=80"
+    with pytest.raises(ValueError, match="needs context_window"):
+        compressor(budget="auto")

@@ -23,6 +23,7 @@ from llama_index.core.schema import (
 )
 
 from draft_rag import SpecPCConfig  # noqa: E402
+from draft_rag.config import AUTO_MARGIN  # noqa: E402
 from draft_rag.selection import select_chunks  # noqa: E402
 from llama_index.postprocessor.draft_rag import DraftNodePostprocessor  # noqa: E402
 
@@ -131,9 +132,9 @@ def test_keeps_original_objects_ids_metadata_relationships():
     for o, i in zip(out, positions):
         node_id, meta, source, llm_text, retrieval = before[i]
         assert o.node.node_id == node_id and o.node.relationships[NodeRelationship.SOURCE].node_id == source
-        assert {k: v for k, v in o.node.metadata.items() if k != "retrieval_score"} == meta
-        assert o.node.metadata["retrieval_score"] == retrieval
-        assert isinstance(o.score, float) and o.score >= 0.0
+        assert {k: v for k, v in o.node.metadata.items() if k not in ("retrieval_score", "draft_rag_score")} == meta
+        assert o.node.metadata["retrieval_score"] == retrieval == o.score  # the retriever's score stays the score
+        assert isinstance(o.node.metadata["draft_rag_score"], float) and o.node.metadata["draft_rag_score"] >= 0.0
         assert o.node.get_content(metadata_mode=MetadataMode.LLM) == llm_text  # score hidden from the LLM
 
 
@@ -146,8 +147,9 @@ def test_textless_and_duplicate_nodes_pass_through(caplog):
     assert "duplicate node ids" in caplog.text
     assert len(out) == 5 and sum(o.node.node_id == "node-0" for o in out) == 2
     out_image = next(o for o in out if o.node.node_id == "img")
-    assert out_image.score == 0.0 and out_image.node.metadata["retrieval_score"] == 0.5 and image.score == 0.5
-    assert [o.score for o in out] == sorted((o.score for o in out), reverse=True)
+    assert out_image.score == 0.5 and out_image.node.metadata["draft_rag_score"] == 0.0 and image.score == 0.5
+    drafted = [o.node.metadata["draft_rag_score"] for o in out]
+    assert drafted == sorted(drafted, reverse=True)  # sort_by_score: the draft's score
 
 
 def test_budget_larger_than_input_keeps_everything_and_scores_it():
@@ -194,12 +196,29 @@ def test_callback_and_instrumentation_events_carry_token_counts(draft_events):
     assert ev.original_tokens == stats["original_tokens"] and ev.compressed_tokens == stats["compressed_tokens"]
 
 
-def test_before_similarity_postprocessor():
-    out = tiny_pp(top_n=4).postprocess_nodes(make_nodes(), query_str=QUERY)
-    cutoff = sorted(o.score for o in out)[1]
+def test_similarity_cutoff_after_it_still_filters_on_the_retrievers_score():
+    nodes = make_nodes()
+    retrieval = {n.node.node_id: n.score for n in nodes}
+    out = tiny_pp(top_n=4).postprocess_nodes(nodes, query_str=QUERY)
+    cutoff = sorted(retrieval[o.node.node_id] for o in out)[1]
     after = SimilarityPostprocessor(similarity_cutoff=cutoff).postprocess_nodes(out, query_str=QUERY)
-    assert [a.node.node_id for a in after] == [o.node.node_id for o in out if o.score >= cutoff]
+    assert [a.node.node_id for a in after] == [o.node.node_id for o in out if retrieval[o.node.node_id] >= cutoff]
     assert len(after) == 3
+
+
+def test_budget_auto_fits_the_context_window():
+    nodes = make_nodes()
+    handler = Callbacks()
+    pp = tiny_pp(budget="auto", context_window=60, callback_manager=CallbackManager([handler]))
+    out = pp.postprocess_nodes(nodes, query_str=QUERY)
+    stats = next(p for t, p in handler.ends if t == CBEventType.RERANKING)["draft_rag"]
+    fixed = tiny_pp(budget=int(60 * AUTO_MARGIN)).postprocess_nodes(nodes, query_str=QUERY)
+    assert [o.node.node_id for o in out] == [o.node.node_id for o in fixed] and 0 < len(out) < len(nodes)
+    assert stats["budget_reason"] == f"budget='auto': {int(60 * AUTO_MARGIN)} draft tokens, 97% of context_window=60"
+    with pytest.raises(ValueError, match="context_window"):
+        tiny_pp(budget="auto")
+    with pytest.raises(ValueError, match="context_window=60 is for budget='auto'"):
+        tiny_pp(budget=50, context_window=60)
 
 
 async def test_async_path():
@@ -228,7 +247,9 @@ def test_same_result_as_the_langchain_compressor(smollm):
         [Document(page_content=t, id=f"node-{i}") for i, t in enumerate(TEXTS)], QUERY
     )
     assert [o.node.text for o in out] == [d.page_content for d in docs]
-    assert [o.score for o in out] == pytest.approx([d.metadata["draft_rag_score"] for d in docs])
+    assert [o.node.metadata["draft_rag_score"] for o in out] == pytest.approx(
+        [d.metadata["draft_rag_score"] for d in docs]
+    )
 
 
 @pytest.mark.parametrize("compress_tokens", [False, True])

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 from langchain_core.callbacks import CallbackManager, Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from draft_rag import DraftEngine
+from draft_rag.config import chunk_budget
 from draft_rag.prompt import count_tokens
 from draft_rag.selection import KeptChunk, check_pruning
 
@@ -44,10 +45,13 @@ class DraftDocumentCompressor(BaseDocumentCompressor):
 
     draft: Any = None
     """The draft model (anything ``draft_rag.load_model`` accepts); default: the built-in SmolLM2."""
-    budget: common.Budget = None
-    """Draft tokens of documents to keep (or, with ``compress_tokens``, of kept text)."""
+    budget: Optional[Union[Annotated[int, Field(ge=1, strict=True)], Literal["auto"]]] = None
+    """Draft tokens of documents to keep (or, with ``compress_tokens``, of kept text); ``"auto"``: fit
+    ``context_window``. None: keep by ``top_n`` / ``threshold`` only."""
     ratio: common.Ratio = None
-    """The budget as a fraction of all document tokens, in (0, 1]."""
+    """The budget as the fraction of all document tokens kept, in (0, 1] (0.25 keeps a quarter)."""
+    context_window: Optional[Annotated[int, Field(ge=1, strict=True)]] = None
+    """With ``budget="auto"``: the tokens of the LLM's prompt the kept documents may fill."""
     top_n: Optional[Annotated[int, Field(ge=1, strict=True)]] = None
     """Keep at most this many documents."""
     threshold: Optional[float] = Field(None, allow_inf_nan=False)
@@ -65,10 +69,13 @@ class DraftDocumentCompressor(BaseDocumentCompressor):
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", use_attribute_docstrings=True)
     _engine: DraftEngine = PrivateAttr()
+    _budget: Optional[int] = PrivateAttr(None)
+    _budget_reason: str = PrivateAttr("")
 
     @model_validator(mode="after")
     def _setup(self) -> DraftDocumentCompressor:
-        check_pruning(self.top_n, self.threshold, self.budget, self.ratio, self.compress_tokens)
+        self._budget, self._budget_reason = chunk_budget(self.budget, self.ratio, self.context_window)
+        check_pruning(self.top_n, self.threshold, self._budget, self.ratio, self.compress_tokens)
         self._engine = common.shared_engine(
             None, self.draft, self.specpc, draft_kwargs=self.draft_kwargs, context_cache_mb=self.context_cache_mb
         )
@@ -106,6 +113,7 @@ class DraftDocumentCompressor(BaseDocumentCompressor):
             "seconds": seconds,
             "original_tokens": sum(count_tokens(tok, d.page_content) for d in docs),
             "compressed_tokens": sum(count_tokens(tok, d.page_content) for d in out),
+            "budget_reason": self._budget_reason,
         }
 
     def _compress(self, docs: list[Document], query: str) -> list[Document]:
@@ -115,7 +123,7 @@ class DraftDocumentCompressor(BaseDocumentCompressor):
             instruction=self.instruction,
             top_n=self.top_n,
             threshold=self.threshold,
-            budget=self.budget,
+            budget=self._budget,
             ratio=self.ratio,
             compress_tokens=self.compress_tokens,
         )

@@ -27,6 +27,7 @@ class DraftCompressionEvent(BaseEvent):
     nodes_out: Optional[int] = None
     kv_bytes: Optional[int] = None  # local target: KV cache after prefill (KV methods evict entries)
     kv_bytes_full: Optional[int] = None  # what a plain prefill of the same prompt would hold
+    budget_reason: Optional[str] = None  # which budget applied and why, in words
 
     @classmethod
     def class_name(cls) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.callbacks import CBEventType, EventPayload
@@ -12,6 +12,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from draft_rag import DraftEngine
+from draft_rag.config import chunk_budget
 from draft_rag.engine import DEFAULT_CONTEXT_CACHE_MB, shared_engine
 from draft_rag.selection import check_pruning
 from llama_index.llms.draft_rag.events import DraftCompressionEvent, dispatcher
@@ -20,6 +21,7 @@ from llama_index.llms.draft_rag.utils import configs_from_dict, engine_dict
 logger = logging.getLogger(__name__)
 
 RETRIEVAL_SCORE_KEY = "retrieval_score"
+DRAFT_SCORE_KEY = "draft_rag_score"  # the draft's importance of a node (as the LangChain compressor names it)
 KEPT_FRACTION_KEY = "draft_rag_kept_fraction"
 KEPT_SPANS_KEY = "draft_rag_kept_spans"
 
@@ -27,24 +29,39 @@ KEPT_SPANS_KEY = "draft_rag_kept_spans"
 class DraftNodePostprocessor(BaseNodePostprocessor):
     """Chunk-level pruning with the draft's attention while it reads the query; optional token-level compression.
 
-    Every kept node is a copy of the caller's ``NodeWithScore`` (same id, metadata and relationships; the
-    caller's objects are not changed) with ``score`` set to the draft importance (a float) and the retrieval
-    score kept in ``node.metadata["retrieval_score"]`` (hidden from LLM/embedding text; an existing one wins).
-    ``top_n``/``threshold`` filter whole nodes; ``budget`` (draft tokens) or ``ratio`` is met by dropping
-    whole nodes (``DraftEngine.prune_chunks``), or with ``compress_tokens=True`` by SpecPC inside
-    the kept nodes (query and instruction count towards the budget; changed nodes are copies with the same
-    id, metadata and relationships plus ``draft_rag_kept_fraction``/``draft_rag_kept_spans``). Nodes
-    without text pass through with score 0.0. Output is in retrieval order unless ``sort_by_score=True``.
-    ``specpc`` (a ``draft_rag.SpecPCConfig``) sets the draft's scoring window and layers.
+    Put it after the retriever (and any similarity cutoff), before the response synthesizer. Returns copies of the
+    caller's ``NodeWithScore`` objects (same node id, metadata and relationships; the caller's objects are not
+    changed) with ``score`` still the retriever's, and the draft's importance in ``node.metadata["draft_rag_score"]``
+    (hidden from LLM and embedding text, as is ``retrieval_score``, the first retriever's score).
+    ``top_n``/``threshold`` (on the draft's score) filter whole nodes; ``budget`` (draft tokens, or ``"auto"``:
+    ``context_window``) or ``ratio`` (the fraction kept) is met by dropping whole nodes, best first
+    (``DraftEngine.prune_chunks``), or with ``compress_tokens=True`` by SpecPC inside the kept nodes (query and
+    instruction count towards the budget; changed nodes also get ``draft_rag_kept_fraction`` /
+    ``draft_rag_kept_spans``). Nodes without text pass through with draft score 0.0. Output is in retrieval
+    order unless ``sort_by_score=True`` (by the draft's score). ``specpc`` (a ``draft_rag.SpecPCConfig``) sets the
+    draft's scoring window and layers. The stats (callback and ``DraftCompressionEvent``) carry ``budget_reason``.
     """
 
     draft: Any = Field(default=None, exclude=True, description="draft model: anything load_model accepts")
     top_n: Optional[int] = Field(default=None, ge=1, strict=True, description="keep at most this many nodes")
-    budget: Optional[int] = Field(
-        default=None, ge=1, strict=True, description="token budget of the kept context (draft tokens)"
+    budget: Union[Annotated[int, Field(ge=1, strict=True)], Literal["auto"], None] = Field(
+        default=None,
+        description="draft tokens the kept nodes may fill (whole nodes dropped, best kept first; with "
+        "compress_tokens, SpecPC inside them). 'auto': fit context_window. None: keep by top_n/threshold only",
     )
     ratio: Optional[float] = Field(
-        default=None, gt=0, le=1, allow_inf_nan=False, description="budget as a fraction of the input tokens"
+        default=None,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="instead of budget: the fraction of the nodes' draft tokens kept, in (0, 1] (0.25 keeps a quarter)",
+    )
+    context_window: Optional[int] = Field(
+        default=None,
+        ge=1,
+        strict=True,
+        description="with budget='auto': the tokens of the LLM's prompt the kept nodes may fill (its window minus "
+        "the template, query and answer)",
     )
     threshold: Optional[float] = Field(
         default=None, allow_inf_nan=False, description="drop nodes whose draft score is below this"
@@ -66,10 +83,13 @@ class DraftNodePostprocessor(BaseNodePostprocessor):
         description="MiB of the draft's KV kept for nodes read before (the same nodes asked again); 0 turns it off",
     )
     _engine: DraftEngine = PrivateAttr()
+    _budget: Optional[int] = PrivateAttr(default=None)
+    _budget_reason: str = PrivateAttr(default="")
 
     def __init__(self, draft: Any = None, *, engine: DraftEngine | None = None, **kwargs: Any):
         super().__init__(draft=draft, **kwargs)
-        check_pruning(self.top_n, self.threshold, self.budget, self.ratio, self.compress_tokens)
+        self._budget, self._budget_reason = chunk_budget(self.budget, self.ratio, self.context_window)
+        check_pruning(self.top_n, self.threshold, self._budget, self.ratio, self.compress_tokens)
         self._engine = engine or shared_engine(
             None, draft, self.specpc, draft_kwargs=self.draft_kwargs, context_cache_mb=self.context_cache_mb
         )
@@ -128,7 +148,7 @@ class DraftNodePostprocessor(BaseNodePostprocessor):
             instruction=self.instruction,
             top_n=self.top_n,
             threshold=self.threshold,
-            budget=self.budget,
+            budget=self._budget,
             ratio=self.ratio,
             compress_tokens=self.compress_tokens,
         )
@@ -147,28 +167,31 @@ class DraftNodePostprocessor(BaseNodePostprocessor):
             "nodes_in": len(nodes),
             "nodes_out": len(out),
             "seconds": pruned.seconds,
+            "budget_reason": self._budget_reason,
         }
         if self.sort_by_score:
-            out.sort(key=lambda n: -n.score)
+            out.sort(key=lambda n: -n.node.metadata[DRAFT_SCORE_KEY])
         return out, stats
 
 
 def _rescore(nws: NodeWithScore, score: float) -> NodeWithScore:
-    """A copy scored by the draft; the first retrieval score stays in metadata (hidden from prompts and embeddings).
+    """A copy with the retriever's ``score`` kept and the draft's in ``metadata["draft_rag_score"]``, which is
+    hidden from prompts and embeddings; ``retrieval_score`` (the first retriever's score) is kept there too.
 
     The caller's objects are left as they are, so running again (or chaining) never loses the retrieval score.
     """
     node = nws.node
-    hide = [] if RETRIEVAL_SCORE_KEY in node.excluded_llm_metadata_keys else [RETRIEVAL_SCORE_KEY]
-    hide_embed = [] if RETRIEVAL_SCORE_KEY in node.excluded_embed_metadata_keys else [RETRIEVAL_SCORE_KEY]
+    added = [DRAFT_SCORE_KEY, RETRIEVAL_SCORE_KEY]
     copy = node.model_copy(
         update={
-            "metadata": {RETRIEVAL_SCORE_KEY: nws.score, **node.metadata},
-            "excluded_llm_metadata_keys": node.excluded_llm_metadata_keys + hide,
-            "excluded_embed_metadata_keys": node.excluded_embed_metadata_keys + hide_embed,
+            "metadata": {RETRIEVAL_SCORE_KEY: nws.score, **node.metadata, DRAFT_SCORE_KEY: float(score)},
+            "excluded_llm_metadata_keys": node.excluded_llm_metadata_keys
+            + [k for k in added if k not in node.excluded_llm_metadata_keys],
+            "excluded_embed_metadata_keys": node.excluded_embed_metadata_keys
+            + [k for k in added if k not in node.excluded_embed_metadata_keys],
         }
     )
-    return NodeWithScore(node=copy, score=float(score))
+    return NodeWithScore(node=copy, score=nws.score)
 
 
 def _with_text(node, result):
