@@ -56,12 +56,15 @@ class DraftSettings(BaseModel):
     method: str = "specpc"
     """A name in ``draft_rag.engine.METHODS`` ("full": no compression); with ``llm`` only "specpc" or "full"."""
     budget: Optional[Union[Annotated[int, Field(ge=1, strict=True)], Literal["auto", "adaptive"]]] = None
-    """The method's budget: prompt tokens for "specpc" ("auto": fit the context window; "adaptive": as many as the
-    draft's attention needs, within that window), KV entries per layer and KV head for the KV methods."""
+    """The method's budget: draft tokens of prompt kept for "specpc" ("auto", also what no budget means: fit the
+    context window; "adaptive": as many as the draft's attention needs, within that window), KV entries kept per
+    layer and KV head for the KV methods."""
     context_window: Optional[Annotated[int, Field(ge=1, strict=True)]] = None
-    """Tokens the compressed prompt must fit with ``budget="auto"``; default: the target's or wrapped model's."""
+    """Tokens the compressed prompt must fit ("auto" / no budget). Default: the local target's window, or the wrapped
+    chat model's ``profile["max_input_tokens"]``, else ``draft_rag.config.ASSUMED_WINDOW`` (32768, logged once)."""
     ratio: Ratio = None
-    """The budget as a fraction of the prompt, in (0, 1]; give ``budget`` or ``ratio``."""
+    """Instead of ``budget``: the fraction of the retrieved context KEPT, in (0, 1] (0.25 keeps a quarter; kvpress's
+    ``compression_ratio`` is the fraction removed). KV methods: the fraction of the prompt's KV entries kept."""
     pc_budget: Budget = None
     """speckv-pc: SpecPC's prompt budget in draft tokens (default 2048)."""
     pc_ratio: Ratio = None
@@ -69,7 +72,8 @@ class DraftSettings(BaseModel):
     lookahead_tokens: Optional[Annotated[int, Field(ge=0, strict=True)]] = None
     """Draft tokens generated as SpecKV's lookahead (default: ``max_tokens``)."""
     sparse_prefill: Optional[bool] = Field(None, strict=True)
-    """The local target prefills long prompts vertical-slash sparse (the paper's settings); local targets only."""
+    """True: the local target prefills long prompts vertical-slash sparse with ``SparsePrefillConfig()``'s settings
+    (the paper's); a bool, not a config. Local targets only."""
     max_tokens: int = Field(256, ge=1, strict=True)
     """Most new tokens to generate."""
     temperature: float = Field(0.0, ge=0, allow_inf_nan=False)
@@ -83,7 +87,8 @@ class DraftSettings(BaseModel):
     stop: Optional[list[str]] = None
     """Strings that end the generation (not included in the output)."""
     timeout: Optional[float] = Field(None, gt=0, allow_inf_nan=False)
-    """Seconds a local generation may run before ``TimeoutError`` (per token); with ``llm``: unused (set its own)."""
+    """Local target: seconds the whole generation may take, checked after each token, then ``TimeoutError`` (a token
+    being computed is not interrupted). With ``llm``: unused (set the wrapped model's own)."""
     max_retries: int = Field(0, ge=0, strict=True)
     """LangChain's standard parameter: local generation is never retried; with ``llm``: unused (set its own)."""
     api_key: Optional[SecretStr] = None

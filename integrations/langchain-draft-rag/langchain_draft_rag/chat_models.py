@@ -40,31 +40,87 @@ _DECODING = ("max_tokens", "temperature", "top_p", "top_k", "seed")
 
 
 class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
-    """Chat model with draft-guided prompt compression (SpecPC; SpecKV methods when the engine has them).
+    """Chat model with draft-guided prompt compression: SpecPC in front of any chat model, or a local target.
 
-    Args:
-        target: local target model (anything ``draft_rag.load_model`` accepts; also as ``model``). Give this or ``llm``.
-        llm: any LangChain chat model to delegate to after compression. Give this or ``target``.
-        draft: the draft model; defaults to the target itself, or to the built-in SmolLM2 with ``llm``.
-        method: a name in ``draft_rag.engine.METHODS`` ("full" disables compression); with ``llm`` only
-            "specpc" and "full" apply.
-        budget / ratio: the method's budget, passed to ``DraftEngine.stream``: prompt tokens for "specpc",
-            KV entries per layer and head for the KV methods ("speckv", ...). With no budget (or
-            ``budget="auto"``) "specpc" fits the prompt to the model's context window: the local target's,
-            or with ``llm`` ``context_window`` / the chat model's ``profile["max_input_tokens"]`` (else 1024).
-        context_window: with ``llm``: input tokens the wrapped model accepts (default: its profile's).
-            ``ratio`` is the fraction of the retrieved context kept (question and instructions on top).
-        pc_budget / pc_ratio / lookahead_tokens: SpecKV-PC's prompt budget and the draft lookahead length.
-        sparse_prefill: the local target prefills long prompts vertical-slash sparse (``SparsePrefillConfig``).
-        max_tokens, temperature, top_p, top_k, seed, stop: decoding settings. With ``llm`` they are forwarded
-            to the wrapped model only when set explicitly (at construction or per call); ``stop`` always.
-        timeout: seconds a local generation may run before ``TimeoutError`` (checked per token).
+    Setup:
+        From a clone of draft-rag: ``bash scripts/setup.sh`` (installs this package, editable, and the built-in
+        models). The draft defaults to the built-in SmolLM2-135M-Instruct; nothing is downloaded at run time.
+
+    Key init args — what to run:
+        llm: BaseChatModel | None
+            Any LangChain chat model; the compressed conversation is sent to it. Give this or ``target``.
+        target: str | LoadedModel | None
+            A local Hugging Face model that answers (alias, path, .gguf or hub id; also as ``model=``).
+        draft: str | LoadedModel | None
+            The small model whose attention picks what to keep (default: the target, or SmolLM2 with ``llm``).
+        method: str
+            "specpc" (default: shortens the prompt), "full" (no compression); with a local target also the KV
+            methods ("speckv", "speckv-pc", "snapkv", ...: ``draft_rag.methods.NAMES``).
+
+    Key init args — how much to keep:
+        budget: int | "auto" | "adaptive" | None
+            "specpc": draft tokens of prompt kept (protected text included); KV methods: KV entries kept per
+            layer and KV head. "auto" (also what no budget means for "specpc"): fit the model's window;
+            "adaptive": as many as the draft's attention needs, within that window.
+        ratio: float | None
+            Instead of ``budget``: the fraction of the retrieved context KEPT (0.25 keeps a quarter; kvpress's
+            ``compression_ratio`` is the fraction removed). The question and instructions are kept on top.
+        context_window: int | None
+            With ``llm``: the wrapped model's input window in tokens. Default: its
+            ``profile["max_input_tokens"]``, else ``draft_rag.config.ASSUMED_WINDOW`` (32768, logged once).
+            A local target's window is read from its config.
+        pc_budget / pc_ratio, lookahead_tokens: SpecKV-PC's prompt budget; SpecKV's draft lookahead length.
+        sparse_prefill: bool | None
+            True: the local target prefills long prompts vertical-slash sparse (``SparsePrefillConfig()``'s
+            settings; give ``DraftEngine(sparse_prefill=SparsePrefillConfig(...))`` for others). Local only.
+
+    Key init args — generation:
+        max_tokens, temperature, top_p, top_k, seed, stop: decoding. With ``llm`` they are forwarded only when
+            set (at construction or per call); ``stop`` always.
+        timeout: float | None
+            Local target: seconds the whole generation may take; checked after each token, then
+            ``TimeoutError`` (a token being computed is not interrupted). With ``llm``: unused, set it there.
         max_retries, api_key: LangChain's standard parameters, accepted and unused (local generation is never
-            retried and needs no key). With ``llm`` none of the three is forwarded: set them on the wrapped model.
+            retried and needs no key); with ``llm``, set them on the wrapped model.
         template: "chat" or "raw" prompt wrapping for the local target (default: chat if it has a template).
-        specpc / speckv: ``draft_rag.SpecPCConfig`` / ``SpecKVConfig`` for the other settings (window, kernel, ...).
-        target_kwargs / draft_kwargs: ``draft_rag.load_model`` options for each model: ``device_map`` ("auto"),
+        specpc / speckv: ``draft_rag.SpecPCConfig`` / ``SpecKVConfig`` for the other settings (window, kernel).
+        target_kwargs / draft_kwargs: ``draft_rag.load_model`` options per model: ``device_map`` ("auto"),
             ``dtype``, ``attn_implementation``, ``device``, ``model_kwargs`` (``quantization_config``, ...).
+        context_cache_mb: MiB of the draft's KV kept for contexts read before (0 turns it off).
+
+    Instantiate:
+        .. code-block:: python
+
+            from langchain_openai import ChatOpenAI
+            from langchain_draft_rag import ChatDraftCompressed
+
+            remote = ChatOpenAI(model="meta-llama/Llama-3.1-8B-Instruct", base_url="http://localhost:8000/v1")
+            chat = ChatDraftCompressed(llm=remote, context_window=128_000)  # or ratio=0.25
+            local = ChatDraftCompressed(target="smollm2-135m-instruct", ratio=0.25, max_tokens=64)
+
+    Invoke:
+        .. code-block:: python
+
+            messages = [("system", "Answer from the context."), ("human", f"Context:\n{docs}\n\nQuestion: {q}")]
+            reply = chat.invoke(messages)
+            reply.response_metadata["draft_rag"]  # tokens before/after, seconds, budget and budget_reason
+
+    Stream:
+        .. code-block:: python
+
+            for chunk in chat.stream(messages):
+                print(chunk.content, end="")  # the first chunk (wrapped) or the last (local) carries the stats
+
+    Async:
+        .. code-block:: python
+
+            reply = await chat.ainvoke(messages)
+            async for chunk in chat.astream(messages):
+                ...
+
+    What is compressed: the retrieved context inside the messages, wherever the template put it (system prompt,
+    a ``Context:`` part, a tool result); instructions, the question and the chat structure are kept word for word
+    (``draft_rag.messages``). Tool calling: with ``llm``, ``bind_tools`` binds on the wrapped model.
     """
 
     model_config = common.CONFIG

@@ -30,12 +30,57 @@ _CALL_OPTIONS = (
 
 
 class DraftCompressedLLM(common.DraftSettings, BaseLLM):
-    """Completion LLM with draft-guided prompt compression.
+    """Completion LLM with draft-guided prompt compression: SpecPC in front of any LangChain LLM, or a local target.
 
-    The prompt is compressible context. Pass ``question=`` (and ``instruction=``) per call to have them
-    appended and kept verbatim; without them SpecPC still always keeps the prompt's last ``window_size``
-    (64) draft tokens. ``target=`` generates locally through ``DraftEngine``; ``llm=`` sends the compressed
-    prompt to any LangChain language model instead. Other arguments as in ``ChatDraftCompressed``.
+    Setup:
+        From a clone of draft-rag: ``bash scripts/setup.sh`` (installs this package, editable, and the built-in
+        models). The draft defaults to the built-in SmolLM2-135M-Instruct.
+
+    Key init args:
+        llm / target / draft / method: as in ``ChatDraftCompressed`` (``llm`` is any LangChain language model).
+        budget: int | "auto" | "adaptive" | None
+            Draft tokens of prompt kept ("specpc"; KV entries per layer and head for the KV methods); "auto" (also
+            what no budget means): fit the window (``context_window``, else ``draft_rag.config.ASSUMED_WINDOW``,
+            logged once, for a wrapped model; the target's own window locally).
+        ratio: float | None
+            Instead of ``budget``: the fraction of the context KEPT (0.25 keeps a quarter).
+        max_tokens, temperature, stop, timeout, ...: as in ``ChatDraftCompressed`` (``max_tokens`` is LangChain's
+            name for the output limit in both classes).
+
+    How a prompt is read: laid out by ``draft_rag.messages``'s rule, as a chat message would be: labelled parts
+    (``Context:`` is compressible; ``Question:``, ``Answer:``, ``Instructions:`` are kept), the first paragraph and
+    the question at the end kept word for word; so in a long prompt every draft pass reads the question. Prompts
+    shorter than 1200 characters are all context. Per call, ``question=`` (and ``instruction=``) make the whole
+    prompt context, with them appended (prepended) and kept.
+
+    Instantiate:
+        .. code-block:: python
+
+            from langchain_core.prompts import PromptTemplate
+            from langchain_openai import OpenAI
+            from langchain_draft_rag import DraftCompressedLLM
+
+            llm = DraftCompressedLLM(llm=OpenAI(model="gpt-3.5-turbo-instruct"), ratio=0.25)
+            chain = PromptTemplate.from_template("Context:\n{context}\n\nQuestion: {question}\nAnswer:") | llm
+
+    Invoke:
+        .. code-block:: python
+
+            answer = chain.invoke({"context": docs, "question": q})
+            result = llm.generate([prompt])  # result.generations[0][0].generation_info["draft_rag"]: the stats
+
+    Stream:
+        .. code-block:: python
+
+            for piece in llm.stream(prompt):
+                print(piece, end="")
+
+    Async:
+        .. code-block:: python
+
+            answer = await chain.ainvoke({"context": docs, "question": q})
+            async for piece in llm.astream(prompt):
+                ...
     """
 
     model_config = common.CONFIG

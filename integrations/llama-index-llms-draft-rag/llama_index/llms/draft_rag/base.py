@@ -65,51 +65,105 @@ class DraftCompressedLLM(LLM):
 
     ``DraftCompressedLLM(target=REF, draft=REF, method="specpc", budget=N | ratio=R, max_new_tokens=256)``
     or ``DraftCompressedLLM(llm=<LLM>, draft=REF, budget=N | ratio=R)``. REF is anything ``load_model``
-    accepts. ``budget``/``ratio`` is the prompt budget (draft tokens) for SpecPC and the KV budget for the
-    KV methods (``speckv-pc`` takes its prompt budget as ``pc_budget``/``pc_ratio``; see
-    ``DraftEngine.stream``). Responses carry ``additional_kwargs["draft_rag"]`` (token counts, seconds)
-    and, locally, ``raw["usage"]`` (read by LlamaIndex's TokenCountingHandler) and ``raw["compressed"]``.
+    accepts. ``budget``/``ratio`` is the prompt budget (draft tokens; ``ratio`` the fraction kept) for SpecPC and
+    the KV budget for the KV methods (``speckv-pc`` takes its prompt budget as ``pc_budget``/``pc_ratio``; see
+    ``DraftEngine.stream``). With no budget, ``complete`` and ``chat`` (and their stream/async forms) fit the same
+    window: ``context_window`` (else the target's or the wrapped LLM's) minus ``num_output``. The output limit
+    is ``max_new_tokens``, as LlamaIndex's ``HuggingFaceLLM`` names it (a wrapped LLM keeps its own).
+    Responses carry ``additional_kwargs["draft_rag"]`` (token counts, seconds, ``budget_reason``: which budget
+    applied and why) and, locally, ``raw["usage"]`` (read by LlamaIndex's TokenCountingHandler) and
+    ``raw["compressed"]``. ``complete`` on a plain prompt keeps its ``Question:`` and instructions
+    (``draft_rag.inputs.PromptInput(split=True)``).
     """
 
-    target: Any = Field(default=None, exclude=True, description="local target model (anything load_model accepts)")
-    draft: Any = Field(default=None, exclude=True, description="draft model; defaults to the target or SmolLM2")
-    llm: Optional[LLM] = Field(default=None, exclude=True, description="LlamaIndex LLM to put SpecPC in front of")
-    method: str = Field(default="specpc", description="one of draft_rag.methods.NAMES; with llm=..., specpc or full")
+    target: Any = Field(
+        default=None,
+        exclude=True,
+        description="a local model that answers: a built-in alias ('smollm2-135m-instruct'), a folder, a .gguf "
+        "or a Hugging Face hub id (or a loaded draft_rag model). Give this or llm",
+    )
+    draft: Any = Field(
+        default=None,
+        exclude=True,
+        description="the small model whose attention picks what to keep (same forms as target); default: the "
+        "target itself, or the built-in SmolLM2-135M-Instruct with llm",
+    )
+    llm: Optional[LLM] = Field(
+        default=None, exclude=True, description="any LlamaIndex LLM to send the compressed prompt to (or target)"
+    )
+    method: str = Field(
+        default="specpc",
+        description="'specpc' shortens the prompt, 'full' sends it whole; with a local target also the KV methods "
+        "('speckv', 'speckv-pc', 'snapkv', ...: draft_rag.methods.NAMES)",
+    )
     budget: Union[Annotated[int, Field(ge=1, strict=True)], Literal["auto", "adaptive"], None] = Field(
         default=None,
-        description="prompt budget in draft tokens, or 'auto' (also the default for specpc): fit the "
-        "context window (the target's; with llm=..., its metadata's minus num_output), or 'adaptive': as many "
+        description="specpc: draft tokens of prompt kept; KV methods: KV entries kept per layer and KV head. "
+        "'auto' (also what no budget means for specpc): fit the context window (the target's; with llm, "
+        "context_window or its metadata's, minus num_output, on complete and chat alike); 'adaptive': as many "
         "tokens as the draft's attention needs, within that window",
     )
     ratio: Optional[float] = Field(
-        default=None, gt=0, le=1, allow_inf_nan=False, description="prompt budget as a fraction of the prompt"
+        default=None,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="instead of budget: the fraction of the retrieved context KEPT, in (0, 1] (0.25 keeps a "
+        "quarter; kvpress's compression_ratio is the fraction removed)",
     )
-    max_new_tokens: int = Field(default=256, ge=1, strict=True, description="local generation length")
+    max_new_tokens: int = Field(
+        default=256,
+        ge=1,
+        strict=True,
+        description="local target: most new tokens per answer (LlamaIndex's num_output); with llm, set the "
+        "wrapped LLM's own max_tokens",
+    )
     temperature: float = Field(
-        default=0.0, ge=0, allow_inf_nan=False, description="local sampling temperature (0 = greedy)"
+        default=0.0, ge=0, allow_inf_nan=False, description="local target: sampling temperature; 0 is greedy"
     )
     pc_budget: Optional[int] = Field(
-        default=None, ge=1, strict=True, description="speckv-pc: SpecPC prompt budget (draft tokens)"
+        default=None, ge=1, strict=True, description="speckv-pc: SpecPC's prompt budget in draft tokens (default 2048)"
     )
     pc_ratio: Optional[float] = Field(
-        default=None, gt=0, le=1, allow_inf_nan=False, description="speckv-pc: SpecPC budget as a fraction"
+        default=None,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="speckv-pc: SpecPC's prompt budget as the fraction of the context kept",
     )
     context_window: Optional[int] = Field(
-        default=None, ge=1, strict=True, description="override the reported context window"
+        default=None,
+        ge=1,
+        strict=True,
+        description="the window in tokens that prompts are fitted to (minus num_output) and that metadata reports; "
+        "default: the local target's, or the wrapped LLM's metadata.context_window (set this when that is "
+        "LlamaIndex's default 3900 but the model takes more)",
     )
     sparse_prefill: Optional[bool] = Field(
         default=None,
         strict=True,
-        description="the local target prefills long prompts vertical-slash sparse (draft_rag.SparsePrefillConfig)",
+        description="True: the local target prefills long prompts vertical-slash sparse with "
+        "draft_rag.SparsePrefillConfig()'s settings (a bool, not a config); local targets only",
     )
-    specpc: Any = Field(default=None, exclude=True, description="draft_rag.SpecPCConfig")
-    speckv: Any = Field(default=None, exclude=True, description="draft_rag.SpecKVConfig (KV methods)")
+    specpc: Any = Field(
+        default=None,
+        exclude=True,
+        description="a draft_rag.SpecPCConfig for SpecPC's other settings (window_size, kernel_size, layers, "
+        "coverage), e.g. SpecPCConfig(window_size=32)",
+    )
+    speckv: Any = Field(
+        default=None,
+        exclude=True,
+        description="a draft_rag.SpecKVConfig for the KV methods' other settings (window_size, lookahead_tokens)",
+    )
     target_kwargs: Optional[dict] = Field(
         default=None,
         description="draft_rag.load_model options for the target: "
         "device_map, dtype, attn_implementation, device, model_kwargs",
     )
-    draft_kwargs: Optional[dict] = Field(default=None, description="draft_rag.load_model options for the draft")
+    draft_kwargs: Optional[dict] = Field(
+        default=None, description="draft_rag.load_model options for the draft: device_map, dtype, device, ..."
+    )
     context_cache_mb: float = Field(
         default=DEFAULT_CONTEXT_CACHE_MB,
         ge=0,
