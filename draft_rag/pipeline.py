@@ -342,7 +342,8 @@ def budget_reason(engine: DraftEngine, plan: Plan) -> str:
             parts.append(f"prompt: {_given(plan.budget) or own}")
     if method.evicts_kv:
         kv = engine.speckv
-        own = f"SpecKVConfig(ratio={kv.ratio})" if kv.ratio is not None else f"budget={kv.budget or DEFAULT_BUDGET}"
+        own = f"SpecKVConfig(budget={kv.budget})" if kv.budget is not None else f"SpecKVConfig(ratio={kv.ratio})"
+        own = f"budget={DEFAULT_BUDGET} (the default)" if kv.budget is None and kv.ratio is None else own
         parts.append(f"KV: {_given(plan.budget) or own} entries per layer and KV head")
     return "; ".join(parts) or f"method={method.name!r}: the prompt is read whole"
 

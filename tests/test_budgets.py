@@ -154,11 +154,12 @@ def test_local_target_stats_say_which_budget():
         kw.get("method", "specpc") + str(kw.get("budget")): ChatDraftCompressed(**base, **kw)
         .invoke(msgs)
         .response_metadata["draft_rag"]["budget_reason"]
-        for kw in ({}, {"budget": 64}, {"method": "speckv", "budget": 64}, {"method": "full"})
+        for kw in ({}, {"budget": 64}, {"method": "speckv", "budget": 64}, {"method": "speckv"}, {"method": "full"})
     }
     assert reasons == {
         "specpcNone": "prompt: no budget given: fit the target's 4096-token window",
         "specpc64": "prompt: budget=64 (given)",
         "speckv64": "KV: budget=64 (given) entries per layer and KV head",
+        "speckvNone": "KV: budget=1024 (the default) entries per layer and KV head",
         "fullNone": "method='full': the prompt is read whole",
     }
