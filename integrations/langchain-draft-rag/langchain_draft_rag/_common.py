@@ -215,14 +215,21 @@ class DraftSettings(BaseModel):
         ``context_window`` if set, else the chat model's ``profile["max_input_tokens"]``, else ``ASSUMED_WINDOW``
         (logged once per instance).
         """
-        profile = (getattr(self.llm, "profile", None) or {}).get("max_input_tokens")
-        window = self.context_window or profile
-        source = "context_window set here" if self.context_window else "the chat model's profile['max_input_tokens']"
+        window, source = model_window(self.llm, self.context_window)
         kwargs, note = wrapped_budget(opts["budget"], opts["ratio"], self._engine.specpc, window, source)
         if window is None and "context_window" in kwargs and not self._warned_window:
             self._warned_window = True
             warn_assumed(f"{type(self).__name__}(llm={type(self.llm).__name__})")
         return kwargs, note
+
+
+def model_window(model: Any, context_window: int | None) -> tuple[int | None, str]:
+    """A wrapped model's input window and where it was read: ``context_window`` (set on the adapter), else the chat
+    model's ``profile["max_input_tokens"]``; None when neither says."""
+    if context_window:
+        return context_window, "context_window set here"
+    profile = (getattr(model, "profile", None) or {}).get("max_input_tokens")
+    return profile, "the chat model's profile['max_input_tokens']"
 
 
 def warn_assumed(who: str) -> None:

@@ -76,9 +76,7 @@ class DraftCompressionMiddleware(AgentMiddleware):
 
     def _budget(self, model: Any) -> tuple[dict, dict]:
         """``draft_rag.config.wrapped_budget`` for ``model``: this middleware's window, else the model's profile."""
-        profile = (getattr(model, "profile", None) or {}).get("max_input_tokens")
-        window = self.context_window or profile
-        source = "context_window set here" if self.context_window else "the chat model's profile['max_input_tokens']"
+        window, source = common.model_window(model, self.context_window)
         kwargs, note = wrapped_budget(self.budget, self.ratio, self.engine.specpc, window, source)
         if window is None and "context_window" in kwargs and not self._warned_window:
             self._warned_window = True
