@@ -23,7 +23,17 @@ from .generation import Sampling, stream
 from .inputs import ChatInput, PromptInput, from_call
 from .models import LoadedModel, context_window, load_model, load_options
 from .payoff import Costs
-from .pipeline import Plan, Prepared, auto_config, compress_conversation, fit_budget, prepare, specpc_for, within
+from .pipeline import (
+    Plan,
+    Prepared,
+    auto_config,
+    compress_conversation,
+    fit_budget,
+    prepare,
+    specpc_for,
+    within,
+    without_reread,
+)
 from .prompt import has_chat_template, tokenize, wrap
 from .scoring import chunk_scores
 from .selection import PrunedChunks, prune_chunks
@@ -159,7 +169,7 @@ class DraftEngine:
             result = compress(
                 self.draft.model,
                 self.draft.tokenizer,
-                request.segments,
+                request.draft_segments(),
                 request.chunk_list,
                 cfg,
                 template=template,
@@ -167,6 +177,7 @@ class DraftEngine:
                 block_size=self.block_size,
                 context_cache=self.context_cache,
             )
+        result = without_reread(result, request, self)
         result.left_whole = why
         return result
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from . import messages as chat
-from .prompt import Chunk, Segment, build_segments
+from .prompt import CHUNK_SEPARATOR, Chunk, Segment, build_segments
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,8 @@ class PromptInput:
 
     ``split=True``: a ``prompt`` given alone is laid out by ``draft_rag.messages``'s rule (``prompt_segments``:
     ``Context:`` / ``Question:`` labels, the question and instructions protected) instead of being all context;
-    the completion adapters use it. A prompt in which the rule finds no context stays all context.
+    the completion adapters use it. A prompt in which the rule finds no context stays all context. ``reread``:
+    the question such a prompt asks before its context, which the draft reads again at the end.
     """
 
     prompt: str | None = None
@@ -28,9 +29,11 @@ class PromptInput:
     split: bool = False
     segments: list[Segment] = field(init=False, repr=False, compare=False)
     chunk_list: list[Chunk] = field(init=False, repr=False, compare=False)
+    reread: str | None = field(init=False, default=None, repr=False, compare=False)
 
     def __post_init__(self):
-        segments, chunk_list = self._split() if self.split else ([], [])
+        segments, chunk_list, reread = self._split() if self.split else ([], [], None)
+        object.__setattr__(self, "reread", reread)
         if not segments:
             segments, chunk_list = build_segments(
                 self.prompt,
@@ -42,10 +45,17 @@ class PromptInput:
         object.__setattr__(self, "segments", segments)
         object.__setattr__(self, "chunk_list", chunk_list)
 
-    def _split(self) -> tuple[list[Segment], list[Chunk]]:
+    def _split(self) -> tuple[list[Segment], list[Chunk], str | None]:
         if self.chunks is not None or self.instruction or self.question or self.answer_prefix:
             raise ValueError("split=True lays out a prompt given alone; give chunks/instruction/question without it")
-        return chat.prompt_segments(self.prompt) if isinstance(self.prompt, str) else ([], [])
+        return chat.prompt_segments(self.prompt) if isinstance(self.prompt, str) else ([], [], None)
+
+    def draft_segments(self) -> list[Segment]:
+        """What the draft reads: the segments, then (``split`` prompts that ask before their context) the question
+        once more, so that its window queries are the question; ``pipeline.without_reread`` drops it again."""
+        if not self.reread:
+            return self.segments
+        return self.segments + [Segment(CHUNK_SEPARATOR, "separator"), Segment(self.reread, "question")]
 
 
 @dataclass(frozen=True)

@@ -175,19 +175,22 @@ def _segments(text: str, spans, chunks: list[Chunk], chunk_id: Any, metadata: di
     return segments
 
 
-def prompt_segments(prompt: str) -> tuple[list[Segment], list[Chunk]]:
+def prompt_segments(prompt: str) -> tuple[list[Segment], list[Chunk], str | None]:
     """A completion prompt laid out by the module's rule, as if it were the last user message: labelled parts, the
-    first and short end paragraphs and the question protected, the rest context.
+    first and short end paragraphs and the question protected, the rest context; and the question the draft should
+    read again at the end (``reread_question``: a prompt that asks before its context), or None.
 
-    The protected text after the context (``Question: ... Answer:``) then ends every draft pass, so the draft reads
-    the question while it scores each block of a long context. ``([], [])`` when the rule finds no context, or the
-    prompt is shorter than ``LONG_CHARS`` (one draft pass reads it whole, its end in the window).
+    The protected text after the context (``Question: ... Answer:``, or that question read again) then ends every
+    draft pass, so the draft reads the question while it scores each block of a long context. ``([], [], None)``
+    when the rule finds no context, or the prompt is shorter than ``LONG_CHARS`` (one draft pass reads it whole).
     """
     if len(prompt) < LONG_CHARS:
-        return [], []
+        return [], [], None
     chunks: list[Chunk] = []
     segments = _segments(prompt, split_text(prompt, question_last=True), chunks, 0, {})
-    return (segments, chunks) if chunks else ([], [])
+    if not chunks:
+        return [], [], None
+    return segments, chunks, reread_question([{"role": "user", "content": prompt}], Layout([segments], chunks))
 
 
 def _occurrences(text: str, known: list[str]) -> list[tuple[int, int, bool]]:

@@ -7,6 +7,7 @@ rendered and compressed differs (``_PromptText`` and ``_Conversation``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -32,7 +33,7 @@ from .generation import Prefill, Sampling, eos_ids
 from .inputs import ChatInput, PromptInput
 from .methods import Method
 from .payoff import why_whole
-from .prompt import Segment, count_tokens, has_chat_template, template_parts, tokenize, wrap
+from .prompt import CHUNK_SEPARATOR, Segment, count_tokens, has_chat_template, template_parts, tokenize, wrap
 from .scoring import cached_prefix
 from .specpc import CompressedPrompt, compress
 from .stats import CompressionStats, GenerationStats, MessageStats
@@ -109,7 +110,7 @@ class _PromptText:
     """A ``PromptInput`` in the target's template; compression replaces its context by the kept text."""
 
     def __init__(self, engine: DraftEngine, request: PromptInput, plan: Plan):
-        self.engine, self.plan, self.system = engine, plan, request.system
+        self.engine, self.plan, self.system, self.request = engine, plan, request.system, request
         self.segments, self.chunks = request.segments, request.chunk_list
 
     def target_ids(self) -> list[int]:
@@ -130,7 +131,7 @@ class _PromptText:
         shortened = compress(
             engine.draft.model,
             engine.draft.tokenizer,
-            self.segments,
+            self.request.draft_segments(),
             self.chunks,
             cfg,
             template=plan.template,
@@ -138,6 +139,7 @@ class _PromptText:
             block_size=engine.block_size,
             context_cache=engine.context_cache,
         )
+        shortened = without_reread(shortened, self.request, engine)
         stats.draft_blocks, stats.draft_cached_tokens = shortened.draft_blocks, shortened.draft_cached_tokens
         stats.seconds.update(draft=shortened.seconds["draft"], select=shortened.seconds["select"])
         self.segments = compressed_segments(shortened, self.segments)
@@ -474,6 +476,29 @@ def _room(engine, segments, template, window, reserve, system=None, full_ids=Non
             f"after {reserve} new tokens and {wrapped - text_tokens} template tokens"
         )
     return budget, draft_tokens, wrapped
+
+
+def without_reread(result: CompressedPrompt, request: PromptInput, engine: DraftEngine) -> CompressedPrompt:
+    """SpecPC's result on ``request.draft_segments()`` without the question the draft read again at its end
+    (protected, so kept word for word): the text, spans, scores and token counts of the prompt alone."""
+    if not request.reread:
+        return result
+    tail = CHUNK_SEPARATOR + request.reread
+    if not result.text.endswith(tail):
+        raise RuntimeError("SpecPC did not keep the question read again at the end of the prompt")
+    cut, text = len(result.original_text) - len(tail), result.text[: len(result.text) - len(tail)]
+    counter, n_tail = engine.count_tokenizer, count_tokens(engine.draft.tokenizer, tail)
+    return dataclasses.replace(
+        result,
+        text=text,
+        original_text=result.original_text[:cut],
+        kept_spans=[(s, min(e, cut)) for s, e in result.kept_spans if s < cut],
+        token_scores=[t for t in result.token_scores if t[1] <= cut],
+        original_tokens=count_tokens(counter, result.original_text[:cut]),
+        compressed_tokens=count_tokens(counter, text),
+        draft_original_tokens=result.draft_original_tokens - n_tail,
+        draft_kept_tokens=result.draft_kept_tokens - n_tail,
+    )
 
 
 def compressed_segments(shortened: CompressedPrompt, segments: list[Segment]) -> list[Segment]:

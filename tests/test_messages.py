@@ -173,3 +173,27 @@ def test_a_question_before_its_context_is_read_again_by_the_draft(text, question
     assert chat.reread_question(messages, chat.layout(messages)) == expected
     tool = [*messages, {"role": "assistant", "content": "", "tool_calls": []}, {"role": "tool", "content": ctx}]
     assert chat.reread_question(tool, chat.layout(tool)) is not None  # a tool result follows the question
+
+
+@pytest.mark.parametrize(
+    "template, reread",
+    [
+        ("Context:\n{c}\n\nQuestion: {q}\nAnswer:", None),  # the question already ends the prompt
+        ("Question: {q}\n\nContext:\n{c}\n\nAnswer:", "Question: {q}"),  # asked first: read again by the draft
+    ],
+)
+def test_a_completion_prompt_is_laid_out_like_a_user_message(template, reread):
+    from draft_rag.inputs import PromptInput
+
+    prompt = template.format(c=CONTEXT, q=QUESTION)
+    request = PromptInput(prompt, split=True)
+    assert "".join(s.text for s in request.segments) == prompt
+    assert request.reread == (reread.format(q=QUESTION) if reread else None)
+    assert [s.text for s in request.segments if s.role == "context"] == [CONTEXT.strip()]
+    assert request.draft_segments()[-1].text == (request.reread or request.segments[-1].text)
+    result = engine().compress(request, ratio=0.3)
+    assert result.original_text == prompt and result.text.count(QUESTION) == 1 and result.text.endswith("Answer:")
+    assert result.original_tokens == len(tiny_tokenizer()(prompt, add_special_tokens=False)["input_ids"])
+    assert all(0 <= s < e <= len(prompt) for s, e in result.kept_spans)
+    assert "".join(prompt[s:e] for s, e in result.kept_spans) == result.text
+    assert PromptInput("Context: short.\n\nQuestion: why?", split=True).segments[0].role == "context"  # < 1200 chars

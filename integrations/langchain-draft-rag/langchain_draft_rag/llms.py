@@ -49,8 +49,9 @@ class DraftCompressedLLM(common.DraftSettings, BaseLLM):
 
     How a prompt is read: laid out by ``draft_rag.messages``'s rule, as a chat message would be: labelled parts
     (``Context:`` is compressible; ``Question:``, ``Answer:``, ``Instructions:`` are kept), the first paragraph and
-    the question at the end kept word for word; so in a long prompt every draft pass reads the question. Prompts
-    shorter than 1200 characters are all context. Per call, ``question=`` (and ``instruction=``) make the whole
+    the question at the end kept word for word; so in a long prompt every draft pass reads the question (a question
+    asked before the context is read again by the draft at the end; it is not sent twice). Prompts shorter than
+    1200 characters are all context. Per call, ``question=`` (and ``instruction=``) make the whole
     prompt context, with them appended (prepended) and kept.
 
     Instantiate:
