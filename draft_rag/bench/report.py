@@ -9,7 +9,7 @@ from ..blocks import DEFAULT_BLOCK_SIZE
 from .tasks import RULER_13
 
 CELL_KEYS = ("pair", "task", "length", "n", "seed", "method", "budget", "ratio", "block_size", "coverage",
-             "sparse_prefill", "follow_ups")  # fmt: skip  # what tells one bench cell from another
+             "sparse_prefill", "follow_ups", "granularity")  # fmt: skip  # what tells one bench cell from another
 
 
 def label(cell: dict) -> str:
@@ -17,6 +17,7 @@ def label(cell: dict) -> str:
     " +sparse" for a sparse target prefill."""
     blocks = f" [blocks of {cell['block_size']}]" if cell.get("block_size") else ""
     blocks += " +sparse" if cell.get("sparse_prefill") else ""
+    blocks += f" [{cell['granularity']}s]" if cell.get("granularity") else ""
     if cell.get("coverage") is not None:  # an adaptive budget
         return f"{cell['method']} @adaptive {cell['coverage']:.0%}{blocks}"
     if cell.get("ratio") is not None and cell.get("budget") is not None:  # speckv-pc: prompt ratio and KV entries
