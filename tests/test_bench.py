@@ -467,3 +467,17 @@ def test_follow_ups_share_the_context_and_reuse_its_draft_kv(tiny_engine, tiny_d
     md = write_report(data, tmp_path)["markdown"].read_text()
     assert "## Follow-up questions" in md and "| tiny | 600 | specpc @50% [sentences] | niah_multiquery | 1 | 4 |" in md
     assert "niah_multiquery" not in md.split("## Follow-up questions")[0]  # follow-up cells stay out of the grid
+
+
+def test_faithfulness_table_counts_only_cells_that_counted():
+    from draft_rag.bench.report import faithfulness_table
+
+    base = dict(pair="p", length=4096, n=8, seed=42, method="specpc", budget=None, ratio=0.25)
+    cells = [
+        dict(base, task="vt", granularity="sentence", unsupported=0),
+        dict(base, task="cwe", granularity="sentence", unsupported=2),
+        dict(base, task="vt"),  # a token cell from before the counter
+    ]
+    table = faithfulness_table(cells)
+    assert "| p | 4096 | specpc @25% [sentences] | 2 | 16 | 2 | vt 0, cwe 2 |" in table
+    assert "specpc @25% |" not in table and faithfulness_table(cells[2:]) == ""
