@@ -199,23 +199,21 @@ def _output_offsets(layout: list[Segment]) -> tuple[list[int | None], str]:
 
 def select_in_units(layout, tok: Tokenized, pooled, protected, window, budget: int, cfg: SpecPCConfig, tokenizer):
     """SpecPC in whole units (``cfg.granularity``): the kept token positions and, per context segment, the
-    kept character spans. A unit scores its best pooled token and costs the tokens of its text read alone (an
-    upper bound on what it adds to the joined text); units holding a ``window`` token are always kept, and so
-    is each protected segment (a unit of cost 0 here: its tokens are counted up front), so the gap marks that
-    the budget pays for are exactly those of the output."""
+    kept character spans. A unit scores its best pooled token and costs its tokens (a token belongs to the unit
+    that holds its last character); units holding a ``window`` token come first where they fit;
+    each protected segment is kept (a unit of cost 0 here: its tokens are counted up front), so the gap marks
+    that the budget pays for are exactly those of the output."""
     room = budget - int(protected.sum())
     if room < 0:
         raise ValueError(f"budget of {budget} tokens is smaller than the protected segments ({budget - room} tokens)")
     units, owner, unit_tokens, token_unit = _units_of(layout, tok, cfg.granularity)
     fixed = [u for u, g in enumerate(owner) if layout[g].role != "context"]
-    forced = sorted({int(token_unit[p]) for p in np.flatnonzero(window) if token_unit[p] >= 0} | set(fixed))
-    texts = [layout[g].text[u.start : u.end] for g, u in zip(owner, units)]
-    costs = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
-    for u in fixed:
-        costs[u] = 0
+    costs = [0 if u in fixed else len(t) for u, t in enumerate(unit_tokens)]
     scores = [float(pooled[t].max()) if t else -np.inf for t in unit_tokens]
+    for u in {int(token_unit[p]) for p in np.flatnonzero(window)} - {-1}:  # the window's units first, where they fit
+        scores[u] = np.inf
     gap_cost = count_tokens(tokenizer, gap_mark("\n", cfg.gap)) if cfg.gap else 0
-    kept = select_units(costs, scores, [u.needs for u in units], [0] * len(units), forced, room, gap_cost)
+    kept = select_units(costs, scores, [u.needs for u in units], [0] * len(units), fixed, room, gap_cost)
     keep = sorted(set(np.flatnonzero(protected)) | {p for u in kept for p in unit_tokens[u]})
     spans: dict[int, list[tuple[int, int]]] = {}
     for u in kept:

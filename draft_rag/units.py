@@ -17,6 +17,8 @@ GRANULARITIES = ("token", "word", "sentence", "line")
 DEFAULT_GRANULARITY = "sentence"  # the best of the unit modes on the evidence (docs/faithfulness.md)
 DEFAULT_GAP = "…"  # the gap mark: "… " inline, "…" on a line of its own between lines
 
+MAX_UNIT_CHARS = 400  # a longer sentence or line of prose is cut at spaces into pieces of at most this
+MAX_LINE_CHARS = 1000  # a longer line is prose, whatever it starts or ends with (text flattened onto one line)
 _SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*\s+")
 _WORD = re.compile(r"\S+\s*")
 _LIST_ITEM = re.compile(r"\s*(?:[-*+]|\d+[.)])\s")
@@ -66,10 +68,12 @@ def line_kind(line: str, in_fence: bool) -> str:
     stripped = line.strip()
     if stripped.startswith("```"):
         return "fence"
-    if in_fence:
-        return "code"
     if not stripped:
         return "blank"
+    if len(line) > MAX_LINE_CHARS:
+        return "prose"
+    if in_fence:
+        return "code"
     if stripped.startswith("|"):
         return "table"
     if _HEADING.match(line) or _LIST_ITEM.match(line):
@@ -81,7 +85,7 @@ def line_kind(line: str, in_fence: bool) -> str:
 
 def _split_prose(line: str, pos: int, granularity: str) -> list[Unit]:
     if granularity == "line":
-        return [Unit(pos, pos + len(line))]
+        return [Unit(pos + a, pos + b) for a, b in _cap(line, 0, len(line))]
     pattern = _WORD if granularity == "word" else None
     if pattern is not None:
         cuts = [m.end() for m in pattern.finditer(line)]
@@ -90,7 +94,19 @@ def _split_prose(line: str, pos: int, granularity: str) -> list[Unit]:
     lead = len(line) - len(line.lstrip())  # leading whitespace stays with the line's first unit
     starts = [0] + [c for c in cuts[:-1] if c > lead]
     ends = starts[1:] + [len(line)]
-    return [Unit(pos + s, pos + e) for s, e in zip(starts, ends) if e > s]
+    return [Unit(pos + a, pos + b) for s, e in zip(starts, ends) if e > s for a, b in _cap(line, s, e)]
+
+
+def _cap(line: str, start: int, end: int) -> list[tuple[int, int]]:
+    """``line[start:end]`` in pieces of at most ``MAX_UNIT_CHARS``, cut after a space (never inside a word)."""
+    pieces = []
+    while end - start > MAX_UNIT_CHARS:
+        cut = line.rfind(" ", start + 1, start + MAX_UNIT_CHARS) + 1
+        if cut <= start:  # one word longer than the cap: it stays whole
+            cut = min(line.find(" ", start + MAX_UNIT_CHARS) + 1 or end, end)
+        pieces.append((start, cut))
+        start = cut
+    return pieces + ([(start, end)] if end > start else [])
 
 
 def _needs(kind: str, line: str, index: int, table_header, fence, openers) -> tuple[int, ...]:
