@@ -122,3 +122,19 @@ def test_token_granularity_is_the_papers_and_counts_what_it_fabricates():
 def test_granularities_listed():
     assert GRANULARITIES == ("token", "word", "sentence", "line")
     assert SpecPCConfig().granularity == "sentence" and SpecPCConfig().gap == "…"
+
+
+def test_long_lines_are_prose_and_long_units_are_cut_at_spaces():
+    flat = " ".join(f"word{i} is here and there" for i in range(120)) + " and ends with:"  # ~3k chars, one line
+    units = split_units(flat, "sentence")
+    got = pieces(flat, units)
+    assert "".join(got) == flat and len(units) > 5
+    assert all(len(p) <= 400 for p in got) and all(p.endswith(" ") for p in got[:-1])  # never inside a word
+    assert pieces(flat, split_units(flat, "line")) == got  # a long line of prose is cut the same way
+    assert pieces("x" * 900 + " tail", split_units("x" * 900 + " tail", "sentence")) == ["x" * 900 + " ", "tail"]
+
+
+def test_a_large_unit_at_the_end_is_skipped_not_forced():
+    text = "Short one. " * 40 + " ".join(["long"] * 300) + " end"
+    cp = engine().compress(text, question="Which?", budget=60)
+    assert cp.draft_kept_tokens <= 60 and cp.text.endswith("Which?")
