@@ -3,7 +3,7 @@
 A unit is a word, a sentence or a line of prose (``granularity``), or one structured line whatever the
 granularity: a Markdown table row, list item or heading, a fenced or indented code line. Units carry their
 trailing whitespace, so kept units joined in order read as the source. Some units need others: a table row its
-table's header (and separator) row, a code line its fences and the nearest enclosing block opener (``def
+table's header (and separator) row, a code line its opening fence and the nearest enclosing block opener (``def
 f(...):``, ``class X:``, ``if ...:``, ``{``), so a kept row or line is never read out of its context.
 """
 
@@ -58,13 +58,14 @@ def split_units(text: str, granularity: str) -> list[Unit]:
         if kind == "prose":
             units += _split_prose(line, pos, granularity)
         else:
-            units.append(Unit(pos, pos + len(line), _needs(kind, line, first, table_header, fence, openers)))
+            units.append(Unit(pos, pos + len(line), _needs(kind, line, table_header, fence, openers)))
         table_header, fence, openers = _track(kind, line, first, table_header, fence, openers)
         pos += len(line)
     return units
 
 
 def line_kind(line: str, in_fence: bool) -> str:
+    """``"prose"``, ``"blank"``, or the structure a line is (``"table"``, ``"item"``, ``"code"``, ``"fence"``)."""
     stripped = line.strip()
     if stripped.startswith("```"):
         return "fence"
@@ -86,9 +87,8 @@ def line_kind(line: str, in_fence: bool) -> str:
 def _split_prose(line: str, pos: int, granularity: str) -> list[Unit]:
     if granularity == "line":
         return [Unit(pos + a, pos + b) for a, b in _cap(line, 0, len(line))]
-    pattern = _WORD if granularity == "word" else None
-    if pattern is not None:
-        cuts = [m.end() for m in pattern.finditer(line)]
+    if granularity == "word":
+        cuts = [m.end() for m in _WORD.finditer(line)]
     else:
         cuts = [m.end() for m in _SENTENCE_END.finditer(line)] + [len(line)]
     lead = len(line) - len(line.lstrip())  # leading whitespace stays with the line's first unit
@@ -109,7 +109,8 @@ def _cap(line: str, start: int, end: int) -> list[tuple[int, int]]:
     return pieces + ([(start, end)] if end > start else [])
 
 
-def _needs(kind: str, line: str, index: int, table_header, fence, openers) -> tuple[int, ...]:
+def _needs(kind: str, line: str, table_header, fence, openers) -> tuple[int, ...]:
+    """What a structured line needs kept with it: a table row its header, a code line its fence and opener."""
     if kind == "table":
         return tuple(table_header)
     if kind != "code":
@@ -133,7 +134,7 @@ def _track(kind: str, line: str, index: int, table_header, fence, openers):
         openers = [(i, u) for i, u in openers if i < indent]
         if _BLOCK_OPENER.match(line.rstrip("\n")):
             openers.append((indent, index))
-    elif kind not in ("blank",) and fence is None:
+    elif kind != "blank" and fence is None:
         openers = []
     return table_header, fence, openers
 

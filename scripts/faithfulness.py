@@ -5,7 +5,8 @@ Python signatures with defaults, a contacts list, prose full of numbers; ~4.7k d
 whose answer is one line of it. SpecPC compresses it at every ratio and granularity (the draft reads the
 document once; later settings reuse its KV through the context cache). Per setting: the statements of the
 output that the source does not make (``draft_rag.faithfulness.unsupported``, by kind), whether the output is
-its kept spans gap-marked (``draft_rag.units.render``), and whether the evidence line survived whole.
+its kept spans with every gap marked (``draft_rag.units.render``; token-level SpecPC marks none), and whether the
+evidence line survived whole.
 Prints a markdown table, writes JSON.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python scripts/faithfulness.py --seeds 8
@@ -34,7 +35,7 @@ def measure(engine, doc, granularity: str, ratio: float) -> dict:
     return {
         "granularity": granularity, "ratio": ratio, "kind": doc.kind, "kept_tokens": cp.draft_kept_tokens,
         "input_tokens": cp.draft_original_tokens, **{k: found[k] for k in KINDS},
-        "gaps_marked": render(cp.original_text, cp.kept_spans, cp.gap) == cp.text,
+        "gaps_marked": bool(cp.gap) and render(cp.original_text, cp.kept_spans, cp.gap) == cp.text,
         "evidence": doc.evidence in cp.text, "answer": doc.answer in cp.text,
     }  # fmt: skip
 
