@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .builtins import BUILTIN_MODELS, DEFAULT_MODEL
 from .config import SparsePrefillConfig, SpecPCConfig
+from .units import GRANULARITIES
 
 logger = logging.getLogger("draft_rag")
 
@@ -156,6 +157,13 @@ def add_specpc_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reduction-type", choices=("max", "mean"), default=d.reduction_type)
     g.add_argument("--no-weighted-query", dest="weighted_query", action="store_false")
     g.add_argument(
+        "--granularity",
+        choices=GRANULARITIES,
+        default=d.granularity,
+        help=f"keep whole units of this kind (default {d.granularity}); 'token': the paper's token-level SpecPC",
+    )
+    g.add_argument("--gap", default=d.gap, help=f"the mark where text was dropped between kept units (default {d.gap})")
+    g.add_argument(
         "--coverage",
         type=fraction,
         default=None,
@@ -182,6 +190,8 @@ def specpc_from_args(args) -> SpecPCConfig:
         pool_type=args.pool_type,
         reduction_type=args.reduction_type,
         weighted_query=args.weighted_query,
+        granularity=args.granularity,
+        gap=args.gap,
         coverage=args.coverage,
     )
 

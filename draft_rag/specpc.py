@@ -11,8 +11,11 @@ import numpy as np
 from .blocks import score_blocks
 from .config import SpecPCConfig
 from .context_cache import ContextCache
+from .faithfulness import unsupported
 from .prompt import Chunk, Segment, Tokenized, count_tokens, tokenize, wrap
 from .scoring import draft_scores, pool
+from .selection import select_units
+from .units import Unit, gap_mark, render, split_units, unit_of
 
 
 @dataclass
@@ -34,7 +37,7 @@ class CompressedPrompt:
 
     text: str
     original_text: str
-    kept_spans: list[tuple[int, int]]  # character spans of original_text that were kept
+    kept_spans: list[tuple[int, int]]  # character spans of original_text: render(original_text, kept_spans, gap)
     chunks: list[ChunkResult]
     original_tokens: int
     compressed_tokens: int
@@ -47,6 +50,8 @@ class CompressedPrompt:
     draft_blocks: int = 0  # draft passes over the prompt: 0 when it was within budget, >1 in block mode
     draft_cached_tokens: int = 0  # prompt tokens whose draft KV came from the engine's context cache
     left_whole: str = ""  # budget="auto": why a prompt that fits the window was not compressed
+    unsupported: int = 0  # statements of the kept text that its source does not make (``faithfulness``)
+    gap: str = ""  # the mark between kept spans that are not adjacent ("": joined end to end)
 
     @property
     def ratio(self) -> float:
@@ -62,6 +67,7 @@ class CompressedPrompt:
             "draft_blocks": self.draft_blocks,
             "draft_cached_tokens": self.draft_cached_tokens,
             "left_whole": self.left_whole,
+            "unsupported": self.unsupported,
             "chunks": [
                 {
                     "id": c.id,
@@ -155,8 +161,12 @@ def compress(
     window = np.zeros_like(in_output)
     room_for_window = max(0, budget - int(protected.sum()))
     window[out_idx[len(out_idx) - min(cfg.window_size, room_for_window) :]] = True
-    keep = select(pooled, in_output & ~protected, protected | window, budget, cfg.neighbor_tokens)
-    result = _assemble(layout, tok, keep, scores, starts, original, chunks, count_tokenizer)
+    if cfg.granularity == "token":
+        keep = select(pooled, in_output & ~protected, protected | window, budget, cfg.neighbor_tokens)
+        result = _assemble(layout, tok, keep, scores, starts, original, chunks, count_tokenizer)
+    else:
+        keep, spans = select_in_units(layout, tok, pooled, protected, window, budget, cfg, tokenizer)
+        result = _assemble(layout, tok, keep, scores, starts, original, chunks, count_tokenizer, spans, cfg.gap)
     result.lookahead_ids = dp.lookahead_ids
     result.lookahead_text = tokenizer.decode(dp.lookahead_ids, skip_special_tokens=True)
     result.seconds = {"draft": t2 - t1, "select": (t1 - t0) + (time.perf_counter() - t2)}
@@ -187,20 +197,76 @@ def _output_offsets(layout: list[Segment]) -> tuple[list[int | None], str]:
     return starts, "".join(s.text for s in layout if s.in_output)
 
 
-def _assemble(layout, tok: Tokenized, keep, scores, starts, original, chunks, count_tokenizer) -> CompressedPrompt:
+def select_in_units(layout, tok: Tokenized, pooled, protected, window, budget: int, cfg: SpecPCConfig, tokenizer):
+    """SpecPC in whole units (``cfg.granularity``): the kept token positions and, per context segment, the
+    kept character spans. A unit scores its best pooled token and costs its tokens (a token belongs to the unit
+    that holds its last character); units holding a ``window`` token come first where they fit;
+    each protected segment is kept (a unit of cost 0 here: its tokens are counted up front), so the gap marks
+    that the budget pays for are exactly those of the output."""
+    room = budget - int(protected.sum())
+    if room < 0:
+        raise ValueError(f"budget of {budget} tokens is smaller than the protected segments ({budget - room} tokens)")
+    units, owner, unit_tokens, token_unit = _units_of(layout, tok, cfg.granularity)
+    fixed = [u for u, g in enumerate(owner) if layout[g].role != "context"]
+    costs = [0 if u in fixed else len(t) for u, t in enumerate(unit_tokens)]
+    scores = [float(pooled[t].max()) if t else -np.inf for t in unit_tokens]
+    for u in {int(token_unit[p]) for p in np.flatnonzero(window)} - {-1}:  # the window's units first, where they fit
+        scores[u] = np.inf
+    gap_cost = count_tokens(tokenizer, gap_mark("\n", cfg.gap)) if cfg.gap else 0
+    kept = select_units(costs, scores, [u.needs for u in units], [0] * len(units), fixed, room, gap_cost)
+    keep = sorted(set(np.flatnonzero(protected)) | {p for u in kept for p in unit_tokens[u]})
+    spans: dict[int, list[tuple[int, int]]] = {}
+    for u in kept:
+        if layout[owner[u]].role == "context":
+            spans.setdefault(owner[u], []).append((units[u].start, units[u].end))
+    return np.asarray(keep, dtype=np.int64), {g: _merge(s) for g, s in spans.items()}
+
+
+def _units_of(layout, tok: Tokenized, granularity: str):
+    """The output's units in order: each context segment's (``split_units``) and each protected segment whole;
+    with the segment that owns each, each unit's token positions and each token's unit (-1: none)."""
+    units, owner, unit_tokens = [], [], []
+    token_unit = np.full(len(tok.segment), -1)
+    segment_of = np.asarray(tok.segment)
+    for g, seg in enumerate(layout):
+        if not seg.in_output or not seg.text:
+            continue
+        own = split_units(seg.text, granularity) if seg.role == "context" else [Unit(0, len(seg.text))]
+        first, unit_starts = len(units), [u.start for u in own]
+        units += [Unit(u.start, u.end, tuple(first + n for n in u.needs)) for u in own]
+        owner += [g] * len(own)
+        unit_tokens += [[] for _ in own]
+        for p in np.flatnonzero(segment_of == g):
+            u = first + unit_of(own, unit_starts, *tok.offsets[p])
+            token_unit[p] = u
+            unit_tokens[u].append(p)
+    return units, owner, unit_tokens, token_unit
+
+
+def _assemble(
+    layout, tok: Tokenized, keep, scores, starts, original, chunks, count_tokenizer, unit_spans=None, gap=""
+) -> CompressedPrompt:
+    """The compressed prompt from the kept token positions ``keep`` (or, in unit mode, each context segment's
+    ``unit_spans``, gap-marked with ``gap``)."""
     by_segment: dict[int, list[int]] = {}
     for p in keep:
         by_segment.setdefault(tok.segment[p], []).append(p)
     tokens_of: dict[int, list[int]] = {}
     for p, g in enumerate(tok.segment):
         tokens_of.setdefault(g, []).append(p)
-    pieces, kept_spans, chunk_results = [], [], {}
+    kept_spans, chunk_results, n_unsupported = [], {}, 0
     for i, seg in enumerate(layout):
         if not seg.in_output:
             continue
-        spans = [(0, len(seg.text))] if seg.protected else _spans(by_segment.get(i, []), tok.offsets)
-        piece = "".join(seg.text[s:e] for s, e in spans)
-        pieces.append(piece)
+        if seg.protected:
+            spans = [(0, len(seg.text))]
+        elif unit_spans is not None:
+            spans = unit_spans.get(i, [])
+        else:
+            spans = _spans(by_segment.get(i, []), tok.offsets)
+        piece = render(seg.text, spans, gap)
+        if not seg.protected:
+            n_unsupported += len(unsupported(piece, seg.text, gap))
         kept_spans += [(starts[i] + s, starts[i] + e) for s, e in spans]
         if seg.chunk is not None:
             positions = tokens_of.get(i, [])
@@ -210,7 +276,8 @@ def _assemble(layout, tok: Tokenized, keep, scores, starts, original, chunks, co
             chunk_results[seg.chunk] = ChunkResult(
                 c.id, c.metadata, c.text, piece, spans, n_kept / max(1, len(positions)), score
             )
-    text = "".join(pieces)
+    kept_spans = _merge(kept_spans)
+    text = render(original, kept_spans, gap)
     token_scores = (
         []
         if scores is None
@@ -223,7 +290,7 @@ def _assemble(layout, tok: Tokenized, keep, scores, starts, original, chunks, co
     return CompressedPrompt(
         text=text,
         original_text=original,
-        kept_spans=_merge(kept_spans),
+        kept_spans=kept_spans,
         chunks=[
             chunk_results.get(i) or ChunkResult(c.id, c.metadata, c.text, "", [], 0.0, 0.0)
             for i, c in enumerate(chunks)
@@ -233,6 +300,8 @@ def _assemble(layout, tok: Tokenized, keep, scores, starts, original, chunks, co
         draft_original_tokens=sum(1 for g in tok.segment if starts[g] is not None),
         draft_kept_tokens=len(keep),
         token_scores=token_scores,
+        unsupported=n_unsupported,
+        gap=gap,
     )
 
 

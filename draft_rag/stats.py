@@ -34,6 +34,7 @@ class CompressionStats:
     messages: list[MessageStats] = field(default_factory=list)
     warning: str | None = None  # over budget, but nothing in the conversation is compressible
     left_whole: str | None = None  # budget="auto": why a conversation that fits the window was not compressed
+    unsupported: int | None = None  # statements of the compressed text its source does not make (faithfulness)
 
     def changed(self) -> set[int]:
         """Indices of the messages whose content changed."""
@@ -61,6 +62,7 @@ class GenerationStats:
     draft_blocks: int = 0  # SpecPC's draft passes over the prompt (>1: scored in blocks; 0: not run)
     draft_cached_tokens: int = 0  # draft tokens (SpecPC's pass, SpecKV's lookahead) whose KV came from the cache
     sparse_layers: int = 0  # target layers whose prefill ran vertical-slash sparse (sparse_prefill=)
+    unsupported: int = 0  # statements of SpecPC's kept text that its source does not make (draft_rag.faithfulness)
     left_whole: str = ""  # budget="auto": why a prompt that fits the window was not compressed
     budget_reason: str = ""  # which budget applied and why, in words
     compression: CompressionStats | None = None  # SpecPC on a conversation (messages=...)

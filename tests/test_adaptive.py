@@ -12,7 +12,7 @@ from draft_rag import DraftEngine, SpecPCConfig
 from draft_rag.cli import main
 from draft_rag.specpc import adaptive_budget
 
-CFG = SpecPCConfig(starting_layer_index=0, window_size=8, kernel_size=8, neighbor_tokens=8)
+CFG = SpecPCConfig(starting_layer_index=0, window_size=8, kernel_size=8, neighbor_tokens=8, granularity="token")
 
 
 def test_the_fewest_tokens_that_reach_the_coverage():

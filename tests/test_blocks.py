@@ -21,7 +21,7 @@ from draft_rag.scoring import draft_scores
 from tests.conftest import tiny_config, tiny_tokenizer
 
 WINDOW = 256
-CFG = SpecPCConfig(starting_layer_index=0, window_size=16, kernel_size=8, neighbor_tokens=8)
+CFG = SpecPCConfig(starting_layer_index=0, window_size=16, kernel_size=8, neighbor_tokens=8, granularity="token")
 QUESTION = "What is the special magic number for ocean?"
 
 

@@ -3,6 +3,8 @@
 Recorded before the v0.3 redesign (issue 23) and kept since: a refactor must not change what users get.
 Timings are dropped and floats compared to a relative 1e-5; everything else (text, kept spans, token counts, KV
 entries) must match exactly.
+SpecPC runs at ``granularity="token"`` here (the paper's, and the only one before issue 39): the file predates
+the unit granularities, which tests/test_units.py covers.
 Regenerate only for an intended change: ``DRAFT_RAG_REGOLD=1 pytest tests/test_golden.py``.
 """
 
@@ -20,7 +22,7 @@ from draft_rag import DraftEngine, SpecKVConfig, SpecPCConfig
 from draft_rag.cli import main
 
 GOLDEN = Path(__file__).parent / "data" / "golden.json"
-TINY = ["--starting-layer-index", "0", "--window-size", "8"]
+TINY = ["--starting-layer-index", "0", "--window-size", "8", "--granularity", "token"]  # the paper's SpecPC
 METHODS = ["full", "specpc", "speckv", "speckv-pc", "snapkv", "streamingllm", "random"]
 
 
@@ -85,7 +87,7 @@ def _stats(gen) -> dict:
 
 
 def _engine_outputs() -> dict:
-    specpc = SpecPCConfig(starting_layer_index=0, window_size=8, kernel_size=8, neighbor_tokens=8)
+    specpc = SpecPCConfig(starting_layer_index=0, window_size=8, kernel_size=8, neighbor_tokens=8, granularity="token")
     engine = DraftEngine(tiny_model("llama"), specpc=specpc, speckv=SpecKVConfig(window_size=8))
     text, question, _ = needle_prompt(40)
     chunks = [c for c in text.split(". ") if c]

@@ -20,7 +20,7 @@ from langchain_draft_rag import ChatDraftCompressed, DraftCompressedLLM
 from langchain_draft_rag._common import shared_engine
 from langchain_draft_rag._messages import to_dicts
 
-CFG = SpecPCConfig(starting_layer_index=1, window_size=8, kernel_size=8, neighbor_tokens=8)
+CFG = SpecPCConfig(starting_layer_index=1, window_size=8, kernel_size=8, neighbor_tokens=8, granularity="token")
 CONTEXT, QUESTION, _ = needle_prompt(30)  # one long paragraph: all retrieved context
 SYSTEM = "Answer from the context only."
 

@@ -13,6 +13,7 @@ from langchain_core.vectorstores import InMemoryVectorStore
 
 from draft_rag import Chunk, SpecPCConfig
 from draft_rag.prompt import count_tokens
+from draft_rag.units import render
 from langchain_draft_rag import DraftDocumentCompressor
 from langchain_draft_rag._common import shared_engine
 
@@ -51,7 +52,7 @@ def check_kept(out, ids):
         src = original[d.id]
         assert {k: d.metadata[k] for k in src.metadata} == src.metadata
         assert d.metadata["draft_rag_score"] == pytest.approx(scores[d.id])
-        assert "".join(src.page_content[s:e] for s, e in d.metadata["draft_rag_kept_spans"]) == d.page_content
+        assert render(src.page_content, d.metadata["draft_rag_kept_spans"]) == d.page_content
 
 
 def test_top_n_keeps_the_best_scored_in_input_order():

@@ -25,6 +25,7 @@ from llama_index.core.schema import (
 from draft_rag import SpecPCConfig  # noqa: E402
 from draft_rag.config import AUTO_MARGIN  # noqa: E402
 from draft_rag.selection import select_chunks  # noqa: E402
+from draft_rag.units import render
 from llama_index.postprocessor.draft_rag import DraftNodePostprocessor  # noqa: E402
 
 TEXTS = [
@@ -35,7 +36,7 @@ TEXTS = [
     "Mount Everest is the highest mountain above sea level, at 8849 metres.",
 ]
 QUERY = "What is the secret code that opens the red vault?"
-TINY_SPECPC = SpecPCConfig(starting_layer_index=0, window_size=8, kernel_size=5, neighbor_tokens=4)
+TINY_SPECPC = SpecPCConfig(starting_layer_index=0, window_size=8, kernel_size=5, neighbor_tokens=4, granularity="token")
 
 
 def make_nodes(texts=TEXTS) -> list[NodeWithScore]:
@@ -179,7 +180,7 @@ def test_compress_tokens_copies_changed_nodes_with_ids_and_metadata():
         assert len(o.node.text) < len(orig.text)
         assert o.node.relationships == orig.relationships and o.node.metadata["source"] == orig.metadata["source"]
         assert 0 < o.node.metadata["draft_rag_kept_fraction"] < 1
-        assert "".join(orig.text[s:e] for s, e in o.node.metadata["draft_rag_kept_spans"]) == o.node.text
+        assert render(orig.text, o.node.metadata["draft_rag_kept_spans"]) == o.node.text
         assert "draft_rag" not in o.node.get_content(metadata_mode=MetadataMode.LLM)
 
 

@@ -12,7 +12,7 @@ from draft_rag import CompressedMessages, DraftEngine, SpecPCConfig, pipeline
 from draft_rag import messages as chat
 from draft_rag.messages import layout
 
-CFG = SpecPCConfig(starting_layer_index=0, window_size=8, kernel_size=5, neighbor_tokens=4)
+CFG = SpecPCConfig(starting_layer_index=0, window_size=8, kernel_size=5, neighbor_tokens=4, granularity="token")
 CONTEXT = needle_prompt(20)[0]  # ~1.8k characters, one paragraph
 INSTRUCTIONS = "Answer from the context only. Say you don't know otherwise."
 QUESTION = "What is the special magic number for ocean?"

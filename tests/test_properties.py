@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from draft_rag import DraftEngine, SpecPCConfig
 from draft_rag.engine import METHODS
+from draft_rag.units import render
 
 settings.register_profile(
     "ci",
@@ -124,7 +125,8 @@ def documented(exc: ValueError, *words: str) -> None:
 
 
 def check_subsequence(result: str, original: str, spans) -> None:
-    assert result == "".join(original[s:e] for s, e in spans)
+    """``result`` is ``spans`` of ``original`` in order, gap-marked where they are not adjacent."""
+    assert result == render(original, spans)
     assert all(0 <= s < e <= len(original) for s, e in spans)
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
 

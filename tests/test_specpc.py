@@ -6,7 +6,7 @@ from conftest import ARCHS, needle_prompt, tiny_model, tiny_tokenizer
 import draft_rag.specpc as specpc_mod
 from draft_rag import Chunk, DraftEngine, SpecPCConfig
 
-SMALL = SpecPCConfig(starting_layer_index=0, window_size=8, kernel_size=5, neighbor_tokens=4)
+SMALL = SpecPCConfig(starting_layer_index=0, window_size=8, kernel_size=5, neighbor_tokens=4, granularity="token")
 
 
 def engine(arch="llama", **kw):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..cli import fraction, positive_int
 from ..config import DEFAULT_COVERAGE
+from ..units import DEFAULT_GRANULARITY, GRANULARITIES
 
 logger = logging.getLogger("draft_rag.bench")
 
@@ -115,6 +116,7 @@ def _cmd_bench(args) -> int:
             coverages=args.coverages,
             sparse_prefill=args.sparse_prefill,
             follow_ups=args.follow_ups,
+            granularity=args.granularity,
         )
         if tasks
         else load_results(out / "results.json")
@@ -281,6 +283,13 @@ def add_subcommand(sub) -> None:
         "--block-size",
         type=positive_int,
         help="draft tokens per SpecPC scoring pass (default 2048; the draft's window: one pass), recorded per cell",
+    )
+    p.add_argument(
+        "--granularity",
+        choices=GRANULARITIES,
+        default=DEFAULT_GRANULARITY,
+        help=f"SpecPC keeps whole units of this kind (default {DEFAULT_GRANULARITY}); cells other than 'token' "
+        "record it",
     )
     p.add_argument(
         "--sparse-prefill",

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..engine import DraftEngine
 from ..sparse_prefill import SPARSE_METHODS
+from ..units import DEFAULT_GRANULARITY
 from .data import METRICS, load_jsonl, parse_record, task_metric, write_jsonl
 from .report import CELL_KEYS, label
 from .runner import check_method, evaluate, kind
@@ -61,6 +62,12 @@ def cells_for(method: str, ratios, kv_budgets, coverages=(), sparse: bool = Fals
     fixed = [(b, r, None, False) for b, r in budgets_for(method, ratios, kv_budgets)]
     sparse_cells = [(b, r, c, True) for b, r, c, _ in fixed] if sparse and method in SPARSE_METHODS else []
     return fixed + sparse_cells + ([("adaptive", None, c, False) for c in coverages] if method == "specpc" else [])
+
+
+def units_key(method: str, granularity: str) -> dict:
+    """The cell's ``granularity`` entry: SpecPC's units where the method shortens the prompt and they are not
+    tokens (what every cell before granularity existed used)."""
+    return {"granularity": granularity} if granularity != "token" and kind(method)[0] else {}
 
 
 def machine() -> str:
@@ -173,6 +180,7 @@ def run_grid(
     coverages=(),
     sparse_prefill: bool = False,
     follow_ups: bool = False,
+    granularity: str = DEFAULT_GRANULARITY,
 ) -> dict:
     """Run (or reuse) every cell; write ``results.json`` after each one. Returns the results dict.
 
@@ -183,7 +191,8 @@ def run_grid(
     (the paper's settings); those cells record ``sparse_prefill``. ``follow_ups``: where a task's records hold
     follow-up questions (RULER's niah tasks with several keys), each record's are asked after its first question
     over the same context (the draft's context cache serves them); those cells record ``follow_ups`` and their
-    results under ``follow_up``.
+    results under ``follow_up``. ``granularity``: SpecPC's units (``SpecPCConfig.granularity``); cells of methods
+    that shorten the prompt record it unless it is ``"token"`` (cells from before it existed were token-level).
     """
     for m in methods:
         check_method(m)
@@ -195,6 +204,7 @@ def run_grid(
     try:
         for pair in pairs:
             engine = DraftEngine(target=pair.target, draft=pair.draft, block_size=block_size)
+            engine.specpc = engine.specpc.replace(granularity=granularity)
             for task in tasks:
                 for length in lengths:
                     raw = generate(task, engine.draft.tokenizer, length, n, seed)
@@ -218,6 +228,7 @@ def run_grid(
                                 **({"coverage": coverage} if coverage else {}),
                                 **({"sparse_prefill": True} if sparse else {}),
                                 **({"follow_ups": True} if asks else {}),
+                                **units_key(method, granularity),
                             )
                             if _key(cell) in done:
                                 continue

@@ -9,7 +9,7 @@ from ..blocks import DEFAULT_BLOCK_SIZE
 from .tasks import RULER_13
 
 CELL_KEYS = ("pair", "task", "length", "n", "seed", "method", "budget", "ratio", "block_size", "coverage",
-             "sparse_prefill", "follow_ups")  # fmt: skip  # what tells one bench cell from another
+             "sparse_prefill", "follow_ups", "granularity")  # fmt: skip  # what tells one bench cell from another
 
 
 def label(cell: dict) -> str:
@@ -17,6 +17,7 @@ def label(cell: dict) -> str:
     " +sparse" for a sparse target prefill."""
     blocks = f" [blocks of {cell['block_size']}]" if cell.get("block_size") else ""
     blocks += " +sparse" if cell.get("sparse_prefill") else ""
+    blocks += f" [{cell['granularity']}s]" if cell.get("granularity") else ""
     if cell.get("coverage") is not None:  # an adaptive budget
         return f"{cell['method']} @adaptive {cell['coverage']:.0%}{blocks}"
     if cell.get("ratio") is not None and cell.get("budget") is not None:  # speckv-pc: prompt ratio and KV entries
@@ -173,6 +174,23 @@ def follow_up_table(cells: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def faithfulness_table(cells: list[dict]) -> str:
+    """Per (pair, length, row) of the prompt-shortening cells that counted them: statements of the compressed
+    prompts that their contexts do not make (``draft_rag.faithfulness``), over all records, per task."""
+    counted = [c for c in cells if "unsupported" in c]
+    if not counted:
+        return ""
+    out = ["| pair | tokens | method @ budget | tasks | records | unsupported statements | per task |",
+           "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for pair, length, _, tasks, rows in _by_pair_and_length(counted):
+        for name, by_task in rows.items():
+            per = ", ".join(f"{t} {by_task[t]['unsupported']}" for t in tasks if t in by_task)
+            total = sum(c["unsupported"] for c in by_task.values())
+            out.append(f"| {pair} | {length} | {name} | {len(by_task)} | {sum(c['n'] for c in by_task.values())} | "
+                       f"{total} | {per} |")  # fmt: skip
+    return "\n".join(out)
+
+
 def chunk_table(rows: list[dict]) -> str:
     """Chunk-pruning results: recall of the gold chunk and answer accuracy per ranker and keep ratio."""
     if not rows:
@@ -252,6 +270,11 @@ def write_report(data: dict, out_dir) -> dict:
     blocks = block_table(cells)
     if blocks:
         md += ["## Block scoring vs one draft pass (the same cells, the draft's block size set)", "", blocks, ""]
+    faithful = faithfulness_table(cells)
+    if faithful:
+        md += ["## Faithfulness (statements of the compressed prompts that their contexts do not make)", "",
+               "Counted since issue 39 (`draft_rag.faithfulness.unsupported`); cells run before it did not count.",
+               "", faithful, ""]  # fmt: skip
     asked = follow_up_table(data.get("results") or [])
     if asked:
         md += ["## Follow-up questions over the same context (each key of a haystack asked on its own)", "", asked, ""]

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from .. import methods
 from ..engine import METHODS, DraftEngine
+from ..faithfulness import unsupported
 from ..inputs import PromptInput
 from .data import METRICS, Record, follow_ups, split_input
 
@@ -52,6 +53,7 @@ class EvalResult:
     scores: dict = field(default_factory=dict)  # the mean under each metric ("all", "part"), 0-100
     sparse_layers: float = 0.0  # mean target layers per record that prefilled sparse
     follow_up: dict | None = None  # the records' follow-up questions (``follow_up_summary``), when asked
+    unsupported: int = 0  # statements of the compressed prompts their sources do not make, all records together
     records: list = field(default_factory=list)
 
     def to_dict(self, with_records: bool = False) -> dict:
@@ -162,6 +164,7 @@ def evaluate(
         {m: 100 * sum(r["scores"][m] for r in rows) / n for m in METRICS},
         sum(r["sparse_layers"] for r in rows) / n,
         follow_up_summary(rows, metric) if ask_follow_ups else None,
+        sum(r["unsupported"] for r in rows),
         rows,
     )
 
@@ -212,8 +215,10 @@ def _one(engine, rec: Record, *, method, budget, ratio, template, max_new_tokens
     draft_s = 0.0
     if method == "llmlingua":
         t0 = time.perf_counter()
-        context = llmlingua.compress(context, instruction=instruction, question=question, budget=budget, ratio=ratio)
+        shortened = llmlingua.compress(context, instruction=instruction, question=question, budget=budget, ratio=ratio)
         draft_s = time.perf_counter() - t0
+        n_unsupported = len(unsupported(shortened, context, gap=""))
+        context = shortened
         gen = engine.generate(context, method="full", **args)
         gen.stats.original_tokens = _full_tokens(engine, rec, instruction, question, template)
     else:
@@ -223,6 +228,7 @@ def _one(engine, rec: Record, *, method, budget, ratio, template, max_new_tokens
             kw = dict(pc_ratio=ratio, budget=budget)
         gen = engine.generate(context, method=method, **kw, **args)
         draft_s = sum(gen.stats.seconds.get(k, 0.0) for k in ("draft", "select"))
+        n_unsupported = gen.stats.unsupported
     s = gen.stats
     target_s = s.seconds.get("target", 0.0)
     total = s.seconds.get("total", target_s) + (draft_s if method == "llmlingua" else 0.0)
@@ -235,6 +241,7 @@ def _one(engine, rec: Record, *, method, budget, ratio, template, max_new_tokens
         "kept_tokens": kept_tokens(method, s),
         "kv_bytes": getattr(s, "kv_bytes", 0) or 0,
         "sparse_layers": s.sparse_layers,
+        "unsupported": n_unsupported,
         "cached_tokens": s.draft_cached_tokens or 0,
         "draft_tokens": gen.compressed.draft_original_tokens if gen.compressed else 0,
         "seconds": {"draft": draft_s, "target": target_s, "total": total},
