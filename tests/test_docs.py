@@ -254,3 +254,36 @@ def test_no_install_line_names_an_unpublished_distribution():
         assert not re.search(UNPUBLISHED, page.read_text()), page.name
     for example in (ROOT / "examples").glob("*.py"):
         assert not re.search(UNPUBLISHED, example.read_text()), example.name
+
+
+def _options(parser) -> dict[str, set[str]]:
+    """Each subcommand's option strings (``models`` merges its actions')."""
+    import argparse
+
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    found = {}
+    for name, sub in subs.choices.items():
+        opts = {s for a in sub._actions for s in a.option_strings}
+        for nested in (a for a in sub._actions if isinstance(a, argparse._SubParsersAction)):
+            opts |= {s for p in nested.choices.values() for a in p._actions for s in a.option_strings}
+        found[name] = opts | {s for a in parser._actions for s in a.option_strings}
+    return found
+
+
+def test_every_option_the_cli_page_names_exists():
+    """docs/cli.md's synopsis names real options of each command, and its prose names options some command has."""
+    from draft_rag.cli import build_parser
+
+    options = _options(build_parser())
+    page = _read("docs/cli.md")
+    synopsis = re.search(r"```bash\n(.*?)```", page, re.S).group(1)
+    command, named = None, {}
+    for line in synopsis.splitlines():
+        m = re.match(r"draft-rag (\w+)", line)
+        command = m.group(1) if m else command
+        named.setdefault(command, set()).update(re.findall(r"--[a-z][a-z-]*", line.split("#")[0]))
+    assert set(named) >= {"compress", "generate", "eval", "bench", "cost", "demo", "models", "serve"}
+    assert {c: sorted(n - options[c]) for c, n in named.items() if n - options[c]} == {}
+    everywhere = set().union(*options.values())
+    prose = re.sub(r"```.*?```", "", page, flags=re.S)
+    assert sorted(set(re.findall(r"--[a-z][a-z-]*", prose)) - everywhere) == []
