@@ -4,9 +4,9 @@
         --context-window 32768 "How do I insert into a sorted list and keep it sorted?"
 
 Retrieval is MiniLM over ``pydoc`` text (swap in your index). ``SimilarityPostprocessor`` drops weak nodes by the
-retriever's score first; then ``DraftNodePostprocessor`` keeps the nodes the draft attends to (its ``score`` is the
-draft's, so no similarity cutoff may follow it); then ``DraftCompressedLLM(llm=OpenAILike(...))`` compresses the
-context in the prompt and calls the server. ``tests/test_examples.py`` runs this against a live ``draft-rag serve``.
+retriever's score first, so the draft reads fewer; then ``DraftNodePostprocessor`` keeps the nodes the draft attends
+to; then ``DraftCompressedLLM(llm=OpenAILike(...))`` compresses the context in the prompt and calls the server.
+``tests/test_examples.py`` runs this against a live ``draft-rag serve``.
 Needs, from a clone, ``pip install -e ".[embeddings]" -e integrations/llama-index-llms-draft-rag
 -e integrations/llama-index-postprocessor-draft-rag llama-index-embeddings-huggingface llama-index-llms-openai-like``.
 """
@@ -82,7 +82,7 @@ def main() -> None:
     response = query_engine.query(a.question)
     print(f"Q: {a.question}\nA (query engine): {str(response).strip()}")
     for n in response.source_nodes:
-        print(f"  draft score {n.score:.4f}, retrieval {n.node.metadata['retrieval_score']:.3f}: {n.node.text[:60]!r}")
+        print(f"  retrieval score {n.node.metadata['retrieval_score']:.3f}: {n.node.text[:60]!r}")
     print(f"A (chat engine): {str(chat_engine.chat(a.question)).strip()}")
     print(f"follow-up: {str(chat_engine.chat('Which module is that in?')).strip()}")
 
