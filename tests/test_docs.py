@@ -228,9 +228,15 @@ def test_pages_are_linked_from_the_readme_and_links_resolve():
         assert f"(docs/{page.name})" in readme, page.name
     assert len(readme.splitlines()) <= 250
     for page in [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *ROOT.glob("integrations/*/README.md")]:
-        for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", page.read_text()):
-            if "://" not in target:
-                assert (page.parent / target).exists(), (page.name, target)
+        for target, anchor in re.findall(r"\]\(([^)#]*)(?:#([^)]*))?\)", page.read_text()):
+            if "://" in target:
+                continue
+            linked = page.parent / target if target else page
+            assert linked.exists(), (page.name, target)
+            if anchor:  # GitHub's heading slugs: lower case, punctuation dropped, spaces as hyphens
+                headings = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", linked.read_text(), flags=re.S), re.M)
+                slugs = {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+                assert anchor in slugs, (page.name, target, anchor)
 
 
 def test_integration_readmes_stand_alone_and_name_every_public_class():
