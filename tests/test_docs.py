@@ -293,3 +293,13 @@ def test_every_option_the_cli_page_names_exists():
     everywhere = set().union(*options.values())
     prose = re.sub(r"```.*?```", "", page, flags=re.S)
     assert sorted(set(re.findall(r"--[a-z][a-z-]*", prose)) - everywhere) == []
+
+
+def test_the_readme_opens_with_the_two_set_up_commands_and_ci_runs_the_second():
+    first = re.search(r"```bash\n(.*?)```", _read("README.md"), re.S).group(1)
+    commands = [line for line in first.splitlines() if line and not line.startswith("#")]
+    assert commands == [
+        "bash scripts/setup.sh && .venv/bin/draft-rag demo",
+        "bash scripts/setup.sh --test && .venv/bin/python -m pytest -q",
+    ]
+    assert commands[1] in _read(".ci/run")
