@@ -303,3 +303,11 @@ def test_the_readme_opens_with_the_two_set_up_commands_and_ci_runs_the_second():
         "bash scripts/setup.sh --test && .venv/bin/python -m pytest -q",
     ]
     assert commands[1] in _read(".ci/run")
+
+
+def test_development_lists_every_script():
+    page = _read("docs/development.md")
+    listed = set(re.findall(r"^\| `([\w.]+)` \|", page, re.M))
+    assert sorted(p.name for p in (ROOT / "scripts").iterdir() if p.suffix in (".py", ".sh")) == sorted(
+        n for n in listed if (ROOT / "scripts" / n).exists()
+    )
