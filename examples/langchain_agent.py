@@ -6,7 +6,8 @@ Offline: the retriever searches ``pydoc`` passages of stdlib modules with gt-all
 langchain_rag.py). SmolLM2-135M-Instruct cannot call tools, so the agent's model is a tiny script: its first
 turn calls the retrieval tool with the question, its second turn hands the conversation (with the tool result
 compressed by the middleware) to the local SmolLM2, which writes the answer. With a tool-calling model (any
-LangChain chat model), pass it to ``create_agent`` directly. Needs ``pip install draft-rag[langchain,embeddings]``.
+LangChain chat model), pass it to ``create_agent`` directly. Needs, from a clone, ``pip install -e ".[embeddings]"
+-e "integrations/langchain-draft-rag[agents]"`` (``scripts/setup.sh`` installs them).
 """
 
 from __future__ import annotations

