@@ -1,5 +1,8 @@
 """Selection in whole units, gap marks and the faithfulness check (draft_rag.units, faithfulness, select_units)."""
 
+import json
+from pathlib import Path
+
 import pytest
 from conftest import tiny_model
 
@@ -138,3 +141,23 @@ def test_a_large_unit_at_the_end_is_skipped_not_forced():
     text = "Short one. " * 40 + " ".join(["long"] * 300) + " end"
     cp = engine().compress(text, question="Which?", budget=60)
     assert cp.draft_kept_tokens <= 60 and cp.text.endswith("Which?")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_faithfulness_page_quotes_the_committed_outputs_and_says_what_they_show():
+    page = (ROOT / "docs" / "faithfulness.md").read_text()
+    measured = page[page.index("## Measured") :]
+    committed = set((ROOT / "docs" / "bench" / "faithfulness.txt").read_text().splitlines())
+    committed |= set((ROOT / "docs" / "bench" / "results.md").read_text().splitlines())
+    rows = [line for line in measured.splitlines() if line.startswith("|")]
+    assert rows and all(row in committed for row in rows)
+    data = json.loads((ROOT / "docs" / "bench" / "faithfulness.json").read_text())["rows"]
+    counts = ("number", "identifier", "line", "split")
+    units = [r for r in data if r["granularity"] != "token"]
+    assert units and all(sum(r[k] for k in counts) == 0 and r["gaps_marked"] for r in units)  # "states nothing"
+    for ratio in {r["ratio"] for r in data}:  # token-level fabricates at each ratio; all keep the evidence as often
+        at = [r for r in data if r["ratio"] == ratio]
+        assert sum(r[k] for r in at if r["granularity"] == "token" for k in counts) > 0
+        assert len({sum(r["evidence"] for r in at if r["granularity"] == g) for g in GRANULARITIES}) == 1
