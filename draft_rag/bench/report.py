@@ -270,14 +270,14 @@ def write_report(data: dict, out_dir) -> dict:
     blocks = block_table(cells)
     if blocks:
         md += ["## Block scoring vs one draft pass (the same cells, the draft's block size set)", "", blocks, ""]
+    asked = follow_up_table(data.get("results") or [])
+    if asked:
+        md += ["## Follow-up questions over the same context (each key of a haystack asked on its own)", "", asked, ""]
     faithful = faithfulness_table(cells)
     if faithful:
         md += ["## Faithfulness (statements of the compressed prompts that their contexts do not make)", "",
                "Counted since issue 39 (`draft_rag.faithfulness.unsupported`); cells run before it did not count.",
                "", faithful, ""]  # fmt: skip
-    asked = follow_up_table(data.get("results") or [])
-    if asked:
-        md += ["## Follow-up questions over the same context (each key of a haystack asked on its own)", "", asked, ""]
     if data.get("chunks"):
         md += [
             "## Chunk pruning (gold-chunk recall and answer score by keep ratio)",
