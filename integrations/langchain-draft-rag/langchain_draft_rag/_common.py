@@ -98,7 +98,8 @@ class DraftSettings(BaseModel):
     template: Optional[Literal["chat", "raw"]] = None
     """Prompt wrapping for the local target; default: "chat" when it has a chat template."""
     specpc: Any = None
-    """A ``draft_rag.SpecPCConfig`` for SpecPC's other settings (window, kernel, layers)."""
+    """A ``draft_rag.SpecPCConfig`` for SpecPC's other settings (window, kernel, layers, ``granularity``: whole
+    sentences by default, ``"token"`` for the paper's token-level selection)."""
     speckv: Any = None
     """A ``draft_rag.SpecKVConfig`` for the KV methods' other settings."""
     target_kwargs: Optional[dict] = None

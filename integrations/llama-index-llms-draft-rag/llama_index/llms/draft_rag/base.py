@@ -149,7 +149,8 @@ class DraftCompressedLLM(LLM):
         default=None,
         exclude=True,
         description="a draft_rag.SpecPCConfig for SpecPC's other settings (window_size, kernel_size, layers, "
-        "coverage), e.g. SpecPCConfig(window_size=32)",
+        "coverage, granularity: whole 'sentence' units by default, 'token' for the paper's), e.g. "
+        "SpecPCConfig(granularity='line')",
     )
     speckv: Any = Field(
         default=None,

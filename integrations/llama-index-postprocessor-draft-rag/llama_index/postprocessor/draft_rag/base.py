@@ -70,7 +70,12 @@ class DraftNodePostprocessor(BaseNodePostprocessor):
     sort_by_score: bool = Field(default=False, description="return nodes by draft score instead of input order")
     metadata_mode: MetadataMode = Field(default=MetadataMode.NONE, description="node text the draft scores")
     instruction: Optional[str] = Field(default=None, description="task text the draft reads before the nodes")
-    specpc: Any = Field(default=None, exclude=True, description="draft_rag.SpecPCConfig for the draft pass")
+    specpc: Any = Field(
+        default=None,
+        exclude=True,
+        description="a draft_rag.SpecPCConfig for the draft pass and, with compress_tokens=True, what is kept "
+        "whole (granularity, default 'sentence')",
+    )
     draft_kwargs: Optional[dict] = Field(
         default=None,
         description="draft_rag.load_model options for the draft: "
