@@ -148,7 +148,8 @@ def select_units(
     that still fit ``budget`` with what they need, skipping any that do not (a large unit never pushes past it).
 
     ``costs`` are tokens; units of one ``groups`` value are adjacent in order, and each gap between kept runs
-    of a group costs ``gap_cost`` tokens (its mark). Raises ``ValueError`` when the forced units do not fit.
+    of a group costs ``gap_cost`` tokens (its mark). Forced units are kept even past ``budget`` (nothing else is
+    then): the caller checks that what it must keep fits.
     """
     kept = [False] * len(costs)
     runs: dict[int, int] = {}
@@ -172,8 +173,6 @@ def select_units(
 
     for u in forced:
         used += add(u)
-    if used > budget:
-        raise ValueError(f"budget of {budget} tokens is smaller than the units that must be kept ({used} tokens)")
     for u in sorted(range(len(costs)), key=lambda i: -scores[i]):
         if kept[u]:
             continue

@@ -18,7 +18,7 @@ def engine(smollm):
 def test_needle_survives_compression_to_512_tokens(engine):
     text, question, _ = needle_prompt(85, position=0.4)
     cp = engine.compress(text, question=question, budget=512)
-    assert cp.draft_original_tokens > 2000 and cp.draft_kept_tokens == 512
+    assert cp.draft_original_tokens > 2000 and 480 <= cp.draft_kept_tokens <= 512  # whole sentences: at most the budget
     assert NEEDLE in cp.text and cp.text.endswith(question)
     assert cp.compressed_tokens <= 520  # re-tokenised by the same tokenizer: about the budget
 
@@ -43,7 +43,7 @@ def test_cross_tokenizer_counts_use_the_target_tokenizer(smollm):
     engine = DraftEngine(target=gemma, draft=smollm)
     text, question, _ = needle_prompt(40)
     cp = engine.compress(text, question=question, budget=256)
-    assert cp.draft_kept_tokens == 256 and NEEDLE in cp.text
+    assert 230 <= cp.draft_kept_tokens <= 256 and NEEDLE in cp.text
     assert cp.compressed_tokens == count_tokens(gemma.tokenizer, cp.text)
     assert cp.original_tokens == count_tokens(gemma.tokenizer, cp.original_text)
     g = engine.generate(text, question=question, budget=256, max_new_tokens=8)

@@ -94,8 +94,7 @@ def test_select_units_fits_the_budget_with_needs_and_gap_marks():
     assert select_units(costs, scores, needs, groups, [], 17, gap_cost=2) == [0, 1, 3]
     assert select_units(costs, scores, needs, groups, [], 16, gap_cost=2) == [0, 1, 2]
     assert select_units(costs, scores, needs, groups, [2], 11, gap_cost=2) == [2, 3]  # 1 would bring 0: 15
-    with pytest.raises(ValueError, match="units that must be kept"):
-        select_units(costs, scores, needs, groups, [4], 10)
+    assert select_units(costs, scores, needs, groups, [4], 10) == [4]  # forced past the budget: nothing else
 
 
 def engine(**kw):
