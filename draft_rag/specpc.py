@@ -207,13 +207,13 @@ def select_in_units(layout, tok: Tokenized, pooled, protected, window, budget: i
     if room < 0:
         raise ValueError(f"budget of {budget} tokens is smaller than the protected segments ({budget - room} tokens)")
     units, owner, unit_tokens, token_unit = _units_of(layout, tok, cfg.granularity)
-    fixed = [u for u, g in enumerate(owner) if layout[g].role != "context"]
+    fixed = {u for u, g in enumerate(owner) if layout[g].role != "context"}
     costs = [0 if u in fixed else len(t) for u, t in enumerate(unit_tokens)]
     scores = [float(pooled[t].max()) if t else -np.inf for t in unit_tokens]
     for u in {int(token_unit[p]) for p in np.flatnonzero(window)} - {-1}:  # the window's units first, where they fit
         scores[u] = np.inf
     gap_cost = count_tokens(tokenizer, gap_mark("\n", cfg.gap)) if cfg.gap else 0
-    kept = select_units(costs, scores, [u.needs for u in units], [0] * len(units), fixed, room, gap_cost)
+    kept = select_units(costs, scores, [u.needs for u in units], sorted(fixed), room, gap_cost)
     keep = sorted(set(np.flatnonzero(protected)) | {p for u in kept for p in unit_tokens[u]})
     spans: dict[int, list[tuple[int, int]]] = {}
     for u in kept:

@@ -89,12 +89,12 @@ def test_unsupported_finds_fused_and_cut_facts_and_passes_faithful_text():
 
 def test_select_units_fits_the_budget_with_needs_and_gap_marks():
     costs, scores = [5, 5, 5, 5, 50], [0.1, 0.9, 0.2, 0.8, 1.0]
-    needs, groups = [(), (0,), (), (), ()], [0, 0, 0, 0, 0]
+    needs = [(), (0,), (), (), ()]
     # unit 4 (best) never fits; 1 brings 0; 3 is not adjacent: one gap mark of 2 tokens
-    assert select_units(costs, scores, needs, groups, [], 17, gap_cost=2) == [0, 1, 3]
-    assert select_units(costs, scores, needs, groups, [], 16, gap_cost=2) == [0, 1, 2]
-    assert select_units(costs, scores, needs, groups, [2], 11, gap_cost=2) == [2, 3]  # 1 would bring 0: 15
-    assert select_units(costs, scores, needs, groups, [4], 10) == [4]  # forced past the budget: nothing else
+    assert select_units(costs, scores, needs, [], 17, gap_cost=2) == [0, 1, 3]
+    assert select_units(costs, scores, needs, [], 16, gap_cost=2) == [0, 1, 2]
+    assert select_units(costs, scores, needs, [2], 11, gap_cost=2) == [2, 3]  # 1 would bring 0: 15
+    assert select_units(costs, scores, needs, [4], 10) == [4]  # forced past the budget: nothing else
 
 
 def engine(**kw):
