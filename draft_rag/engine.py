@@ -19,9 +19,10 @@ from .blocks import block_size_for, score_blocks
 from .builtins import DEFAULT_MODEL
 from .config import Budget, SparsePrefillConfig, SpecKVConfig, SpecPCConfig, check_int
 from .context_cache import ContextCache
-from .generation import Sampling, stream
-from .inputs import ChatInput, PromptInput, from_call
+from .generation import stream
+from .inputs import INPUT_NAMES, ChatInput, PromptInput, from_call
 from .models import LoadedModel, context_window, load_model, load_options
+from .options import GenerationOptions
 from .payoff import Costs
 from .pipeline import (
     Plan,
@@ -266,81 +267,38 @@ class DraftEngine:
             self.target.tokenizer, wrap(request.segments, self.target.tokenizer, template, request.system)
         ).ids
 
-    def stream(
-        self,
-        prompt: str | PromptInput | ChatInput | None = None,
-        *,
-        chunks=None,
-        instruction: str | None = None,
-        question: str | None = None,
-        answer_prefix: str | None = None,
-        method: str | None = None,
-        budget: int | str | None = None,
-        ratio: float | None = None,
-        template: str | None = None,
-        system: str | None = None,
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        stop=(),
-        seed: int | None = None,
-        pc_budget: int | None = None,
-        pc_ratio: float | None = None,
-        lookahead_tokens: int | None = None,
-        messages: list[dict] | None = None,
-        context: list[str] | None = None,
-        sparse_prefill: bool | SparsePrefillConfig | None = None,
-    ) -> GenerationStream:
+    def stream(self, prompt=None, *, options: GenerationOptions | None = None, **kwargs) -> GenerationStream:
         """Generate with the local target; yields text pieces as they are decoded.
 
         Args:
             prompt: the text (or a ``PromptInput`` / ``ChatInput`` carrying the whole input).
-            messages: OpenAI-style dicts instead of a prompt, answered in the target's own chat template;
-                SpecPC compresses the retrieved context inside them (see ``compress_messages``, also for
-                ``context``).
-            chunks, instruction, question, answer_prefix: as in ``compress``.
-            method: one of ``METHODS``; defaults to the engine's.
-            budget, ratio: the prompt budget for ``specpc``, the KV budget (entries per layer and KV head)
-                for the KV methods. ``specpc`` with no budget, or ``budget="auto"``, compresses to fit the
-                target's window, and a prompt that fits only when compressing pays (``draft_rag.payoff``; the
-                stats' ``left_whole`` says why not); a prompt that (plus ``max_new_tokens``) exceeds the window
-                raises ``ValueError`` early for the other methods.
-            template: ``"chat"``/``"raw"``; defaults to chat when the target's tokenizer has a template.
-            system: system prompt (chat template only).
-            max_new_tokens, temperature, top_p, top_k, stop, seed: decoding settings (temperature 0 = greedy).
-            pc_budget, pc_ratio: ``speckv-pc``'s prompt budget (default 2048 tokens).
-            lookahead_tokens: SpecKV's draft lookahead; overrides SpecKVConfig's (default: ``max_new_tokens``
-                for speckv; for speckv-pc, the 20 tokens its SpecPC stage drafts, as in the official configs).
-            sparse_prefill: the target prefills long prompts vertical-slash sparse (True: the paper's settings,
-                or a ``SparsePrefillConfig``; False: dense); defaults to the engine's.
+            options: how to generate (``GenerationOptions``: method, budgets, decoding, lookahead, template, sparse
+                prefill). With ``specpc`` and no budget (or ``budget="auto"``) the prompt is compressed to fit the
+                target's window, and a prompt that fits only when compressing pays (``draft_rag.payoff``; the stats'
+                ``left_whole`` says why not); a prompt that (plus ``max_new_tokens``) exceeds the window raises
+                ``ValueError`` early for the other methods.
+            kwargs: the input's parts instead of ``prompt``'s: ``chunks``, ``instruction``, ``question``,
+                ``answer_prefix`` (as in ``compress``), ``system``; or ``messages`` (OpenAI-style dicts answered in
+                the target's own chat template, their retrieved context compressed as in ``compress_messages``, also
+                for ``context``). And any ``GenerationOptions`` field, over ``options``'.
 
         Returns:
             A ``GenerationStream`` of text pieces; its ``stats`` and ``compressed`` are complete once exhausted.
         """
         if self.target is None:
             raise ValueError("this engine has no target model: pass target=... to DraftEngine to generate")
-        chosen = methods.get(method or self.method)
-        stop = tuple([stop] if isinstance(stop, str) else stop or ())
-        sampling = Sampling(max_new_tokens, temperature, top_p, top_k, stop, seed)
-        parsed = Budget.parse(budget, ratio)
-        if (parsed.auto or parsed.adaptive) and chosen.evicts_kv:
-            what = "auto' (fit the target's window)" if parsed.auto else "adaptive' (sized by the draft's attention)"
-            raise ValueError(f"budget='{what} is for method='specpc', got method={chosen}")
-        check_int("lookahead_tokens", lookahead_tokens, 0, allow_none=True)
-        sparse = self.sparse_prefill if sparse_prefill is None else SparsePrefillConfig.parse(sparse_prefill)
-        plan = Plan(chosen, sampling, parsed, Budget.parse(pc_budget, pc_ratio, "pc_"), lookahead_tokens,
-                    template or self._template(), sparse)  # fmt: skip
+        parts = {k: kwargs.pop(k) for k in INPUT_NAMES if k in kwargs}
+        plan = Plan.of((options or GenerationOptions()).replace(**kwargs), self.method, self._template(),
+                       self.sparse_prefill)  # fmt: skip
         if isinstance(prompt, (PromptInput, ChatInput)):
+            if parts:
+                raise ValueError(f"give the parts inside the {type(prompt).__name__}, not also {sorted(parts)}")
             request = prompt
         else:
-            request = from_call(
-                prompt, chunks=chunks, instruction=instruction, question=question, answer_prefix=answer_prefix,
-                system=system, messages=messages, context=context,
-            )  # fmt: skip
+            request = from_call(prompt, **parts)
         if isinstance(request, ChatInput):
             chat.check_text_only(request.messages, request.layout)
-        stats = GenerationStats(chosen.name)
+        stats = GenerationStats(plan.method.name)
         reply = GenerationStream(iter(()), stats)
         reply.pieces = self._run(reply, request, plan)
         return reply

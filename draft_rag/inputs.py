@@ -93,3 +93,6 @@ def from_call(
     if system is not None or answer_prefix is not None:
         raise ValueError("with messages=..., put the system prompt and answer prefix in the messages")
     return ChatInput(messages, context)
+
+
+INPUT_NAMES = ("chunks", "instruction", "question", "answer_prefix", "system", "messages", "context")  # from_call's

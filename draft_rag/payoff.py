@@ -12,34 +12,15 @@ from __future__ import annotations
 import functools
 import statistics
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from .generation import plain_prefill
 from .scoring import draft_scores
-
-if TYPE_CHECKING:
-    from .engine import DraftEngine
+from .state import Costs, EngineState
 
 PROBE_LENGTHS = (64, 512)  # prompt tokens of the two timed passes per model (the line through them)
 PROBE_TEXT = "The committee reviewed the quarterly figures, the open questions and the plan for next year. "
-
-
-@dataclass(frozen=True)
-class Costs:
-    """Seconds as ``fixed + per_token * n``: ``draft`` for SpecPC's scoring pass over ``n`` tokens, ``target``
-    for the target's prefill of ``n`` tokens."""
-
-    draft: tuple[float, float]
-    target: tuple[float, float]
-
-    def draft_seconds(self, n: float) -> float:
-        return self.draft[0] + self.draft[1] * n
-
-    def target_seconds(self, n: float) -> float:
-        return self.target[0] + self.target[1] * n
 
 
 def _line(points: dict[int, float]) -> tuple[float, float]:
@@ -64,7 +45,7 @@ def _median_seconds(fn, repeats: int) -> float:
 
 
 @torch.no_grad()
-def measure_costs(engine: DraftEngine, lengths=PROBE_LENGTHS, repeats: int = 2) -> Costs:
+def measure_costs(engine: EngineState, lengths=PROBE_LENGTHS, repeats: int = 2) -> Costs:
     """Time the engine's draft scoring pass and target prefill at ``lengths`` tokens (median of ``repeats``, after
     one warm-up each). Call with the engine lock held."""
     draft, target = engine.draft, engine.target
@@ -83,7 +64,7 @@ def measure_costs(engine: DraftEngine, lengths=PROBE_LENGTHS, repeats: int = 2) 
 
 
 def why_whole(
-    engine: DraftEngine, n_draft: int, n_target: int, kept_draft: int, n_context: int, min_tokens: int
+    engine: EngineState, n_draft: int, n_target: int, kept_draft: int, n_context: int, min_tokens: int
 ) -> str:
     """Why a prompt that fits the window is better left whole, or "" when compressing it pays.
 

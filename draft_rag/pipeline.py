@@ -12,10 +12,9 @@ import functools
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from . import messages as chat
-from . import speckv
+from . import methods, speckv
 from .config import (
     AUTO_MARGIN,
     AUTO_PAY_RATIO,
@@ -32,14 +31,13 @@ from .config import (
 from .generation import Prefill, Sampling, eos_ids
 from .inputs import ChatInput, PromptInput
 from .methods import Method
+from .options import GenerationOptions
 from .payoff import why_whole
 from .prompt import CHUNK_SEPARATOR, Segment, count_tokens, has_chat_template, template_parts, tokenize, wrap
 from .scoring import cached_prefix
 from .specpc import CompressedPrompt, compress
+from .state import EngineState
 from .stats import CompressionStats, GenerationStats, MessageStats
-
-if TYPE_CHECKING:
-    from .engine import DraftEngine
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +59,17 @@ class Plan:
     template: str = "chat"
     sparse: SparsePrefillConfig | None = None
 
+    @classmethod
+    def of(cls, options: GenerationOptions, method: str, template: str, sparse: SparsePrefillConfig | None) -> Plan:
+        """``options`` resolved against an engine's defaults (its ``method``, ``template`` and ``sparse`` prefill)."""
+        chosen, budget = methods.get(options.method or method), options.prompt_budget
+        if (budget.auto or budget.adaptive) and chosen.evicts_kv:
+            what = "auto' (fit the target's window)" if budget.auto else "adaptive' (sized by the draft's attention)"
+            raise ValueError(f"budget='{what} is for method='specpc', got method={chosen}")
+        sparse = sparse if options.sparse_prefill is None else options.sparse
+        return cls(chosen, options.sampling, budget, options.pc, options.lookahead_tokens,
+                   options.template or template, sparse)  # fmt: skip
+
 
 @dataclass
 class Prepared:
@@ -73,7 +82,7 @@ class Prepared:
 
 
 def prepare(
-    engine: DraftEngine, request: PromptInput | ChatInput, plan: Plan, stats: GenerationStats | None = None
+    engine: EngineState, request: PromptInput | ChatInput, plan: Plan, stats: GenerationStats | None = None
 ) -> Prepared:
     """Compress (SpecPC methods), tokenise for the target, and plan the prefill (KV methods evict); ``stats``
     (a new one by default) is filled as the steps run. Call with the engine lock held."""
@@ -109,7 +118,7 @@ def _ids_and_context_end(tokenizer, layout: list[Segment]) -> tuple[list[int], i
 class _PromptText:
     """A ``PromptInput`` in the target's template; compression replaces its context by the kept text."""
 
-    def __init__(self, engine: DraftEngine, request: PromptInput, plan: Plan):
+    def __init__(self, engine: EngineState, request: PromptInput, plan: Plan):
         self.engine, self.plan, self.system, self.request = engine, plan, request.system, request
         self.segments, self.chunks = request.segments, request.chunk_list
 
@@ -150,7 +159,7 @@ class _PromptText:
 class _Conversation:
     """A ``ChatInput`` in the target's chat template; compression replaces the retrieved context in messages."""
 
-    def __init__(self, engine: DraftEngine, request: ChatInput, plan: Plan):
+    def __init__(self, engine: EngineState, request: ChatInput, plan: Plan):
         chat.check_text_only(request.messages, request.layout)
         self.engine, self.plan = engine, plan
         self.messages, self.layout = request.messages, request.layout
@@ -185,7 +194,7 @@ class _Conversation:
 
 
 def compress_conversation(
-    engine: DraftEngine,
+    engine: EngineState,
     messages: list[dict],
     lay: chat.Layout,
     cfg: SpecPCConfig,
@@ -244,7 +253,7 @@ def compress_conversation(
     return chat.CompressedMessages(chat.rebuild(messages, lay, shortened, indices), stats, shortened)
 
 
-def _nothing_to_compress(engine: DraftEngine, messages, segments, cfg: SpecPCConfig) -> chat.CompressedMessages:
+def _nothing_to_compress(engine: EngineState, messages, segments, cfg: SpecPCConfig) -> chat.CompressedMessages:
     """The conversation unchanged, with a warning when it is over the budget."""
     n = sum(count_tokens(engine.draft.tokenizer, s.text) for s in segments if s.in_output)
     budget = None if cfg.ratio is not None else cfg.budget_for(n)
@@ -258,7 +267,7 @@ def _nothing_to_compress(engine: DraftEngine, messages, segments, cfg: SpecPCCon
     return chat.CompressedMessages([dict(m) for m in messages], stats, None)
 
 
-def _kv_prefill(engine: DraftEngine, plan: Plan, text, ids, compressed, n_look: int, stats: GenerationStats):
+def _kv_prefill(engine: EngineState, plan: Plan, text, ids, compressed, n_look: int, stats: GenerationStats):
     """The evicting prefill of a KV method: SpecKV's lookahead (SpecPC's, or drafted now) joins the window."""
     method = plan.method
     cfg = engine.speckv
@@ -300,7 +309,7 @@ def _kv_prefill(engine: DraftEngine, plan: Plan, text, ids, compressed, n_look: 
     return functools.partial(_with_stats, run, stats)
 
 
-def _specpc_config(engine: DraftEngine, plan: Plan, n_look: int) -> SpecPCConfig:
+def _specpc_config(engine: EngineState, plan: Plan, n_look: int) -> SpecPCConfig:
     """SpecPC's settings for this request (inside SpecKV-PC: ``speckv_pc_stage``)."""
     if not plan.method.evicts_kv:
         return specpc_for(engine.specpc, plan.budget)
@@ -327,7 +336,7 @@ def speckv_pc_stage(specpc: SpecPCConfig, pc_budget: Budget, n_look: int = SPECK
     return cfg
 
 
-def budget_reason(engine: DraftEngine, plan: Plan) -> str:
+def budget_reason(engine: EngineState, plan: Plan) -> str:
     """Which budget a request applies and why, in words (the stats' ``budget_reason``)."""
     method, window = plan.method, engine.target_window
     parts = []
@@ -360,7 +369,7 @@ def _given(budget: Budget, prefix: str = "") -> str:
     return f"{prefix}ratio={budget.ratio} (given)" if budget.ratio is not None else ""
 
 
-def _fits_window(engine: DraftEngine, plan: Plan) -> bool:
+def _fits_window(engine: EngineState, plan: Plan) -> bool:
     """SpecPC fills the target's window: ``budget="auto"``, or plain SpecPC with no budget in the call nor in
     SpecPCConfig (SpecKV-PC's prompt budget has its own default)."""
     if plan.budget.auto:
@@ -370,7 +379,7 @@ def _fits_window(engine: DraftEngine, plan: Plan) -> bool:
     return unset and not plan.method.evicts_kv
 
 
-def _adaptive(engine: DraftEngine, plan: Plan) -> bool:
+def _adaptive(engine: EngineState, plan: Plan) -> bool:
     """SpecPC sizes its budget from the draft's attention (then the target's window is its ceiling)."""
     if plan.method.evicts_kv:
         return False
@@ -387,7 +396,7 @@ def within(cfg: SpecPCConfig, room: int) -> SpecPCConfig:
 
 
 def auto_config(
-    engine: DraftEngine,
+    engine: EngineState,
     cfg: SpecPCConfig,
     segments,
     template: str,
@@ -420,7 +429,7 @@ def auto_config(
     return (within(paying, room) if paying.coverage is not None else cfg.replace(budget=min(room, fewest))), ""
 
 
-def lookahead_count(engine: DraftEngine, plan: Plan) -> int:
+def lookahead_count(engine: EngineState, plan: Plan) -> int:
     """SpecKV's lookahead length: the call's, else SpecKVConfig's, else the official default (SpecKV drafts
     ``max_new_tokens``; SpecKV-PC reuses the 20 tokens its SpecPC stage drafts)."""
     n_look = plan.lookahead if plan.lookahead is not None else engine.speckv.lookahead_tokens
@@ -430,7 +439,7 @@ def lookahead_count(engine: DraftEngine, plan: Plan) -> int:
     return n_look
 
 
-def check_fits(engine: DraftEngine, n_prompt: int, max_new_tokens: int, lookahead: int | None = 0) -> None:
+def check_fits(engine: EngineState, n_prompt: int, max_new_tokens: int, lookahead: int | None = 0) -> None:
     """Refuse a target prompt that, with what will be generated (or drafted ahead), exceeds its window."""
     window, extra = engine.target_window, max(max_new_tokens, lookahead or 0)
     if window and n_prompt + extra > window:
@@ -443,7 +452,7 @@ def check_fits(engine: DraftEngine, n_prompt: int, max_new_tokens: int, lookahea
 
 
 def fit_budget(
-    engine: DraftEngine,
+    engine: EngineState,
     segments,
     template: str,
     window: int | None,
@@ -481,7 +490,7 @@ def _room(engine, segments, template, window, reserve, system=None, full_ids=Non
     return budget, draft_tokens, wrapped
 
 
-def without_reread(result: CompressedPrompt, request: PromptInput, engine: DraftEngine) -> CompressedPrompt:
+def without_reread(result: CompressedPrompt, request: PromptInput, engine: EngineState) -> CompressedPrompt:
     """SpecPC's result on ``request.draft_segments()`` without the question the draft read again at its end
     (protected, so kept word for word): the text, spans, scores and token counts of the prompt alone."""
     if not request.reread:

@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .config import check_budget, check_int
+from .models import LoadedModel
 from .prompt import Chunk, count_tokens
+from .specpc import CompressedPrompt
 
-if TYPE_CHECKING:
-    from .engine import DraftEngine
-    from .specpc import CompressedPrompt
+
+class ChunkReader(Protocol):
+    """What ``prune_chunks`` uses of a ``DraftEngine``: its draft, chunk scores and SpecPC."""
+
+    draft: LoadedModel
+
+    def score_chunks(self, chunks, *, question=None, instruction=None) -> list[float]: ...
+
+    def compress(self, prompt=None, **parts) -> CompressedPrompt: ...
 
 
 @dataclass
@@ -46,7 +54,7 @@ def check_pruning(top_n=None, threshold=None, budget=None, ratio=None, compress_
 
 
 def prune_chunks(
-    engine: DraftEngine,
+    engine: ChunkReader,
     chunks: list,
     question: str,
     *,
@@ -133,47 +141,3 @@ def select_chunks(
                 used += sizes[i]
         ranked = kept
     return sorted(ranked)
-
-
-def select_units(
-    costs: list[int], scores: list[float], needs: list[tuple[int, ...]], forced: list[int], budget: int, gap_cost=0
-) -> list[int]:
-    """Indices of the units to keep: ``forced`` ones (with what they need) first, then the best-scored units
-    that still fit ``budget`` with what they need, skipping any that do not (a large unit never pushes past it).
-
-    ``costs`` are tokens of units that follow each other in this order; each gap between two kept runs costs
-    ``gap_cost`` tokens (its mark). Forced units are kept even past ``budget`` (nothing else is then): the
-    caller checks that what it must keep fits.
-    """
-    kept = [False] * len(costs)
-    runs = used = 0
-
-    def add(unit: int) -> tuple[int, list[int]]:
-        """Mark ``unit`` and what it needs as kept; return the tokens that costs and the units newly marked."""
-        nonlocal runs
-        cost, todo, marked = 0, [unit], []
-        while todo:
-            u = todo.pop()
-            if kept[u]:
-                continue
-            kept[u] = True
-            marked.append(u)
-            todo += needs[u]
-            before, runs = runs, runs + 1 - sum(1 for v in (u - 1, u + 1) if 0 <= v < len(kept) and kept[v])
-            cost += costs[u] + gap_cost * (max(0, runs - 1) - max(0, before - 1))
-        return cost, marked
-
-    for u in forced:
-        used += add(u)[0]
-    for u in sorted(range(len(costs)), key=lambda i: -scores[i]):
-        if kept[u]:
-            continue
-        before = runs
-        cost, marked = add(u)
-        if used + cost <= budget:
-            used += cost
-        else:  # undo
-            for v in marked:
-                kept[v] = False
-            runs = before
-    return [u for u in range(len(kept)) if kept[u]]

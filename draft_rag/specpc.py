@@ -14,8 +14,7 @@ from .context_cache import ContextCache
 from .faithfulness import unsupported
 from .prompt import Chunk, Segment, Tokenized, count_tokens, tokenize, wrap
 from .scoring import draft_scores, pool
-from .selection import select_units
-from .units import Unit, gap_mark, render, split_units, unit_of
+from .units import Unit, gap_mark, render, select_units, split_units, unit_of
 
 
 @dataclass

@@ -160,3 +160,47 @@ def render(text: str, spans: list[tuple[int, int]], gap: str = DEFAULT_GAP) -> s
         pieces.append(text[s:e])
         last = e
     return "".join(pieces)
+
+
+def select_units(
+    costs: list[int], scores: list[float], needs: list[tuple[int, ...]], forced: list[int], budget: int, gap_cost=0
+) -> list[int]:
+    """Indices of the units to keep: ``forced`` ones (with what they need) first, then the best-scored units
+    that still fit ``budget`` with what they need, skipping any that do not (a large unit never pushes past it).
+
+    ``costs`` are tokens of units that follow each other in this order; each gap between two kept runs costs
+    ``gap_cost`` tokens (its mark). Forced units are kept even past ``budget`` (nothing else is then): the
+    caller checks that what it must keep fits.
+    """
+    kept = [False] * len(costs)
+    runs = used = 0
+
+    def add(unit: int) -> tuple[int, list[int]]:
+        """Mark ``unit`` and what it needs as kept; return the tokens that costs and the units newly marked."""
+        nonlocal runs
+        cost, todo, marked = 0, [unit], []
+        while todo:
+            u = todo.pop()
+            if kept[u]:
+                continue
+            kept[u] = True
+            marked.append(u)
+            todo += needs[u]
+            before, runs = runs, runs + 1 - sum(1 for v in (u - 1, u + 1) if 0 <= v < len(kept) and kept[v])
+            cost += costs[u] + gap_cost * (max(0, runs - 1) - max(0, before - 1))
+        return cost, marked
+
+    for u in forced:
+        used += add(u)[0]
+    for u in sorted(range(len(costs)), key=lambda i: -scores[i]):
+        if kept[u]:
+            continue
+        before = runs
+        cost, marked = add(u)
+        if used + cost <= budget:
+            used += cost
+        else:  # undo
+            for v in marked:
+                kept[v] = False
+            runs = before
+    return [u for u in range(len(kept)) if kept[u]]

@@ -9,8 +9,7 @@ from conftest import tiny_model
 from draft_rag import DraftEngine, SpecPCConfig
 from draft_rag.bench.structured import KINDS, structured_doc
 from draft_rag.faithfulness import unsupported
-from draft_rag.selection import select_units
-from draft_rag.units import GRANULARITIES, render, split_units
+from draft_rag.units import GRANULARITIES, render, select_units, split_units
 
 DOC = """# Orders
 Here are the orders. They are recent!
