@@ -53,9 +53,14 @@ def _register(base: str) -> str:
     return name
 
 
+def implementation(model) -> str:
+    """The attention implementation ``model`` runs (transformers keeps it only in the config's private field)."""
+    return model.config._attn_implementation
+
+
 def attach(model) -> None:
     """Route ``model``'s attention through the capturing wrapper (idempotent; outputs unchanged)."""
-    current = model.config._attn_implementation
+    current = implementation(model)
     if current.startswith(PREFIX):
         return
     if current != "eager" and current not in ALL_ATTENTION_FUNCTIONS:

@@ -16,25 +16,16 @@ from typing import Any
 from . import messages as chat
 from . import methods
 from .blocks import block_size_for, score_blocks
+from .budgets import auto_config, capped, fit_budget, specpc_for
 from .builtins import DEFAULT_MODEL
 from .config import Budget, SparsePrefillConfig, SpecKVConfig, SpecPCConfig, check_int
 from .context_cache import ContextCache
 from .generation import stream
 from .inputs import INPUT_NAMES, ChatInput, PromptInput, from_call
 from .models import LoadedModel, context_window, load_model, load_options
-from .options import GenerationOptions
+from .options import GenerationOptions, Plan
 from .payoff import Costs
-from .pipeline import (
-    Plan,
-    Prepared,
-    auto_config,
-    compress_conversation,
-    fit_budget,
-    prepare,
-    specpc_for,
-    within,
-    without_reread,
-)
+from .pipeline import Prepared, compress_conversation, prepare, without_reread
 from .prompt import has_chat_template, tokenize, wrap
 from .scoring import chunk_scores
 from .selection import PrunedChunks, prune_chunks
@@ -161,9 +152,9 @@ class DraftEngine:
         elif any(v is not None for v in (chunks, instruction, question, answer_prefix)):
             raise ValueError("give the parts inside the PromptInput, or a prompt string with chunks/question/...")
         request, parsed = prompt, Budget.parse(budget, ratio)
-        cfg, why = self._specpc_for(parsed), ""
+        cfg, why = specpc_for(self.specpc, parsed), ""
         if parsed.adaptive and (context_window or self.target_window):
-            cfg = within(cfg, fit_budget(self, request.segments, template, context_window, 0))
+            cfg = capped(cfg, fit_budget(self, request.segments, template, context_window, 0))
         with self._lock:
             if parsed.auto:
                 cfg, why = auto_config(self, cfg, request.segments, template, context_window, 0)
@@ -242,16 +233,13 @@ class DraftEngine:
         request = ChatInput(messages, context)
         with self._lock:
             return compress_conversation(
-                self, request.messages, request.layout, self._specpc_for(parsed), fit, auto=parsed.auto
+                self, request.messages, request.layout, specpc_for(self.specpc, parsed), fit, auto=parsed.auto
             )
 
     def prune_chunks(self, chunks, question: str, **settings) -> PrunedChunks:
         """Keep the chunks the draft finds relevant to ``question`` (``selection.prune_chunks``; settings:
         ``instruction``, ``top_n``, ``threshold``, ``budget``, ``ratio``, ``compress_tokens``)."""
         return prune_chunks(self, chunks, question, **settings)
-
-    def _specpc_for(self, budget: Budget) -> SpecPCConfig:
-        return specpc_for(self.specpc, budget)
 
     # -- generation ----------------------------------------------------------------------------
     def prepare(self, request: PromptInput | ChatInput, plan: Plan, stats: GenerationStats | None = None) -> Prepared:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import methods
 from .config import Budget, SparsePrefillConfig, check_int
 from .generation import Sampling
+from .methods import Method
 
 
 @dataclass(frozen=True)
@@ -84,3 +85,32 @@ class GenerationOptions:
 
 
 NAMES = tuple(f.name for f in dataclasses.fields(GenerationOptions))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one request runs: the method, its budgets (parsed), the lookahead and the decoding settings.
+
+    ``budget``: the prompt budget for SpecPC, the KV budget for the KV methods; ``pc_budget``: SpecKV-PC's
+    prompt budget. ``lookahead``: SpecKV's draft lookahead (None: the configured or official default).
+    ``sparse``: the target's prefill is vertical-slash sparse (None: dense).
+    """
+
+    method: Method
+    sampling: Sampling
+    budget: Budget = field(default_factory=Budget)
+    pc_budget: Budget = field(default_factory=Budget)
+    lookahead: int | None = None
+    template: str = "chat"
+    sparse: SparsePrefillConfig | None = None
+
+    @classmethod
+    def of(cls, options: GenerationOptions, method: str, template: str, sparse: SparsePrefillConfig | None) -> Plan:
+        """``options`` resolved against an engine's defaults (its ``method``, ``template`` and ``sparse`` prefill)."""
+        chosen, budget = methods.get(options.method or method), options.prompt_budget
+        if (budget.auto or budget.adaptive) and chosen.evicts_kv:
+            what = "auto' (fit the target's window)" if budget.auto else "adaptive' (sized by the draft's attention)"
+            raise ValueError(f"budget='{what} is for method='specpc', got method={chosen}")
+        sparse = sparse if options.sparse_prefill is None else options.sparse
+        return cls(chosen, options.sampling, budget, options.pc, options.lookahead_tokens,
+                   options.template or template, sparse)  # fmt: skip

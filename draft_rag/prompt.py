@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PROTECTED_ROLES = ("instruction", "question", "answer_prefix", "separator", "template")
-ROLES = PROTECTED_ROLES + ("context",)
 CHUNK_SEPARATOR = "\n\n"
 
 

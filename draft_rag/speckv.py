@@ -173,28 +173,31 @@ def compressed_prefill(
         model(input_ids=ids, use_cache=True, logits_to_keep=1, **{ck: cache})
     missing = [i for i, d in enumerate(evictor.done) if not d]
     if missing:
-        raise RuntimeError(
-            f"layers {missing} were not compressed: their attention did not go through draft_rag.attention"
-        )
+        raise RuntimeError(f"layers {missing} were not compressed: their attention did not pass draft_rag.attention")
     out = model(
         input_ids=torch.tensor([[last]], device=input_device(model)),
         position_ids=torch.tensor([[n]], device=input_device(model)),
         use_cache=True,
         **{ck: cache},
     )
-    per_entry = [
-        (layer.keys.numel() + layer.values.numel()) // max(1, layer.keys.shape[-2]) * layer.keys.element_size()
-        for layer in cache.layers
-    ]
     stats = KVStats(
         entries=_entries(cache),
         kept=evictor.kept,
         kv_bytes=kv_bytes(cache),
-        kv_bytes_full=sum(e * f for e, f in zip(per_entry, full_entries)),
+        kv_bytes_full=_full_bytes(cache, full_entries),
         seconds={"prefill": time.perf_counter() - t0, "select": evictor.seconds},
         sparse_layers=sparsity.layers,
     )
     return Prefilled(cache, out.logits[0, -1], n + 1), stats
+
+
+def _full_bytes(cache, full_entries: list[int]) -> int:
+    """KV bytes the cache would hold with ``full_entries`` entries per layer (what a plain prefill keeps)."""
+    per_entry = [
+        (layer.keys.numel() + layer.values.numel()) // max(1, layer.keys.shape[-2]) * layer.keys.element_size()
+        for layer in cache.layers
+    ]
+    return sum(e * f for e, f in zip(per_entry, full_entries))
 
 
 def plain_prefill_stats(

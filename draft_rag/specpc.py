@@ -135,11 +135,8 @@ def compress(
     roles = [layout[i].role for i in tok.segment]
     in_output = np.array([r != "template" for r in roles])
     protected = np.array([r not in ("context", "template") for r in roles])
-    n_out = int(in_output.sum())
-    n_protected = int(protected.sum())  # ratio: the fraction of the compressible context kept
-    budget = n_protected + cfg.budget_for(n_out - n_protected) if cfg.ratio is not None else cfg.budget_for(n_out)
-    if cfg.coverage is not None:  # adaptive: set from the draft's scores below, unless the floor keeps it all
-        budget = n_out if (cfg.floor or 0) >= n_out else n_out - 1
+    n_out, n_protected = int(in_output.sum()), int(protected.sum())
+    budget = _first_budget(cfg, n_out, n_protected)
     starts, original = _output_offsets(layout)
     count_tokenizer = target_tokenizer or tokenizer
     if n_out <= budget:  # nothing to do: unchanged, the draft is not run
@@ -156,21 +153,36 @@ def compress(
     pooled = pool(dp.scores, cfg.pool_type, cfg.kernel_size).numpy()
     if cfg.coverage is not None:
         budget = adaptive_budget(pooled, in_output & ~protected, n_protected, cfg)
-    out_idx = np.flatnonzero(in_output)
-    window = np.zeros_like(in_output)
-    room_for_window = max(0, budget - int(protected.sum()))
-    window[out_idx[len(out_idx) - min(cfg.window_size, room_for_window) :]] = True
-    if cfg.granularity == "token":
-        keep = select(pooled, in_output & ~protected, protected | window, budget, cfg.neighbor_tokens)
-        result = _assemble(layout, tok, keep, scores, starts, original, chunks, count_tokenizer)
-    else:
-        keep, spans = select_in_units(layout, tok, pooled, protected, window, budget, cfg, tokenizer)
-        result = _assemble(layout, tok, keep, scores, starts, original, chunks, count_tokenizer, spans, cfg.gap)
+    keep, spans = _keep(layout, tok, pooled, in_output, protected, budget, cfg, tokenizer)
+    gap = cfg.gap if spans is not None else ""
+    result = _assemble(layout, tok, keep, scores, starts, original, chunks, count_tokenizer, spans, gap)
     result.lookahead_ids = dp.lookahead_ids
     result.lookahead_text = tokenizer.decode(dp.lookahead_ids, skip_special_tokens=True)
     result.seconds = {"draft": t2 - t1, "select": (t1 - t0) + (time.perf_counter() - t2)}
     result.draft_blocks, result.draft_cached_tokens = n_blocks, dp.cached_tokens
     return result
+
+
+def _first_budget(cfg: SpecPCConfig, n_out: int, n_protected: int) -> int:
+    """Draft tokens to keep, before the draft runs: ``ratio`` is the fraction of the compressible context kept;
+    adaptive (``coverage``) is set from the draft's scores later, unless its floor keeps everything."""
+    if cfg.coverage is not None:
+        return n_out if (cfg.floor or 0) >= n_out else n_out - 1
+    if cfg.ratio is not None:
+        return n_protected + cfg.budget_for(n_out - n_protected)
+    return cfg.budget_for(n_out)
+
+
+def _keep(layout, tok, pooled, in_output, protected, budget: int, cfg: SpecPCConfig, tokenizer):
+    """Positions kept, and (unit granularities) the kept character spans: protected text, then the question
+    window (SpecPC's last ``window_size`` tokens, as far as the budget allows), then the best-scored rest."""
+    out_idx = np.flatnonzero(in_output)
+    window = np.zeros_like(in_output)
+    room_for_window = max(0, budget - int(protected.sum()))
+    window[out_idx[len(out_idx) - min(cfg.window_size, room_for_window) :]] = True
+    if cfg.granularity == "token":
+        return select(pooled, in_output & ~protected, protected | window, budget, cfg.neighbor_tokens), None
+    return select_in_units(layout, tok, pooled, protected, window, budget, cfg, tokenizer)
 
 
 def adaptive_budget(pooled: np.ndarray, selectable: np.ndarray, n_protected: int, cfg: SpecPCConfig) -> int:

@@ -33,7 +33,7 @@ class CompressionStats:
     seconds: dict = field(default_factory=dict)
     messages: list[MessageStats] = field(default_factory=list)
     warning: str | None = None  # over budget, but nothing in the conversation is compressible
-    left_whole: str | None = None  # budget="auto": why a conversation that fits the window was not compressed
+    left_whole: str = ""  # budget="auto": why a conversation that fits the window was not compressed
     unsupported: int | None = None  # statements of the compressed text its source does not make (faithfulness)
 
     def changed(self) -> set[int]:
@@ -41,8 +41,8 @@ class CompressionStats:
         return {m.message_index for m in self.messages}
 
     def to_dict(self) -> dict:
-        """JSON-able, without the fields a run did not set."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """JSON-able, without the fields a run did not set (``left_whole`` only when a conversation was)."""
+        return {k: v for k, v in asdict(self).items() if v is not None and (k != "left_whole" or v)}
 
 
 @dataclass

@@ -28,11 +28,12 @@ import torch
 
 from .. import speckv
 from ..attention import use_kernel
+from ..budgets import speckv_pc_stage
 from ..config import Budget, SparsePrefillConfig, SpecKVConfig, SpecPCConfig
 from ..generation import Prefilled, plain_prefill
 from ..methods import REGISTRY
 from ..models import LoadedModel, load_model, placement
-from ..pipeline import compressed_segments, speckv_pc_stage
+from ..pipeline import compressed_segments
 from ..prompt import build_segments, tokenize, wrap
 from ..scoring import cache_kwarg
 from ..sparse_prefill import SPARSE_METHODS
