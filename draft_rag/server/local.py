@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from ..messages import split_text
+from ..options import GenerationOptions
 from .errors import ApiError
 from .queue import EngineRun
 from .schema import ChatRequest, CompletionRequest, parse, read_json
@@ -64,29 +65,27 @@ def raw_prompt(text: str) -> dict:
     return {"prompt": text[:tail] or None, "answer_prefix": text[tail:] or None, "template": "raw"}
 
 
-def engine_options(req, cfg) -> dict:
-    """Engine keyword arguments for ``req``: compression (its ``draft_rag`` or the server's) and decoding."""
+def engine_options(req, cfg) -> GenerationOptions:
+    """The engine's options for ``req``: compression (its ``draft_rag`` or the server's) and decoding."""
     opts = req.draft()
     if (req.n or 1) != 1:
         raise ApiError(400, f"n must be 1 (one choice per request), got {req.n}", "n")
     value = req.completion_limit(cfg.max_tokens)
-    out = {
-        "method": opts.method or cfg.method,
-        "max_new_tokens": value or min(cfg.default_max_tokens, cfg.max_tokens),
-        "temperature": req.temperature if req.temperature is not None else 0.0,
-        "top_p": req.top_p if req.top_p is not None else 1.0,
-        "stop": req.stop_list(),
-        "seed": req.seed,
-    }
-    out["budget"], out["ratio"] = opts.budgets(cfg.budget, cfg.ratio)
-    out.update(
-        {
-            k: getattr(opts, k)
-            for k in ("pc_budget", "pc_ratio", "lookahead_tokens", "sparse_prefill")
-            if getattr(opts, k) is not None
-        }
+    budget, ratio = opts.budgets(cfg.budget, cfg.ratio)
+    return GenerationOptions(
+        method=opts.method or cfg.method,
+        budget=budget,
+        ratio=ratio,
+        pc_budget=opts.pc_budget,
+        pc_ratio=opts.pc_ratio,
+        lookahead_tokens=opts.lookahead_tokens,
+        sparse_prefill=opts.sparse_prefill,
+        max_new_tokens=value or min(cfg.default_max_tokens, cfg.max_tokens),
+        temperature=req.temperature if req.temperature is not None else 0.0,
+        top_p=req.top_p if req.top_p is not None else 1.0,
+        stop=tuple(req.stop_list()),
+        seed=req.seed,
     )
-    return out
 
 
 @contextlib.contextmanager
@@ -107,11 +106,12 @@ async def wait_disconnect(request: Request) -> None:
 async def answer(request: Request, req, text_in: dict):
     """Wait for the engine, decode the first piece (so bad input is a 400), then reply whole or streamed."""
     state = request.app.state
-    kwargs = {**text_in, **engine_options(req, state.cfg)}
+    with bad_input():
+        options = engine_options(req, state.cfg)
     reply = Reply("messages" in text_in, state.cfg.model_name)
     async with state.queue.slot(lambda: wait_disconnect(request)) as slot:
         with bad_input():
-            run = EngineRun(state.engine.stream(**kwargs), state.queue, slot)
+            run = EngineRun(state.engine.stream(options=options, **text_in), state.queue, slot)
         try:
             with bad_input():
                 await run.start()
