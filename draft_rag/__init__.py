@@ -5,6 +5,7 @@ from .engine import DraftEngine
 from .inputs import ChatInput, PromptInput
 from .messages import CompressedMessages
 from .models import LoadedModel, load_model
+from .options import GenerationOptions
 from .prompt import Chunk
 from .specpc import ChunkResult, CompressedPrompt
 from .stats import CompressionStats, Generation, GenerationStats, MessageStats
@@ -18,6 +19,7 @@ __all__ = [
     "CompressionStats",
     "DraftEngine",
     "Generation",
+    "GenerationOptions",
     "GenerationStats",
     "LoadedModel",
     "MessageStats",

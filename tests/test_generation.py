@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import ARCHS, tiny_model
 
-from draft_rag import DraftEngine, GenerationStats
+from draft_rag import DraftEngine, GenerationOptions, GenerationStats, PromptInput
 from draft_rag.generation import Sampling, stream
 from draft_rag.prompt import encode
 
@@ -60,6 +60,24 @@ def test_bad_generation_arguments(kwargs, word):
     e = DraftEngine(tiny_model("llama"), method="full")
     with pytest.raises(ValueError, match=word):
         e.generate("hi", **kwargs)
+
+
+def test_options_object_is_checked_once_and_keywords_override_it():
+    e = DraftEngine(tiny_model("llama"), method="full")
+    opts = GenerationOptions(max_new_tokens=6, stop="zzz")
+    assert opts.stop == ("zzz",) and opts.replace(seed=3).seed == 3 and opts.replace() is opts
+    same = e.generate("hello there", options=opts)
+    assert same.text == e.generate("hello there", max_new_tokens=6, stop=["zzz"]).text
+    longer = e.generate("hello there", options=opts, max_new_tokens=9)
+    assert longer.stats.new_tokens == 9 > same.stats.new_tokens == 6
+    with pytest.raises(ValueError, match="top_p"):
+        GenerationOptions(top_p=2)
+    with pytest.raises(ValueError, match="pc_budget"):
+        GenerationOptions(pc_budget=10, pc_ratio=0.5)
+    with pytest.raises(TypeError, match="max_tokens"):
+        e.generate("hello", options=opts, max_tokens=5)  # the name of another API: refused, not ignored
+    with pytest.raises(ValueError, match="inside the PromptInput"):
+        e.generate(PromptInput("hello"), question="a second question")
 
 
 def test_compression_only_engine_refuses_to_generate():
