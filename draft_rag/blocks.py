@@ -18,6 +18,7 @@ import math
 
 import torch
 
+from .chunk_cache import ChunkPrompt
 from .config import SpecPCConfig, check_int
 from .context_cache import ContextCache
 from .models import context_window
@@ -70,27 +71,30 @@ def score_blocks(
     eos: set[int] | None = None,
     size: int | None = None,
     score=None,
-    store: ContextCache | None = None,
+    store: ContextCache | ChunkPrompt | None = None,
 ) -> tuple[DraftPass, int]:
     """Draft scores of ``ids`` and the number of passes: one ``score`` pass (``scoring.draft_scores``) if it
     fits ``size`` tokens, else blocks.
 
     ``is_context`` marks the compressible tokens; the head and tail (the rest before and after them) go
     into every pass, and their score is the max over passes. With an enabled ``store`` each pass's KV up to
-    ``window_size`` tokens before the end of its context is reused from (or kept in) that ``ContextCache``.
+    ``window_size`` tokens before the end of its context is reused from (or kept in) that ``ContextCache``, or
+    assembled from a prompt's chunks (a ``chunk_cache.ChunkPrompt``).
     """
     size, score = block_size_for(model, size), score or draft_scores
     n = len(ids)
     ctx = [i for i, c in enumerate(is_context) if c]
-    cached = {} if store is None or not store.enabled else {"store": store}
+    cached = store is not None and store.enabled
 
-    def run(pass_ids: list[int], context_end: int, pass_cfg: SpecPCConfig) -> DraftPass:
+    def run(index: list[int], context_end: int, pass_cfg: SpecPCConfig) -> DraftPass:
+        pass_ids = [ids[i] for i in index]
         if not cached:
             return score(model, pass_ids, pass_cfg, eos)
-        return score(model, pass_ids, pass_cfg, eos, prefix=context_end - cfg.window_size, **cached)
+        pass_store = store.for_pass(index) if isinstance(store, ChunkPrompt) else store
+        return score(model, pass_ids, pass_cfg, eos, prefix=context_end - cfg.window_size, store=pass_store)
 
     if n + cfg.lookahead_tokens <= size:
-        return run(ids, ctx[-1] + 1 if ctx else 0, cfg), 1
+        return run(list(range(n)), ctx[-1] + 1 if ctx else 0, cfg), 1
     if not ctx:
         raise ValueError(
             f"the prompt is {n} tokens, more than the draft's {size} per pass, and has no compressible context to split"
@@ -100,7 +104,7 @@ def score_blocks(
     no_lookahead = cfg.replace(lookahead_tokens=0)
     scores, reused = torch.zeros(n), 0
     for lo, hi in blocks:
-        scored = run(ids[:head] + ids[lo:hi] + ids[n - tail :], head + hi - lo, no_lookahead)
+        scored = run([*range(head), *range(lo, hi), *range(n - tail, n)], head + hi - lo, no_lookahead)
         s, reused = scored.scores, reused + scored.cached_tokens
         scores[lo:hi] = s[head : head + hi - lo]
         torch.maximum(scores[:head], s[:head], out=scores[:head])

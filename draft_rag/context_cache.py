@@ -60,14 +60,14 @@ class ContextCache:
             self._entries.move_to_end(key)
             self.hits += 1
             cache = entry[0]
-        return copy.deepcopy(cache)
+        return self._copy(cache)
 
     def put(self, key: tuple, cache) -> None:
         """Keep a copy of ``cache`` under ``key``, evicting the least recently used entries to stay in bounds."""
-        size = kv_bytes(cache)
+        size = self._size(cache)
         if size > self.max_bytes:
             return
-        stored = copy.deepcopy(cache)
+        stored = self._copy(cache)
         with self._lock:
             self._entries.pop(key, None)
             self._entries[key] = (stored, size)
@@ -75,6 +75,10 @@ class ContextCache:
             while total > self.max_bytes:
                 _, (_, evicted) = self._entries.popitem(last=False)
                 total -= evicted
+
+    # what an entry is: a transformers Cache, which a forward pass extends in place (so each reader gets a copy)
+    _copy = staticmethod(copy.deepcopy)
+    _size = staticmethod(lambda cache: kv_bytes(cache))
 
     def clear(self) -> None:
         with self._lock:

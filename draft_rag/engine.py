@@ -18,6 +18,7 @@ from . import methods
 from .blocks import block_size_for, score_blocks
 from .budgets import auto_config, capped, fit_budget, specpc_for
 from .builtins import DEFAULT_MODEL
+from .chunk_cache import ChunkCache
 from .config import Budget, SparsePrefillConfig, SpecKVConfig, SpecPCConfig, check_int
 from .context_cache import ContextCache
 from .generation import stream
@@ -58,6 +59,8 @@ class DraftEngine:
         context_cache_mb: MiB of draft KV kept for contexts read before, so that a follow-up question over the
             same context runs only its own tokens (and the last window of context) through the draft; 0 turns
             it off (``context_cache.ContextCache``).
+        chunk_cache_mb: MiB of draft KV kept per chunk, so that chunks read before (in any order or company) are not
+            read again: faster, an approximation of the exact pass (``chunk_cache.ChunkCache``); 0 (default): off.
         sparse_prefill: the target prefills long prompts vertical-slash sparse, as the paper's SpecKV does (True:
             ``SparsePrefillConfig()``, or a config); per call, ``stream(sparse_prefill=...)`` overrides it.
         costs: the draft's and target's seconds per prompt length (``payoff.Costs``) by which ``budget="auto"``
@@ -81,6 +84,7 @@ class DraftEngine:
         threads: int | None = None,
         block_size: int | None = None,
         context_cache_mb: float = DEFAULT_CONTEXT_CACHE_MB,
+        chunk_cache_mb: float = 0,
         sparse_prefill: bool | SparsePrefillConfig | None = None,
         costs: Costs | None = None,
     ):
@@ -102,6 +106,7 @@ class DraftEngine:
         self.target_window = context_window(self.target.model) if self.target else None
         self.block_size = block_size_for(self.draft.model, block_size)
         self.context_cache = ContextCache(context_cache_mb)
+        self.chunk_cache = ChunkCache(chunk_cache_mb)
         self.sparse_prefill = SparsePrefillConfig.parse(sparse_prefill)
         self.costs = costs
         self._lock = threading.Lock()  # held per step only (see the module docstring)
@@ -168,6 +173,7 @@ class DraftEngine:
                 target_tokenizer=self.target.tokenizer if self.target else None,
                 block_size=self.block_size,
                 context_cache=self.context_cache,
+                chunk_cache=self.chunk_cache,
             )
         result = without_reread(result, request, self)
         result.left_whole = why
@@ -199,10 +205,21 @@ class DraftEngine:
         tok = tokenize(self.draft.tokenizer, layout)
         context = [layout[g].role == "context" for g in tok.segment]
         with self._lock:
+            store = self.chunk_cache.bind(self.draft.model, tok.ids, context, tok.segment) or self.context_cache
             scored, _ = score_blocks(
-                self.draft.model, tok.ids, context, self.specpc, set(), self.block_size, store=self.context_cache
+                self.draft.model, tok.ids, context, self.specpc, set(), self.block_size, store=store
             )
         return chunk_scores(scored.scores, tok.segment, [s.chunk for s in layout], len(request.chunk_list), reduce)
+
+    def warm_chunks(self, chunks, *, instruction: str | None = None, template: str = "chat") -> int:
+        """Read ``chunks`` into the chunk cache ahead of the questions (e.g. when an index is built), as prompts with
+        this ``instruction`` and ``template`` will read them; returns how many chunks were read now (not cached)."""
+        layout = wrap(PromptInput(None, chunks, instruction).segments, self.draft.tokenizer, template)
+        tok = tokenize(self.draft.tokenizer, layout)
+        with self._lock:
+            bound = self.chunk_cache.bind(self.draft.model, tok.ids, [layout[g].role == "context" for g in tok.segment],
+                                          tok.segment)  # fmt: skip
+            return bound.warm(self.draft.model) if bound else 0
 
     def compress_messages(
         self,

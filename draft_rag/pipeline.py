@@ -117,6 +117,7 @@ class _PromptText:
             target_tokenizer=engine.target.tokenizer,
             block_size=engine.block_size,
             context_cache=engine.context_cache,
+            chunk_cache=engine.chunk_cache,
         )
         shortened = without_reread(shortened, self.request, engine)
         stats.draft_blocks, stats.draft_cached_tokens = shortened.draft_blocks, shortened.draft_cached_tokens
@@ -201,6 +202,7 @@ def compress_conversation(
         target_tokenizer=count_tokenizer,
         block_size=engine.block_size,
         context_cache=engine.context_cache,
+        chunk_cache=engine.chunk_cache,
     )
     stats = CompressionStats(
         counts,

@@ -91,6 +91,8 @@ def cached_prefix(model, input_ids: list[int], prefix: int, store: ContextCache 
     cache = DynamicCache(config=model.config)
     if store is None or not store.enabled or not 0 < prefix < len(input_ids):
         return cache, 0, 0
+    if not isinstance(store, ContextCache):  # a chunk cache bound to this prompt (``chunk_cache.ChunkPrompt``)
+        return store.prefix(model, input_ids, prefix)
     key = store.key(model, input_ids[:prefix])
     hit = store.get(key)
     if hit is not None:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from .blocks import score_blocks
+from .chunk_cache import ChunkCache
 from .config import SpecPCConfig
 from .context_cache import ContextCache
 from .faithfulness import unsupported
@@ -121,12 +122,14 @@ def compress(
     target_tokenizer=None,
     block_size: int | None = None,
     context_cache: ContextCache | None = None,
+    chunk_cache: ChunkCache | None = None,
 ) -> CompressedPrompt:
     """Score ``segments`` with the draft and keep ``cfg``'s budget of tokens (SpecPC, Galim et al., arXiv 2506.08373).
 
     A prompt longer than ``block_size`` draft tokens (default ``blocks.DEFAULT_BLOCK_SIZE``, at most the
     draft's window) is scored in blocks (``blocks.score_blocks``); one selection runs over all of them.
-    ``context_cache``: reuse the draft's KV of a context read before (``context_cache.ContextCache``).
+    ``context_cache``: reuse the draft's KV of a context read before (``context_cache.ContextCache``);
+    ``chunk_cache``: assemble it from chunks read before, in any order (``chunk_cache.ChunkCache``).
     """
     t0 = time.perf_counter()
     cfg = cfg.for_draft(draft)
@@ -147,7 +150,9 @@ def compress(
     eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     t1 = time.perf_counter()
     is_context = [r == "context" for r in roles]
-    dp, n_blocks = score_blocks(draft, tok.ids, is_context, cfg, eos, block_size, draft_scores, context_cache)
+    bound = chunk_cache.bind(draft, tok.ids, is_context, tok.segment) if chunk_cache is not None else None
+    store = bound or context_cache
+    dp, n_blocks = score_blocks(draft, tok.ids, is_context, cfg, eos, block_size, draft_scores, store)
     t2 = time.perf_counter()
     scores = dp.scores.numpy()
     pooled = pool(dp.scores, cfg.pool_type, cfg.kernel_size).numpy()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from .chunk_cache import ChunkCache
 from .config import SpecKVConfig, SpecPCConfig
 from .context_cache import ContextCache
 from .models import LoadedModel
@@ -40,6 +41,7 @@ class EngineState(Protocol):
     target_window: int | None
     block_size: int
     context_cache: ContextCache
+    chunk_cache: ChunkCache
     costs: Costs | None  # measured at first need (``payoff.measure_costs``)
 
     @property
