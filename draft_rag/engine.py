@@ -26,11 +26,11 @@ from .inputs import INPUT_NAMES, ChatInput, PromptInput, from_call
 from .models import LoadedModel, context_window, load_model, load_options
 from .options import GenerationOptions, Plan
 from .payoff import Costs
-from .pipeline import Prepared, compress_conversation, prepare, without_reread
+from .pipeline import Prepared, compress_conversation, prepare, run_specpc, without_reread
 from .prompt import has_chat_template, tokenize, wrap
 from .scoring import chunk_scores
 from .selection import PrunedChunks, prune_chunks
-from .specpc import CompressedPrompt, compress
+from .specpc import CompressedPrompt
 from .stats import Generation, GenerationStats, GenerationStream
 
 METHODS = methods.NAMES  # every method the engine runs; ``methods.REGISTRY`` says what each does
@@ -163,18 +163,8 @@ class DraftEngine:
         with self._lock:
             if parsed.auto:
                 cfg, why = auto_config(self, cfg, request.segments, template, context_window, 0)
-            result = compress(
-                self.draft.model,
-                self.draft.tokenizer,
-                request.draft_segments(),
-                request.chunk_list,
-                cfg,
-                template=template,
-                target_tokenizer=self.target.tokenizer if self.target else None,
-                block_size=self.block_size,
-                context_cache=self.context_cache,
-                chunk_cache=self.chunk_cache,
-            )
+            result = run_specpc(self, request.draft_segments(), request.chunk_list, cfg, template,
+                                self.target.tokenizer if self.target else None)  # fmt: skip
         result = without_reread(result, request, self)
         result.left_whole = why
         return result
@@ -201,9 +191,7 @@ class DraftEngine:
             Chunks with empty text score 0.0. Always runs the draft (no budget).
         """
         request = PromptInput(None, chunks, instruction, question)
-        layout = wrap(request.segments, self.draft.tokenizer, template)
-        tok = tokenize(self.draft.tokenizer, layout)
-        context = [layout[g].role == "context" for g in tok.segment]
+        layout, tok, context = _read(request, self.draft.tokenizer, template)
         with self._lock:
             store = self.chunk_cache.bind(self.draft.model, tok.ids, context, tok.segment) or self.context_cache
             scored, _ = score_blocks(
@@ -214,11 +202,9 @@ class DraftEngine:
     def warm_chunks(self, chunks, *, instruction: str | None = None, template: str = "chat") -> int:
         """Read ``chunks`` into the chunk cache ahead of the questions (e.g. when an index is built), as prompts with
         this ``instruction`` and ``template`` will read them; returns how many chunks were read now (not cached)."""
-        layout = wrap(PromptInput(None, chunks, instruction).segments, self.draft.tokenizer, template)
-        tok = tokenize(self.draft.tokenizer, layout)
+        _, tok, context = _read(PromptInput(None, chunks, instruction), self.draft.tokenizer, template)
         with self._lock:
-            bound = self.chunk_cache.bind(self.draft.model, tok.ids, [layout[g].role == "context" for g in tok.segment],
-                                          tok.segment)  # fmt: skip
+            bound = self.chunk_cache.bind(self.draft.model, tok.ids, context, tok.segment)
             return bound.warm(self.draft.model) if bound else 0
 
     def compress_messages(
@@ -399,3 +385,10 @@ def _options(shared: dict, own: dict | None, name: str) -> dict:
     own = load_options(own, name)
     placed = {"device", "device_map"} & set(own)
     return {**{k: v for k, v in shared.items() if not (placed and k in ("device", "device_map"))}, **own}
+
+
+def _read(request: PromptInput, tokenizer, template: str):
+    """How the draft reads a request: its layout, tokens and which tokens are retrieved context."""
+    layout = wrap(request.segments, tokenizer, template)
+    tok = tokenize(tokenizer, layout)
+    return layout, tok, [layout[g].role == "context" for g in tok.segment]

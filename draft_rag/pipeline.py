@@ -107,17 +107,8 @@ class _PromptText:
             cfg, stats.left_whole = auto_config(engine, cfg, *fit, self.target_ids())
         elif is_adaptive(engine, plan) and engine.target_window:
             cfg = capped(cfg, fit_budget(engine, *fit, self.target_ids()))
-        shortened = compress(
-            engine.draft.model,
-            engine.draft.tokenizer,
-            self.request.draft_segments(),
-            self.chunks,
-            cfg,
-            template=plan.template,
-            target_tokenizer=engine.target.tokenizer,
-            block_size=engine.block_size,
-            context_cache=engine.context_cache,
-            chunk_cache=engine.chunk_cache,
+        shortened = run_specpc(
+            engine, self.request.draft_segments(), self.chunks, cfg, plan.template, engine.target.tokenizer
         )
         shortened = without_reread(shortened, self.request, engine)
         stats.draft_blocks, stats.draft_cached_tokens = shortened.draft_blocks, shortened.draft_cached_tokens
@@ -164,6 +155,15 @@ class _Conversation:
         return compressed_chat.compressed
 
 
+def run_specpc(engine: EngineState, segments, chunks, cfg: SpecPCConfig, template: str, count_tokenizer=None):
+    """``specpc.compress`` with the engine's draft, block size and caches (call with the engine lock held);
+    token counts in ``count_tokenizer`` (default: the draft's)."""
+    draft = engine.draft
+    return compress(draft.model, draft.tokenizer, segments, chunks, cfg, template=template,
+                    target_tokenizer=count_tokenizer, block_size=engine.block_size,
+                    context_cache=engine.context_cache, chunk_cache=engine.chunk_cache)  # fmt: skip
+
+
 def compress_conversation(
     engine: EngineState,
     messages: list[dict],
@@ -192,18 +192,7 @@ def compress_conversation(
     counts = "target tokenizer" if engine.target else "draft tokenizer"
     if not indices:
         return _nothing_to_compress(engine, messages, segments, cfg)
-    shortened = compress(
-        draft.model,
-        draft.tokenizer,
-        segments,
-        lay.chunks,
-        cfg,
-        template="raw",
-        target_tokenizer=count_tokenizer,
-        block_size=engine.block_size,
-        context_cache=engine.context_cache,
-        chunk_cache=engine.chunk_cache,
-    )
+    shortened = run_specpc(engine, segments, lay.chunks, cfg, "raw", count_tokenizer)
     stats = CompressionStats(
         counts,
         original_tokens=shortened.original_tokens,
