@@ -236,9 +236,9 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _bad_input(exc: Exception) -> bool:
-    """Whether an error is the user's input: the CLI's own checks, a file the system refuses, or a ValueError /
-    TypeError raised on purpose by this package's validation (a ``raise`` in draft_rag, not a failure inside it)."""
-    if isinstance(exc, (InputError, OSError)):
+    """Whether an error is the user's input: the CLI's own checks, a file the system refuses or that is not JSON,
+    or a ValueError / TypeError raised on purpose by draft_rag's validation (a ``raise`` there, not a failure)."""
+    if isinstance(exc, (InputError, OSError, json.JSONDecodeError)):
         return True
     if not isinstance(exc, (ValueError, TypeError)) or exc.__traceback__ is None:
         return False
