@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from .builtins import DEFAULT_MODEL
 from .config import SpecPCConfig
+from .methods import get as get_method
 from .units import DEFAULT_GRANULARITY, GRANULARITIES
 
 logger = logging.getLogger(__name__)
@@ -149,11 +150,11 @@ def answer_question(
             max_new_tokens=max_new_tokens,
         )
         run = _run(reply, method, expected, max_new_tokens, progress)
-        if method == "full" and run.refused is None:
+        if get_method(method).reference and run.refused is None:
             run.evidence = has_evidence(context, evidence)
         if reply.compressed is not None:
             run.kept_chunks = [(c.id, round(c.kept_fraction, 3), round(c.score, 6)) for c in reply.compressed.chunks]
-            if method == "specpc":
+            if get_method(method).prompt_only:  # what the page shows: SpecPC's choices
                 result.compressed = reply.compressed
                 run.evidence = has_evidence(reply.compressed.text, evidence)
         result.runs.append(run)
@@ -249,7 +250,7 @@ def run_demo(args) -> int:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"--methods must be among {METHODS}, got {unknown}")
-    if args.html and "specpc" not in methods:
+    if args.html and not any(get_method(m).prompt_only for m in methods):
         raise ValueError("--html shows SpecPC's choices: include specpc in --methods")
     budget, ratio = args.budget, args.ratio
     if budget is None and ratio is None:
@@ -325,7 +326,7 @@ def long_act(engine, index, tokens: int, max_new_tokens: int, order: str = "best
 
 
 def add_subcommand(subparsers) -> None:
-    from .cli import DeprecatedAlias, add_budget_args, non_negative_int, positive_int
+    from .cli_args import DeprecatedAlias, add_budget_args, non_negative_int, positive_int
 
     p = subparsers.add_parser(
         "demo",

@@ -7,80 +7,88 @@ import logging
 import os
 
 from .builtins import DEFAULT_MODEL
+from .cli_args import (
+    InputError,
+    add_budget_args,
+    add_options,
+    add_sparse_args,
+    add_specpc_args,
+    non_negative,
+    non_negative_int,
+    option,
+    positive_int,
+    seconds,
+    sparse_from_args,
+    specpc_from_args,
+)
+from .engine import DEFAULT_CONTEXT_CACHE_MB
+from .methods import NAMES
 
 logger = logging.getLogger("draft_rag")
 
 
-def add_subcommand(sub) -> None:
-    from .cli import (
-        add_budget_args,
-        add_sparse_args,
-        add_specpc_args,
-        non_negative,
-        non_negative_int,
-        positive_int,
-        seconds,
-    )
-    from .engine import DEFAULT_CONTEXT_CACHE_MB, METHODS
+MODELS = (
+    option("--target", default=DEFAULT_MODEL, help="local target model (ignored with --upstream)"),
+    option("--draft", default=None, help="draft model (default: the target; with --upstream: SmolLM2)"),
+    option("--method", default="specpc", choices=NAMES, help="default compression; requests may override"),
+)
+SERVER = (
+    option("--upstream", metavar="URL", help="proxy mode: OpenAI-compatible base URL, e.g. http://gpu:8000/v1"),
+    option("--upstream-api-key", help="bearer token for the upstream (default: $DRAFT_RAG_UPSTREAM_API_KEY)"),
+    option("--host", default="127.0.0.1", help="interface to bind; 0.0.0.0 exposes the server to the network"),
+    option("--port", type=int, default=8000),
+    option("--api-key", help="require 'Authorization: Bearer KEY' on /v1/* (default: $DRAFT_RAG_API_KEY; none: open)"),
+    option("--model-name", default="draft-rag", help="model id listed by /v1/models"),
+    option("--max-tokens", type=positive_int, default=2048, help="largest max_tokens a request may ask for"),
+    option("--max-body-bytes", type=positive_int, default=4_000_000, help="largest request body (413 above)"),
+    option("--max-queue", type=non_negative_int, default=8, help="requests waiting for the engine (429 above)"),
+    option("--queue-timeout", type=seconds, default=60.0, help="seconds a request may wait (503 after)"),
+    option(
+        "--upstream-timeout",
+        type=seconds,
+        default=300.0,
+        help="proxy: seconds the upstream may stay silent, before its first byte or between two (504 after)",
+    ),
+    option("--upstream-connect-timeout", type=seconds, default=10.0, help="proxy: seconds to connect (504)"),
+    option("--body-timeout", type=seconds, default=30.0, help="seconds a request body may take to arrive (408)"),
+    option(
+        "--header-timeout",
+        type=seconds,
+        default=10.0,
+        help="seconds a connection has to send a request's head, from opening and after each response (then closed)",
+    ),
+    option("--keep-alive-timeout", type=seconds, default=5.0, help="seconds an idle keep-alive connection stays open"),
+    option(
+        "--context-cache-mb",
+        type=non_negative,
+        default=DEFAULT_CONTEXT_CACHE_MB,
+        help="MiB of draft KV kept for contexts read before (follow-up questions reuse it; 0: off)",
+    ),
+    option(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        help="on SIGINT/SIGTERM, seconds in-flight requests get to finish before they are cancelled",
+    ),
+)
 
+
+def add_subcommand(sub) -> None:
+    """Add ``draft-rag serve`` to the main parser."""
     p = sub.add_parser(
         "serve",
         help="OpenAI-compatible server: local target, or compression proxy (--upstream)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--target", default=DEFAULT_MODEL, help="local target model (ignored with --upstream)")
-    p.add_argument("--draft", default=None, help="draft model (default: the target; with --upstream: SmolLM2)")
-    p.add_argument("--method", default="specpc", choices=METHODS, help="default compression; requests may override")
+    add_options(p, MODELS)
     add_budget_args(p, kv=True)
-    p.add_argument("--upstream", metavar="URL", help="proxy mode: OpenAI-compatible base URL, e.g. http://gpu:8000/v1")
-    p.add_argument("--upstream-api-key", help="bearer token for the upstream (default: $DRAFT_RAG_UPSTREAM_API_KEY)")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind; 0.0.0.0 exposes the server to the network")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument(
-        "--api-key", help="require 'Authorization: Bearer KEY' on /v1/* (default: $DRAFT_RAG_API_KEY; none: open)"
-    )
-    p.add_argument("--model-name", default="draft-rag", help="model id listed by /v1/models")
-    p.add_argument("--max-tokens", type=positive_int, default=2048, help="largest max_tokens a request may ask for")
-    p.add_argument("--max-body-bytes", type=positive_int, default=4_000_000, help="largest request body (413 above)")
-    p.add_argument("--max-queue", type=non_negative_int, default=8, help="requests waiting for the engine (429 above)")
-    p.add_argument("--queue-timeout", type=seconds, default=60.0, help="seconds a request may wait (503 after)")
-    p.add_argument(
-        "--upstream-timeout",
-        type=seconds,
-        default=300.0,
-        help="proxy: seconds the upstream may stay silent, before its first byte or between two (504 after)",
-    )
-    p.add_argument("--upstream-connect-timeout", type=seconds, default=10.0, help="proxy: seconds to connect (504)")
-    p.add_argument("--body-timeout", type=seconds, default=30.0, help="seconds a request body may take to arrive (408)")
-    p.add_argument(
-        "--header-timeout",
-        type=seconds,
-        default=10.0,
-        help="seconds a connection has to send a request's head, from opening and after each response (then closed)",
-    )
-    p.add_argument(
-        "--keep-alive-timeout", type=seconds, default=5.0, help="seconds an idle keep-alive connection stays open"
-    )
-    p.add_argument(
-        "--context-cache-mb",
-        type=non_negative,
-        default=DEFAULT_CONTEXT_CACHE_MB,
-        help="MiB of draft KV kept for contexts read before (follow-up questions reuse it; 0: off)",
-    )
-    p.add_argument(
-        "--shutdown-timeout",
-        type=float,
-        default=30.0,
-        help="on SIGINT/SIGTERM, seconds in-flight requests get to finish before they are cancelled",
-    )
+    add_options(p, SERVER)
     add_specpc_args(p)
     add_sparse_args(p)
     p.set_defaults(func=_cmd_serve)
 
 
 def _cmd_serve(args) -> int:
-    from .cli import InputError
-
     if args.upstream and args.sparse_prefill:
         raise InputError("--sparse-prefill needs a local target (--target); with --upstream the upstream prefills")
     try:
@@ -89,7 +97,6 @@ def _cmd_serve(args) -> int:
         from .server import ServeConfig, create_app, timed_protocol
     except ModuleNotFoundError as exc:
         raise RuntimeError(f"draft-rag serve needs {exc.name}: pip install 'draft-rag[serve]'") from None
-    from .cli import sparse_from_args, specpc_from_args
     from .engine import DraftEngine
 
     api_key = args.api_key or os.environ.get("DRAFT_RAG_API_KEY") or None  # keys never appear in --help

@@ -22,6 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from long_context import NEEDLE, QUESTION, haystack_lines, prompt_at  # noqa: E402
 
+from draft_rag import methods  # noqa: E402
+
 FOLLOW_UPS = (
     "Which function is documented first in the text above?",
     "Summarise what the text above says about sorting.",
@@ -42,10 +44,10 @@ def timed(engine, text: str, question: str, budget: int, method: str):
     """(result, draft seconds, CPU seconds): SpecPC's compression (wall seconds), or SpecKV's lookahead drafting
     (``Drafted``; its draft stage's seconds)."""
     t0, c0 = time.perf_counter(), time.process_time()
-    if method == "specpc":
+    if methods.get(method).shortens_prompt:
         result = engine.compress(text, question=question, budget=budget)
         return result, time.perf_counter() - t0, time.process_time() - c0
-    run = engine.generate(text, question=question, method="speckv", budget=budget, max_new_tokens=1)
+    run = engine.generate(text, question=question, method=method, budget=budget, max_new_tokens=1)
     result = Drafted(run)
     return result, result.draft_seconds, time.process_time() - c0
 
@@ -66,40 +68,48 @@ def main() -> None:
 
     from draft_rag import DraftEngine
 
-    target = args.draft if args.method == "speckv" else None
+    shortens = methods.get(args.method).shortens_prompt  # SpecPC; SpecKV drafts its lookahead with a target
+    target = None if shortens else args.draft
     engine = DraftEngine(target, draft=args.draft, threads=args.threads, context_cache_mb=args.cache_mb)
     texts = {n: prompt_at(haystack_lines(engine.draft.tokenizer, n), 0.5) for n in args.lengths}
-    runs = []
-    for r in range(args.repeats):
-        for n, text in texts.items():
-            follow_up = FOLLOW_UPS[r % len(FOLLOW_UPS)]
-            engine.context_cache.clear()
-            first, first_s, first_cpu = timed(engine, text, QUESTION, args.budget, args.method)
-            warm, warm_s, warm_cpu = timed(engine, text, follow_up, args.budget, args.method)
-            engine.context_cache.clear()
-            cold, cold_s, cold_cpu = timed(engine, text, follow_up, args.budget, args.method)
-            run = {
-                "tokens": n,
-                "repeat": r,
-                "draft_tokens": first.draft_original_tokens,
-                "blocks": first.draft_blocks,
-                "first_s": first_s,
-                "first_cpu_s": first_cpu,
-                "follow_up_s": warm_s,
-                "follow_up_cpu_s": warm_cpu,
-                "cold_follow_up_s": cold_s,
-                "cached_tokens": warm.draft_cached_tokens,
-                "cache_mib": engine.context_cache.nbytes / 2**20,
-                "same_spans": warm.kept_spans == cold.kept_spans and warm.text == cold.text,
-                "needle_kept": NEEDLE.split(" is ")[1].rstrip(".") in first.text if args.method == "specpc" else None,
-            }
-            runs.append(run)
-            print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in run.items()}), flush=True)
+    runs = [_run(engine, args, r, n, text, shortens) for r in range(args.repeats) for n, text in texts.items()]
     threads = torch.get_num_threads()
     meta = {"threads": threads, "method": args.method, "budget": args.budget}
     Path(args.json).write_text(json.dumps({**meta, "runs": runs}, indent=1))
     print(f"\n{args.method}, torch threads {threads}, medians of {args.repeats} interleaved repetitions\n")
-    same = "same kept spans as cold" if args.method == "specpc" else "same answer and KV as cold"
+    _table(args, runs, shortens)
+
+
+def _run(engine, args, r: int, n: int, text: str, shortens: bool) -> dict:
+    """Repetition ``r`` at ``n`` tokens: the first question, a follow-up from the cache and the same one cold."""
+    follow_up = FOLLOW_UPS[r % len(FOLLOW_UPS)]
+    engine.context_cache.clear()
+    first, first_s, first_cpu = timed(engine, text, QUESTION, args.budget, args.method)
+    warm, warm_s, warm_cpu = timed(engine, text, follow_up, args.budget, args.method)
+    engine.context_cache.clear()
+    cold, cold_s, cold_cpu = timed(engine, text, follow_up, args.budget, args.method)
+    run = {
+        "tokens": n,
+        "repeat": r,
+        "draft_tokens": first.draft_original_tokens,
+        "blocks": first.draft_blocks,
+        "first_s": first_s,
+        "first_cpu_s": first_cpu,
+        "follow_up_s": warm_s,
+        "follow_up_cpu_s": warm_cpu,
+        "cold_follow_up_s": cold_s,
+        "cached_tokens": warm.draft_cached_tokens,
+        "cache_mib": engine.context_cache.nbytes / 2**20,
+        "same_spans": warm.kept_spans == cold.kept_spans and warm.text == cold.text,
+        "needle_kept": NEEDLE.split(" is ")[1].rstrip(".") in first.text if shortens else None,
+    }
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in run.items()}), flush=True)
+    return run
+
+
+def _table(args, runs: list[dict], shortens: bool) -> None:
+    """Print the medians per length as a Markdown table."""
+    same = "same kept spans as cold" if shortens else "same answer and KV as cold"
     print("| context tokens | draft passes | first question s | follow-up s | follow-up / first | draft tokens reused "
           f"| {same} |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")

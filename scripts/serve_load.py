@@ -113,7 +113,7 @@ async def load(url: str, body: dict, clients: int, seconds: float, backoff: floa
     return out
 
 
-def main() -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", default="smollm2-135m-instruct")
     p.add_argument("--clients", type=int, default=32)
@@ -126,85 +126,104 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads of the server")
     p.add_argument("--rounds", type=int, default=1, help="repeat the load, recording RSS after each round")
     p.add_argument("--backoff", type=float, default=0.5, help="seconds a refused client waits before its next request")
-    args = p.parse_args()
+    return p
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+
+def _body(args) -> dict:
+    """One streaming chat request: the needle among ``--filler`` lines, SpecPC at ``--ratio``."""
     text = FILLER * (args.filler // 2) + NEEDLE + FILLER * (args.filler - args.filler // 2)
-    body = {
+    return {
         "model": "draft-rag",
         "stream": True,
         "max_tokens": args.max_tokens,
         "messages": [{"role": "user", "content": text + QUESTION}],
         "draft_rag": {"method": "specpc", "ratio": args.ratio},
     }
-    proc = start_server(args, port)
+
+
+def _rounds(args, proc, url: str, body: dict) -> dict:
+    """Warm the server up, then ``--rounds`` rounds of load watching its RSS; the counts summed over rounds."""
+    warm = asyncio.run(load(url, body, clients=2, seconds=3))  # first requests allocate the steady state
+    time.sleep(1)
+    baseline = rss_mib(proc)
+    peak, after, rounds = baseline, [], []
+    t0 = time.perf_counter()
+
+    async def run_and_watch():
+        nonlocal peak
+        fut = asyncio.ensure_future(load(url, body, args.clients, args.seconds, args.backoff))
+        while not fut.done():
+            peak = max(peak, rss_mib(proc))
+            await asyncio.sleep(0.5)
+        return fut.result()
+
+    for _ in range(args.rounds):  # RSS after each round: growing round over round would be a leak
+        rounds.append(asyncio.run(run_and_watch()))
+        time.sleep(2)
+        after.append(round(rss_mib(proc), 1))
+    wall = time.perf_counter() - t0
+    res = {k: sum((r[k] for r in rounds), [] if isinstance(rounds[0][k], list) else 0) for k in rounds[0]}
+    return dict(res=res, warm=warm, baseline=baseline, peak=peak, after=after, wall=wall)
+
+
+def _stop(proc):
+    """SIGTERM the server; its exit code, or "killed" when it did not stop within a minute."""
+    proc.send_signal(signal.SIGTERM)
     try:
-        warm = asyncio.run(load(url, body, clients=2, seconds=3))  # first requests allocate the steady state
-        time.sleep(1)
-        baseline = rss_mib(proc)
-        peak, after, rounds = baseline, [], []
-        t0 = time.perf_counter()
+        return proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return "killed"
 
-        async def run_and_watch():
-            nonlocal peak
-            fut = asyncio.ensure_future(load(url, body, args.clients, args.seconds, args.backoff))
-            while not fut.done():
-                peak = max(peak, rss_mib(proc))
-                await asyncio.sleep(0.5)
-            return fut.result()
 
-        for _ in range(args.rounds):  # RSS after each round: growing round over round would be a leak
-            rounds.append(asyncio.run(run_and_watch()))
-            time.sleep(2)
-            after.append(round(rss_mib(proc), 1))
-        wall = time.perf_counter() - t0
-        res = {k: sum((r[k] for r in rounds), [] if isinstance(rounds[0][k], list) else 0) for k in rounds[0]}
-        queued = httpx.get(f"http://127.0.0.1:{port}/health").json()["queued"]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = "killed"
+def _report(args, m: dict, queued: int, code) -> dict:
+    """The printed summary of a run (``_rounds``' figures, the queue after it, the server's exit code)."""
+    res, warm, baseline, peak, after, wall = (m[k] for k in ("res", "warm", "baseline", "peak", "after", "wall"))
     total = res["ok"] + res["429"] + res["503"] + res["lost"]
 
     def med(xs):
         return round(statistics.median(xs), 3) if xs else None
 
-    print(
-        json.dumps(
-            {
-                "target": args.target,
-                "clients": args.clients,
-                "backoff_s": args.backoff,
-                "seconds_per_round": args.seconds,
-                "rounds": args.rounds,
-                "wall_s": round(wall, 1),
-                "threads": args.threads,
-                "max_queue": args.max_queue,
-                "requests": total,
-                "answered": res["ok"],
-                "refused_429": res["429"],
-                "refused_503": res["503"],
-                "lost": res["lost"],
-                "lost_detail": res["lost_detail"][:5],
-                "warmup_answered": warm["ok"],
-                "median_ttft_s": med(res["ttft"]),
-                "median_latency_s": med(res["latency"]),
-                "median_engine_s": med(res["engine"]),
-                "rss_baseline_mib": round(baseline, 1),
-                "rss_peak_mib": round(peak, 1),
-                "rss_after_each_round_mib": after,
-                "queued_after": queued,
-                "sigterm_exit_code": code,
-                "load_average": [round(x, 1) for x in os.getloadavg()],
-            },
-            indent=1,
-        )
-    )
-    return 0 if res["lost"] == 0 and queued == 0 and code in (0, -signal.SIGTERM) else 1
+    return {
+        "target": args.target,
+        "clients": args.clients,
+        "backoff_s": args.backoff,
+        "seconds_per_round": args.seconds,
+        "rounds": args.rounds,
+        "wall_s": round(wall, 1),
+        "threads": args.threads,
+        "max_queue": args.max_queue,
+        "requests": total,
+        "answered": res["ok"],
+        "refused_429": res["429"],
+        "refused_503": res["503"],
+        "lost": res["lost"],
+        "lost_detail": res["lost_detail"][:5],
+        "warmup_answered": warm["ok"],
+        "median_ttft_s": med(res["ttft"]),
+        "median_latency_s": med(res["latency"]),
+        "median_engine_s": med(res["engine"]),
+        "rss_baseline_mib": round(baseline, 1),
+        "rss_peak_mib": round(peak, 1),
+        "rss_after_each_round_mib": after,
+        "queued_after": queued,
+        "sigterm_exit_code": code,
+        "load_average": [round(x, 1) for x in os.getloadavg()],
+    }
+
+
+def main() -> int:
+    args = _parser().parse_args()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    proc = start_server(args, port)
+    try:
+        measured = _rounds(args, proc, url, _body(args))
+        queued = httpx.get(f"http://127.0.0.1:{port}/health").json()["queued"]
+    finally:
+        code = _stop(proc)
+    print(json.dumps(_report(args, measured, queued, code), indent=1))
+    return 0 if measured["res"]["lost"] == 0 and queued == 0 and code in (0, -signal.SIGTERM) else 1
 
 
 if __name__ == "__main__":

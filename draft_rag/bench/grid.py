@@ -7,6 +7,7 @@ so a grid can be extended (new methods, budgets, tasks) by running the same comm
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import logging
 import platform
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..engine import DraftEngine
+from ..methods import bench_get
 from ..sparse_prefill import SPARSE_METHODS
 from ..units import DEFAULT_GRANULARITY
 from .data import METRICS, load_jsonl, parse_record, task_metric, write_jsonl
@@ -61,7 +63,8 @@ def cells_for(method: str, ratios, kv_budgets, coverages=(), sparse: bool = Fals
     for ``specpc``; with ``sparse`` each fixed cell of a ``SPARSE_METHODS`` method once more, sparse."""
     fixed = [(b, r, None, False) for b, r in budgets_for(method, ratios, kv_budgets)]
     sparse_cells = [(b, r, c, True) for b, r, c, _ in fixed] if sparse and method in SPARSE_METHODS else []
-    return fixed + sparse_cells + ([("adaptive", None, c, False) for c in coverages] if method == "specpc" else [])
+    adaptive = [("adaptive", None, c, False) for c in coverages] if bench_get(method).adaptive else []
+    return fixed + sparse_cells + adaptive
 
 
 def units_key(method: str, granularity: str) -> dict:
@@ -118,7 +121,7 @@ def upgrade_cells(data: dict, out_dir) -> int:
     """
     changed, files = 0, {}  # each records file read once
     for cell in data["results"]:
-        if cell["method"] == "speckv-pc" and cell.get("budget") is None:
+        if kind(cell["method"]) == (True, True) and cell.get("budget") is None:  # speckv-pc
             cell["budget"], changed = LEGACY_SPECKV_PC_KV, changed + 1
         path = data_path(out_dir, cell["task"], cell["length"], cell.get("draft", ""))
         if "metric" in cell or not cell.get("predictions") or not path.exists():
@@ -200,7 +203,10 @@ def run_grid(
     path = out / "results.json"
     data = {"results": [], "chunks": []} if fresh else load_results(path)
     done = {_key(c): c for c in data["results"]}
-    lingua = None
+    run = functools.partial(
+        _run_cell, max_new_tokens=max_new_tokens, progress=progress, block_size=block_size, granularity=granularity
+    )
+    lingua = _Lingua()
     try:
         for pair in pairs:
             engine = DraftEngine(target=pair.target, draft=pair.draft, block_size=block_size)
@@ -215,68 +221,85 @@ def run_grid(
                         for budget, ratio, coverage, sparse in cells_for(
                             method, ratios, kv_budgets, coverages, sparse_prefill
                         ):
-                            cell = dict(
-                                pair=pair.name,
-                                task=task,
-                                length=length,
-                                n=n,
-                                seed=seed,
-                                method=method,
-                                budget=budget,
-                                ratio=ratio,
-                                **({"block_size": block_size} if block_size else {}),
-                                **({"coverage": coverage} if coverage else {}),
-                                **({"sparse_prefill": True} if sparse else {}),
-                                **({"follow_ups": True} if asks else {}),
-                                **units_key(method, granularity),
-                            )
+                            cell = dict(pair=pair.name, task=task, length=length, n=n, seed=seed, method=method,
+                                        budget=budget, ratio=ratio)  # fmt: skip
+                            cell.update(_cell_options(method, block_size, coverage, sparse, asks, granularity))
                             if _key(cell) in done:
                                 continue
-                            if method == "llmlingua" and lingua is None:
-                                from .llmlingua import LLMLinguaClient
-
-                                lingua = LLMLinguaClient(pair.draft, engine.draft.tokenizer)
-                            res = evaluate(
-                                engine,
-                                records,
-                                method,
-                                budget=budget,
-                                ratio=ratio,
-                                coverage=coverage,
-                                max_new_tokens=max_new_tokens,
-                                progress=progress,
-                                llmlingua=lingua,
-                                desc=f"{pair.name} {task}-{length} {label(cell)}",
-                                metric=task_metric(task),
-                                sparse_prefill=sparse,
-                                ask_follow_ups=asks,
-                            )
-                            cell.update(
-                                res.to_dict(),
-                                target=pair.target,
-                                draft=pair.draft,
-                                machine=machine(),
-                                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                                predictions=[r["prediction"] for r in res.records],
-                            )
-                            logger.info(
-                                "%s %s-%d %s: score %.1f, kept %.0f/%.0f, %.1f s/record",
-                                pair.name,
-                                task,
-                                length,
-                                label(cell),
-                                res.score,
-                                res.avg_kept_tokens,
-                                res.avg_input_tokens,
-                                res.seconds["total"],
-                            )
+                            run(engine, pair, cell, records, lingua.client(method, pair, engine))
                             data["results"].append(cell)
                             done[_key(cell)] = cell
                             save_results(data, path)
-            if lingua is not None and pair is not pairs[-1]:
+            if pair is not pairs[-1]:
                 lingua.close()
-                lingua = None
     finally:
-        if lingua is not None:
-            lingua.close()
+        lingua.close()
     return data
+
+
+def _cell_options(method: str, block_size, coverage, sparse: bool, asks: bool, granularity: str) -> dict:
+    """The keys a cell records only when set: block size, coverage, sparse prefill, follow-ups, SpecPC's units."""
+    return {
+        **({"block_size": block_size} if block_size else {}),
+        **({"coverage": coverage} if coverage else {}),
+        **({"sparse_prefill": True} if sparse else {}),
+        **({"follow_ups": True} if asks else {}),
+        **units_key(method, granularity),
+    }
+
+
+class _Lingua:
+    """The LongLLMLingua-2 client, started for the first cell of an external method and closed per pair."""
+
+    def __init__(self):
+        self._client = None
+
+    def client(self, method: str, pair: Pair, engine: DraftEngine):
+        if bench_get(method).external and self._client is None:
+            from .llmlingua import LLMLinguaClient
+
+            self._client = LLMLinguaClient(pair.draft, engine.draft.tokenizer)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def _run_cell(engine: DraftEngine, pair: Pair, cell: dict, records, lingua, **kw) -> None:
+    """Evaluate one cell's method and budget on ``records``; its results, predictions and provenance into ``cell``."""
+    res = evaluate(
+        engine,
+        records,
+        cell["method"],
+        budget=cell["budget"],
+        ratio=cell["ratio"],
+        coverage=cell.get("coverage"),
+        max_new_tokens=kw["max_new_tokens"],
+        progress=kw["progress"],
+        llmlingua=lingua,
+        desc=f"{pair.name} {cell['task']}-{cell['length']} {label(cell)}",
+        metric=task_metric(cell["task"]),
+        sparse_prefill=cell.get("sparse_prefill", False),
+        ask_follow_ups=cell.get("follow_ups", False),
+    )
+    cell.update(
+        res.to_dict(),
+        target=pair.target,
+        draft=pair.draft,
+        machine=machine(),
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        predictions=[r["prediction"] for r in res.records],
+    )
+    logger.info(
+        "%s %s-%d %s: score %.1f, kept %.0f/%.0f, %.1f s/record",
+        pair.name,
+        cell["task"],
+        cell["length"],
+        label(cell),
+        res.score,
+        res.avg_kept_tokens,
+        res.avg_input_tokens,
+        res.seconds["total"],
+    )

@@ -6,6 +6,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ..blocks import DEFAULT_BLOCK_SIZE
+from ..methods import REGISTRY
 from .tasks import RULER_13
 
 CELL_KEYS = ("pair", "task", "length", "n", "seed", "method", "budget", "ratio", "block_size", "coverage",
@@ -231,7 +232,8 @@ def plot(cells: list[dict], path) -> Path:
         ax = axes[row][0]
         for method, pts in points.items():
             pts.sort()
-            style = dict(marker="*", markersize=14, linestyle="none") if method == "full" else dict(marker="o")
+            reference = method in REGISTRY and REGISTRY[method].reference  # results may hold retired methods
+            style = dict(marker="*", markersize=14, linestyle="none") if reference else dict(marker="o")
             style["color"] = f"C{ORDER.index(method) % 10}" if method in ORDER else None
             ax.plot([p[0] for p in pts], [p[1] for p in pts], label=method, **style)
         ax.set_xlabel("kept fraction of the prompt (tokens or KV entries)")

@@ -16,7 +16,7 @@ from .data import METRICS, Record, follow_ups, split_input
 
 logger = logging.getLogger(__name__)
 
-EXTERNAL_METHODS = ("llmlingua",)  # run by this package, not by the engine
+EXTERNAL_METHODS = tuple(methods.BENCH_METHODS)  # run by this package, not by the engine
 # Prompt compressors: budget/ratio is the prompt budget (draft tokens or a fraction). speckv-pc has two
 # budgets: ratio is SpecPC's prompt ratio (the engine's pc_ratio) and budget its KV entries per head.
 DEFAULT_MAX_NEW_TOKENS = 48
@@ -24,8 +24,8 @@ DEFAULT_MAX_NEW_TOKENS = 48
 
 def kind(method: str) -> tuple[bool, bool]:
     """(shortens the prompt, evicts KV entries) for an engine method or one of the bench's own prompt compressors."""
-    known = methods.REGISTRY.get(method)
-    return (True, False) if known is None else (known.shortens_prompt, known.evicts_kv)
+    m = methods.bench_get(method)
+    return m.shortens_prompt, m.evicts_kv
 
 
 def all_methods() -> tuple[str, ...]:
@@ -113,20 +113,14 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    check_method(method)
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {list(METRICS)}, got {metric!r}")
-    if method == "llmlingua" and llmlingua is None:
-        raise ValueError("method 'llmlingua' needs an LLMLinguaClient (see draft_rag.bench.llmlingua)")
-    if coverage is not None and (method != "specpc" or budget is not None and budget != "adaptive" or ratio):
-        raise ValueError(f"coverage is an adaptive budget for specpc alone, got method={method!r}, {budget=}, {ratio=}")
+    _check_evaluate(method, metric, llmlingua, coverage, budget, ratio)
     per_entry = kv_bytes_per_entry(engine.target.model)
     rows, sums = [], {"draft": 0.0, "target": 0.0, "total": 0.0}
     bar = tqdm(
         records, desc=desc or f"{method} {budget or ratio or ''}".strip(), disable=not progress, unit="rec", leave=False
     )
     ask = functools.partial(
-        _one,
+        _ask,
         engine,
         method=method,
         budget="adaptive" if coverage is not None else budget,
@@ -149,6 +143,22 @@ def evaluate(
         for k in sums:
             sums[k] += row["seconds"][k]
         bar.set_postfix(score=f"{100 * sum(r['score'] for r in rows) / len(rows):.1f}")
+    return _result(method, budget, ratio, rows, sums, metric, ask_follow_ups)
+
+
+def _check_evaluate(method: str, metric: str, llmlingua, coverage, budget, ratio) -> None:
+    """``evaluate``'s arguments: a known method and metric, a client for an external method, coverage alone."""
+    check_method(method)
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {list(METRICS)}, got {metric!r}")
+    if methods.bench_get(method).external and llmlingua is None:
+        raise ValueError(f"method {method!r} needs an LLMLinguaClient (see draft_rag.bench.llmlingua)")
+    if coverage is not None and (not methods.bench_get(method).adaptive or budget not in (None, "adaptive") or ratio):
+        raise ValueError(f"coverage is an adaptive budget for specpc alone, got method={method!r}, {budget=}, {ratio=}")
+
+
+def _result(method, budget, ratio, rows: list[dict], sums: dict, metric: str, ask_follow_ups: bool) -> EvalResult:
+    """The means over ``rows`` (``evaluate``'s, one per record) as an ``EvalResult``."""
     n = len(rows)
     return EvalResult(
         method,
@@ -201,7 +211,7 @@ def _coverage(engine: DraftEngine, coverage: float | None):
         engine.specpc = saved
 
 
-def _one(engine, rec: Record, *, method, budget, ratio, template, max_new_tokens, llmlingua, sparse) -> dict:
+def _ask(engine, rec: Record, *, method, budget, ratio, template, max_new_tokens, llmlingua, sparse) -> dict:
     """Ask one record; its answer, scores, token counts and seconds per stage."""
     instruction, context, question = split_input(rec.input)
     args = dict(
@@ -212,8 +222,8 @@ def _one(engine, rec: Record, *, method, budget, ratio, template, max_new_tokens
         max_new_tokens=max_new_tokens or rec.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
         **({"sparse_prefill": True} if sparse else {}),
     )
-    draft_s = 0.0
-    if method == "llmlingua":
+    draft_s, external = 0.0, methods.bench_get(method).external
+    if external:
         t0 = time.perf_counter()
         shortened = llmlingua.compress(context, instruction=instruction, question=question, budget=budget, ratio=ratio)
         draft_s = time.perf_counter() - t0
@@ -231,7 +241,7 @@ def _one(engine, rec: Record, *, method, budget, ratio, template, max_new_tokens
         n_unsupported = gen.stats.unsupported
     s = gen.stats
     target_s = s.seconds.get("target", 0.0)
-    total = s.seconds.get("total", target_s) + (draft_s if method == "llmlingua" else 0.0)
+    total = s.seconds.get("total", target_s) + (draft_s if external else 0.0)
     return {
         "index": rec.index,
         "scores": {m: fn(gen.text, rec.outputs) for m, fn in METRICS.items()},
