@@ -9,7 +9,7 @@ from conftest import tiny_model, tiny_tokenizer
 
 from draft_rag import DraftEngine, SpecPCConfig
 from draft_rag.bench import evaluate, load_jsonl, score_all, split_input, string_match_all
-from draft_rag.bench.data import parse_record, string_match_part, task_metric
+from draft_rag.bench.data import chunked, parse_record, string_match_part, task_metric
 from draft_rag.bench.grid import Pair, budgets_for, cells_for, load_results, parse_pair, run_grid
 from draft_rag.bench.report import block_table, chunk_table, grid_table, label, summary_table, write_report
 from draft_rag.bench.tasks import LEGACY_TASKS, generate, retrieval_qa
@@ -418,6 +418,30 @@ def test_adaptive_cells_run_specpc_at_each_coverage(tiny_dir, tmp_path, monkeypa
         evaluate(engine, recs, "snapkv", budget=64, coverage=0.9, progress=False)
     evaluate(engine, recs, "specpc", coverage=0.5, max_new_tokens=1, progress=False)
     assert engine.specpc.coverage is None  # the engine's own settings are back
+
+
+def test_chunked_cells_read_chunks_through_the_chunk_cache(tiny_dir, tmp_path, monkeypatch):
+    from draft_rag.bench import grid
+
+    small = SpecPCConfig(starting_layer_index=0, window_size=8, kernel_size=5, neighbor_tokens=4)
+    monkeypatch.setattr(grid, "DraftEngine", lambda **kw: DraftEngine(specpc=small, **kw))
+    context = split_input(generate("niah_single", tiny_tokenizer(), 600, 1, seed=3)[0]["input"])[1]
+    pieces = chunked(context, tiny_tokenizer(), 64)
+    assert "".join(pieces) == context and len(pieces) > 3
+    assert all(count_tokens(tiny_tokenizer(), p) < 64 + 40 for p in pieces[:-1])  # cut at the first sentence end
+    pair = Pair("tiny", tiny_dir, tiny_dir)
+    kw = dict(ratios=[0.5], out_dir=tmp_path, max_new_tokens=2, progress=False, chunk_tokens=64)
+    exact = run_grid([pair], ["niah_single"], [300], 2, ["full", "specpc"], **kw)["results"]
+    cached = run_grid([pair], ["niah_single"], [300], 2, ["specpc"], chunk_cache_mb=16, **kw)["results"]
+    assert [label(c) for c in cached] == ["full [chunks of 64]", "specpc @50% [sentences] [chunks of 64]",
+                                          "specpc @50% [sentences] [chunks of 64] +chunk cache"]  # fmt: skip
+    assert cached[:2] == exact and cached[2]["seconds"]["warm"] > 0
+    engine = DraftEngine(target=tiny_dir, specpc=small, chunk_cache_mb=16)
+    recs = [parse_record(r) for r in generate("niah_single", tiny_tokenizer(), 300, 2, seed=3)]
+    res = evaluate(
+        engine, recs, "specpc", ratio=0.5, max_new_tokens=1, progress=False, chunk_tokens=64, warm_chunks=True
+    )
+    assert all(r["cached_tokens"] > 0.5 * r["draft_tokens"] for r in res.records)  # the question read warmed chunks
 
 
 def test_sparse_prefill_cells_run_beside_dense_ones(tiny_dir, tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from ..builtins import DEFAULT_MODEL
-from ..cli_args import InputError, add_options, fraction, option, positive_int
+from ..cli_args import InputError, add_options, fraction, non_negative, option, positive_int
 from ..config import DEFAULT_COVERAGE
 from ..methods import bench_get
 from ..units import DEFAULT_GRANULARITY, GRANULARITIES
@@ -138,6 +138,8 @@ def _grid(args, pairs, out: Path) -> dict:
         sparse_prefill=args.sparse_prefill,
         follow_ups=args.follow_ups,
         granularity=args.granularity,
+        chunk_tokens=args.chunk_tokens,
+        chunk_cache_mb=args.chunk_cache_mb,
     )
 
 
@@ -298,6 +300,18 @@ BENCH_OPTIONS = (
         default=DEFAULT_GRANULARITY,
         help=f"SpecPC keeps whole units of this kind (default {DEFAULT_GRANULARITY}); cells other than 'token' "
         "record it",
+    ),
+    option(
+        "--chunk-tokens",
+        type=positive_int,
+        help="give each record's context as chunks of about N draft tokens (cut at sentence ends), recorded per cell",
+    ),
+    option(
+        "--chunk-cache-mb",
+        type=non_negative,
+        default=0,
+        help="with --chunk-tokens: SpecPC cells read the chunks through the draft's chunk cache of this many MiB, "
+        "filled cold per record before its question (cells '+chunk cache'); 0: the exact pass",
     ),
     option(
         "--sparse-prefill",

@@ -142,3 +142,23 @@ def split_input(text: str) -> tuple[str, str, str]:
         if head and len(last) <= limit and last.strip():
             question, context = last.strip(), head
     return instruction, context.strip("\n"), question
+
+
+def chunked(context: str, tokenizer, tokens: int) -> list[str]:
+    """``context`` cut at sentence and line ends into chunks of about ``tokens`` tokens each (a retriever's chunks;
+    a sentence longer than that is one chunk), which together are the context."""
+    from ..prompt import count_tokens
+    from ..units import split_units
+
+    chunks, start, size = [], 0, 0
+    for unit in split_units(context, "sentence"):
+        size += count_tokens(tokenizer, context[unit.start : unit.end])
+        if size >= tokens:
+            chunks.append(context[start : unit.end])
+            start, size = unit.end, 0
+    tail = context[start:]
+    if tail.strip() or not chunks:
+        chunks.append(tail)
+    else:
+        chunks[-1] += tail
+    return chunks

@@ -184,6 +184,8 @@ def run_grid(
     sparse_prefill: bool = False,
     follow_ups: bool = False,
     granularity: str = DEFAULT_GRANULARITY,
+    chunk_tokens: int | None = None,
+    chunk_cache_mb: float = 0,
 ) -> dict:
     """Run (or reuse) every cell; write ``results.json`` after each one. Returns the results dict.
 
@@ -196,6 +198,9 @@ def run_grid(
     over the same context (the draft's context cache serves them); those cells record ``follow_ups`` and their
     results under ``follow_up``. ``granularity``: SpecPC's units (``SpecPCConfig.granularity``); cells of methods
     that shorten the prompt record it unless it is ``"token"`` (cells from before it existed were token-level).
+    ``chunk_tokens``: each record's context is cut into chunks of about that many draft tokens (``data.chunked``);
+    ``chunk_cache_mb``: SpecPC cells read them through the draft's chunk cache, filled cold per record (cells record
+    ``chunk_tokens`` and ``chunk_cache``).
     """
     for m in methods:
         check_method(m)
@@ -206,10 +211,13 @@ def run_grid(
     run = functools.partial(
         _run_cell, max_new_tokens=max_new_tokens, progress=progress, block_size=block_size, granularity=granularity
     )
+    chunking = {"chunk_tokens": chunk_tokens} if chunk_tokens else {}
     lingua = _Lingua()
     try:
         for pair in pairs:
-            engine = DraftEngine(target=pair.target, draft=pair.draft, block_size=block_size)
+            engine = DraftEngine(
+                target=pair.target, draft=pair.draft, block_size=block_size, chunk_cache_mb=chunk_cache_mb
+            )
             engine.specpc = engine.specpc.replace(granularity=granularity)
             for task in tasks:
                 for length in lengths:
@@ -224,6 +232,7 @@ def run_grid(
                             cell = dict(pair=pair.name, task=task, length=length, n=n, seed=seed, method=method,
                                         budget=budget, ratio=ratio)  # fmt: skip
                             cell.update(_cell_options(method, block_size, coverage, sparse, asks, granularity))
+                            cell.update(chunking, **_cache_key(method, chunk_tokens, chunk_cache_mb))
                             if _key(cell) in done:
                                 continue
                             run(engine, pair, cell, records, lingua.client(method, pair, engine))
@@ -246,6 +255,11 @@ def _cell_options(method: str, block_size, coverage, sparse: bool, asks: bool, g
         **({"follow_ups": True} if asks else {}),
         **units_key(method, granularity),
     }
+
+
+def _cache_key(method: str, chunk_tokens: int | None, chunk_cache_mb: float) -> dict:
+    """The cell's ``chunk_cache`` entry: the draft reads chunks through its chunk cache (SpecPC methods)."""
+    return {"chunk_cache": True} if chunk_tokens and chunk_cache_mb and kind(method)[0] else {}
 
 
 class _Lingua:
@@ -283,6 +297,8 @@ def _run_cell(engine: DraftEngine, pair: Pair, cell: dict, records, lingua, **kw
         metric=task_metric(cell["task"]),
         sparse_prefill=cell.get("sparse_prefill", False),
         ask_follow_ups=cell.get("follow_ups", False),
+        chunk_tokens=cell.get("chunk_tokens"),
+        warm_chunks=cell.get("chunk_cache", False),
     )
     cell.update(
         res.to_dict(),

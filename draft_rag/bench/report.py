@@ -10,7 +10,8 @@ from ..methods import REGISTRY
 from .tasks import RULER_13
 
 CELL_KEYS = ("pair", "task", "length", "n", "seed", "method", "budget", "ratio", "block_size", "coverage",
-             "sparse_prefill", "follow_ups", "granularity")  # fmt: skip  # what tells one bench cell from another
+             "sparse_prefill", "follow_ups", "granularity",
+             "chunk_tokens", "chunk_cache")  # fmt: skip  # what tells one bench cell from another
 
 
 def label(cell: dict) -> str:
@@ -19,6 +20,8 @@ def label(cell: dict) -> str:
     blocks = f" [blocks of {cell['block_size']}]" if cell.get("block_size") else ""
     blocks += " +sparse" if cell.get("sparse_prefill") else ""
     blocks += f" [{cell['granularity']}s]" if cell.get("granularity") else ""
+    blocks += f" [chunks of {cell['chunk_tokens']}]" if cell.get("chunk_tokens") else ""
+    blocks += " +chunk cache" if cell.get("chunk_cache") else ""
     if cell.get("coverage") is not None:  # an adaptive budget
         return f"{cell['method']} @adaptive {cell['coverage']:.0%}{blocks}"
     if cell.get("ratio") is not None and cell.get("budget") is not None:  # speckv-pc: prompt ratio and KV entries

@@ -12,7 +12,7 @@ from .. import methods
 from ..engine import METHODS, DraftEngine
 from ..faithfulness import unsupported
 from ..inputs import PromptInput
-from .data import METRICS, Record, follow_ups, split_input
+from .data import METRICS, Record, chunked, follow_ups, split_input
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,8 @@ def evaluate(
     metric: str = "all",
     sparse_prefill: bool = False,
     ask_follow_ups: bool = False,
+    chunk_tokens: int | None = None,
+    warm_chunks: bool = False,
 ) -> EvalResult:
     """Greedy answers for ``records``; RULER's score (0-100) under ``metric`` and mean per-record timings.
 
@@ -109,13 +111,17 @@ def evaluate(
     that coverage instead of a fixed budget. ``sparse_prefill``: the target prefills vertical-slash sparse.
     Every record's first question reads its context cold (the engine's context cache is emptied before it);
     with ``ask_follow_ups`` the record's follow-up questions (``data.follow_ups``) are asked next over the same
-    context, and the result's ``follow_up`` sums them up.
+    context, and the result's ``follow_up`` sums them up. ``chunk_tokens``: the context goes in as chunks of about
+    that many draft tokens (``data.chunked``); ``warm_chunks``: they are read into the emptied chunk cache first
+    (the record's cold pass, timed as ``seconds["warm"]``), then the question is asked over the cache.
     """
     from tqdm.auto import tqdm
 
     _check_evaluate(method, metric, llmlingua, coverage, budget, ratio)
+    if chunk_tokens and methods.bench_get(method).external:
+        raise ValueError(f"method {method!r} compresses one text: chunk_tokens is for the engine's methods")
     per_entry = kv_bytes_per_entry(engine.target.model)
-    rows, sums = [], {"draft": 0.0, "target": 0.0, "total": 0.0}
+    rows, sums = [], {"draft": 0.0, "target": 0.0, "total": 0.0, **({"warm": 0.0} if warm_chunks else {})}
     bar = tqdm(
         records, desc=desc or f"{method} {budget or ratio or ''}".strip(), disable=not progress, unit="rec", leave=False
     )
@@ -129,9 +135,12 @@ def evaluate(
         max_new_tokens=max_new_tokens,
         llmlingua=llmlingua,
         sparse=sparse_prefill,
+        chunk_tokens=chunk_tokens,
+        warm=warm_chunks,
     )
     for rec in bar:
         engine.context_cache.clear()
+        engine.chunk_cache.clear()
         with _coverage(engine, coverage):
             row = ask(rec)
             if ask_follow_ups:
@@ -211,9 +220,10 @@ def _coverage(engine: DraftEngine, coverage: float | None):
         engine.specpc = saved
 
 
-def _ask(engine, rec: Record, *, method, budget, ratio, template, max_new_tokens, llmlingua, sparse) -> dict:
+def _ask(engine, rec: Record, *, method, budget, ratio, template, max_new_tokens, llmlingua, sparse, **chunks) -> dict:
     """Ask one record; its answer, scores, token counts and seconds per stage."""
     instruction, context, question = split_input(rec.input)
+    context, warm_s = _chunks(engine, context, instruction, template, **chunks)
     args = dict(
         instruction=instruction or None,
         question=question or None,
@@ -236,7 +246,8 @@ def _ask(engine, rec: Record, *, method, budget, ratio, template, max_new_tokens
         kw = dict(budget=budget, ratio=ratio) if shortens or evicts else {}
         if shortens and evicts:  # speckv-pc: the ratio is SpecPC's, the budget SpecKV's
             kw = dict(pc_ratio=ratio, budget=budget)
-        gen = engine.generate(context, method=method, **kw, **args)
+        given = {"chunks": context} if isinstance(context, list) else {"prompt": context}
+        gen = engine.generate(**given, method=method, **kw, **args)
         draft_s = sum(gen.stats.seconds.get(k, 0.0) for k in ("draft", "select"))
         n_unsupported = gen.stats.unsupported
     s = gen.stats
@@ -254,8 +265,20 @@ def _ask(engine, rec: Record, *, method, budget, ratio, template, max_new_tokens
         "unsupported": n_unsupported,
         "cached_tokens": s.draft_cached_tokens or 0,
         "draft_tokens": gen.compressed.draft_original_tokens if gen.compressed else 0,
-        "seconds": {"draft": draft_s, "target": target_s, "total": total},
+        "seconds": {"draft": draft_s, "target": target_s, "total": total, "warm": warm_s},
     }
+
+
+def _chunks(engine, context: str, instruction: str, template, chunk_tokens=None, warm=False) -> tuple:
+    """The context as chunks of about ``chunk_tokens`` draft tokens (else as it is) and, with ``warm``, the seconds
+    of reading them into the chunk cache, as a prompt with this instruction will."""
+    if not chunk_tokens:
+        return context, 0.0
+    chunks = chunked(context, engine.draft.tokenizer, chunk_tokens)
+    t0 = time.perf_counter()
+    if warm:
+        engine.warm_chunks(chunks, instruction=instruction or None, template=template or "chat")
+    return chunks, time.perf_counter() - t0
 
 
 def _full_tokens(engine, rec: Record, instruction, question, template) -> int:
