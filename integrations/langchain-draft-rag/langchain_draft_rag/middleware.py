@@ -22,7 +22,8 @@ from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResp
 from langchain.agents.middleware.types import ExtendedModelResponse
 from langchain_core.messages import AIMessage
 
-from draft_rag.config import check_int, wrapped_budget
+from draft_rag.adapters import GenerationOptions, front_messages, shared_engine
+from draft_rag.config import check_int
 
 from . import _common as common
 from ._messages import rebuild, to_dicts
@@ -56,32 +57,19 @@ class DraftCompressionMiddleware(AgentMiddleware):
         draft_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
-        common.check_budget(budget, ratio)
+        self.options = GenerationOptions(method="specpc", budget=budget, ratio=ratio)  # checks them
         check_int("context_window", context_window, 1, allow_none=True)
         self.budget, self.ratio, self.context_window = budget, ratio, context_window
-        self.engine = common.shared_engine(None, draft, specpc, draft_kwargs=draft_kwargs)
+        self.engine = shared_engine(None, draft, specpc, draft_kwargs=draft_kwargs)
         self._warned_window = False
 
     def compress(self, request: ModelRequest) -> tuple[ModelRequest, dict]:
         """The request with its messages' retrieved context compressed, and the stats."""
         system = [request.system_message] if request.system_message is not None else []
         messages = system + list(request.messages)
-        kwargs, note = self._budget(request.model)
-        compressed_chat = self.engine.compress_messages(to_dicts(messages), **kwargs)
-        new = rebuild(messages, compressed_chat)
-        return request.override(system_message=new[0] if system else None, messages=new[len(system) :]), {
-            **note,
-            **compressed_chat.stats.to_dict(),
-        }
-
-    def _budget(self, model: Any) -> tuple[dict, dict]:
-        """``draft_rag.config.wrapped_budget`` for ``model``: this middleware's window, else the model's profile."""
-        window, source = common.model_window(model, self.context_window)
-        kwargs, note = wrapped_budget(self.budget, self.ratio, self.engine.specpc, window, source)
-        if window is None and "context_window" in kwargs and not self._warned_window:
-            self._warned_window = True
-            common.warn_assumed(f"DraftCompressionMiddleware (model {type(model).__name__})")
-        return kwargs, note
+        compressed, stats = common.front(self, request.model, front_messages, self.options, to_dicts(messages))
+        new = rebuild(messages, compressed)
+        return request.override(system_message=new[0] if system else None, messages=new[len(system) :]), stats
 
     def wrap_model_call(self, request: ModelRequest, handler) -> Any:
         new, stats = self.compress(request)
