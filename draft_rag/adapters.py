@@ -22,7 +22,7 @@ from .stats import GenerationStats
 __all__ = [  # with what the adapters use from other modules, so that they import from here and draft_rag only
     "ASSUMED_WINDOW", "DEFAULT_CONTEXT_CACHE_MB", "HELP", "SENT_WHOLE", "ChunkPruning", "GenerationOptions",
     "KeptChunk", "PrunedChunks", "check_settings", "front_messages", "front_prompt", "has_chat_template", "hold_last",
-    "iterate_in_thread", "options_of", "prompt_input", "setting", "shared_engine", "usage", "with_deadline",
+    "iterate_in_thread", "options_of", "prompt_input", "rebuild", "setting", "shared_engine", "usage", "with_deadline",
 ]  # fmt: skip
 
 SENT_WHOLE = "method='full': the prompt is sent whole"
@@ -38,6 +38,10 @@ HELP = {
     "budget": "specpc: draft tokens of prompt kept; KV methods: KV entries kept per layer and KV head. 'auto' (also "
     "what no budget means for specpc): fit the context window (see context_window); 'adaptive': as many tokens as "
     "the draft's attention needs, within that window.",
+    "context_window": "The window in tokens the prompt is fitted to with no budget, 'auto' or 'adaptive' (LlamaIndex: "
+    "minus num_output; also what its metadata reports). Default: the local target's; the wrapped model's: LangChain's "
+    "profile['max_input_tokens'], else draft_rag.config.ASSUMED_WINDOW (32768, logged once); LlamaIndex's "
+    "metadata.context_window (set this when that is LlamaIndex's default 3900 but the model takes more).",
     "ratio": "Instead of budget: the fraction of the retrieved context KEPT, in (0, 1] (0.25 keeps a quarter; "
     "kvpress's compression_ratio is the fraction removed). KV methods: the fraction of the prompt's KV entries kept.",
     "pc_budget": "speckv-pc: SpecPC's prompt budget in draft tokens (default 2048).",
@@ -45,6 +49,8 @@ HELP = {
     "lookahead_tokens": "Draft tokens generated as SpecKV's lookahead (default: the output limit).",
     "sparse_prefill": "True: the local target prefills long prompts vertical-slash sparse with "
     "draft_rag.SparsePrefillConfig()'s settings (the paper's; a bool, not a config). Local targets only.",
+    "max_tokens": "Most new tokens per answer (LlamaIndex's num_output; its HuggingFaceLLM names it max_new_tokens). "
+    "With llm: LangChain forwards it when set; LlamaIndex leaves the output limit to the wrapped LLM's own.",
     "temperature": "Sampling temperature; 0 is greedy.",
     "template": "Prompt wrapping for the local target, 'chat' or 'raw'; default: 'chat' when it has a chat template.",
     "specpc": "A draft_rag.SpecPCConfig for SpecPC's other settings (window_size, kernel_size, layers, coverage, "
@@ -75,11 +81,13 @@ HELP = {
 
 _CHECKS = {
     "pc_budget": {"ge": 1, "strict": True},
+    "context_window": {"ge": 1, "strict": True},
     "pc_ratio": {"gt": 0, "le": 1, "allow_inf_nan": False},
     "ratio": {"gt": 0, "le": 1, "allow_inf_nan": False},
     "prune_ratio": {"gt": 0, "le": 1, "allow_inf_nan": False},
     "prune_window": {"ge": 1, "strict": True},
     "lookahead_tokens": {"ge": 0, "strict": True},
+    "max_tokens": {"ge": 1, "strict": True},
     "top_n": {"ge": 1, "strict": True},
     "sparse_prefill": {"strict": True},
     "temperature": {"ge": 0, "allow_inf_nan": False},
@@ -88,6 +96,7 @@ _CHECKS = {
 }
 _DEFAULTS = {
     "method": "specpc",
+    "max_tokens": 256,
     "temperature": 0.0,
     "compress_tokens": False,
     "context_cache_mb": DEFAULT_CONTEXT_CACHE_MB,
@@ -143,6 +152,15 @@ def front_messages(engine: DraftEngine, method: str, budget, ratio, window, sour
     kwargs, note = wrapped_budget(budget, ratio, engine.specpc, window, source)
     compressed = engine.compress_messages(messages, **kwargs, **parts)
     return compressed, {"method": method, **note, **compressed.stats.to_dict()}
+
+
+def rebuild(messages: list, compressed, with_content) -> list:
+    """A framework's ``messages`` after ``compress_messages`` (a ``CompressedMessages``; None: as they are), each
+    changed one as ``with_content(message, its new content)``."""
+    if compressed is None:
+        return list(messages)
+    changed = compressed.stats.changed()
+    return [with_content(m, compressed.messages[i]["content"]) if i in changed else m for i, m in enumerate(messages)]
 
 
 def prompt_input(prompt: str, question: str | None = None, instruction: str | None = None) -> PromptInput:

@@ -26,6 +26,9 @@ from draft_rag.adapters import (
 )
 
 logger = logging.getLogger(__name__)
+IDENTIFYING = ("method", "budget", "ratio", "context_window", "pc_budget", "pc_ratio", "max_tokens", "temperature",
+               "top_p", "top_k", "seed", "stop", "template", "lookahead_tokens", "sparse_prefill", "target_kwargs",
+               "draft_kwargs")  # fmt: skip
 CALL_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "budget", "ratio", "method")  # decoding first
 
 
@@ -34,11 +37,9 @@ CONFIG = ConfigDict(arbitrary_types_allowed=True, extra="forbid", use_attribute_
 
 
 class DraftSettings(BaseModel):
-    """The settings and checks ``ChatDraftCompressed`` and ``DraftCompressedLLM`` share (see the former's docs;
-    the help texts are ``draft_rag.adapters.HELP``'s, shared with LlamaIndex).
-
-    Put it first among the bases (its ``_identifying_params`` and ``_get_ls_params`` override LangChain's),
-    and restate ``model_config = CONFIG`` in the class.
+    """The settings and checks ``ChatDraftCompressed`` and ``DraftCompressedLLM`` share (help texts:
+    ``draft_rag.adapters.HELP``). Put it first among the bases (its ``_identifying_params`` and ``_get_ls_params``
+    override LangChain's), and restate ``model_config = CONFIG`` in the class.
     """
 
     target: Any = Field(None, validation_alias=AliasChoices("target", "model"), description=HELP["target"])
@@ -48,17 +49,13 @@ class DraftSettings(BaseModel):
     budget: Optional[Union[Annotated[int, Field(ge=1, strict=True)], Literal["auto", "adaptive"]]] = Field(
         **setting("budget")
     )
-    context_window: Optional[Annotated[int, Field(ge=1, strict=True)]] = None
-    """With ``llm``: the wrapped model's input window in tokens ("auto" / no budget). Default: its
-    ``profile["max_input_tokens"]``, else ``draft_rag.config.ASSUMED_WINDOW`` (32768, logged once); a local
-    target's is read from its config."""
+    context_window: Optional[int] = Field(**setting("context_window"))
     ratio: Optional[float] = Field(**setting("ratio"))
     pc_budget: Optional[int] = Field(**setting("pc_budget"))
     pc_ratio: Optional[float] = Field(**setting("pc_ratio"))
     lookahead_tokens: Optional[int] = Field(**setting("lookahead_tokens"))
     sparse_prefill: Optional[bool] = Field(**setting("sparse_prefill"))
-    max_tokens: int = Field(256, ge=1, strict=True)
-    """Most new tokens to generate."""
+    max_tokens: int = Field(**setting("max_tokens"))
     temperature: float = Field(**setting("temperature"))
     top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
     """Nucleus sampling: keep the most likely tokens up to this probability mass, in (0, 1]."""
@@ -116,29 +113,9 @@ class DraftSettings(BaseModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {
-            "model_name": self.model_name,
-            "draft": self._engine.draft.name,
-            "method": self.method,
-            "budget": self.budget,
-            "ratio": self.ratio,
-            "context_window": self.context_window,
-            "pc_budget": self.pc_budget,
-            "pc_ratio": self.pc_ratio,
-            "max_tokens": self.max_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": self.top_k,
-            "seed": self.seed,
-            "stop": self.stop,
-            "template": self.template,
-            "lookahead_tokens": self.lookahead_tokens,
-            "sparse_prefill": self.sparse_prefill,
-            "specpc": dataclasses.asdict(self._engine.specpc),
-            "speckv": dataclasses.asdict(self._engine.speckv),
-            "target_kwargs": self.target_kwargs,
-            "draft_kwargs": self.draft_kwargs,
-        }
+        params = {"model_name": self.model_name, "draft": self._engine.draft.name}
+        params.update({name: getattr(self, name) for name in IDENTIFYING})
+        return params | {k: dataclasses.asdict(getattr(self._engine, k)) for k in ("specpc", "speckv")}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         model_type = "chat" if isinstance(self, BaseChatModel) else "llm"
@@ -206,14 +183,9 @@ def child_config(run_manager) -> dict | None:
     if run_manager is None:
         return None
     cls = AsyncCallbackManager if isinstance(run_manager, AsyncCallbackManagerForLLMRun) else CallbackManager
+    inherited = {k: getattr(run_manager, f"inheritable_{k}") for k in ("handlers", "tags", "metadata")}
     manager = cls(
-        handlers=run_manager.inheritable_handlers,
-        inheritable_handlers=run_manager.inheritable_handlers,
-        parent_run_id=run_manager.run_id,
-        tags=run_manager.inheritable_tags,
-        inheritable_tags=run_manager.inheritable_tags,
-        metadata=run_manager.inheritable_metadata,
-        inheritable_metadata=run_manager.inheritable_metadata,
+        **inherited, **{f"inheritable_{k}": v for k, v in inherited.items()}, parent_run_id=run_manager.run_id
     )
     return {"callbacks": manager}
 

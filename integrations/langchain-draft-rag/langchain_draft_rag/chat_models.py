@@ -31,47 +31,11 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
         From a clone of draft-rag: ``bash scripts/setup.sh`` (installs this package, editable, and the built-in
         models). The draft defaults to the built-in SmolLM2-135M-Instruct; nothing is downloaded at run time.
 
-    Key init args — what to run:
-        llm: BaseChatModel | None
-            Any LangChain chat model; the compressed conversation is sent to it. Give this or ``target``.
-        target: str | LoadedModel | None
-            A local Hugging Face model that answers (alias, path, .gguf or hub id; also as ``model=``).
-        draft: str | LoadedModel | None
-            The small model whose attention picks what to keep (default: the target, or SmolLM2 with ``llm``).
-        method: str
-            "specpc" (default: shortens the prompt), "full" (no compression); with a local target also the KV
-            methods ("speckv", "speckv-pc", "snapkv", ...: ``draft_rag.methods.NAMES``).
-
-    Key init args — how much to keep:
-        budget: int | "auto" | "adaptive" | None
-            "specpc": draft tokens of prompt kept (protected text included); KV methods: KV entries kept per
-            layer and KV head. "auto" (also what no budget means for "specpc"): fit the model's window;
-            "adaptive": as many as the draft's attention needs, within that window.
-        ratio: float | None
-            Instead of ``budget``: the fraction of the retrieved context KEPT (0.25 keeps a quarter; kvpress's
-            ``compression_ratio`` is the fraction removed). The question and instructions are kept on top.
-        context_window: int | None
-            With ``llm``: the wrapped model's input window in tokens. Default: its
-            ``profile["max_input_tokens"]``, else ``draft_rag.config.ASSUMED_WINDOW`` (32768, logged once).
-            A local target's window is read from its config.
-        pc_budget / pc_ratio, lookahead_tokens: SpecKV-PC's prompt budget; SpecKV's draft lookahead length.
-        sparse_prefill: bool | None
-            True: the local target prefills long prompts vertical-slash sparse (``SparsePrefillConfig()``'s
-            settings; give ``DraftEngine(sparse_prefill=SparsePrefillConfig(...))`` for others). Local only.
-
-    Key init args — generation:
-        max_tokens, temperature, top_p, top_k, seed, stop: decoding. With ``llm`` they are forwarded only when
-            set (at construction or per call); ``stop`` always.
-        timeout: float | None
-            Local target: seconds the whole generation may take; checked after each token, then
-            ``TimeoutError`` (a token being computed is not interrupted). With ``llm``: unused, set it there.
-        max_retries, api_key: LangChain's standard parameters, accepted and unused (local generation is never
-            retried and needs no key); with ``llm``, set them on the wrapped model.
-        template: "chat" or "raw" prompt wrapping for the local target (default: chat if it has a template).
-        specpc / speckv: ``draft_rag.SpecPCConfig`` / ``SpecKVConfig`` for the other settings (window, kernel).
-        target_kwargs / draft_kwargs: ``draft_rag.load_model`` options per model: ``device_map`` ("auto"),
-            ``dtype``, ``attn_implementation``, ``device``, ``model_kwargs`` (``quantization_config``, ...).
-        context_cache_mb: MiB of the draft's KV kept for contexts read before (0 turns it off).
+    Key init args (each field's description says more; docs/langchain.md has the whole page):
+        llm (any LangChain chat model, the compressed conversation is sent to it) or target (a local model that
+        answers; also as ``model=``); draft, method, budget / ratio, context_window. Decoding (max_tokens,
+        temperature, top_p, top_k, seed) is forwarded to ``llm`` only when set (at construction or per call);
+        ``stop`` always; timeout, max_retries, api_key: LangChain's standard parameters (set them on ``llm``).
 
     Instantiate:
         .. code-block:: python
@@ -83,25 +47,15 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
             chat = ChatDraftCompressed(llm=remote, context_window=128_000)  # or ratio=0.25
             local = ChatDraftCompressed(target="smollm2-135m-instruct", ratio=0.25, max_tokens=64)
 
-    Invoke:
+    Invoke / stream / async:
         .. code-block:: python
 
             messages = [("system", "Answer from the context."), ("human", f"Context:\n{docs}\n\nQuestion: {q}")]
             reply = chat.invoke(messages)
             reply.response_metadata["draft_rag"]  # tokens before/after, seconds, budget and budget_reason
-
-    Stream:
-        .. code-block:: python
-
-            for chunk in chat.stream(messages):
-                print(chunk.content, end="")  # the first chunk (wrapped) or the last (local) carries the stats
-
-    Async:
-        .. code-block:: python
-
+            for chunk in chat.stream(messages):  # the first chunk (wrapped) or the last (local) carries the stats
+                print(chunk.content, end="")
             reply = await chat.ainvoke(messages)
-            async for chunk in chat.astream(messages):
-                ...
 
     What is compressed: the retrieved context inside the messages, wherever the template put it (system prompt,
     a ``Context:`` part, a tool result); instructions, the question and the chat structure are kept word for word
@@ -127,9 +81,7 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
 
     # -- local target --------------------------------------------------------------------------
     def _stream_local(self, messages, options, run_manager) -> Iterator[ChatGenerationChunk]:
-        def chunk(piece):
-            return ChatGenerationChunk(message=AIMessageChunk(content=piece))
-
+        chunk = lambda piece: ChatGenerationChunk(message=AIMessageChunk(content=piece))  # noqa: E731
         return self._local(options, run_manager, chunk, self._local_final, messages=to_dicts(messages))
 
     def _local_final(self, text: str, reply) -> ChatGenerationChunk:
@@ -151,7 +103,7 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
     def _compress(self, messages: list[BaseMessage], options) -> tuple[list[BaseMessage], dict]:
         """SpecPC on the retrieved context inside ``messages`` (``draft_rag.adapters.front_messages``)."""
         compressed, stats = common.front(self, self.llm, front_messages, options, to_dicts(messages))
-        return (rebuild(messages, compressed) if compressed else list(messages)), stats
+        return rebuild(messages, compressed), stats
 
     def _stream_wrapped(self, messages, options, wrapped: dict, run_manager) -> Iterator[ChatGenerationChunk]:
         new, stats = self._compress(messages, options)
@@ -169,10 +121,7 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
             stats = None
 
     def bind_tools(self, tools, **kwargs: Any):
-        """Wrapped mode: the wrapped model binds (formats) the tools; tool calls and results pass uncompressed.
-
-        A local target has no tool calling: ``NotImplementedError``.
-        """
+        """The wrapped model binds (formats) the tools; tool calls and results pass uncompressed (not locally)."""
         if self.llm is None:
             raise NotImplementedError("tool calling needs a wrapped chat model (llm=...); a local target has none")
         bound = self.llm.bind_tools(tools, **kwargs)

@@ -24,23 +24,16 @@ FRACTION_KEY = "draft_rag_kept_fraction"
 class DraftDocumentCompressor(BaseDocumentCompressor):
     """Keep the documents the draft model finds relevant to the query, in their original order.
 
-    One draft pass over (instruction, documents, query) scores every document. Then, in score order:
-    ``threshold`` drops documents scoring below it, ``top_n`` keeps at most that many, and ``budget``
-    (draft tokens) / ``ratio`` (fraction of all document tokens) keeps documents while they fit, skipping
-    ones that do not (the best document is always kept; ``DraftEngine.prune_chunks``). With
-    ``compress_tokens=True`` the budget/ratio is spent by SpecPC instead, which keeps the best token spans
-    inside the documents that survived ``threshold``/``top_n``.
-
-    ``specpc`` (a ``draft_rag.SpecPCConfig``) sets the draft's scoring window and layers.
+    One draft pass over (instruction, documents, query) scores every document; ``threshold``, ``top_n`` and
+    ``budget``/``ratio`` then keep documents best first (``DraftEngine.prune_chunks``), or with
+    ``compress_tokens=True`` SpecPC spends the budget inside the documents that survived.
     Every returned document is a copy with its own metadata and id plus ``draft_rag_score`` (also as
-    ``relevance_score``, the key LangChain's rerankers set),
-    ``draft_rag_kept_spans`` (character spans of the original ``page_content``) and
-    ``draft_rag_kept_fraction``. Each call is a child run ``DraftDocumentCompressor`` in the callbacks
-    (tracing), its outputs the stats: documents and draft tokens in/out, seconds.
+    ``relevance_score``, the key LangChain's rerankers set), ``draft_rag_kept_spans`` (character spans of the
+    original ``page_content``) and ``draft_rag_kept_fraction``. Each call is a child run ``DraftDocumentCompressor``
+    in the callbacks (tracing), its outputs the stats: documents and draft tokens in/out, seconds.
     """
 
-    draft: Any = None
-    """The draft model (anything ``draft_rag.load_model`` accepts); default: the built-in SmolLM2."""
+    draft: Any = Field(**setting("draft"))
     budget: Optional[Union[Annotated[int, Field(ge=1, strict=True)], Literal["auto"]]] = Field(
         **setting("prune_budget")
     )
@@ -93,8 +86,6 @@ class DraftDocumentCompressor(BaseDocumentCompressor):
         return out
 
     def _compress(self, docs: list[Document], query: str) -> tuple[list[Document], dict]:
-        if not docs:
-            return [], {"original_tokens": 0, "compressed_tokens": 0, "budget_reason": self._pruning.reason}
         pruned, stats = self._pruning.prune(self._engine, [d.page_content for d in docs], query)
         logger.debug("kept %d of %d documents", len(pruned.kept), len(docs))
         return [_annotate(docs[k.index], k) for k in pruned.kept], stats

@@ -17,29 +17,15 @@ from . import _common as common
 class DraftCompressedLLM(common.DraftSettings, BaseLLM):
     """Completion LLM with draft-guided prompt compression: SpecPC in front of any LangChain LLM, or a local target.
 
-    Setup:
-        From a clone of draft-rag: ``bash scripts/setup.sh`` (installs this package, editable, and the built-in
-        models). The draft defaults to the built-in SmolLM2-135M-Instruct.
+    Setup and settings: as ``ChatDraftCompressed`` (``llm`` is any LangChain language model; ``max_tokens`` is the
+    output limit in both classes); docs/langchain.md has the whole page.
 
-    Key init args:
-        llm / target / draft / method: as in ``ChatDraftCompressed`` (``llm`` is any LangChain language model).
-        budget: int | "auto" | "adaptive" | None
-            Draft tokens of prompt kept ("specpc"; KV entries per layer and head for the KV methods); "auto" (also
-            what no budget means): fit the window (``context_window``, else ``draft_rag.config.ASSUMED_WINDOW``,
-            logged once, for a wrapped model; the target's own window locally).
-        ratio: float | None
-            Instead of ``budget``: the fraction of the context KEPT (0.25 keeps a quarter).
-        max_tokens, temperature, stop, timeout, ...: as in ``ChatDraftCompressed`` (``max_tokens`` is LangChain's
-            name for the output limit in both classes).
+    How a prompt is read: laid out by ``draft_rag.messages``'s rule, as a chat message would be (``Context:`` is
+    compressible; ``Question:``, ``Answer:``, ``Instructions:``, the first paragraph and the question at the end are
+    kept word for word; prompts shorter than 1200 characters are all context). Per call, ``question=`` (and
+    ``instruction=``) make the whole prompt context, with them appended (prepended) and kept.
 
-    How a prompt is read: laid out by ``draft_rag.messages``'s rule, as a chat message would be: labelled parts
-    (``Context:`` is compressible; ``Question:``, ``Answer:``, ``Instructions:`` are kept), the first paragraph and
-    the question at the end kept word for word; so in a long prompt every draft pass reads the question (a question
-    asked before the context is read again by the draft at the end; it is not sent twice). Prompts shorter than
-    1200 characters are all context. Per call, ``question=`` (and ``instruction=``) make the whole
-    prompt context, with them appended (prepended) and kept.
-
-    Instantiate:
+    Instantiate and invoke:
         .. code-block:: python
 
             from langchain_core.prompts import PromptTemplate
@@ -48,25 +34,8 @@ class DraftCompressedLLM(common.DraftSettings, BaseLLM):
 
             llm = DraftCompressedLLM(llm=OpenAI(model="gpt-3.5-turbo-instruct"), ratio=0.25)
             chain = PromptTemplate.from_template("Context:\n{context}\n\nQuestion: {question}\nAnswer:") | llm
-
-    Invoke:
-        .. code-block:: python
-
-            answer = chain.invoke({"context": docs, "question": q})
+            answer = chain.invoke({"context": docs, "question": q})  # also stream, ainvoke, astream
             result = llm.generate([prompt])  # result.generations[0][0].generation_info["draft_rag"]: the stats
-
-    Stream:
-        .. code-block:: python
-
-            for piece in llm.stream(prompt):
-                print(piece, end="")
-
-    Async:
-        .. code-block:: python
-
-            answer = await chain.ainvoke({"context": docs, "question": q})
-            async for piece in llm.astream(prompt):
-                ...
     """
 
     model_config = common.CONFIG
@@ -92,10 +61,10 @@ class DraftCompressedLLM(common.DraftSettings, BaseLLM):
 
     def _compress(self, prompt: str, options, parts: dict) -> tuple[str, dict]:
         """SpecPC on the prompt (``draft_rag.adapters.front_prompt``); sent whole with ``method="full"``."""
-        if not prompt.strip():
-            text = "\n\n".join(p for p in (parts["instruction"], prompt, parts["question"]) if p)
-            return text, {"method": options.method, "budget_reason": "an empty prompt: nothing to compress"}
-        shortened, stats = common.front(self, self.llm, front_prompt, options, prompt=parts["input"])
+        if prompt.strip():
+            shortened, stats = common.front(self, self.llm, front_prompt, options, prompt=parts["input"])
+        else:
+            shortened, stats = None, {"method": options.method, "budget_reason": "an empty prompt: nothing to compress"}
         if shortened is None:
             return "\n\n".join(p for p in (parts["instruction"], prompt, parts["question"]) if p), stats
         return shortened.text, stats

@@ -1,16 +1,8 @@
 """DraftCompressionMiddleware: SpecPC on the retrieved context of every model call a LangChain v1 agent makes.
 
-Setup::
-
-    from langchain.agents import create_agent
-    from langchain_draft_rag.middleware import DraftCompressionMiddleware
-
-    agent = create_agent(model, tools=[retrieve], middleware=[DraftCompressionMiddleware(ratio=0.25)])
-
-The agent's state keeps the full messages; each model call sees them with the retrieved context (tool results,
-long context in the system prompt or a human message) compressed by ``draft_rag.messages``'s rule, the question,
-instructions, tool calls and ids unchanged. The stats are in ``response_metadata["draft_rag"]`` of the model's
-reply. Needs the ``langchain`` (v1) package.
+``create_agent(model, tools=[retrieve], middleware=[DraftCompressionMiddleware(ratio=0.25)])``: the agent's state
+keeps the full messages; each model call sees them with the retrieved context compressed by
+``draft_rag.messages``'s rule. Needs the ``langchain`` (v1) package; docs/langchain.md has the whole page.
 """
 
 from __future__ import annotations
@@ -32,18 +24,9 @@ from ._messages import rebuild, to_dicts
 class DraftCompressionMiddleware(AgentMiddleware):
     """Compress the retrieved context in front of any chat model an agent calls, sync and async.
 
-    Args:
-        draft: the draft model (anything ``draft_rag.load_model`` accepts); default: the built-in SmolLM2.
-        budget: draft tokens the prompt is compressed to (protected text included); ``"auto"``: as many as fit the
-            model's input window; ``"adaptive"``: as many as the draft's attention needs, within that window.
-            With neither ``budget`` nor ``ratio``, ``"auto"``.
-        ratio: instead of ``budget``, the fraction of the retrieved context kept (0.25 keeps a quarter).
-        context_window: the model's input window in tokens, for ``"auto"``/``"adaptive"``; default: the chat
-            model's ``profile["max_input_tokens"]``, else ``draft_rag.config.ASSUMED_WINDOW`` (32768; logged once).
-        specpc: a ``draft_rag.SpecPCConfig`` for the other SpecPC settings.
-        draft_kwargs: ``draft_rag.load_model`` options for the draft (``device_map``, ``dtype``, ...).
-
-    The stats in ``response_metadata["draft_rag"]`` say which budget applied and why (``budget_reason``).
+    Args: ``draft``, ``budget`` / ``ratio``, ``context_window``, ``specpc``, ``draft_kwargs``, as in
+    ``ChatDraftCompressed(llm=...)`` (with neither budget nor ratio: fit the model's input window). The stats in
+    ``response_metadata["draft_rag"]`` of the model's reply say which budget applied and why (``budget_reason``).
     """
 
     def __init__(

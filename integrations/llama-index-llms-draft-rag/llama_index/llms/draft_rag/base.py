@@ -1,12 +1,8 @@
-"""DraftCompressedLLM: a LlamaIndex LLM backed by draft-rag's DraftEngine.
+"""DraftCompressedLLM: a LlamaIndex LLM backed by draft-rag's DraftEngine (docs/llamaindex.md).
 
-Two modes: ``target=...`` generates with a local HF model run by the engine (any method in
-``draft_rag.methods.NAMES``); ``llm=...`` puts SpecPC (the draft) in front of any LlamaIndex LLM ("full" sends
-prompts as they are).
 When a query engine formats a template with ``context_str`` (or ``context_msg``), only that context is
-compressible: the text rendered before it is the instruction and the text after it (the query) the question.
-``predict``/``stream`` (and their async forms) render templates themselves, with LlamaIndex's public API only
-(``templates``), and hand what they found to ``complete``/``chat`` as the explicit argument ``parts``.
+compressible: ``predict``/``stream`` (and their async forms) render templates themselves (``templates``) and hand
+what they found to ``complete``/``chat`` as the explicit argument ``parts``.
 """
 
 from __future__ import annotations
@@ -14,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -53,6 +50,7 @@ from draft_rag.adapters import (
     iterate_in_thread,
     options_of,
     prompt_input,
+    rebuild,
     setting,
     shared_engine,
     usage,
@@ -71,16 +69,12 @@ class DraftCompressedLLM(LLM):
     """LlamaIndex LLM: local target through DraftEngine, or SpecPC in front of another LlamaIndex LLM.
 
     ``DraftCompressedLLM(target=REF, draft=REF, method="specpc", budget=N | ratio=R, max_new_tokens=256)``
-    or ``DraftCompressedLLM(llm=<LLM>, draft=REF, budget=N | ratio=R)``. REF is anything ``load_model``
-    accepts. ``budget``/``ratio`` is the prompt budget (draft tokens; ``ratio`` the fraction kept) for SpecPC and
-    the KV budget for the KV methods (``speckv-pc`` takes its prompt budget as ``pc_budget``/``pc_ratio``; see
-    ``DraftEngine.stream``). With no budget, ``complete`` and ``chat`` (and their stream/async forms) fit the same
-    window: ``context_window`` (else the target's or the wrapped LLM's) minus ``num_output``. The output limit
-    is ``max_new_tokens``, as LlamaIndex's ``HuggingFaceLLM`` names it (a wrapped LLM keeps its own).
-    Responses carry ``additional_kwargs["draft_rag"]`` (token counts, seconds, ``budget_reason``: which budget
-    applied and why) and, locally, ``raw["usage"]`` (read by LlamaIndex's TokenCountingHandler) and
-    ``raw["compressed"]``. ``complete`` on a plain prompt keeps its ``Question:`` and instructions
-    (``draft_rag.inputs.PromptInput(split=True)``).
+    or ``DraftCompressedLLM(llm=<LLM>, draft=REF, budget=N | ratio=R)``; REF is anything ``load_model`` accepts and
+    the fields' descriptions say the rest. With no budget, ``complete`` and ``chat`` (and their stream/async forms)
+    fit ``context_window`` (else the target's or the wrapped LLM's) minus ``num_output``. Responses carry
+    ``additional_kwargs["draft_rag"]`` (token counts, seconds, ``budget_reason``) and, locally, ``raw["usage"]``
+    (read by LlamaIndex's TokenCountingHandler) and ``raw["compressed"]``. ``complete`` on a plain prompt keeps its
+    ``Question:`` and instructions (``draft_rag.adapters.prompt_input``).
     """
 
     target: Any = Field(exclude=True, **setting("target"))
@@ -91,24 +85,11 @@ class DraftCompressedLLM(LLM):
         **setting("budget")
     )
     ratio: Optional[float] = Field(**setting("ratio"))
-    max_new_tokens: int = Field(
-        default=256,
-        ge=1,
-        strict=True,
-        description="local target: most new tokens per answer (LlamaIndex's num_output); with llm, set the "
-        "wrapped LLM's own max_tokens",
-    )
+    max_new_tokens: int = Field(**setting("max_tokens"))
     temperature: float = Field(**setting("temperature"))
     pc_budget: Optional[int] = Field(**setting("pc_budget"))
     pc_ratio: Optional[float] = Field(**setting("pc_ratio"))
-    context_window: Optional[int] = Field(
-        default=None,
-        ge=1,
-        strict=True,
-        description="the window in tokens that prompts are fitted to (minus num_output) and that metadata reports; "
-        "default: the local target's, or the wrapped LLM's metadata.context_window (set this when that is "
-        "LlamaIndex's default 3900 but the model takes more)",
-    )
+    context_window: Optional[int] = Field(**setting("context_window"))
     sparse_prefill: Optional[bool] = Field(**setting("sparse_prefill"))
     specpc: Any = Field(exclude=True, **setting("specpc"))
     speckv: Any = Field(exclude=True, **setting("speckv"))
@@ -386,23 +367,18 @@ class DraftCompressedLLM(LLM):
             source = f"the wrapped LLM's metadata: context_window={inner.context_window} minus num_output"
             if inner.context_window == DEFAULT_CONTEXT_WINDOW:
                 source += f" ({DEFAULT_CONTEXT_WINDOW} is LlamaIndex's default for an LLM that does not know its own)"
-                self._warn_default_window()
+                if not self._warned_window:  # once per instance
+                    self._warned_window = True
+                    logger.warning(
+                        "DraftCompressedLLM: the wrapped %s reports LlamaIndex's default context_window=%d; prompts "
+                        "are fitted to it. If its real window differs, set context_window=... here (or on it) or "
+                        "budget=...", type(self.llm).__name__, DEFAULT_CONTEXT_WINDOW,
+                    )  # fmt: skip
         out, stats = compress(self._engine, self.method, self.budget, self.ratio, window, source, *args, **parts)
         if out is not None:
             counts = {k: stats[k] for k in ("original_tokens", "compressed_tokens", "seconds")}
             dispatcher.event(DraftCompressionEvent(component="llm", method=self.method, **counts))
         return out, stats
-
-    def _warn_default_window(self) -> None:
-        """Say once per instance that the wrapped LLM reports LlamaIndex's default window, not a known one."""
-        if not self._warned_window:
-            self._warned_window = True
-            logger.warning(
-                "DraftCompressedLLM: the wrapped %s reports LlamaIndex's default context_window=%d; prompts are "
-                "fitted to it. If its real window differs, set context_window=... here (or on it) or budget=...",
-                type(self.llm).__name__,
-                DEFAULT_CONTEXT_WINDOW,
-            )
 
     def _front_prompt(self, prompt: str, parts: dict | None) -> tuple[str, dict]:
         shortened, stats = self._front(front_prompt, **_prompt_args(prompt, parts))
@@ -411,12 +387,7 @@ class DraftCompressedLLM(LLM):
     def _front_messages(self, messages: Sequence[ChatMessage], parts: dict | None) -> tuple[list, dict]:
         """SpecPC on the retrieved context inside the messages (``draft_rag.messages``'s rule); the rest as is."""
         compressed, stats = self._front(front_messages, _dicts(messages), **(parts or {}))
-        if compressed is None:
-            return list(messages), stats
-        changed = compressed.stats.changed()
-        return [
-            _with_text(m, compressed.messages[i]["content"]) if i in changed else m for i, m in enumerate(messages)
-        ], stats
+        return rebuild(messages, compressed, _with_text), stats
 
 
 def _prompt_args(prompt: str, parts: dict | None) -> dict:
@@ -473,9 +444,7 @@ def _annotate(response, stats: dict):
 
 
 def _last(responses: Iterator[CompletionResponse]) -> CompletionResponse:
-    last = None
-    for last in responses:  # noqa: B007 (the loop keeps the last item)
-        pass
+    last = deque(responses, maxlen=1).pop()
     last.delta = None
     return last
 

@@ -28,16 +28,12 @@ class DraftNodePostprocessor(BaseNodePostprocessor):
     """Chunk-level pruning with the draft's attention while it reads the query; optional token-level compression.
 
     Put it after the retriever (and any similarity cutoff), before the response synthesizer. Returns copies of the
-    caller's ``NodeWithScore`` objects (same node id, metadata and relationships; the caller's objects are not
-    changed) with ``score`` still the retriever's, and the draft's importance in ``node.metadata["draft_rag_score"]``
-    (hidden from LLM and embedding text, as is ``retrieval_score``, the first retriever's score).
-    ``top_n``/``threshold`` (on the draft's score) filter whole nodes; ``budget`` (draft tokens, or ``"auto"``:
-    ``context_window``) or ``ratio`` (the fraction kept) is met by dropping whole nodes, best first
-    (``DraftEngine.prune_chunks``), or with ``compress_tokens=True`` by SpecPC inside the kept nodes (query and
-    instruction count towards the budget; changed nodes also get ``draft_rag_kept_fraction`` /
-    ``draft_rag_kept_spans``). Nodes without text pass through with draft score 0.0. Output is in retrieval
-    order unless ``sort_by_score=True`` (by the draft's score). ``specpc`` (a ``draft_rag.SpecPCConfig``) sets the
-    draft's scoring window and layers. The stats (callback and ``DraftCompressionEvent``) carry ``budget_reason``.
+    caller's ``NodeWithScore`` objects (same node id, metadata and relationships) with ``score`` still the
+    retriever's, and the draft's importance in ``node.metadata["draft_rag_score"]`` (hidden from LLM and embedding
+    text, as is ``retrieval_score``, the first retriever's score). ``top_n``/``threshold``/``budget``/``ratio``
+    keep nodes as the fields say (``DraftEngine.prune_chunks``); with ``compress_tokens=True`` changed nodes also
+    get ``draft_rag_kept_fraction`` / ``draft_rag_kept_spans``. Nodes without text pass through with draft score
+    0.0. The stats (callback and ``DraftCompressionEvent``) carry ``budget_reason``; docs/llamaindex.md says more.
     """
 
     draft: Any = Field(exclude=True, **setting("draft"))
@@ -133,34 +129,28 @@ def _rescore(nws: NodeWithScore, score: float) -> NodeWithScore:
 
     The caller's objects are left as they are, so running again (or chaining) never loses the retrieval score.
     """
-    node = nws.node
-    added = [DRAFT_SCORE_KEY, RETRIEVAL_SCORE_KEY]
-    copy = node.model_copy(
-        update={
-            "metadata": {RETRIEVAL_SCORE_KEY: nws.score, **node.metadata, DRAFT_SCORE_KEY: float(score)},
-            "excluded_llm_metadata_keys": node.excluded_llm_metadata_keys
-            + [k for k in added if k not in node.excluded_llm_metadata_keys],
-            "excluded_embed_metadata_keys": node.excluded_embed_metadata_keys
-            + [k for k in added if k not in node.excluded_embed_metadata_keys],
-        }
-    )
-    return NodeWithScore(node=copy, score=nws.score)
+    added = {RETRIEVAL_SCORE_KEY: nws.score, **nws.node.metadata, DRAFT_SCORE_KEY: float(score)}
+    return NodeWithScore(node=_with_hidden(nws.node, added, [DRAFT_SCORE_KEY, RETRIEVAL_SCORE_KEY]), score=nws.score)
 
 
 def _with_text(node, result):
     """A copy of ``node`` (same id and relationships, metadata plus what was kept) holding the kept text."""
     added = {KEPT_FRACTION_KEY: result.kept_fraction, KEPT_SPANS_KEY: [list(s) for s in result.kept_spans]}
-    hidden = [k for k in added if k not in node.excluded_llm_metadata_keys]
-    copy = node.model_copy(
-        update={
-            "metadata": dict(node.metadata, **added),
-            "excluded_llm_metadata_keys": node.excluded_llm_metadata_keys + hidden,
-            "excluded_embed_metadata_keys": node.excluded_embed_metadata_keys
-            + [k for k in added if k not in node.excluded_embed_metadata_keys],
-        }
-    )
+    copy = _with_hidden(node, dict(node.metadata, **added), list(added))
     copy.set_content(result.text)
     return copy
+
+
+def _with_hidden(node, metadata: dict, hidden: list[str]):
+    """A copy of ``node`` with ``metadata``, its keys ``hidden`` from LLM and embedding text."""
+    llm, embed = node.excluded_llm_metadata_keys, node.excluded_embed_metadata_keys
+    return node.model_copy(
+        update={
+            "metadata": metadata,
+            "excluded_llm_metadata_keys": llm + [k for k in hidden if k not in llm],
+            "excluded_embed_metadata_keys": embed + [k for k in hidden if k not in embed],
+        }
+    )
 
 
 def _warn_duplicates(nodes: list[NodeWithScore]) -> None:
