@@ -1,12 +1,12 @@
-"""LangChain messages <-> the core's OpenAI-style message dicts (``draft_rag.messages`` says what is compressed).
-
-Only ``content`` of a message whose retrieved context was compressed is replaced (``model_copy``); order, roles,
-ids, tool calls, ``tool_call_id``/``name``/``artifact`` and every other field reach the model as they were.
+"""LangChain messages <-> the core's OpenAI-style message dicts (``draft_rag.messages`` says what is compressed):
+only ``content`` of a message whose retrieved context was compressed is replaced; all else reaches the model as is.
 """
 
 from __future__ import annotations
 
 from langchain_core.messages import BaseMessage, ChatMessage
+
+from draft_rag import adapters
 
 _ROLES = {"system": "system", "human": "user", "ai": "assistant", "tool": "tool", "function": "function"}
 _CHAT_ROLES = {"human": "user", "ai": "assistant"}
@@ -41,8 +41,4 @@ def to_dicts(messages: list[BaseMessage]) -> list[dict]:
 
 def rebuild(messages: list[BaseMessage], compressed) -> list[BaseMessage]:
     """The input messages, with ``content`` replaced where the core compressed it (a ``CompressedMessages``)."""
-    changed = compressed.stats.changed()
-    return [
-        m.model_copy(update={"content": compressed.messages[i]["content"]}) if i in changed else m
-        for i, m in enumerate(messages)
-    ]
+    return adapters.rebuild(messages, compressed, lambda m, content: m.model_copy(update={"content": content}))

@@ -1,42 +1,27 @@
-"""ChatDraftCompressed: a LangChain chat model that compresses long prompts with a draft model.
+"""ChatDraftCompressed: a LangChain chat model that compresses long prompts with a draft model (docs/langchain.md).
 
-Two modes:
-
-* local target -- ``ChatDraftCompressed(target=..., draft=..., method=...)`` generates with a local HF model
-  through ``DraftEngine`` (real token streaming);
-* wrapped -- ``ChatDraftCompressed(llm=<any BaseChatModel>, draft=...)`` compresses the context messages
-  with SpecPC and sends the shorter conversation to the wrapped model.
-
-The retrieved context inside the messages is compressed wherever the prompt template put it (a system prompt,
-a ``Context:`` part of a human message, a tool result); instructions, the question and the chat structure are
-kept word for word. The rule is ``draft_rag.messages``'s, shared with the LlamaIndex adapter and the server.
+Local target (``target=...``: generates through ``DraftEngine``, real token streaming) or wrapped (``llm=<any
+BaseChatModel>``: SpecPC compresses the retrieved context inside the messages, by ``draft_rag.messages``'s rule,
+and the shorter conversation goes to the wrapped model).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableBinding
 from pydantic import model_validator
 
-from draft_rag import methods
+from draft_rag.adapters import front_messages
 
 from . import _common as common
 from ._messages import rebuild, to_dicts
-
-logger = logging.getLogger(__name__)
-
-_CALL_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "budget", "ratio", "method")
-_DECODING = ("max_tokens", "temperature", "top_p", "top_k", "seed")
 
 
 class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
@@ -46,47 +31,11 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
         From a clone of draft-rag: ``bash scripts/setup.sh`` (installs this package, editable, and the built-in
         models). The draft defaults to the built-in SmolLM2-135M-Instruct; nothing is downloaded at run time.
 
-    Key init args — what to run:
-        llm: BaseChatModel | None
-            Any LangChain chat model; the compressed conversation is sent to it. Give this or ``target``.
-        target: str | LoadedModel | None
-            A local Hugging Face model that answers (alias, path, .gguf or hub id; also as ``model=``).
-        draft: str | LoadedModel | None
-            The small model whose attention picks what to keep (default: the target, or SmolLM2 with ``llm``).
-        method: str
-            "specpc" (default: shortens the prompt), "full" (no compression); with a local target also the KV
-            methods ("speckv", "speckv-pc", "snapkv", ...: ``draft_rag.methods.NAMES``).
-
-    Key init args — how much to keep:
-        budget: int | "auto" | "adaptive" | None
-            "specpc": draft tokens of prompt kept (protected text included); KV methods: KV entries kept per
-            layer and KV head. "auto" (also what no budget means for "specpc"): fit the model's window;
-            "adaptive": as many as the draft's attention needs, within that window.
-        ratio: float | None
-            Instead of ``budget``: the fraction of the retrieved context KEPT (0.25 keeps a quarter; kvpress's
-            ``compression_ratio`` is the fraction removed). The question and instructions are kept on top.
-        context_window: int | None
-            With ``llm``: the wrapped model's input window in tokens. Default: its
-            ``profile["max_input_tokens"]``, else ``draft_rag.config.ASSUMED_WINDOW`` (32768, logged once).
-            A local target's window is read from its config.
-        pc_budget / pc_ratio, lookahead_tokens: SpecKV-PC's prompt budget; SpecKV's draft lookahead length.
-        sparse_prefill: bool | None
-            True: the local target prefills long prompts vertical-slash sparse (``SparsePrefillConfig()``'s
-            settings; give ``DraftEngine(sparse_prefill=SparsePrefillConfig(...))`` for others). Local only.
-
-    Key init args — generation:
-        max_tokens, temperature, top_p, top_k, seed, stop: decoding. With ``llm`` they are forwarded only when
-            set (at construction or per call); ``stop`` always.
-        timeout: float | None
-            Local target: seconds the whole generation may take; checked after each token, then
-            ``TimeoutError`` (a token being computed is not interrupted). With ``llm``: unused, set it there.
-        max_retries, api_key: LangChain's standard parameters, accepted and unused (local generation is never
-            retried and needs no key); with ``llm``, set them on the wrapped model.
-        template: "chat" or "raw" prompt wrapping for the local target (default: chat if it has a template).
-        specpc / speckv: ``draft_rag.SpecPCConfig`` / ``SpecKVConfig`` for the other settings (window, kernel).
-        target_kwargs / draft_kwargs: ``draft_rag.load_model`` options per model: ``device_map`` ("auto"),
-            ``dtype``, ``attn_implementation``, ``device``, ``model_kwargs`` (``quantization_config``, ...).
-        context_cache_mb: MiB of the draft's KV kept for contexts read before (0 turns it off).
+    Key init args (each field's description says more; docs/langchain.md has the whole page):
+        llm (any LangChain chat model, the compressed conversation is sent to it) or target (a local model that
+        answers; also as ``model=``); draft, method, budget / ratio, context_window. Decoding (max_tokens,
+        temperature, top_p, top_k, seed) is forwarded to ``llm`` only when set (at construction or per call);
+        ``stop`` always; timeout, max_retries, api_key: LangChain's standard parameters (set them on ``llm``).
 
     Instantiate:
         .. code-block:: python
@@ -98,25 +47,15 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
             chat = ChatDraftCompressed(llm=remote, context_window=128_000)  # or ratio=0.25
             local = ChatDraftCompressed(target="smollm2-135m-instruct", ratio=0.25, max_tokens=64)
 
-    Invoke:
+    Invoke / stream / async:
         .. code-block:: python
 
             messages = [("system", "Answer from the context."), ("human", f"Context:\n{docs}\n\nQuestion: {q}")]
             reply = chat.invoke(messages)
             reply.response_metadata["draft_rag"]  # tokens before/after, seconds, budget and budget_reason
-
-    Stream:
-        .. code-block:: python
-
-            for chunk in chat.stream(messages):
-                print(chunk.content, end="")  # the first chunk (wrapped) or the last (local) carries the stats
-
-    Async:
-        .. code-block:: python
-
+            for chunk in chat.stream(messages):  # the first chunk (wrapped) or the last (local) carries the stats
+                print(chunk.content, end="")
             reply = await chat.ainvoke(messages)
-            async for chunk in chat.astream(messages):
-                ...
 
     What is compressed: the retrieved context inside the messages, wherever the template put it (system prompt,
     a ``Context:`` part, a tool result); instructions, the question and the chat structure are kept word for word
@@ -130,131 +69,59 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
         self._check_settings(BaseChatModel, "LangChain chat model", "LangChain BaseChatModel")
         return self
 
-    # -- identity ------------------------------------------------------------------------------
     @property
     def _llm_type(self) -> str:
         return "draft-rag-chat"
 
-    def _options(self, stop, kwargs: dict) -> dict:
-        opts = self._call_options(stop, kwargs, _CALL_OPTIONS, also_known=("model",))
+    def _options(self, stop, kwargs: dict, run_manager):
         model = kwargs.get("model")
         if model is not None and model != self.model_name:
             raise ValueError(f"per-call model={model!r} is not supported; this instance runs {self.model_name!r}")
-        return opts
+        return self._call(stop, kwargs, run_manager, also_known=("model",))
 
     # -- local target --------------------------------------------------------------------------
-    def _local_args(self, messages: list[BaseMessage], opts: dict) -> dict:
-        return dict(
-            messages=to_dicts(messages),
-            method=opts["method"],
-            budget=opts["budget"],
-            ratio=opts["ratio"],
-            template=self.template,
-            max_new_tokens=opts["max_tokens"],
-            temperature=opts["temperature"],
-            top_p=opts["top_p"],
-            top_k=opts["top_k"],
-            stop=opts["stop"],
-            seed=opts["seed"],
-            **self._kv_args(),
-        )
-
-    def _kv_args(self) -> dict:
-        """SpecKV-PC's prompt budget, the draft lookahead and sparse prefill, passed only when set."""
-        names = ("pc_budget", "pc_ratio", "lookahead_tokens", "sparse_prefill")
-        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+    def _stream_local(self, messages, options, run_manager) -> Iterator[ChatGenerationChunk]:
+        chunk = lambda piece: ChatGenerationChunk(message=AIMessageChunk(content=piece))  # noqa: E731
+        return self._local(options, run_manager, chunk, self._local_final, messages=to_dicts(messages))
 
     def _local_final(self, text: str, reply) -> ChatGenerationChunk:
         st = reply.stats
         stats = st.to_dict()
         compression = stats.pop("compression")
-        stats.update(
-            {
-                k: compression[k]
-                for k in ("messages", "warning", "draft_original_tokens", "draft_kept_tokens")
-                if k in compression
-            }
-        )
-        usage = UsageMetadata(
-            input_tokens=st.prompt_tokens, output_tokens=st.new_tokens, total_tokens=st.prompt_tokens + st.new_tokens
-        )
+        kept = ("messages", "warning", "draft_original_tokens", "draft_kept_tokens")
+        stats.update({k: compression[k] for k in kept if k in compression})
+        tokens = {"input_tokens": st.prompt_tokens, "output_tokens": st.new_tokens}
         msg = AIMessageChunk(
             content=text,
-            usage_metadata=usage,
+            usage_metadata={**tokens, "total_tokens": st.prompt_tokens + st.new_tokens},
             chunk_position="last",
             response_metadata={"model_name": self.model_name, "finish_reason": st.finish_reason, "draft_rag": stats},
         )
         return ChatGenerationChunk(message=msg, generation_info={"finish_reason": st.finish_reason})
 
-    def _stream_local(self, messages, opts, run_manager) -> Iterator[ChatGenerationChunk]:
-        reply = self._engine.stream(**self._local_args(messages, opts))
-        held = None  # one piece is held back so the last chunk can carry the stats
-        for piece in common.with_deadline(iter(reply), self.timeout):
-            if held is not None:
-                yield common.emit(ChatGenerationChunk(message=AIMessageChunk(content=held)), run_manager)
-            held = piece
-        yield common.emit(self._local_final(held or "", reply), run_manager)
-
     # -- wrapped chat model --------------------------------------------------------------------
-    def _compress_messages(self, messages: list[BaseMessage], opts: dict) -> tuple[list[BaseMessage], dict]:
-        dicts = to_dicts(messages)
-        if not methods.get(opts["method"]).shortens_prompt:
-            return list(messages), {"method": opts["method"], "messages": [], "budget_reason": common.SENT_WHOLE}
-        kwargs, note = self._wrapped_budget(opts)
-        compressed_chat = self._engine.compress_messages(dicts, **kwargs)
-        logger.debug(
-            "compressed %d messages: %s -> %s tokens",
-            len(compressed_chat.stats.messages),
-            compressed_chat.stats.original_tokens,
-            compressed_chat.stats.compressed_tokens,
-        )
-        stats = {"method": opts["method"], **note, **compressed_chat.stats.to_dict()}
-        return rebuild(messages, compressed_chat), stats
+    def _compress(self, messages: list[BaseMessage], options) -> tuple[list[BaseMessage], dict]:
+        """SpecPC on the retrieved context inside ``messages`` (``draft_rag.adapters.front_messages``)."""
+        compressed, stats = common.front(self, self.llm, front_messages, options, to_dicts(messages))
+        return rebuild(messages, compressed), stats
 
-    def _forwarded(self, opts: dict) -> dict:
-        """Keyword arguments for the wrapped model: unknown per-call ones, plus decoding settings set explicitly."""
-        fw = {k: v for k, v in opts["extra"].items() if k != "model"}
-        for name in _DECODING:
-            if name in opts["given"] or name in self.model_fields_set:
-                fw[name] = opts[name]
-        return fw
+    def _stream_wrapped(self, messages, options, wrapped: dict, run_manager) -> Iterator[ChatGenerationChunk]:
+        new, stats = self._compress(messages, options)
+        for chunk in self.llm.stream(new, **wrapped):
+            yield common.emit(_with_stats(chunk, stats, self.model_name, AIMessageChunk), run_manager)
+            stats = None  # the first chunk carries them
 
-    def _stream_wrapped(self, messages, opts, run_manager) -> Iterator[ChatGenerationChunk]:
-        new, stats = self._compress_messages(messages, opts)
-        config = common.child_config(run_manager)
-        first = True
-        for chunk in self.llm.stream(new, config=config, stop=opts["stop"] or None, **self._forwarded(opts)):
-            yield common.emit(_wrapped_chunk(chunk, stats if first else None, self.model_name), run_manager)
-            first = False
-
-    async def _astream_wrapped(self, messages, opts, run_manager) -> AsyncIterator[ChatGenerationChunk]:
-        new, stats = await asyncio.to_thread(self._compress_messages, messages, opts)
-        config = common.child_config(run_manager)
-        first = True
-        async for chunk in self.llm.astream(new, config=config, stop=opts["stop"] or None, **self._forwarded(opts)):
-            out = _wrapped_chunk(chunk, stats if first else None, self.model_name)
+    async def _astream_wrapped(self, messages, options, wrapped: dict, run_manager) -> AsyncIterator:
+        new, stats = await asyncio.to_thread(self._compress, messages, options)
+        async for chunk in self.llm.astream(new, **wrapped):
+            out = _with_stats(chunk, stats, self.model_name, AIMessageChunk)
             if run_manager:
                 await run_manager.on_llm_new_token(out.text, chunk=out)
             yield out
-            first = False
-
-    def _generate_wrapped(self, messages, opts, run_manager) -> ChatResult:
-        new, stats = self._compress_messages(messages, opts)
-        config = common.child_config(run_manager)
-        result = self.llm.invoke(new, config=config, stop=opts["stop"] or None, **self._forwarded(opts))
-        return _wrapped_result(result, stats, self.model_name)
-
-    async def _agenerate_wrapped(self, messages, opts, run_manager) -> ChatResult:
-        new, stats = await asyncio.to_thread(self._compress_messages, messages, opts)
-        config = common.child_config(run_manager)
-        result = await self.llm.ainvoke(new, config=config, stop=opts["stop"] or None, **self._forwarded(opts))
-        return _wrapped_result(result, stats, self.model_name)
+            stats = None
 
     def bind_tools(self, tools, **kwargs: Any):
-        """Wrapped mode: the wrapped model binds (formats) the tools; tool calls and results pass uncompressed.
-
-        A local target has no tool calling: ``NotImplementedError``.
-        """
+        """The wrapped model binds (formats) the tools; tool calls and results pass uncompressed (not locally)."""
         if self.llm is None:
             raise NotImplementedError("tool calling needs a wrapped chat model (llm=...); a local target has none")
         bound = self.llm.bind_tools(tools, **kwargs)
@@ -263,81 +130,48 @@ class ChatDraftCompressed(common.DraftSettings, BaseChatModel):
         return self.bind(**bound.kwargs)
 
     # -- LangChain entry points ----------------------------------------------------------------
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        opts = self._options(stop, kwargs)
-        if self.llm is not None:
-            return self._generate_wrapped(messages, opts, run_manager)
-        return generate_from_stream(self._stream_local(messages, opts, run_manager))
+    def _generate(self, messages: list[BaseMessage], stop=None, run_manager=None, **kwargs: Any) -> ChatResult:
+        options, wrapped = self._options(stop, kwargs, run_manager)
+        if self.llm is None:
+            return generate_from_stream(self._stream_local(messages, options, run_manager))
+        new, stats = self._compress(messages, options)
+        return _result(_with_stats(self.llm.invoke(new, **wrapped), stats, self.model_name, AIMessage))
 
-    def _stream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> Iterator[ChatGenerationChunk]:
-        opts = self._options(stop, kwargs)
+    async def _agenerate(self, messages: list[BaseMessage], stop=None, run_manager=None, **kwargs: Any) -> ChatResult:
+        options, wrapped = self._options(stop, kwargs, run_manager)
+        if self.llm is None:
+            local = common.astream_in_thread(lambda: self._stream_local(messages, options, None), run_manager)
+            return await agenerate_from_stream(local)
+        new, stats = await asyncio.to_thread(self._compress, messages, options)
+        return _result(_with_stats(await self.llm.ainvoke(new, **wrapped), stats, self.model_name, AIMessage))
+
+    def _stream(self, messages: list[BaseMessage], stop=None, run_manager=None, **kwargs: Any) -> Iterator:
+        options, wrapped = self._options(stop, kwargs, run_manager)
         if self.llm is not None:
-            yield from self._stream_wrapped(messages, opts, run_manager)
+            yield from self._stream_wrapped(messages, options, wrapped, run_manager)
         else:
-            yield from self._stream_local(messages, opts, run_manager)
+            yield from self._stream_local(messages, options, run_manager)
 
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        opts = self._options(stop, kwargs)
+    async def _astream(self, messages: list[BaseMessage], stop=None, run_manager=None, **kwargs: Any) -> AsyncIterator:
+        options, wrapped = self._options(stop, kwargs, run_manager)
         if self.llm is not None:
-            return await self._agenerate_wrapped(messages, opts, run_manager)
-        return await agenerate_from_stream(self._astream_local(messages, opts, run_manager))
-
-    async def _astream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[ChatGenerationChunk]:
-        opts = self._options(stop, kwargs)
-        stream = (
-            self._astream_wrapped(messages, opts, run_manager)
-            if self.llm is not None
-            else self._astream_local(messages, opts, run_manager)
-        )
+            stream = self._astream_wrapped(messages, options, wrapped, run_manager)
+        else:  # the local stream runs in one worker thread; the event loop only receives its chunks
+            stream = common.astream_in_thread(lambda: self._stream_local(messages, options, None), run_manager)
         async for chunk in stream:
             yield chunk
 
-    async def _astream_local(self, messages, opts, run_manager) -> AsyncIterator[ChatGenerationChunk]:
-        """The local stream runs in one worker thread; the event loop only receives its chunks."""
-        async for chunk in common.astream_in_thread(lambda: self._stream_local(messages, opts, None), run_manager):
-            yield chunk
 
-
-def _wrapped_chunk(chunk: BaseMessage, stats: dict | None, model_name: str) -> ChatGenerationChunk:
-    """The wrapped model's chunk; the first one also carries the compression stats."""
-    if not isinstance(chunk, AIMessageChunk):
-        chunk = AIMessageChunk(content=chunk.content)
+def _with_stats(message: BaseMessage, stats: dict | None, model_name: str, kind: type):
+    """The wrapped model's reply (or chunk) as a ``kind`` message; ``stats`` (if any) in its response metadata."""
+    if not isinstance(message, kind):
+        message = kind(content=message.content)
     if stats is not None:
-        meta = dict(chunk.response_metadata)
-        meta["draft_rag"] = stats
+        meta = {**message.response_metadata, "draft_rag": stats}
         meta.setdefault("model_name", model_name)
-        chunk = chunk.model_copy(update={"response_metadata": meta})
-    return ChatGenerationChunk(message=chunk)
+        message = message.model_copy(update={"response_metadata": meta})
+    return ChatGenerationChunk(message=message) if kind is AIMessageChunk else message
 
 
-def _wrapped_result(result: BaseMessage, stats: dict, model_name: str) -> ChatResult:
-    if not isinstance(result, AIMessage):
-        result = AIMessage(content=result.content)
-    meta = dict(result.response_metadata)
-    meta["draft_rag"] = stats
-    meta.setdefault("model_name", model_name)
-    return ChatResult(generations=[ChatGeneration(message=result.model_copy(update={"response_metadata": meta}))])
+def _result(message: AIMessage) -> ChatResult:
+    return ChatResult(generations=[ChatGeneration(message=message)])

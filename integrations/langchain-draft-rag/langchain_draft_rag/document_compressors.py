@@ -12,11 +12,7 @@ from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from draft_rag import DraftEngine
-from draft_rag.config import chunk_budget
-from draft_rag.prompt import count_tokens
-from draft_rag.selection import KeptChunk, check_pruning
-
-from . import _common as common
+from draft_rag.adapters import ChunkPruning, KeptChunk, setting, shared_engine
 
 logger = logging.getLogger(__name__)
 SCORE_KEY = "draft_rag_score"
@@ -28,55 +24,38 @@ FRACTION_KEY = "draft_rag_kept_fraction"
 class DraftDocumentCompressor(BaseDocumentCompressor):
     """Keep the documents the draft model finds relevant to the query, in their original order.
 
-    One draft pass over (instruction, documents, query) scores every document. Then, in score order:
-    ``threshold`` drops documents scoring below it, ``top_n`` keeps at most that many, and ``budget``
-    (draft tokens) / ``ratio`` (fraction of all document tokens) keeps documents while they fit, skipping
-    ones that do not (the best document is always kept; ``DraftEngine.prune_chunks``). With
-    ``compress_tokens=True`` the budget/ratio is spent by SpecPC instead, which keeps the best token spans
-    inside the documents that survived ``threshold``/``top_n``.
-
-    ``specpc`` (a ``draft_rag.SpecPCConfig``) sets the draft's scoring window and layers.
+    One draft pass over (instruction, documents, query) scores every document; ``threshold``, ``top_n`` and
+    ``budget``/``ratio`` then keep documents best first (``DraftEngine.prune_chunks``), or with
+    ``compress_tokens=True`` SpecPC spends the budget inside the documents that survived.
     Every returned document is a copy with its own metadata and id plus ``draft_rag_score`` (also as
-    ``relevance_score``, the key LangChain's rerankers set),
-    ``draft_rag_kept_spans`` (character spans of the original ``page_content``) and
-    ``draft_rag_kept_fraction``. Each call is a child run ``DraftDocumentCompressor`` in the callbacks
-    (tracing), its outputs the stats: documents and draft tokens in/out, seconds.
+    ``relevance_score``, the key LangChain's rerankers set), ``draft_rag_kept_spans`` (character spans of the
+    original ``page_content``) and ``draft_rag_kept_fraction``. Each call is a child run ``DraftDocumentCompressor``
+    in the callbacks (tracing), its outputs the stats: documents and draft tokens in/out, seconds.
     """
 
-    draft: Any = None
-    """The draft model (anything ``draft_rag.load_model`` accepts); default: the built-in SmolLM2."""
-    budget: Optional[Union[Annotated[int, Field(ge=1, strict=True)], Literal["auto"]]] = None
-    """Draft tokens of documents to keep (or, with ``compress_tokens``, of kept text); ``"auto"``: fit
-    ``context_window``. None: keep by ``top_n`` / ``threshold`` only."""
-    ratio: common.Ratio = None
-    """The budget as the fraction of all document tokens kept, in (0, 1] (0.25 keeps a quarter)."""
-    context_window: Optional[Annotated[int, Field(ge=1, strict=True)]] = None
-    """With ``budget="auto"``: the tokens of the LLM's prompt the kept documents may fill."""
-    top_n: Optional[Annotated[int, Field(ge=1, strict=True)]] = None
-    """Keep at most this many documents."""
-    threshold: Optional[float] = Field(None, allow_inf_nan=False)
-    """Drop documents whose draft score is below this."""
-    compress_tokens: bool = False
-    """Spend budget/ratio with SpecPC inside the documents instead of dropping whole ones."""
-    instruction: Optional[str] = None
-    """Task text the draft reads before the documents."""
-    specpc: Any = None
-    """A ``draft_rag.SpecPCConfig`` for the draft's scoring window and layers."""
-    draft_kwargs: Optional[dict] = None
-    """``draft_rag.load_model`` options for the draft (device_map, dtype, model_kwargs, ...)."""
-    context_cache_mb: Annotated[float, Field(ge=0, allow_inf_nan=False)] = common.DEFAULT_CONTEXT_CACHE_MB
-    """MiB of the draft's KV kept for documents read before (the same documents asked again); 0 turns it off."""
+    draft: Any = Field(**setting("draft"))
+    budget: Optional[Union[Annotated[int, Field(ge=1, strict=True)], Literal["auto"]]] = Field(
+        **setting("prune_budget")
+    )
+    ratio: Optional[float] = Field(**setting("prune_ratio"))
+    context_window: Optional[int] = Field(**setting("prune_window"))
+    top_n: Optional[int] = Field(**setting("top_n"))
+    threshold: Optional[float] = Field(**setting("threshold"))
+    compress_tokens: bool = Field(**setting("compress_tokens"))
+    instruction: Optional[str] = Field(**setting("instruction"))
+    specpc: Any = Field(**setting("prune_specpc"))
+    draft_kwargs: Optional[dict] = Field(**setting("draft_kwargs"))
+    context_cache_mb: float = Field(**setting("context_cache_mb"))
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", use_attribute_docstrings=True)
     _engine: DraftEngine = PrivateAttr()
-    _budget: Optional[int] = PrivateAttr(None)
-    _budget_reason: str = PrivateAttr("")
+    _pruning: ChunkPruning = PrivateAttr()
 
     @model_validator(mode="after")
     def _setup(self) -> DraftDocumentCompressor:
-        self._budget, self._budget_reason = chunk_budget(self.budget, self.ratio, self.context_window)
-        check_pruning(self.top_n, self.threshold, self._budget, self.ratio, self.compress_tokens)
-        self._engine = common.shared_engine(
+        names = ("budget", "ratio", "context_window", "top_n", "threshold", "compress_tokens", "instruction")
+        self._pruning = ChunkPruning(**{n: getattr(self, n) for n in names})
+        self._engine = shared_engine(
             None, self.draft, self.specpc, draft_kwargs=self.draft_kwargs, context_cache_mb=self.context_cache_mb
         )
         return self
@@ -98,37 +77,18 @@ class DraftDocumentCompressor(BaseDocumentCompressor):
         )
         try:
             t0 = time.perf_counter()
-            out = self._compress(docs, query) if docs else []
-            run.on_chain_end(self._stats(docs, out, time.perf_counter() - t0))
+            out, stats = self._compress(docs, query)
+            run.on_chain_end({"documents_in": len(docs), "documents_out": len(out), **stats,
+                              "seconds": time.perf_counter() - t0})  # fmt: skip
         except BaseException as exc:
             run.on_chain_error(exc)
             raise
         return out
 
-    def _stats(self, docs: list[Document], out: list[Document], seconds: float) -> dict:
-        tok = self._engine.draft.tokenizer
-        return {
-            "documents_in": len(docs),
-            "documents_out": len(out),
-            "seconds": seconds,
-            "original_tokens": sum(count_tokens(tok, d.page_content) for d in docs),
-            "compressed_tokens": sum(count_tokens(tok, d.page_content) for d in out),
-            "budget_reason": self._budget_reason,
-        }
-
-    def _compress(self, docs: list[Document], query: str) -> list[Document]:
-        pruned = self._engine.prune_chunks(
-            [d.page_content for d in docs],
-            query,
-            instruction=self.instruction,
-            top_n=self.top_n,
-            threshold=self.threshold,
-            budget=self._budget,
-            ratio=self.ratio,
-            compress_tokens=self.compress_tokens,
-        )
+    def _compress(self, docs: list[Document], query: str) -> tuple[list[Document], dict]:
+        pruned, stats = self._pruning.prune(self._engine, [d.page_content for d in docs], query)
         logger.debug("kept %d of %d documents", len(pruned.kept), len(docs))
-        return [_annotate(docs[k.index], k) for k in pruned.kept]
+        return [_annotate(docs[k.index], k) for k in pruned.kept], stats
 
 
 def _check_documents(documents) -> list[Document]:

@@ -1,16 +1,8 @@
 """DraftCompressionMiddleware: SpecPC on the retrieved context of every model call a LangChain v1 agent makes.
 
-Setup::
-
-    from langchain.agents import create_agent
-    from langchain_draft_rag.middleware import DraftCompressionMiddleware
-
-    agent = create_agent(model, tools=[retrieve], middleware=[DraftCompressionMiddleware(ratio=0.25)])
-
-The agent's state keeps the full messages; each model call sees them with the retrieved context (tool results,
-long context in the system prompt or a human message) compressed by ``draft_rag.messages``'s rule, the question,
-instructions, tool calls and ids unchanged. The stats are in ``response_metadata["draft_rag"]`` of the model's
-reply. Needs the ``langchain`` (v1) package.
+``create_agent(model, tools=[retrieve], middleware=[DraftCompressionMiddleware(ratio=0.25)])``: the agent's state
+keeps the full messages; each model call sees them with the retrieved context compressed by
+``draft_rag.messages``'s rule. Needs the ``langchain`` (v1) package; docs/langchain.md has the whole page.
 """
 
 from __future__ import annotations
@@ -22,7 +14,8 @@ from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResp
 from langchain.agents.middleware.types import ExtendedModelResponse
 from langchain_core.messages import AIMessage
 
-from draft_rag.config import check_int, wrapped_budget
+from draft_rag.adapters import GenerationOptions, front_messages, shared_engine
+from draft_rag.config import check_int
 
 from . import _common as common
 from ._messages import rebuild, to_dicts
@@ -31,18 +24,9 @@ from ._messages import rebuild, to_dicts
 class DraftCompressionMiddleware(AgentMiddleware):
     """Compress the retrieved context in front of any chat model an agent calls, sync and async.
 
-    Args:
-        draft: the draft model (anything ``draft_rag.load_model`` accepts); default: the built-in SmolLM2.
-        budget: draft tokens the prompt is compressed to (protected text included); ``"auto"``: as many as fit the
-            model's input window; ``"adaptive"``: as many as the draft's attention needs, within that window.
-            With neither ``budget`` nor ``ratio``, ``"auto"``.
-        ratio: instead of ``budget``, the fraction of the retrieved context kept (0.25 keeps a quarter).
-        context_window: the model's input window in tokens, for ``"auto"``/``"adaptive"``; default: the chat
-            model's ``profile["max_input_tokens"]``, else ``draft_rag.config.ASSUMED_WINDOW`` (32768; logged once).
-        specpc: a ``draft_rag.SpecPCConfig`` for the other SpecPC settings.
-        draft_kwargs: ``draft_rag.load_model`` options for the draft (``device_map``, ``dtype``, ...).
-
-    The stats in ``response_metadata["draft_rag"]`` say which budget applied and why (``budget_reason``).
+    Args: ``draft``, ``budget`` / ``ratio``, ``context_window``, ``specpc``, ``draft_kwargs``, as in
+    ``ChatDraftCompressed(llm=...)`` (with neither budget nor ratio: fit the model's input window). The stats in
+    ``response_metadata["draft_rag"]`` of the model's reply say which budget applied and why (``budget_reason``).
     """
 
     def __init__(
@@ -56,32 +40,19 @@ class DraftCompressionMiddleware(AgentMiddleware):
         draft_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
-        common.check_budget(budget, ratio)
+        self.options = GenerationOptions(method="specpc", budget=budget, ratio=ratio)  # checks them
         check_int("context_window", context_window, 1, allow_none=True)
         self.budget, self.ratio, self.context_window = budget, ratio, context_window
-        self.engine = common.shared_engine(None, draft, specpc, draft_kwargs=draft_kwargs)
+        self.engine = shared_engine(None, draft, specpc, draft_kwargs=draft_kwargs)
         self._warned_window = False
 
     def compress(self, request: ModelRequest) -> tuple[ModelRequest, dict]:
         """The request with its messages' retrieved context compressed, and the stats."""
         system = [request.system_message] if request.system_message is not None else []
         messages = system + list(request.messages)
-        kwargs, note = self._budget(request.model)
-        compressed_chat = self.engine.compress_messages(to_dicts(messages), **kwargs)
-        new = rebuild(messages, compressed_chat)
-        return request.override(system_message=new[0] if system else None, messages=new[len(system) :]), {
-            **note,
-            **compressed_chat.stats.to_dict(),
-        }
-
-    def _budget(self, model: Any) -> tuple[dict, dict]:
-        """``draft_rag.config.wrapped_budget`` for ``model``: this middleware's window, else the model's profile."""
-        window, source = common.model_window(model, self.context_window)
-        kwargs, note = wrapped_budget(self.budget, self.ratio, self.engine.specpc, window, source)
-        if window is None and "context_window" in kwargs and not self._warned_window:
-            self._warned_window = True
-            common.warn_assumed(f"DraftCompressionMiddleware (model {type(model).__name__})")
-        return kwargs, note
+        compressed, stats = common.front(self, request.model, front_messages, self.options, to_dicts(messages))
+        new = rebuild(messages, compressed)
+        return request.override(system_message=new[0] if system else None, messages=new[len(system) :]), stats
 
     def wrap_model_call(self, request: ModelRequest, handler) -> Any:
         new, stats = self.compress(request)

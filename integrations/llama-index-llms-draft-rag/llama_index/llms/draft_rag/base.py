@@ -1,12 +1,8 @@
-"""DraftCompressedLLM: a LlamaIndex LLM backed by draft-rag's DraftEngine.
+"""DraftCompressedLLM: a LlamaIndex LLM backed by draft-rag's DraftEngine (docs/llamaindex.md).
 
-Two modes: ``target=...`` generates with a local HF model run by the engine (any method in
-``draft_rag.methods.NAMES``); ``llm=...`` puts SpecPC (the draft) in front of any LlamaIndex LLM ("full" sends
-prompts as they are).
 When a query engine formats a template with ``context_str`` (or ``context_msg``), only that context is
-compressible: the text rendered before it is the instruction and the text after it (the query) the question.
-``predict``/``stream`` (and their async forms) render templates themselves, with LlamaIndex's public API only
-(``templates``), and hand what they found to ``complete``/``chat`` as the explicit argument ``parts``.
+compressible: ``predict``/``stream`` (and their async forms) render templates themselves (``templates``) and hand
+what they found to ``complete``/``chat`` as the explicit argument ``parts``.
 """
 
 from __future__ import annotations
@@ -14,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -43,12 +40,21 @@ from llama_index.core.llms.llm import (
 from llama_index.core.prompts import BasePromptTemplate
 from llama_index.core.types import TokenAsyncGen, TokenGen
 
-from draft_rag import DraftEngine, methods
-from draft_rag.aio import iterate_in_thread
-from draft_rag.config import Budget, wrapped_budget
-from draft_rag.engine import DEFAULT_CONTEXT_CACHE_MB, shared_engine
-from draft_rag.inputs import PromptInput
-from draft_rag.prompt import has_chat_template
+from draft_rag import DraftEngine
+from draft_rag.adapters import (
+    check_settings,
+    front_messages,
+    front_prompt,
+    has_chat_template,
+    hold_last,
+    iterate_in_thread,
+    options_of,
+    prompt_input,
+    rebuild,
+    setting,
+    shared_engine,
+    usage,
+)
 from llama_index.llms.draft_rag.events import DraftCompressionEvent, dispatcher
 from llama_index.llms.draft_rag.templates import log_template, render_messages, render_prompt
 from llama_index.llms.draft_rag.utils import configs_from_dict, engine_dict
@@ -56,7 +62,6 @@ from llama_index.llms.draft_rag.utils import configs_from_dict, engine_dict
 logger = logging.getLogger(__name__)
 _CONTEXT = "\u2063DRAFTRAG-CONTEXT\u2063"
 CONTEXT_KEYS = ("context_str", "context_msg")  # what LlamaIndex's QA/refine/summary templates call retrieved text
-SENT_WHOLE = "method='full': the prompt is sent whole"
 GENERATION_KWARGS = ("max_new_tokens", "temperature", "top_p", "top_k", "stop", "seed")
 
 
@@ -64,113 +69,33 @@ class DraftCompressedLLM(LLM):
     """LlamaIndex LLM: local target through DraftEngine, or SpecPC in front of another LlamaIndex LLM.
 
     ``DraftCompressedLLM(target=REF, draft=REF, method="specpc", budget=N | ratio=R, max_new_tokens=256)``
-    or ``DraftCompressedLLM(llm=<LLM>, draft=REF, budget=N | ratio=R)``. REF is anything ``load_model``
-    accepts. ``budget``/``ratio`` is the prompt budget (draft tokens; ``ratio`` the fraction kept) for SpecPC and
-    the KV budget for the KV methods (``speckv-pc`` takes its prompt budget as ``pc_budget``/``pc_ratio``; see
-    ``DraftEngine.stream``). With no budget, ``complete`` and ``chat`` (and their stream/async forms) fit the same
-    window: ``context_window`` (else the target's or the wrapped LLM's) minus ``num_output``. The output limit
-    is ``max_new_tokens``, as LlamaIndex's ``HuggingFaceLLM`` names it (a wrapped LLM keeps its own).
-    Responses carry ``additional_kwargs["draft_rag"]`` (token counts, seconds, ``budget_reason``: which budget
-    applied and why) and, locally, ``raw["usage"]`` (read by LlamaIndex's TokenCountingHandler) and
-    ``raw["compressed"]``. ``complete`` on a plain prompt keeps its ``Question:`` and instructions
-    (``draft_rag.inputs.PromptInput(split=True)``).
+    or ``DraftCompressedLLM(llm=<LLM>, draft=REF, budget=N | ratio=R)``; REF is anything ``load_model`` accepts and
+    the fields' descriptions say the rest. With no budget, ``complete`` and ``chat`` (and their stream/async forms)
+    fit ``context_window`` (else the target's or the wrapped LLM's) minus ``num_output``. Responses carry
+    ``additional_kwargs["draft_rag"]`` (token counts, seconds, ``budget_reason``) and, locally, ``raw["usage"]``
+    (read by LlamaIndex's TokenCountingHandler) and ``raw["compressed"]``. ``complete`` on a plain prompt keeps its
+    ``Question:`` and instructions (``draft_rag.adapters.prompt_input``).
     """
 
-    target: Any = Field(
-        default=None,
-        exclude=True,
-        description="a local model that answers: a built-in alias ('smollm2-135m-instruct'), a folder, a .gguf "
-        "or a Hugging Face hub id (or a loaded draft_rag model). Give this or llm",
-    )
-    draft: Any = Field(
-        default=None,
-        exclude=True,
-        description="the small model whose attention picks what to keep (same forms as target); default: the "
-        "target itself, or the built-in SmolLM2-135M-Instruct with llm",
-    )
-    llm: Optional[LLM] = Field(
-        default=None, exclude=True, description="any LlamaIndex LLM to send the compressed prompt to (or target)"
-    )
-    method: str = Field(
-        default="specpc",
-        description="'specpc' shortens the prompt, 'full' sends it whole; with a local target also the KV methods "
-        "('speckv', 'speckv-pc', 'snapkv', ...: draft_rag.methods.NAMES)",
-    )
+    target: Any = Field(exclude=True, **setting("target"))
+    draft: Any = Field(exclude=True, **setting("draft"))
+    llm: Optional[LLM] = Field(exclude=True, **setting("llm"))
+    method: str = Field(**setting("method"))
     budget: Union[Annotated[int, Field(ge=1, strict=True)], Literal["auto", "adaptive"], None] = Field(
-        default=None,
-        description="specpc: draft tokens of prompt kept; KV methods: KV entries kept per layer and KV head. "
-        "'auto' (also what no budget means for specpc): fit the context window (the target's; with llm, "
-        "context_window or its metadata's, minus num_output, on complete and chat alike); 'adaptive': as many "
-        "tokens as the draft's attention needs, within that window",
+        **setting("budget")
     )
-    ratio: Optional[float] = Field(
-        default=None,
-        gt=0,
-        le=1,
-        allow_inf_nan=False,
-        description="instead of budget: the fraction of the retrieved context KEPT, in (0, 1] (0.25 keeps a "
-        "quarter; kvpress's compression_ratio is the fraction removed)",
-    )
-    max_new_tokens: int = Field(
-        default=256,
-        ge=1,
-        strict=True,
-        description="local target: most new tokens per answer (LlamaIndex's num_output); with llm, set the "
-        "wrapped LLM's own max_tokens",
-    )
-    temperature: float = Field(
-        default=0.0, ge=0, allow_inf_nan=False, description="local target: sampling temperature; 0 is greedy"
-    )
-    pc_budget: Optional[int] = Field(
-        default=None, ge=1, strict=True, description="speckv-pc: SpecPC's prompt budget in draft tokens (default 2048)"
-    )
-    pc_ratio: Optional[float] = Field(
-        default=None,
-        gt=0,
-        le=1,
-        allow_inf_nan=False,
-        description="speckv-pc: SpecPC's prompt budget as the fraction of the context kept",
-    )
-    context_window: Optional[int] = Field(
-        default=None,
-        ge=1,
-        strict=True,
-        description="the window in tokens that prompts are fitted to (minus num_output) and that metadata reports; "
-        "default: the local target's, or the wrapped LLM's metadata.context_window (set this when that is "
-        "LlamaIndex's default 3900 but the model takes more)",
-    )
-    sparse_prefill: Optional[bool] = Field(
-        default=None,
-        strict=True,
-        description="True: the local target prefills long prompts vertical-slash sparse with "
-        "draft_rag.SparsePrefillConfig()'s settings (a bool, not a config); local targets only",
-    )
-    specpc: Any = Field(
-        default=None,
-        exclude=True,
-        description="a draft_rag.SpecPCConfig for SpecPC's other settings (window_size, kernel_size, layers, "
-        "coverage, granularity: whole 'sentence' units by default, 'token' for the paper's), e.g. "
-        "SpecPCConfig(granularity='line')",
-    )
-    speckv: Any = Field(
-        default=None,
-        exclude=True,
-        description="a draft_rag.SpecKVConfig for the KV methods' other settings (window_size, lookahead_tokens)",
-    )
-    target_kwargs: Optional[dict] = Field(
-        default=None,
-        description="draft_rag.load_model options for the target: "
-        "device_map, dtype, attn_implementation, device, model_kwargs",
-    )
-    draft_kwargs: Optional[dict] = Field(
-        default=None, description="draft_rag.load_model options for the draft: device_map, dtype, device, ..."
-    )
-    context_cache_mb: float = Field(
-        default=DEFAULT_CONTEXT_CACHE_MB,
-        ge=0,
-        allow_inf_nan=False,
-        description="MiB of the draft's KV kept for contexts read before (follow-ups reuse it); 0 turns it off",
-    )
+    ratio: Optional[float] = Field(**setting("ratio"))
+    max_new_tokens: int = Field(**setting("max_tokens"))
+    temperature: float = Field(**setting("temperature"))
+    pc_budget: Optional[int] = Field(**setting("pc_budget"))
+    pc_ratio: Optional[float] = Field(**setting("pc_ratio"))
+    context_window: Optional[int] = Field(**setting("context_window"))
+    sparse_prefill: Optional[bool] = Field(**setting("sparse_prefill"))
+    specpc: Any = Field(exclude=True, **setting("specpc"))
+    speckv: Any = Field(exclude=True, **setting("speckv"))
+    target_kwargs: Optional[dict] = Field(**setting("target_kwargs"))
+    draft_kwargs: Optional[dict] = Field(**setting("draft_kwargs"))
+    context_cache_mb: float = Field(**setting("context_cache_mb"))
     _engine: DraftEngine = PrivateAttr()
     _warned_window: bool = PrivateAttr(default=False)
 
@@ -190,23 +115,9 @@ class DraftCompressedLLM(LLM):
             raise ValueError(
                 "give exactly one of target=<model> (generate locally) or llm=<LlamaIndex LLM> (SpecPC in front of it)"
             )
-        method = methods.get(self.method)
-        if llm is not None and not method.works_remote:
-            raise ValueError(
-                f"with llm=... method must be one of {methods.REMOTE_NAMES} (the wrapped LLM does its own "
-                f"prefill), got {self.method!r}"
-            )
-        if llm is not None and self.sparse_prefill:
-            raise ValueError("sparse_prefill=True needs a local target (target=...); llm=... prefills itself")
-        Budget.parse(self.budget, self.ratio)
+        check_settings(self.method, llm is not None, self.sparse_prefill, self.budget, self.ratio)
         self._engine = engine or shared_engine(
-            target,
-            draft,
-            self.specpc,
-            self.speckv,
-            target_kwargs=self.target_kwargs,
-            draft_kwargs=self.draft_kwargs,
-            context_cache_mb=self.context_cache_mb,
+            target, draft, self.specpc, self.speckv, self.target_kwargs, self.draft_kwargs, self.context_cache_mb
         )
 
     @classmethod
@@ -332,9 +243,9 @@ class DraftCompressedLLM(LLM):
     def _front_args(self, plan: tuple[str, dict], prompt_args: dict) -> dict:
         """``prompt_args`` with the context variable compressed by SpecPC (template text protected)."""
         key, parts = plan
-        if not self._shortens:
+        shortened, _ = self._front(front_prompt, **parts)
+        if shortened is None:
             return prompt_args
-        shortened, _ = self._compress(**parts)
         return dict(prompt_args, **{key: "\n\n".join(c.text for c in shortened.chunks if c.text)})
 
     # -- completion ------------------------------------------------------------------------------
@@ -423,70 +334,31 @@ class DraftCompressedLLM(LLM):
         unknown = set(kwargs) - set(GENERATION_KWARGS)
         if unknown:
             raise TypeError(f"unsupported generation arguments {sorted(unknown)}; supported: {GENERATION_KWARGS}")
-        gen = dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature) | kwargs
-        reply = self._engine.stream(
-            **args,
-            method=self.method,
-            budget=self.budget,
-            ratio=self.ratio,
-            pc_budget=self.pc_budget,
-            pc_ratio=self.pc_ratio,
-            sparse_prefill=self.sparse_prefill,
-            **gen,
-        )
-        return self._responses(reply)
+        return self._responses(self._engine.stream(**args, options=options_of(self, **kwargs)))
 
     def _responses(self, reply) -> Iterator[CompletionResponse]:
-        text, pending = "", None
+        text = ""
         with contextlib.closing(iter(reply)) as pieces:  # closed here if abandoned: the engine lock is freed
-            for piece in pieces:
-                if pending is not None:
-                    yield pending
+            for piece, last in hold_last(pieces):
                 text += piece
-                pending = CompletionResponse(text=text, delta=piece)
-        stats = reply.stats.to_dict()
-        usage = {
-            "prompt_tokens": reply.stats.prompt_tokens,
-            "completion_tokens": reply.stats.new_tokens,
-            "total_tokens": reply.stats.prompt_tokens + reply.stats.new_tokens,
-        }
-        dispatcher.event(
-            DraftCompressionEvent(
-                component="llm",
-                method=reply.stats.method,
-                original_tokens=reply.stats.original_tokens,
-                compressed_tokens=reply.stats.prompt_tokens,
-                seconds=reply.stats.seconds,
-                kv_bytes=reply.stats.kv_bytes,
-                kv_bytes_full=reply.stats.kv_bytes_full,
-            )
-        )
+                if not last:
+                    yield CompletionResponse(text=text, delta=piece)
+        st = reply.stats
+        counts = {"original_tokens": st.original_tokens, "compressed_tokens": st.prompt_tokens, "seconds": st.seconds}
+        kv = {"kv_bytes": st.kv_bytes, "kv_bytes_full": st.kv_bytes_full}
+        dispatcher.event(DraftCompressionEvent(component="llm", method=st.method, **counts, **kv))
         yield CompletionResponse(
             text=text,
-            delta=pending.delta if pending else "",
-            raw={"usage": usage, "compressed": reply.compressed.to_dict() if reply.compressed else None},
-            additional_kwargs={"draft_rag": stats},
+            delta=piece,
+            raw={"usage": usage(st), "compressed": reply.compressed.to_dict() if reply.compressed else None},
+            additional_kwargs={"draft_rag": st.to_dict()},
         )
 
     # -- SpecPC in front of another LLM ----------------------------------------------------------
-    def _compress(self, **parts) -> tuple[Any, dict]:
-        kwargs, note = self._wrapped_budget()
-        shortened = self._engine.compress(**parts, **kwargs)
-        stats = {
-            "method": "specpc",
-            "original_tokens": shortened.original_tokens,
-            "compressed_tokens": shortened.compressed_tokens,
-            "seconds": shortened.seconds,
-        }
-        dispatcher.event(DraftCompressionEvent(component="llm", **stats))
-        return shortened, {**stats, **note, **({"left_whole": shortened.left_whole} if shortened.left_whole else {})}
-
-    def _wrapped_budget(self) -> tuple[dict, dict]:
-        """SpecPC's budget in front of the wrapped LLM and the stats' note on it (``config.wrapped_budget``).
-
-        With no budget, ``"auto"`` or ``"adaptive"``, the prompt (``complete``) or conversation (``chat``) fits
-        ``context_window`` (this LLM's, else the wrapped LLM's metadata) minus the wrapped LLM's ``num_output``.
-        """
+    def _front(self, compress, *args, **parts) -> tuple[Any, dict]:
+        """``draft_rag.adapters.front_prompt``/``front_messages`` in front of the wrapped LLM; with no budget,
+        ``"auto"`` or ``"adaptive"``, the prompt (``complete``) or conversation (``chat``) fits ``context_window``
+        (this LLM's, else the wrapped LLM's metadata) minus the wrapped LLM's ``num_output``."""
         inner = self.llm.metadata
         window = (self.context_window or inner.context_window) - max(0, inner.num_output or 0)
         if self.context_window:
@@ -495,57 +367,33 @@ class DraftCompressedLLM(LLM):
             source = f"the wrapped LLM's metadata: context_window={inner.context_window} minus num_output"
             if inner.context_window == DEFAULT_CONTEXT_WINDOW:
                 source += f" ({DEFAULT_CONTEXT_WINDOW} is LlamaIndex's default for an LLM that does not know its own)"
-                self._warn_default_window()
-        return wrapped_budget(self.budget, self.ratio, self._engine.specpc, window, source)
-
-    def _warn_default_window(self) -> None:
-        """Say once per instance that the wrapped LLM reports LlamaIndex's default window, not a known one."""
-        if not self._warned_window:
-            self._warned_window = True
-            logger.warning(
-                "DraftCompressedLLM: the wrapped %s reports LlamaIndex's default context_window=%d; prompts are "
-                "fitted to it. If its real window differs, set context_window=... here (or on it) or budget=...",
-                type(self.llm).__name__,
-                DEFAULT_CONTEXT_WINDOW,
-            )
-
-    @property
-    def _shortens(self) -> bool:
-        """Whether the method compresses the prompt in front of the wrapped LLM ("full": sent as it is)."""
-        return methods.get(self.method).shortens_prompt
+                if not self._warned_window:  # once per instance
+                    self._warned_window = True
+                    logger.warning(
+                        "DraftCompressedLLM: the wrapped %s reports LlamaIndex's default context_window=%d; prompts "
+                        "are fitted to it. If its real window differs, set context_window=... here (or on it) or "
+                        "budget=...", type(self.llm).__name__, DEFAULT_CONTEXT_WINDOW,
+                    )  # fmt: skip
+        out, stats = compress(self._engine, self.method, self.budget, self.ratio, window, source, *args, **parts)
+        if out is not None:
+            counts = {k: stats[k] for k in ("original_tokens", "compressed_tokens", "seconds")}
+            dispatcher.event(DraftCompressionEvent(component="llm", method=self.method, **counts))
+        return out, stats
 
     def _front_prompt(self, prompt: str, parts: dict | None) -> tuple[str, dict]:
-        if not self._shortens:
-            return prompt, {"method": self.method, "budget_reason": SENT_WHOLE}
-        shortened, stats = self._compress(**_prompt_args(prompt, parts))
-        return shortened.text, stats
+        shortened, stats = self._front(front_prompt, **_prompt_args(prompt, parts))
+        return (shortened.text if shortened else prompt), stats
 
     def _front_messages(self, messages: Sequence[ChatMessage], parts: dict | None) -> tuple[list, dict]:
         """SpecPC on the retrieved context inside the messages (``draft_rag.messages``'s rule); the rest as is."""
-        if not self._shortens:
-            return list(messages), {"method": self.method, "budget_reason": SENT_WHOLE}
-        kwargs, note = self._wrapped_budget()
-        compressed_chat = self._engine.compress_messages(_dicts(messages), **kwargs, **(parts or {}))
-        stats = {
-            "method": "specpc",
-            "original_tokens": compressed_chat.stats.original_tokens,
-            "compressed_tokens": compressed_chat.stats.compressed_tokens,
-            "seconds": compressed_chat.stats.seconds,
-        }
-        dispatcher.event(DraftCompressionEvent(component="llm", **stats))
-        changed = compressed_chat.stats.changed()
-        msgs = [
-            _with_text(m, compressed_chat.messages[i]["content"]) if i in changed else m for i, m in enumerate(messages)
-        ]
-        kept = ("messages", "warning", "left_whole")
-        extra = {k: v for k, v in compressed_chat.stats.to_dict().items() if k in kept}
-        return msgs, {**stats, **note, **extra}
+        compressed, stats = self._front(front_messages, _dicts(messages), **(parts or {}))
+        return rebuild(messages, compressed, _with_text), stats
 
 
 def _prompt_args(prompt: str, parts: dict | None) -> dict:
     """``complete``'s input for the engine: the template's ``parts``, else the prompt laid out by
     ``draft_rag.messages``'s rule (its ``Question:`` and instructions protected, as in ``chat``)."""
-    return parts or {"prompt": PromptInput(prompt or None, split=True)}
+    return parts or {"prompt": prompt_input(prompt)}
 
 
 def _window(loaded) -> int:
@@ -596,9 +444,7 @@ def _annotate(response, stats: dict):
 
 
 def _last(responses: Iterator[CompletionResponse]) -> CompletionResponse:
-    last = None
-    for last in responses:  # noqa: B007 (the loop keeps the last item)
-        pass
+    last = deque(responses, maxlen=1).pop()
     last.delta = None
     return last
 

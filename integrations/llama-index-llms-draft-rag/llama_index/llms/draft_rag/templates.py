@@ -1,12 +1,8 @@
-"""Render a prompt template the way LlamaIndex's ``LLM.predict`` does, from its public pieces only.
-
-``LLM.predict``/``stream`` (and their async forms) render through the private ``LLM._get_prompt`` and
-``_get_messages``. DraftCompressedLLM renders templates itself, to find the retrieved context in them and hand
-it to ``complete()``/``chat()`` as an explicit argument, so these functions rebuild that rendering from public
-API: ``BasePromptTemplate.format``/``format_messages``/``get_template``, and the LLM's ``output_parser``,
-``system_prompt``, ``query_wrapper_prompt``, ``messages_to_prompt``, ``completion_to_prompt`` and
-``callback_manager``. ``tests/test_llamaindex_llm.py`` holds them to ``LLM.predict``'s output (a contract test
-that fails if LlamaIndex renders templates differently).
+"""Render a prompt template the way LlamaIndex's ``LLM.predict`` does (through its private ``_get_prompt`` and
+``_get_messages``), from public API only: ``BasePromptTemplate.format``/``format_messages``/``get_template`` and
+the LLM's output parser, system prompt, query wrapper, prompt converters and callback manager. DraftCompressedLLM
+renders templates itself to find the retrieved context in them; ``tests/test_llamaindex_llm.py`` holds these
+functions to ``LLM.predict``'s output (a contract test that fails if LlamaIndex renders templates differently).
 """
 
 from __future__ import annotations

@@ -12,9 +12,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from draft_rag import DraftEngine
-from draft_rag.config import chunk_budget
-from draft_rag.engine import DEFAULT_CONTEXT_CACHE_MB, shared_engine
-from draft_rag.selection import check_pruning
+from draft_rag.adapters import ChunkPruning, setting, shared_engine
 from llama_index.llms.draft_rag.events import DraftCompressionEvent, dispatcher
 from llama_index.llms.draft_rag.utils import configs_from_dict, engine_dict
 
@@ -30,71 +28,34 @@ class DraftNodePostprocessor(BaseNodePostprocessor):
     """Chunk-level pruning with the draft's attention while it reads the query; optional token-level compression.
 
     Put it after the retriever (and any similarity cutoff), before the response synthesizer. Returns copies of the
-    caller's ``NodeWithScore`` objects (same node id, metadata and relationships; the caller's objects are not
-    changed) with ``score`` still the retriever's, and the draft's importance in ``node.metadata["draft_rag_score"]``
-    (hidden from LLM and embedding text, as is ``retrieval_score``, the first retriever's score).
-    ``top_n``/``threshold`` (on the draft's score) filter whole nodes; ``budget`` (draft tokens, or ``"auto"``:
-    ``context_window``) or ``ratio`` (the fraction kept) is met by dropping whole nodes, best first
-    (``DraftEngine.prune_chunks``), or with ``compress_tokens=True`` by SpecPC inside the kept nodes (query and
-    instruction count towards the budget; changed nodes also get ``draft_rag_kept_fraction`` /
-    ``draft_rag_kept_spans``). Nodes without text pass through with draft score 0.0. Output is in retrieval
-    order unless ``sort_by_score=True`` (by the draft's score). ``specpc`` (a ``draft_rag.SpecPCConfig``) sets the
-    draft's scoring window and layers. The stats (callback and ``DraftCompressionEvent``) carry ``budget_reason``.
+    caller's ``NodeWithScore`` objects (same node id, metadata and relationships) with ``score`` still the
+    retriever's, and the draft's importance in ``node.metadata["draft_rag_score"]`` (hidden from LLM and embedding
+    text, as is ``retrieval_score``, the first retriever's score). ``top_n``/``threshold``/``budget``/``ratio``
+    keep nodes as the fields say (``DraftEngine.prune_chunks``); with ``compress_tokens=True`` changed nodes also
+    get ``draft_rag_kept_fraction`` / ``draft_rag_kept_spans``. Nodes without text pass through with draft score
+    0.0. The stats (callback and ``DraftCompressionEvent``) carry ``budget_reason``; docs/llamaindex.md says more.
     """
 
-    draft: Any = Field(default=None, exclude=True, description="draft model: anything load_model accepts")
-    top_n: Optional[int] = Field(default=None, ge=1, strict=True, description="keep at most this many nodes")
-    budget: Union[Annotated[int, Field(ge=1, strict=True)], Literal["auto"], None] = Field(
-        default=None,
-        description="draft tokens the kept nodes may fill (whole nodes dropped, best kept first; with "
-        "compress_tokens, SpecPC inside them). 'auto': fit context_window. None: keep by top_n/threshold only",
-    )
-    ratio: Optional[float] = Field(
-        default=None,
-        gt=0,
-        le=1,
-        allow_inf_nan=False,
-        description="instead of budget: the fraction of the nodes' draft tokens kept, in (0, 1] (0.25 keeps a quarter)",
-    )
-    context_window: Optional[int] = Field(
-        default=None,
-        ge=1,
-        strict=True,
-        description="with budget='auto': the tokens of the LLM's prompt the kept nodes may fill (its window minus "
-        "the template, query and answer)",
-    )
-    threshold: Optional[float] = Field(
-        default=None, allow_inf_nan=False, description="drop nodes whose draft score is below this"
-    )
-    compress_tokens: bool = Field(default=False, description="meet budget/ratio by token-level SpecPC in nodes")
+    draft: Any = Field(exclude=True, **setting("draft"))
+    top_n: Optional[int] = Field(**setting("top_n"))
+    budget: Union[Annotated[int, Field(ge=1, strict=True)], Literal["auto"], None] = Field(**setting("prune_budget"))
+    ratio: Optional[float] = Field(**setting("prune_ratio"))
+    context_window: Optional[int] = Field(**setting("prune_window"))
+    threshold: Optional[float] = Field(**setting("threshold"))
+    compress_tokens: bool = Field(**setting("compress_tokens"))
     sort_by_score: bool = Field(default=False, description="return nodes by draft score instead of input order")
     metadata_mode: MetadataMode = Field(default=MetadataMode.NONE, description="node text the draft scores")
-    instruction: Optional[str] = Field(default=None, description="task text the draft reads before the nodes")
-    specpc: Any = Field(
-        default=None,
-        exclude=True,
-        description="a draft_rag.SpecPCConfig for the draft pass and, with compress_tokens=True, what is kept "
-        "whole (granularity, default 'sentence')",
-    )
-    draft_kwargs: Optional[dict] = Field(
-        default=None,
-        description="draft_rag.load_model options for the draft: "
-        "device_map, dtype, attn_implementation, device, model_kwargs",
-    )
-    context_cache_mb: float = Field(
-        default=DEFAULT_CONTEXT_CACHE_MB,
-        ge=0,
-        allow_inf_nan=False,
-        description="MiB of the draft's KV kept for nodes read before (the same nodes asked again); 0 turns it off",
-    )
+    instruction: Optional[str] = Field(**setting("instruction"))
+    specpc: Any = Field(exclude=True, **setting("prune_specpc"))
+    draft_kwargs: Optional[dict] = Field(**setting("draft_kwargs"))
+    context_cache_mb: float = Field(**setting("context_cache_mb"))
     _engine: DraftEngine = PrivateAttr()
-    _budget: Optional[int] = PrivateAttr(default=None)
-    _budget_reason: str = PrivateAttr(default="")
+    _pruning: ChunkPruning = PrivateAttr()
 
     def __init__(self, draft: Any = None, *, engine: DraftEngine | None = None, **kwargs: Any):
         super().__init__(draft=draft, **kwargs)
-        self._budget, self._budget_reason = chunk_budget(self.budget, self.ratio, self.context_window)
-        check_pruning(self.top_n, self.threshold, self._budget, self.ratio, self.compress_tokens)
+        names = ("budget", "ratio", "context_window", "top_n", "threshold", "compress_tokens", "instruction")
+        self._pruning = ChunkPruning(**{n: getattr(self, n) for n in names})
         self._engine = engine or shared_engine(
             None, draft, self.specpc, draft_kwargs=self.draft_kwargs, context_cache_mb=self.context_cache_mb
         )
@@ -146,17 +107,8 @@ class DraftNodePostprocessor(BaseNodePostprocessor):
     def _prune(self, nodes, texts, scored, query):
         """The core's chunk pruner on the nodes with text; nodes without text pass through with score 0.0."""
         plain = {i: nodes[i].node.get_content(metadata_mode=MetadataMode.NONE) for i in scored}
-        pruned = self._engine.prune_chunks(
-            [plain[i] for i in scored],
-            query,
-            score_texts=[texts[i] for i in scored],
-            instruction=self.instruction,
-            top_n=self.top_n,
-            threshold=self.threshold,
-            budget=self._budget,
-            ratio=self.ratio,
-            compress_tokens=self.compress_tokens,
-        )
+        read = [texts[i] for i in scored]  # what the draft scores (with metadata_mode's metadata)
+        pruned, stats = self._pruning.prune(self._engine, [plain[i] for i in scored], query, score_texts=read)
         kept = {scored[k.index]: k for k in pruned.kept}
         out = []
         for i in sorted(set(kept) | (set(range(len(nodes))) - set(scored))):
@@ -165,15 +117,7 @@ class DraftNodePostprocessor(BaseNodePostprocessor):
             if k is not None and k.text != plain[i]:  # SpecPC shortened it
                 node.node = _with_text(node.node, k)
             out.append(node)
-        stats = {
-            "method": "specpc" if pruned.compressed is not None else "specpc-chunks",
-            "original_tokens": pruned.original_tokens,
-            "compressed_tokens": pruned.compressed_tokens,
-            "nodes_in": len(nodes),
-            "nodes_out": len(out),
-            "seconds": pruned.seconds,
-            "budget_reason": self._budget_reason,
-        }
+        stats.update(nodes_in=len(nodes), nodes_out=len(out))
         if self.sort_by_score:
             out.sort(key=lambda n: -n.node.metadata[DRAFT_SCORE_KEY])
         return out, stats
@@ -185,34 +129,28 @@ def _rescore(nws: NodeWithScore, score: float) -> NodeWithScore:
 
     The caller's objects are left as they are, so running again (or chaining) never loses the retrieval score.
     """
-    node = nws.node
-    added = [DRAFT_SCORE_KEY, RETRIEVAL_SCORE_KEY]
-    copy = node.model_copy(
-        update={
-            "metadata": {RETRIEVAL_SCORE_KEY: nws.score, **node.metadata, DRAFT_SCORE_KEY: float(score)},
-            "excluded_llm_metadata_keys": node.excluded_llm_metadata_keys
-            + [k for k in added if k not in node.excluded_llm_metadata_keys],
-            "excluded_embed_metadata_keys": node.excluded_embed_metadata_keys
-            + [k for k in added if k not in node.excluded_embed_metadata_keys],
-        }
-    )
-    return NodeWithScore(node=copy, score=nws.score)
+    added = {RETRIEVAL_SCORE_KEY: nws.score, **nws.node.metadata, DRAFT_SCORE_KEY: float(score)}
+    return NodeWithScore(node=_with_hidden(nws.node, added, [DRAFT_SCORE_KEY, RETRIEVAL_SCORE_KEY]), score=nws.score)
 
 
 def _with_text(node, result):
     """A copy of ``node`` (same id and relationships, metadata plus what was kept) holding the kept text."""
     added = {KEPT_FRACTION_KEY: result.kept_fraction, KEPT_SPANS_KEY: [list(s) for s in result.kept_spans]}
-    hidden = [k for k in added if k not in node.excluded_llm_metadata_keys]
-    copy = node.model_copy(
-        update={
-            "metadata": dict(node.metadata, **added),
-            "excluded_llm_metadata_keys": node.excluded_llm_metadata_keys + hidden,
-            "excluded_embed_metadata_keys": node.excluded_embed_metadata_keys
-            + [k for k in added if k not in node.excluded_embed_metadata_keys],
-        }
-    )
+    copy = _with_hidden(node, dict(node.metadata, **added), list(added))
     copy.set_content(result.text)
     return copy
+
+
+def _with_hidden(node, metadata: dict, hidden: list[str]):
+    """A copy of ``node`` with ``metadata``, its keys ``hidden`` from LLM and embedding text."""
+    llm, embed = node.excluded_llm_metadata_keys, node.excluded_embed_metadata_keys
+    return node.model_copy(
+        update={
+            "metadata": metadata,
+            "excluded_llm_metadata_keys": llm + [k for k in hidden if k not in llm],
+            "excluded_embed_metadata_keys": embed + [k for k in hidden if k not in embed],
+        }
+    )
 
 
 def _warn_duplicates(nodes: list[NodeWithScore]) -> None:
