@@ -62,6 +62,8 @@ HELP = {
     "device, model_kwargs.",
     "context_cache_mb": "MiB of the draft's KV kept for contexts read before (follow-up questions over the same "
     "context reuse it); 0 turns it off.",
+    "chunk_cache_mb": "MiB of the draft's KV kept per chunk, so that chunks read before, in any order or company, "
+    "are not read again (faster; an approximation of the exact pass, see docs/chunk-cache.md); 0 (default): off.",
     # the chunk pruners (LangChain's document compressor, LlamaIndex's node postprocessor)
     "prune_budget": "Draft tokens the kept chunks may fill (whole chunks dropped, best kept first; with "
     "compress_tokens, SpecPC inside them). 'auto': fit context_window. None: keep by top_n / threshold only.",
@@ -93,6 +95,7 @@ _CHECKS = {
     "temperature": {"ge": 0, "allow_inf_nan": False},
     "threshold": {"allow_inf_nan": False},
     "context_cache_mb": {"ge": 0, "allow_inf_nan": False},
+    "chunk_cache_mb": {"ge": 0, "allow_inf_nan": False},
 }
 _DEFAULTS = {
     "method": "specpc",
@@ -100,7 +103,14 @@ _DEFAULTS = {
     "temperature": 0.0,
     "compress_tokens": False,
     "context_cache_mb": DEFAULT_CONTEXT_CACHE_MB,
+    "chunk_cache_mb": 0,
 }
+
+
+def engine_of(adapter, target=None, draft=None):
+    """The shared ``DraftEngine`` for ``target`` and ``draft`` with the adapter's engine settings (those it has)."""
+    names = ("specpc", "speckv", "target_kwargs", "draft_kwargs", "context_cache_mb", "chunk_cache_mb")
+    return shared_engine(target, draft, **{n: getattr(adapter, n) for n in names if hasattr(adapter, n)})
 
 
 def setting(name: str, **overrides) -> dict:

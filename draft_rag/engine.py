@@ -349,12 +349,13 @@ def shared_engine(
     target_kwargs: dict | None = None,
     draft_kwargs: dict | None = None,
     context_cache_mb: float = DEFAULT_CONTEXT_CACHE_MB,
+    chunk_cache_mb: float = 0,
 ) -> DraftEngine:
     """One ``DraftEngine`` per (target, draft, SpecPC and SpecKV settings), so that the framework adapters built on
     the same models share it (and its lock, so they take turns on the models).
 
     ``target_kwargs`` / ``draft_kwargs`` are ``load_model`` options (``device_map``, ``dtype``, ``model_kwargs``, ...);
-    ``context_cache_mb`` bounds the engine's draft context cache (``DraftEngine``).
+    ``context_cache_mb`` and ``chunk_cache_mb`` bound the engine's draft context and chunk caches (``DraftEngine``).
     """
     if specpc is not None and not isinstance(specpc, SpecPCConfig):
         raise TypeError(f"specpc must be a draft_rag.SpecPCConfig, got {type(specpc).__name__}")
@@ -363,10 +364,12 @@ def shared_engine(
     t_opts, d_opts = load_options(target_kwargs, "target_kwargs"), load_options(draft_kwargs, "draft_kwargs")
     t = load_model(target, **t_opts) if target is not None else None
     d = load_model(draft, **d_opts) if draft is not None else (t or load_model(DEFAULT_MODEL, **d_opts))
-    key = (id(t), id(d), specpc, speckv, context_cache_mb)
+    key = (id(t), id(d), specpc, speckv, context_cache_mb, chunk_cache_mb)
     with _engines_lock:
         if key not in _engines:
-            _engines[key] = DraftEngine(t, d, specpc=specpc, speckv=speckv, context_cache_mb=context_cache_mb)
+            _engines[key] = DraftEngine(
+                t, d, specpc=specpc, speckv=speckv, context_cache_mb=context_cache_mb, chunk_cache_mb=chunk_cache_mb
+            )
         return _engines[key]
 
 

@@ -148,3 +148,23 @@ def test_threads_share_one_chunk_cache():
     for t in threads:
         t.join()
     assert not errors and got == want and fast.chunk_cache.hits > 0
+
+
+def test_the_adapters_switch_it_on_and_leave_it_off_by_default():
+    from langchain_core.documents import Document
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    from langchain_draft_rag import DraftDocumentCompressor
+    from llama_index.postprocessor.draft_rag import DraftNodePostprocessor
+
+    docs = [Document(page_content=c, id=str(i)) for i, c in enumerate(CHUNKS)]
+    assert not DraftDocumentCompressor(draft=tiny_model("llama"), specpc=CFG, top_n=2).engine.chunk_cache.enabled
+    lc = DraftDocumentCompressor(draft=tiny_model("llama"), specpc=CFG, top_n=2, chunk_cache_mb=32)
+    first = lc.compress_documents(docs, ASK["question"])
+    assert lc.compress_documents(docs[::-1], ASK["question"]) and lc.engine.chunk_cache.hits >= len(CHUNKS)
+    assert [d.id for d in first] == [d.id for d in lc.compress_documents(docs, ASK["question"])]
+    nodes = [NodeWithScore(node=TextNode(text=c), score=1.0) for c in CHUNKS]
+    li = DraftNodePostprocessor(draft=tiny_model("qwen2"), specpc=CFG, top_n=2, chunk_cache_mb=32)
+    li.postprocess_nodes(nodes, query_str=ASK["question"])
+    li.postprocess_nodes(nodes[::-1], query_str=ASK["question"])
+    assert li.engine.chunk_cache.hits >= len(CHUNKS)

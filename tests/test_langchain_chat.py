@@ -16,8 +16,8 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import Field
 
 from draft_rag import SpecPCConfig
+from draft_rag.engine import shared_engine
 from langchain_draft_rag import ChatDraftCompressed, DraftCompressedLLM
-from langchain_draft_rag._common import shared_engine
 from langchain_draft_rag._messages import to_dicts
 
 CFG = SpecPCConfig(starting_layer_index=1, window_size=8, kernel_size=8, neighbor_tokens=8, granularity="token")

@@ -12,10 +12,10 @@ from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.vectorstores import InMemoryVectorStore
 
 from draft_rag import Chunk, SpecPCConfig
+from draft_rag.engine import shared_engine
 from draft_rag.prompt import count_tokens
 from draft_rag.units import render
 from langchain_draft_rag import DraftDocumentCompressor
-from langchain_draft_rag._common import shared_engine
 
 CFG = SpecPCConfig(starting_layer_index=1, window_size=8, kernel_size=8, neighbor_tokens=8)
 QUERY = "What is the special magic number for ocean?"

@@ -17,11 +17,11 @@ from draft_rag.adapters import (
     HELP,
     GenerationOptions,
     check_settings,
+    engine_of,
     hold_last,
     iterate_in_thread,
     options_of,
     setting,
-    shared_engine,
     with_deadline,
 )
 
@@ -80,6 +80,7 @@ class DraftSettings(BaseModel):
     target_kwargs: Optional[dict] = Field(**setting("target_kwargs"))
     draft_kwargs: Optional[dict] = Field(**setting("draft_kwargs"))
     context_cache_mb: float = Field(**setting("context_cache_mb"))
+    chunk_cache_mb: float = Field(**setting("chunk_cache_mb"))
 
     model_config = CONFIG
     _engine: DraftEngine = PrivateAttr()
@@ -94,10 +95,7 @@ class DraftSettings(BaseModel):
         check_settings(self.method, self.llm is not None, self.sparse_prefill, self.budget, self.ratio)
         self.stop = stop_list(self.stop) or None
         options_of(self, max_new_tokens=self.max_tokens)  # checks the rest
-        self._engine = shared_engine(
-            self.target, self.draft, self.specpc, self.speckv, self.target_kwargs, self.draft_kwargs,
-            context_cache_mb=self.context_cache_mb,
-        )  # fmt: skip
+        self._engine = engine_of(self, self.target, self.draft)
 
     @property
     def engine(self) -> DraftEngine:

@@ -12,7 +12,7 @@ from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from draft_rag import DraftEngine
-from draft_rag.adapters import ChunkPruning, KeptChunk, setting, shared_engine
+from draft_rag.adapters import ChunkPruning, KeptChunk, engine_of, setting
 
 logger = logging.getLogger(__name__)
 SCORE_KEY = "draft_rag_score"
@@ -46,6 +46,7 @@ class DraftDocumentCompressor(BaseDocumentCompressor):
     specpc: Any = Field(**setting("prune_specpc"))
     draft_kwargs: Optional[dict] = Field(**setting("draft_kwargs"))
     context_cache_mb: float = Field(**setting("context_cache_mb"))
+    chunk_cache_mb: float = Field(**setting("chunk_cache_mb"))
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", use_attribute_docstrings=True)
     _engine: DraftEngine = PrivateAttr()
@@ -55,9 +56,7 @@ class DraftDocumentCompressor(BaseDocumentCompressor):
     def _setup(self) -> DraftDocumentCompressor:
         names = ("budget", "ratio", "context_window", "top_n", "threshold", "compress_tokens", "instruction")
         self._pruning = ChunkPruning(**{n: getattr(self, n) for n in names})
-        self._engine = shared_engine(
-            None, self.draft, self.specpc, draft_kwargs=self.draft_kwargs, context_cache_mb=self.context_cache_mb
-        )
+        self._engine = engine_of(self, None, self.draft)
         return self
 
     @property

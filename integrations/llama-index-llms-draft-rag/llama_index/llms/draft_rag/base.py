@@ -43,6 +43,7 @@ from llama_index.core.types import TokenAsyncGen, TokenGen
 from draft_rag import DraftEngine
 from draft_rag.adapters import (
     check_settings,
+    engine_of,
     front_messages,
     front_prompt,
     has_chat_template,
@@ -52,7 +53,6 @@ from draft_rag.adapters import (
     prompt_input,
     rebuild,
     setting,
-    shared_engine,
     usage,
 )
 from llama_index.llms.draft_rag.events import DraftCompressionEvent, dispatcher
@@ -96,6 +96,7 @@ class DraftCompressedLLM(LLM):
     target_kwargs: Optional[dict] = Field(**setting("target_kwargs"))
     draft_kwargs: Optional[dict] = Field(**setting("draft_kwargs"))
     context_cache_mb: float = Field(**setting("context_cache_mb"))
+    chunk_cache_mb: float = Field(**setting("chunk_cache_mb"))
     _engine: DraftEngine = PrivateAttr()
     _warned_window: bool = PrivateAttr(default=False)
 
@@ -116,9 +117,7 @@ class DraftCompressedLLM(LLM):
                 "give exactly one of target=<model> (generate locally) or llm=<LlamaIndex LLM> (SpecPC in front of it)"
             )
         check_settings(self.method, llm is not None, self.sparse_prefill, self.budget, self.ratio)
-        self._engine = engine or shared_engine(
-            target, draft, self.specpc, self.speckv, self.target_kwargs, self.draft_kwargs, self.context_cache_mb
-        )
+        self._engine = engine or engine_of(self, target, draft)
 
     @classmethod
     def class_name(cls) -> str:

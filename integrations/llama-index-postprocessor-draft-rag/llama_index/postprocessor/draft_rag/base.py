@@ -12,7 +12,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from draft_rag import DraftEngine
-from draft_rag.adapters import ChunkPruning, setting, shared_engine
+from draft_rag.adapters import ChunkPruning, engine_of, setting
 from llama_index.llms.draft_rag.events import DraftCompressionEvent, dispatcher
 from llama_index.llms.draft_rag.utils import configs_from_dict, engine_dict
 
@@ -49,6 +49,7 @@ class DraftNodePostprocessor(BaseNodePostprocessor):
     specpc: Any = Field(exclude=True, **setting("prune_specpc"))
     draft_kwargs: Optional[dict] = Field(**setting("draft_kwargs"))
     context_cache_mb: float = Field(**setting("context_cache_mb"))
+    chunk_cache_mb: float = Field(**setting("chunk_cache_mb"))
     _engine: DraftEngine = PrivateAttr()
     _pruning: ChunkPruning = PrivateAttr()
 
@@ -56,9 +57,7 @@ class DraftNodePostprocessor(BaseNodePostprocessor):
         super().__init__(draft=draft, **kwargs)
         names = ("budget", "ratio", "context_window", "top_n", "threshold", "compress_tokens", "instruction")
         self._pruning = ChunkPruning(**{n: getattr(self, n) for n in names})
-        self._engine = engine or shared_engine(
-            None, draft, self.specpc, draft_kwargs=self.draft_kwargs, context_cache_mb=self.context_cache_mb
-        )
+        self._engine = engine or engine_of(self, None, draft)
 
     @classmethod
     def class_name(cls) -> str:
