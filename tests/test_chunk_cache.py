@@ -72,6 +72,8 @@ def assembled_and_exact(model: LoadedModel, chunks: list[str], warm_order: list[
     [
         ("llama", {}),
         ("qwen2", {}),
+        ("qwen3", {}),  # keys normalised before the rotary
+        ("mistral", {}),
         ("gemma3", {}),  # layer 0 slides (local rotary base), its cache keeps the last window
         ("gemma3", {"layer_types": ["full_attention", "sliding_attention", "sliding_attention"]}),  # global base
     ],
