@@ -88,8 +88,23 @@ def test_each_piece_moves_to_its_position(arch, overrides):
     torch.testing.assert_close(got.values, want.values, atol=2e-5, rtol=1e-4)
 
 
-def test_positions_it_cannot_shift_fall_back_to_the_exact_pass():
-    model = model_with("llama", rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})
+def gpt2() -> LoadedModel:
+    """A tiny GPT-2: learned absolute positions, no rotary embedding."""
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tok), n_embd=64, n_layer=3, n_head=4, n_positions=4096,
+                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)  # fmt: skip
+    return LoadedModel(AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval(), tok, "tiny-gpt2")
+
+
+@pytest.mark.parametrize("kind", ["absolute positions", "rotary scaled by length"])
+def test_positions_it_cannot_shift_fall_back_to_the_exact_pass(kind):
+    if kind == "absolute positions":
+        model = gpt2()
+    else:
+        model = model_with("llama", rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})
     fast = engine(model)
     got = fast.compress(chunks=CHUNKS, **ASK)
     assert got.text == engine(model, chunk_mb=0).compress(chunks=CHUNKS, **ASK).text
