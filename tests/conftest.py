@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
+import logging
 import os
 import socket
 import threading
@@ -132,6 +134,39 @@ def draft_events():
     root.event_handlers.remove(handler)
 
 
+class AccessLogWatch(logging.Handler):
+    """The ``draft_rag.access`` lines as dicts. The server writes one when a request has ended, which can be just
+    after its client has the whole answer: ``wait`` blocks until the lines a test expects are there."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.records: list[dict] = []
+        self._changed = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._changed:
+            self.records.append(json.loads(record.getMessage()))
+            self._changed.notify_all()
+
+    def wait(self, test=lambda records: bool(records), seconds: float = 15) -> list[dict]:
+        """The lines so far, once ``test(lines)`` holds (default: there is one); fails after ``seconds``."""
+        with self._changed:
+            assert self._changed.wait_for(lambda: test(self.records), seconds), self.records
+            return list(self.records)
+
+
+@pytest.fixture
+def access_log():
+    """Watch the ``draft_rag.access`` log during the test."""
+    logger, watch = logging.getLogger("draft_rag.access"), AccessLogWatch()
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(watch)
+    yield watch
+    logger.removeHandler(watch)
+    logger.setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def smollm():
     """The real SmolLM2-135M-Instruct (built-in alias); skipped only when DRAFT_RAG_SKIP_REAL=1."""
@@ -140,6 +175,19 @@ def smollm():
     from draft_rag import load_model
 
     return load_model("smollm2-135m-instruct")
+
+
+def needs_setup(name: str, present: bool, install: str) -> None:
+    """Fail a test whose set-up piece is missing, naming the fix; skip only when ``DRAFT_RAG_NO_<NAME>`` gives why.
+
+    ``scripts/setup.sh --test`` installs every piece, so in CI a missing one is a failure, never a quiet skip.
+    """
+    env = "DRAFT_RAG_NO_" + name.upper().replace("-", "_").replace(".", "_")
+    if present:
+        return
+    if reason := os.environ.get(env, "").strip():
+        pytest.skip(f"{name} not installed, skipped as {env}={reason!r} asks")
+    pytest.fail(f"{name} is not installed: {install} (or set {env}=<why> to skip its tests)")
 
 
 def needle_prompt(n_filler: int = 100, position: float = 0.6) -> tuple[str, str, str]:
