@@ -109,6 +109,23 @@ def tiny_dir(tmp_path_factory) -> str:
     return str(path)
 
 
+TINY_SHAPE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, rope_theta=10000.0, tie_word_embeddings=True)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def deep_dir(tmp_path_factory) -> str:
+    """A tiny Llama deep enough for SpecPC's default starting layer (8), saved as a local folder."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("llama", num_hidden_layers=9), dtype=torch.float32)
+    path = tmp_path_factory.mktemp("deep-llama")
+    model.save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return str(path)
+
+
 @pytest.fixture
 def draft_events():
     """The ``DraftCompressionEvent``s LlamaIndex's root dispatcher emits during the test."""

@@ -5,8 +5,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import tiny_config, tiny_tokenizer
 
 from draft_rag.bench import cost
 
@@ -20,19 +18,6 @@ def gpu_check():
     sys.modules["gpu_check"] = module
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(scope="module")
-def deep_dir(tmp_path_factory) -> str:
-    """A tiny Llama deep enough for SpecPC's default starting layer (8), saved as a local folder."""
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(tiny_config("llama", num_hidden_layers=9), dtype=torch.float32)
-    path = tmp_path_factory.mktemp("deep-llama")
-    model.save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return str(path)
 
 
 def test_every_step_on_cpu(gpu_check, deep_dir, tmp_path, monkeypatch):
