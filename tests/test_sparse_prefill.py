@@ -165,14 +165,17 @@ def test_engine_default_and_the_paper_threshold(engine):
 
 
 def _recording(engine, monkeypatch) -> list[dict]:
-    """The keyword arguments of every ``engine.stream`` call from now on."""
-    calls, stream = [], engine.stream
+    """The keyword arguments of every ``engine.stream`` call from now on; ``sparse_prefill=True`` means a config
+    that is sparse from 64 tokens (the default starts above the tiny model's 4,096 positions)."""
+    calls, stream, parse = [], engine.stream, SparsePrefillConfig.parse
+    small = SparsePrefillConfig(prefill_vertical_size=16, prefill_window_size=16, query_block=16, min_tokens=64)
 
     def record(*args, **kwargs):
         calls.append(kwargs)
         return stream(*args, **kwargs)
 
     monkeypatch.setattr(engine, "stream", record)
+    monkeypatch.setattr(SparsePrefillConfig, "parse", staticmethod(lambda v: small if v is True else parse(v)))
     return calls
 
 
@@ -183,8 +186,12 @@ def test_langchain_adapters_pass_sparse_prefill_to_local_targets_only(monkeypatc
 
     chat = ChatDraftCompressed(target=tiny_model("llama"), method="full", max_tokens=2, sparse_prefill=True)
     calls = _recording(chat.engine, monkeypatch)
-    chat.invoke("hello")
-    DraftCompressedLLM(target=tiny_model("llama"), method="full", max_tokens=2, sparse_prefill=True).invoke("hi")
+    reply = chat.invoke(PROMPT)
+    assert reply.response_metadata["draft_rag"]["sparse_layers"] == 3  # every layer's prefill ran sparse
+    llm = DraftCompressedLLM(target=tiny_model("llama"), method="full", max_tokens=2, sparse_prefill=True)
+    assert llm.generate([PROMPT]).generations[0][0].generation_info["draft_rag"]["sparse_layers"] == 3
+    dense = ChatDraftCompressed(target=tiny_model("llama"), method="full", max_tokens=2)
+    assert dense.invoke(PROMPT).response_metadata["draft_rag"]["sparse_layers"] == 0
     assert calls[0]["sparse_prefill"] is True and chat._identifying_params["sparse_prefill"] is True
     with pytest.raises(ValueError, match="sparse_prefill=True needs a local target"):
         ChatDraftCompressed(llm=FakeListChatModel(responses=["x"]), sparse_prefill=True)
@@ -198,7 +205,9 @@ def test_llamaindex_llm_passes_sparse_prefill_to_local_targets_only(monkeypatch)
 
     llm = DraftCompressedLLM(target=tiny_model("llama"), method="full", max_new_tokens=2, sparse_prefill=True)
     calls = _recording(llm.engine, monkeypatch)
-    llm.complete("hello")
+    assert llm.complete(PROMPT).additional_kwargs["draft_rag"]["sparse_layers"] == 3
     assert calls[0]["sparse_prefill"] is True and llm.to_dict()["sparse_prefill"] is True
+    dense = DraftCompressedLLM(target=tiny_model("llama"), method="full", max_new_tokens=2)
+    assert dense.complete(PROMPT).additional_kwargs["draft_rag"]["sparse_layers"] == 0
     with pytest.raises(ValueError, match="sparse_prefill=True needs a local target"):
         DraftCompressedLLM(llm=MockLLM(), sparse_prefill=True)
