@@ -81,6 +81,22 @@ def test_varlen_kernel_only_for_half_precision_cuda():
     assert varlen_kernel(torch.zeros(1)) is None
 
 
+def test_a_failed_flash_attn_import_is_logged_once_with_its_reason(monkeypatch, caplog):
+    import sys
+
+    from draft_rag.sparse_prefill import flash_varlen
+
+    monkeypatch.setitem(sys.modules, "flash_attn", None)  # importing it raises ImportError
+    flash_varlen.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="draft_rag.sparse_prefill"):
+            assert flash_varlen() is None and flash_varlen() is None
+    finally:
+        flash_varlen.cache_clear()
+    logged = [r.getMessage() for r in caplog.records if r.name == "draft_rag.sparse_prefill"]
+    assert len(logged) == 1 and "ModuleNotFoundError: import of flash_attn" in logged[0] and "SDPA" in logged[0]
+
+
 def test_every_column_selected_is_dense_attention():
     torch.manual_seed(1)
     q, k, v = torch.randn(1, 4, 70, 8), torch.randn(1, 2, 70, 8), torch.randn(1, 2, 70, 8)
