@@ -87,6 +87,68 @@ def tiny_config(arch: str, **overrides):
 ARCHS = ["llama", "qwen2", "qwen3", "mistral", "gemma3"]
 
 
+def flash_attn_problem() -> str | None:
+    """Why flash-attention-2 cannot run here, or None: it needs CUDA and an importable ``flash_attn``."""
+    if not torch.cuda.is_available():
+        return "flash-attention-2 needs CUDA: torch.cuda.is_available() is False"
+    try:
+        import flash_attn  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - not installed, or built against another torch
+        return f"flash_attn does not import ({type(exc).__name__}: {exc})"
+    return None
+
+
+NO_CUDA = "no CUDA device: torch.cuda.is_available() is False"
+# (device, dtype): CPU always; CUDA in fp32 and bf16 where a GPU exists, each skip saying why
+DEVICES = [
+    pytest.param(("cpu", torch.float32), id="cpu-fp32"),
+    *(
+        pytest.param(
+            ("cuda", dt), id=f"cuda-{name}", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
+        )
+        for dt, name in ((torch.float32, "fp32"), (torch.bfloat16, "bf16"))
+    ),
+]
+KERNELS = [
+    "sdpa",
+    "eager",
+    pytest.param(
+        "flash_attention_2",
+        marks=pytest.mark.skipif(flash_attn_problem() is not None, reason=str(flash_attn_problem())),
+    ),
+]
+
+
+@pytest.fixture(params=DEVICES)
+def device_dtype(request) -> tuple:
+    """Where a test's model runs: ``("cpu", float32)``, and ``("cuda", float32 | bfloat16)`` on a GPU."""
+    return request.param
+
+
+@pytest.fixture(params=KERNELS)
+def attn_kernel(request) -> str:
+    """The attention kernel a test's model uses: sdpa, eager, and flash_attention_2 where flash_attn imports."""
+    return request.param
+
+
+def on_device(model, device_dtype: tuple, attn: str | None = None):
+    """A copy of ``model`` on ``(device, dtype)`` with kernel ``attn`` (flash-attention-2 in fp32 is skipped)."""
+    import copy
+
+    device, dtype = device_dtype
+    if attn == "flash_attention_2" and dtype not in (torch.float16, torch.bfloat16):
+        pytest.skip("flash-attention-2 runs only in fp16/bf16")
+    out = copy.deepcopy(model).to(device=device, dtype=dtype)
+    if attn is not None:
+        out.set_attn_implementation(attn)
+    return out
+
+
+def tolerance(dtype) -> dict:
+    """``assert_close`` tolerances for results computed in ``dtype`` against an fp32 reference."""
+    return {"atol": 1e-5, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 5e-2}
+
+
 @functools.cache
 def tiny_model(arch: str = "llama", attn: str = "sdpa"):
     """Deterministic random-weight model; returns a ``LoadedModel``."""

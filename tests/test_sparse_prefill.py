@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import on_device, tiny_model
 
 from draft_rag import DraftEngine, SparsePrefillConfig, SpecPCConfig
 from draft_rag.sparse_prefill import SparseStats, VerticalSlash, sparse_prefill, vertical_slash
@@ -107,10 +107,11 @@ def test_every_column_selected_is_dense_attention():
 
 
 @pytest.mark.parametrize("arch,full_layers", [("llama", 3), ("qwen2", 3), ("gemma3", 1)])
-def test_models_with_every_column_match_dense_prefill(arch, full_layers):
-    """Llama, Qwen2 and Gemma-3 shapes; Gemma-3's sliding-window layers keep their own kernel."""
-    model = tiny_model(arch).model
-    ids = torch.randint(5, 200, (1, 260), generator=torch.Generator().manual_seed(2))
+def test_models_with_every_column_match_dense_prefill(arch, full_layers, device_dtype):
+    """Llama, Qwen2 and Gemma-3 shapes; Gemma-3's sliding-window layers keep their own kernel. On CUDA in bf16
+    the blocks go to flash-attn's varlen kernel where it imports."""
+    model = on_device(tiny_model(arch).model, device_dtype)
+    ids = torch.randint(5, 200, (1, 260), generator=torch.Generator().manual_seed(2)).to(device_dtype[0])
     every = SparsePrefillConfig(prefill_vertical_size=260, prefill_window_size=16, query_block=32, min_tokens=0)
     few = SparsePrefillConfig(prefill_vertical_size=8, prefill_window_size=16, query_block=32, min_tokens=0)
     with torch.no_grad():
@@ -120,8 +121,9 @@ def test_models_with_every_column_match_dense_prefill(arch, full_layers):
         with sparse_prefill(model, few, 260, 8) as sparse_stats:
             sparse = model(input_ids=ids).logits
     assert stats.layers == sparse_stats.layers == full_layers
-    assert torch.allclose(exact, dense, atol=1e-4)
-    assert not torch.allclose(sparse, dense, atol=1e-3)  # fewer columns: a different (approximate) prefill
+    close = {"atol": 1e-4} if device_dtype[1] == torch.float32 else {"atol": 5e-2, "rtol": 5e-2}
+    assert torch.allclose(exact.float(), dense.float(), **close)
+    assert not torch.allclose(sparse.float(), dense.float(), **close)  # fewer columns: an approximate prefill
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, dense)  # outside the block: the model's own kernel
 
