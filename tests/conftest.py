@@ -9,7 +9,6 @@ import logging
 import os
 import socket
 import threading
-import time
 
 import pytest
 import torch
@@ -282,17 +281,24 @@ def serving(app, shutdown_timeout: float = 5, **config):
     """Run ``app`` with uvicorn in a thread on a free 127.0.0.1 port; always stop it."""
     import uvicorn
 
+    class Server(uvicorn.Server):
+        ready = threading.Event()
+
+        async def startup(self, sockets=None):
+            await super().startup(sockets=sockets)
+            if self.started:
+                self.ready.set()
+
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(
+    server = Server(
         uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=shutdown_timeout, **config)
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
-        while not server.started:
+        while not server.ready.wait(0.1):  # set once uvicorn listens; a server that failed to start has exited
             assert thread.is_alive(), "server did not start"
-            time.sleep(0.01)
         yield f"http://127.0.0.1:{sock.getsockname()[1]}", server
     finally:
         server.should_exit = True

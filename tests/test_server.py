@@ -226,6 +226,7 @@ def test_graceful_shutdown_finishes_the_stream_in_flight():
 
 
 def _refused(url: str, seconds: float = 3.0) -> bool:
+    """Whether connections to ``url`` are refused within ``seconds``: polled, as only the socket can tell."""
     deadline = time.time() + seconds
     while time.time() < deadline:
         try:
@@ -413,7 +414,7 @@ def test_cli_serve_starts_answers_and_stops_on_sigterm(tiny_dir):
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(url + "/health", timeout=1).status_code == 200:
                     break
-            time.sleep(0.2)
+            time.sleep(0.2)  # polling another process for readiness
         assert httpx.post(url + "/v1/completions", json={"prompt": "hi"}).status_code == 401
         c = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
         r = c.chat.completions.create(model="m", messages=LONG, max_tokens=4)
