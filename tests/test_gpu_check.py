@@ -1,10 +1,12 @@
 """scripts/gpu_check.py's logic on CPU with tiny models: every step runs, failures and skips become rows."""
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from draft_rag.bench import cost
 
@@ -40,6 +42,15 @@ def test_every_step_on_cpu(gpu_check, deep_dir, tmp_path, monkeypatch):
     assert "| device_map | auto | ok |" in text and "| cost | tiny 700 | ok |" in text
     assert "| tiny | 695 | full +sparse |" in text and "attention share (dense)" in text  # the cost tables
     assert f"**{Path(deep_dir).name}->{Path(deep_dir).name}**, 400 tokens" in text  # the pair's RULER summary
+    numbers = {r["case"]: r for r in json.loads(out.with_suffix(".json").read_text())["rows"] if r["step"] == "numbers"}
+    assert len(numbers) == 9  # {cpu fp32, cuda fp32, cuda bf16} x {eager, sdpa, flash}
+    sdpa = numbers["cpu float32 sdpa"]["numbers"]
+    assert 0 < sdpa["capture_vs_own_eager_max_abs"] < 1e-4 and sdpa["kept_overlap_vs_cpu_fp32_eager"] > 0.9
+    assert sdpa["sparse_every_key_vs_dense_max_abs"] < 1e-3 and sdpa["sparse_layers"] == 9
+    assert numbers["cpu float32 eager"]["numbers"]["capture_vs_own_eager_max_abs"] == 0  # the same kernel
+    if not torch.cuda.is_available():
+        assert numbers["cuda bfloat16 sdpa"]["note"] == "not run: no CUDA device (torch.cuda.is_available() is False)"
+    assert numbers["cpu float32 flash_attention_2"]["note"] == "not run: flash-attention-2 runs only on CUDA"
 
 
 def test_a_failing_step_is_a_row_not_a_crash(gpu_check, tmp_path):
