@@ -314,3 +314,19 @@ def test_development_lists_every_script():
     assert sorted(p.name for p in (ROOT / "scripts").iterdir() if p.suffix in (".py", ".sh")) == sorted(
         n for n in listed if (ROOT / "scripts" / n).exists()
     )
+
+
+def test_llama_cpp_table_is_its_committed_output():
+    """docs/serving.md's proxy-against-direct table is scripts/llama_cpp_proxy.py's table of its committed output."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from llama_cpp_proxy import table
+
+    out = json.loads((ROOT / "docs/bench/llama_cpp_proxy.json").read_text())
+    rows = table(out["summary"]).splitlines()
+    assert len(rows) == 6 and all(row in _read("docs/serving.md").splitlines() for row in rows)
+    direct, proxy = out["summary"][2:]  # ~8k: the proxy's upstream read a quarter of the tokens, and answered first
+    assert (
+        proxy["upstream_prompt_tokens"] < 0.3 * direct["upstream_prompt_tokens"] and proxy["ttft_s"] < direct["ttft_s"]
+    )
