@@ -81,12 +81,16 @@ def rss_mib(proc: subprocess.Popen) -> float:
     return psutil.Process(proc.pid).memory_info().rss / 2**20
 
 
-def engine_seconds(headers, lines: list[str]) -> float:
-    """The engine's seconds for one answer: the last chunk's stats (local mode), or the proxy's stats header."""
+def engine_stats(headers, lines: list[str]) -> tuple[float, float]:
+    """(engine seconds, kept share of the prompt) of one answer: from the last chunk's stats (local mode), or the
+    proxy's stats header (its draft pass; the share of the draft's tokens it forwarded)."""
     if "x-draft-rag-stats" in headers:
-        seconds = json.loads(headers["x-draft-rag-stats"]).get("seconds", {})
-        return seconds.get("total", sum(seconds.values()))
-    return json.loads(lines[-2][6:])["draft_rag"]["seconds"]["total"]
+        stats = json.loads(headers["x-draft-rag-stats"])
+        seconds = stats.get("seconds", {})
+        kept = stats.get("compressed_tokens", 1) / max(1, stats.get("original_tokens", 1))
+        return seconds.get("total", sum(seconds.values())), kept
+    stats = json.loads(lines[-2][6:])["draft_rag"]
+    return stats["seconds"]["total"], stats["prompt_tokens"] / max(1, stats["original_tokens"])
 
 
 async def one_request(http: httpx.AsyncClient, url: str, body: dict, out: dict) -> str:
@@ -108,7 +112,9 @@ async def one_request(http: httpx.AsyncClient, url: str, body: dict, out: dict) 
         failed = any(line.startswith('data: {"error"') for line in lines)
         if r.status_code == 200 and lines and lines[-1] == "data: [DONE]" and not failed:
             kind = "ok"
-            out["engine"].append(engine_seconds(r.headers, lines))
+            seconds, kept = engine_stats(r.headers, lines)
+            out["engine"].append(seconds)
+            out["kept"].append(kept)
             out["ttft"].append(first)
             out["latency"].append(time.perf_counter() - t0)
         else:
@@ -123,7 +129,8 @@ async def one_request(http: httpx.AsyncClient, url: str, body: dict, out: dict) 
 
 
 async def load(url: str, body: dict, clients: int, seconds: float, backoff: float = 0.5, distinct=False) -> dict:
-    out = {"ok": 0, "429": 0, "503": 0, "lost": 0, "ttft": [], "latency": [], "engine": [], "lost_detail": []}
+    out = {"ok": 0, "429": 0, "503": 0, "lost": 0, "ttft": [], "latency": [], "engine": [], "kept": []}
+    out["lost_detail"] = []
     out.update(distinct=distinct, sent=0)
     stop = time.monotonic() + seconds
 
@@ -218,6 +225,7 @@ def summary(args, res: dict, queued: int, code) -> dict:
         "median_ttft_s": med(res["ttft"]),
         "median_latency_s": med(res["latency"]),
         "median_engine_s": med(res["engine"]),
+        "median_kept_share": med(res["kept"]),
         "ttft_s": percentiles(res["ttft"]),
         "latency_s": percentiles(res["latency"]),
         **res["rss"],

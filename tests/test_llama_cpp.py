@@ -161,10 +161,11 @@ def test_serve_load_through_the_proxy_to_llama_cpp(tmp_path):
     from test_scripts import run_script
 
     require_llama_cpp()
-    args = ["--llama-cpp", "--distinct", "--clients", "2", "--seconds", "3", "--max-tokens", "4", "--filler", "4"]
+    args = ["--llama-cpp", "--distinct", "--clients", "2", "--seconds", "3", "--max-tokens", "4", "--filler", "20"]
     out = json.loads(run_script("serve_load.py", *args, cwd=tmp_path))
     assert out["proxy"]["upstream"] == "llama.cpp (SmolLM2 GGUF)" and out["answered"] > 0
     assert out["lost"] == 0 and out["queued_after"] == 0 and out["latency_s"]["p50"] > 0
+    assert out["median_kept_share"] < 0.5  # the draft compressed what llama.cpp read
 
 
 def test_llama_cpp_proxy_script(tmp_path):
