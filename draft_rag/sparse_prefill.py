@@ -17,6 +17,8 @@ soft-capped logits, attention sinks, batches and decoding steps use the model's 
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +27,8 @@ import torch.nn.functional as F
 from .attention import use_kernel, window_probs
 from .config import SparsePrefillConfig
 from .scoring import pool
+
+logger = logging.getLogger(__name__)
 
 SPARSE_METHODS = ("full", "speckv", "speckv-pc")  # the methods whose target prefill a bench runs sparse too
 KERNEL_SIZE = 7  # max-pooling of the column scores along the keys, as SpecKV's default
@@ -121,9 +125,20 @@ def varlen_kernel(query):
     """flash-attn's ``flash_attn_varlen_func`` when it can run on ``query`` (CUDA, fp16/bf16, installed), else None."""
     if not query.is_cuda or query.dtype not in (torch.float16, torch.bfloat16):
         return None
+    return flash_varlen()
+
+
+@functools.cache
+def flash_varlen():
+    """``flash_attn_varlen_func``, imported once; a failed import is logged once with its reason, then None."""
     try:
         from flash_attn import flash_attn_varlen_func
-    except ImportError:
+    except Exception as exc:  # noqa: BLE001 - not installed, or built against another torch (OSError, symbols)
+        logger.warning(
+            "flash-attn cannot be imported (%s: %s): the sparse prefill runs its blocks through torch SDPA instead",
+            type(exc).__name__,
+            exc,
+        )
         return None
     return flash_attn_varlen_func
 

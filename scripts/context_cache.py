@@ -7,7 +7,8 @@ exactly the same spans. Prints a markdown table (medians) and writes JSON.
     PYTHONPATH=. OMP_NUM_THREADS=1 python scripts/context_cache.py --lengths 2048 8192 16384 --repeats 2
 
 ``--method speckv`` times plain SpecKV's lookahead drafting instead (the draft stage of a generation with the
-draft as its own target, one new token), and checks that the follow-up generates what a cold run generates.
+draft as its own target, eight new tokens), and checks that the follow-up keeps the KV positions a cold run keeps
+(per layer and KV head) and generates the same text.
 """
 
 from __future__ import annotations
@@ -31,13 +32,37 @@ FOLLOW_UPS = (
 
 
 class Drafted:
-    """What the table needs of one SpecKV generation, named as a ``CompressedPrompt``'s fields."""
+    """What the table needs of one SpecKV generation, named as a ``CompressedPrompt``'s fields; ``kept_kv`` holds
+    the KV positions its prefill kept per layer and KV head (as lists), where a compression keeps ``kept_spans``."""
 
-    def __init__(self, generation):
+    def __init__(self, generation, kept_kv: list):
         st = generation.stats
         self.draft_original_tokens, self.draft_blocks = st.original_tokens, 1
         self.draft_cached_tokens, self.text = st.draft_cached_tokens, generation.text
-        self.kept_spans, self.draft_seconds = st.kv_bytes, st.seconds["draft"]
+        self.kept_kv, self.draft_seconds = kept_kv, st.seconds["draft"]
+
+
+KEPT_KV: list = []  # per SpecKV prefill, once recording: the positions kept per layer (None: layer kept whole)
+
+
+def record_kept_kv() -> None:
+    """Make every SpecKV prefill append the KV positions it kept to ``KEPT_KV``."""
+    from draft_rag import speckv
+
+    real = speckv.compressed_prefill
+
+    def recording(*args, **kwargs):
+        prefilled, stats = real(*args, **kwargs)
+        KEPT_KV.append([None if t is None else t.tolist() for t in stats.kept])
+        return prefilled, stats
+
+    speckv.compressed_prefill = recording
+
+
+def same_as_cold(warm, cold) -> bool:
+    """Same text, and the same kept spans (SpecPC) or the same kept KV positions per layer and head (SpecKV)."""
+    kept = ("kept_kv",) if isinstance(cold, Drafted) else ("kept_spans",)
+    return warm.text == cold.text and all(getattr(warm, k) == getattr(cold, k) for k in kept)
 
 
 def timed(engine, text: str, question: str, budget: int, method: str):
@@ -47,8 +72,8 @@ def timed(engine, text: str, question: str, budget: int, method: str):
     if methods.get(method).shortens_prompt:
         result = engine.compress(text, question=question, budget=budget)
         return result, time.perf_counter() - t0, time.process_time() - c0
-    run = engine.generate(text, question=question, method=method, budget=budget, max_new_tokens=1)
-    result = Drafted(run)
+    run = engine.generate(text, question=question, method=method, budget=budget, max_new_tokens=8)
+    result = Drafted(run, KEPT_KV[-1])
     return result, result.draft_seconds, time.process_time() - c0
 
 
@@ -70,6 +95,8 @@ def main() -> None:
 
     shortens = methods.get(args.method).shortens_prompt  # SpecPC; SpecKV drafts its lookahead with a target
     target = None if shortens else args.draft
+    if not shortens:
+        record_kept_kv()
     engine = DraftEngine(target, draft=args.draft, threads=args.threads, context_cache_mb=args.cache_mb)
     texts = {n: prompt_at(haystack_lines(engine.draft.tokenizer, n), 0.5) for n in args.lengths}
     runs = [_run(engine, args, r, n, text, shortens) for r in range(args.repeats) for n, text in texts.items()]
@@ -100,7 +127,7 @@ def _run(engine, args, r: int, n: int, text: str, shortens: bool) -> dict:
         "cold_follow_up_s": cold_s,
         "cached_tokens": warm.draft_cached_tokens,
         "cache_mib": engine.context_cache.nbytes / 2**20,
-        "same_spans": warm.kept_spans == cold.kept_spans and warm.text == cold.text,
+        "same_as_cold": same_as_cold(warm, cold),
         "needle_kept": NEEDLE.split(" is ")[1].rstrip(".") in first.text if shortens else None,
     }
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in run.items()}), flush=True)
@@ -117,7 +144,7 @@ def _table(args, runs: list[dict], shortens: bool) -> None:
         rows = [x for x in runs if x["tokens"] == n]
         first = statistics.median(x["first_s"] for x in rows)
         warm = statistics.median(x["follow_up_s"] for x in rows)
-        same = all(x["same_spans"] for x in rows)
+        same = all(x["same_as_cold"] for x in rows)
         reused = statistics.median(x["cached_tokens"] / x["draft_tokens"] for x in rows)
         print(f"| {rows[0]['draft_tokens']} | {rows[0]['blocks']} | {first:.2f} | {warm:.2f} | {warm / first:.2f}x "
               f"| {100 * reused:.0f}% | {'yes' if same else 'NO'} |")  # fmt: skip

@@ -10,16 +10,24 @@ Run it the day a GPU is lent (about 10 minutes on one card) and commit its repor
 2. ``device_map="auto"``: the target loaded through accelerate's placement, one specpc and one speckv answer.
 3. Cost: ``draft-rag cost`` for one target shape at 8k-32k tokens, dense and sparse prefill, every layer.
 4. With ``--pair DRAFT:TARGET`` (local weights): the bench on a few RULER tasks.
+5. Numbers: on CPU fp32 and, where CUDA exists, CUDA fp32 and bf16, under eager, sdpa and flash_attention_2: the
+   draft scores of the capture hook against the model's own eager attention (max abs / rel error) and against CPU
+   fp32 eager; SpecKV's kept KV positions per layer and head against the CPU fp32 eager run (overlap) and against
+   the same device's eager run; sparse-prefill logits with every key selected against the dense prefill. A case
+   that cannot run here is a row saying why.
 
 A step that fails is a row saying so; the others still run. ``--device cpu --dtype float32`` runs the same logic on
-CPU (the tests do, with tiny models).
+CPU (the tests do, with tiny models). Writes the markdown report to ``--out`` and the same data as JSON beside it.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import importlib.util
+import json
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -151,6 +159,142 @@ def check_pair(args) -> tuple[list[dict], dict]:
     return [_row("pair", args.pair, run)], data
 
 
+def numeric_cases() -> list[tuple[str, str, str, str]]:
+    """(device, dtype, kernel, why it cannot run here or "") for the numeric comparisons."""
+    import torch
+
+    out = []
+    for device, dtype in (("cpu", "float32"), ("cuda", "float32"), ("cuda", "bfloat16")):
+        for kernel in ("eager", "sdpa", "flash_attention_2"):
+            why = ""
+            if device == "cuda" and not torch.cuda.is_available():
+                why = "no CUDA device (torch.cuda.is_available() is False)"
+            elif kernel == "flash_attention_2" and device != "cuda":
+                why = "flash-attention-2 runs only on CUDA"
+            elif kernel == "flash_attention_2" and dtype == "float32":
+                why = "flash-attention-2 runs only in fp16/bf16"
+            elif kernel == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+                why = "flash-attn is not installed"
+            out.append((device, dtype, kernel, why))
+    return out
+
+
+def _probe(model, ids, window: int, budget: int) -> dict:
+    """One model's numbers: captured window probabilities per layer, SpecKV's kept positions, dense logits."""
+    import torch
+
+    from draft_rag.attention import observe, window_probs
+    from draft_rag.config import SpecKVConfig
+    from draft_rag.speckv import attention_scores, compressed_prefill
+
+    captured = {}
+
+    def grab(module, query, key, mask, kwargs):
+        captured[module.layer_idx] = window_probs(query, key, mask, kwargs, window).flatten(1, 2).float().cpu()
+
+    with torch.no_grad():
+        with observe(model, grab):
+            logits = model(ids).logits[0].float().cpu()
+        score = functools.partial(attention_scores, cfg=SpecKVConfig(window_size=8))
+        _, kv = compressed_prefill(model, ids[0].tolist(), [], budget, score, window=8)
+    kept = [None if k is None else k[0].cpu() for k in kv.kept]
+    return {"probs": [captured[i] for i in sorted(captured)], "kept": kept, "logits": logits}
+
+
+def _eager_probs(model, ids, window: int) -> list:
+    """The model's own eager attention: the last ``window`` rows of every layer's probabilities."""
+    import torch
+
+    eager = copy.deepcopy(model)
+    eager.set_attn_implementation("eager")
+    with torch.no_grad():
+        return [a[0, :, -window:].float().cpu() for a in eager(ids, output_attentions=True).attentions]
+
+
+def _errors(got: list, want: list) -> tuple[float, float]:
+    """Max abs error, and max rel error over entries of ``want`` at least 1e-3, across layers."""
+    abs_err = max((g[0] - w).abs().max().item() for g, w in zip(got, want))
+    rel = max(((g[0] - w).abs() / w.clamp_min(1e-3))[w >= 1e-3].max().item() for g, w in zip(got, want))
+    return abs_err, rel
+
+
+def _overlap(a: list, b: list) -> float:
+    """Mean share of kept positions two runs share, per layer and KV head (layers kept whole count as 1)."""
+    shares = []
+    for x, y in zip(a, b):
+        if x is None or y is None:
+            shares.append(1.0 if x is None and y is None else 0.0)
+            continue
+        for hx, hy in zip(x.tolist(), y.tolist()):
+            shares.append(len(set(hx) & set(hy)) / max(1, len(hx)))
+    return sum(shares) / len(shares)
+
+
+def _sparse_error(model, ids) -> tuple[float, int]:
+    """Max abs logit error of the sparse prefill with every key selected against the dense prefill; sparse layers."""
+    import torch
+
+    from draft_rag import SparsePrefillConfig
+    from draft_rag.sparse_prefill import sparse_prefill
+
+    n = ids.shape[1]
+    every = SparsePrefillConfig(prefill_vertical_size=n, prefill_window_size=16, query_block=64, min_tokens=0)
+    with torch.no_grad():
+        dense = model(ids).logits.float()
+        with sparse_prefill(model, every, n, 8) as stats:
+            sparse = model(ids).logits.float()
+    return (sparse - dense).abs().max().item(), stats.layers
+
+
+def check_numbers(args) -> list[dict]:
+    """Step 5: numbers per (device, dtype, kernel); CPU fp32 eager is the reference."""
+    import torch
+
+    from draft_rag import load_model
+
+    base = load_model(args.draft, device="cpu", dtype=torch.float32, attn_implementation="eager").model
+    text_ids = load_model(args.draft, device="cpu").tokenizer(needle_text(args.numbers_tokens))["input_ids"]
+    ids = torch.tensor([text_ids[: args.numbers_tokens]])
+    budget = max(16, ids.shape[1] // 4)
+    ref = {**_probe(base, ids, args.window, budget), "eager": _eager_probs(base, ids, args.window)}
+    rows, eager_kept = [], {}
+    for device, dtype, kernel, why in numeric_cases():
+        case = f"{device} {dtype} {kernel}"
+        if why:
+            rows.append({"step": "numbers", "case": case, "ok": None, "seconds": 0.0, "note": f"not run: {why}"})
+            continue
+        rows.append(_row("numbers", case, functools.partial(_numbers_case, base, ids, ref, eager_kept, device,
+                                                           dtype, kernel, args.window, budget)))  # fmt: skip
+    return rows
+
+
+def _numbers_case(base, ids, ref, eager_kept, device, dtype, kernel, window, budget) -> dict:
+    import torch
+
+    model = copy.deepcopy(base).to(device=device, dtype=getattr(torch, dtype))
+    model.set_attn_implementation(kernel)
+    on = ids.to(device)
+    got = _probe(model, on, window, budget)
+    own = _eager_probs(model, on, window)
+    if kernel == "eager":
+        eager_kept[(device, dtype)] = got["kept"]
+    abs_own, rel_own = _errors(got["probs"], own)
+    abs_ref, _ = _errors(got["probs"], ref["eager"])
+    sparse_err, sparse_layers = _sparse_error(model, on)
+    numbers = {
+        "capture_vs_own_eager_max_abs": abs_own,
+        "capture_vs_own_eager_max_rel": rel_own,
+        "capture_vs_cpu_fp32_eager_max_abs": abs_ref,
+        "kept_overlap_vs_cpu_fp32_eager": _overlap(got["kept"], ref["kept"]),
+        "kept_overlap_vs_same_device_eager": _overlap(got["kept"], eager_kept.get((device, dtype), got["kept"])),
+        "logits_vs_cpu_fp32_max_abs": (got["logits"] - ref["logits"]).abs().max().item(),
+        "sparse_every_key_vs_dense_max_abs": sparse_err,
+        "sparse_layers": sparse_layers,
+    }
+    note = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in numbers.items())
+    return {"note": note, "numbers": numbers}
+
+
 def sparse_blocks(args) -> str:
     """Which kernel the sparse prefill's query blocks run on for this device and dtype."""
     import torch
@@ -200,7 +344,9 @@ def parse_args(argv=None):
     p.add_argument("--tasks", nargs="+", default=["niah_single_2", "niah_multikey_1", "vt", "qa_1"])
     p.add_argument("--pair-length", type=int, default=8192)
     p.add_argument("--n", type=int, default=8)
-    p.add_argument("--steps", nargs="+", default=["methods", "device_map", "cost", "pair"])
+    p.add_argument("--steps", nargs="+", default=["methods", "device_map", "cost", "pair", "numbers"])
+    p.add_argument("--numbers-tokens", type=int, default=512, help="prompt tokens of the numeric comparisons")
+    p.add_argument("--window", type=int, default=32, help="window queries the numeric comparisons capture")
     p.add_argument("--sparse-min-tokens", type=int, default=None, help="SparsePrefillConfig.min_tokens (tests)")
     p.add_argument("--out", default="gpu_check.md")
     return p.parse_args(argv)
@@ -226,8 +372,13 @@ def main(argv=None) -> str:
             rows += pair_status
         else:
             rows.append({"step": "pair", "case": "-", "ok": None, "seconds": 0.0, "note": "skipped: no --pair"})
+    if "numbers" in args.steps:
+        rows += check_numbers(args)
     text = report(args, rows, cost_rows, grid, time.perf_counter() - t0)
     Path(args.out).write_text(text)
+    command = ["python", "scripts/gpu_check.py", *(sys.argv[1:] if argv is None else argv)]
+    data = {"command": " ".join(command), "rows": rows, "cost": cost_rows}
+    Path(args.out).with_suffix(".json").write_text(json.dumps(data, indent=1, default=str))
     print(text)
     return text
 

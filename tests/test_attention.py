@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from conftest import ARCHS, tiny_model
+from conftest import ARCHS, on_device, tiny_model, tolerance
 
 from draft_rag.attention import PREFIX, attach, observe, window_probs
 
@@ -17,11 +17,10 @@ def _ids(n=80):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_window_probs_match_eager_attention(arch, attn):
+def test_window_probs_match_eager_attention(arch, attn_kernel, device_dtype):
+    """The captured window rows against the model's own eager attention (CPU fp32), on every device and kernel."""
     eager = tiny_model(arch, "eager").model
-    model = copy.deepcopy(eager)
-    model.set_attn_implementation(attn)
+    model = on_device(eager, device_dtype, attn_kernel)
     ids = _ids()
     with torch.no_grad():
         reference = eager(ids, output_attentions=True).attentions
@@ -31,26 +30,27 @@ def test_window_probs_match_eager_attention(arch, attn):
             captured[module.layer_idx] = window_probs(query, key, mask, kwargs, W)
 
         with observe(model, grab):
-            model(ids)
+            model(ids.to(device_dtype[0]))
     assert sorted(captured) == list(range(len(reference)))
     for layer, ref in enumerate(reference):
         got = captured[layer]
         b, hkv, g, w, k = got.shape
-        torch.testing.assert_close(got.reshape(b, hkv * g, w, k), ref[:, :, -W:, :].float(), atol=1e-5, rtol=1e-4)
+        got = got.reshape(b, hkv * g, w, k).float().cpu()
+        torch.testing.assert_close(got, ref[:, :, -W:, :].float(), **tolerance(device_dtype[1]))
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_capture_leaves_outputs_unchanged_and_holds_only_window_rows(arch):
-    plain = tiny_model(arch).model
+def test_capture_leaves_outputs_unchanged_and_holds_only_window_rows(arch, attn_kernel, device_dtype):
+    plain = on_device(tiny_model(arch).model, device_dtype, attn_kernel)
     wrapped = copy.deepcopy(plain)
-    ids = _ids(120)
+    ids = _ids(120).to(device_dtype[0])
     shapes = []
     with torch.no_grad():
         expected = plain(ids).logits
         with observe(wrapped, lambda m, q, k, mask, kw: shapes.append(window_probs(q, k, mask, kw, W).shape)):
             got = wrapped(ids).logits
-    assert wrapped.config._attn_implementation == PREFIX + "sdpa"
-    torch.testing.assert_close(got, expected)
+    assert wrapped.config._attn_implementation == PREFIX + attn_kernel
+    torch.testing.assert_close(got, expected)  # the same kernel runs: bit for bit
     assert all(s[-2] == W and s[-1] == 120 for s in shapes)  # W x N per head, never N x N
 
 

@@ -64,12 +64,13 @@ def test_real_smollm_full_and_specpc_on_needles(smollm):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not (env_dir() / ".draft-rag-ready").exists(),
-    reason="LongLLMLingua side env not created (python -m draft_rag.bench.llmlingua)",
-)
 def test_real_llmlingua_worker_compresses_and_ranks(tiny_dir):
-    from conftest import tiny_tokenizer
+    from conftest import needs_setup, tiny_tokenizer
+
+    ready = (env_dir() / ".draft-rag-ready").exists()
+    needs_setup(
+        "llmlingua", ready, "build its side env with `python -m draft_rag.bench.llmlingua` (setup.sh --test does)"
+    )
 
     from draft_rag.bench.llmlingua import LLMLinguaClient
 

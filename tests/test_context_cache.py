@@ -5,11 +5,12 @@ from __future__ import annotations
 import threading
 
 import pytest
+import torch
 from conftest import needle_prompt, tiny_model
 from test_blocks import CFG as BLOCK_CFG
 from test_blocks import real_text, short_window_model
 
-from draft_rag import DraftEngine, SpecPCConfig
+from draft_rag import DraftEngine, SpecPCConfig, speckv
 from draft_rag.context_cache import ContextCache
 
 CFG = SpecPCConfig(starting_layer_index=0, window_size=8, kernel_size=8, neighbor_tokens=8)
@@ -134,12 +135,33 @@ def test_the_adapters_size_their_engines_cache():
         ChatDraftCompressed(target=tiny, context_cache_mb=-1)
 
 
-def test_speckv_lookahead_reuses_the_context_and_answers_as_a_cold_run():
+@pytest.fixture
+def kept_kv(monkeypatch):
+    """The KV positions each SpecKV prefill keeps, per layer (``[batch, kv_head, kept]``; None: layer kept whole)."""
+    calls, real = [], speckv.compressed_prefill
+
+    def spy(*args, **kwargs):
+        prefilled, stats = real(*args, **kwargs)
+        calls.append([None if t is None else t.clone() for t in stats.kept])
+        return prefilled, stats
+
+    monkeypatch.setattr(speckv, "compressed_prefill", spy)
+    return calls
+
+
+def same_kept(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(
+        (x is None and y is None) or (x is not None and y is not None and torch.equal(x, y)) for x, y in zip(a, b)
+    )
+
+
+def test_speckv_lookahead_reuses_the_context_and_answers_as_a_cold_run(kept_kv):
     """Plain SpecKV drafts its lookahead over the prompt: a follow-up question, and a SpecKV call after SpecPC read
-    the same context, take the context's draft KV from the cache and generate what a cold engine generates."""
+    the same context, take the context's draft KV from the cache, keep the same KV positions per layer and head and
+    generate what a cold engine generates."""
     text, question, _ = needle_prompt(60)
     tiny = tiny_model("llama")
-    run = dict(method="speckv", budget=24, max_new_tokens=3, lookahead_tokens=4)
+    run = dict(method="speckv", budget=24, max_new_tokens=8, lookahead_tokens=4)
     warm = DraftEngine(tiny, specpc=CFG, context_cache_mb=64)
     first = warm.generate(text, question=question, **run)
     assert first.stats.draft_cached_tokens == 0 and first.stats.lookahead_tokens == 4
@@ -148,7 +170,10 @@ def test_speckv_lookahead_reuses_the_context_and_answers_as_a_cold_run():
         cold = DraftEngine(tiny, specpc=CFG, context_cache_mb=64).generate(text, question=q, **run)
         assert follow.stats.draft_cached_tokens > 0.8 * follow.stats.original_tokens
         assert follow.text == cold.text and cold.stats.draft_cached_tokens == 0
-        assert follow.stats.kv_bytes == cold.stats.kv_bytes
+        assert follow.stats.new_tokens == cold.stats.new_tokens > 1
+        follow_kept, cold_kept = kept_kv[-2:]
+        assert any(k is not None for k in cold_kept)  # the budget binds: positions were chosen
+        assert same_kept(follow_kept, cold_kept)
     shared = DraftEngine(tiny, specpc=CFG, context_cache_mb=64)
     shared.generate(text, question=question, method="specpc", budget=80, max_new_tokens=1)
     assert shared.generate(text, question=question, **run).stats.draft_cached_tokens > 0

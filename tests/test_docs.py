@@ -314,3 +314,29 @@ def test_development_lists_every_script():
     assert sorted(p.name for p in (ROOT / "scripts").iterdir() if p.suffix in (".py", ".sh")) == sorted(
         n for n in listed if (ROOT / "scripts" / n).exists()
     )
+
+
+def test_llama_cpp_table_is_its_committed_output():
+    """docs/serving.md's proxy-against-direct table is scripts/llama_cpp_proxy.py's table of its committed output."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from llama_cpp_proxy import table
+
+    out = json.loads((ROOT / "docs/bench/llama_cpp_proxy.json").read_text())
+    rows = table(out["summary"]).splitlines()
+    assert len(rows) == 6 and all(row in _read("docs/serving.md").splitlines() for row in rows)
+    direct, proxy = out["summary"][2:]  # ~8k: the proxy's upstream read a quarter of the tokens, and answered first
+    assert (
+        proxy["upstream_prompt_tokens"] < 0.3 * direct["upstream_prompt_tokens"] and proxy["ttft_s"] < direct["ttft_s"]
+    )
+
+
+def test_llama_cpp_load_row_is_its_committed_output():
+    out = json.loads((ROOT / "docs/bench/serve_load_llama_cpp.json").read_text())
+    row = next(line for line in _read("docs/serving.md").splitlines() if line.startswith(f"| {out['requests']} | "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    keys = ("requests", "answered", "refused_429", "refused_503", "lost", "median_kept_share", "median_engine_s")
+    assert cells[:7] == [str(out[k]) for k in keys]
+    assert cells[7:9] == [" / ".join(str(out[k][p]) for p in ("p50", "p90", "p99")) for k in ("ttft_s", "latency_s")]
+    assert out["lost"] == 0 and out["proxy"]["upstream"].startswith("llama.cpp") and cells[9] == "0"

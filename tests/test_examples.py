@@ -64,7 +64,7 @@ def _serve(tmp_path: Path, *args: str):
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(url + "/health", timeout=1).status_code == 200:
                     break
-            time.sleep(0.5)
+            time.sleep(0.5)  # polling another process for readiness
         yield url + "/v1"
     finally:
         proc.send_signal(signal.SIGTERM)

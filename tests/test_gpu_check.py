@@ -1,12 +1,12 @@
 """scripts/gpu_check.py's logic on CPU with tiny models: every step runs, failures and skips become rows."""
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config, tiny_tokenizer
 
 from draft_rag.bench import cost
 
@@ -20,19 +20,6 @@ def gpu_check():
     sys.modules["gpu_check"] = module
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(scope="module")
-def deep_dir(tmp_path_factory) -> str:
-    """A tiny Llama deep enough for SpecPC's default starting layer (8), saved as a local folder."""
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(tiny_config("llama", num_hidden_layers=9), dtype=torch.float32)
-    path = tmp_path_factory.mktemp("deep-llama")
-    model.save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return str(path)
 
 
 def test_every_step_on_cpu(gpu_check, deep_dir, tmp_path, monkeypatch):
@@ -55,6 +42,15 @@ def test_every_step_on_cpu(gpu_check, deep_dir, tmp_path, monkeypatch):
     assert "| device_map | auto | ok |" in text and "| cost | tiny 700 | ok |" in text
     assert "| tiny | 695 | full +sparse |" in text and "attention share (dense)" in text  # the cost tables
     assert f"**{Path(deep_dir).name}->{Path(deep_dir).name}**, 400 tokens" in text  # the pair's RULER summary
+    numbers = {r["case"]: r for r in json.loads(out.with_suffix(".json").read_text())["rows"] if r["step"] == "numbers"}
+    assert len(numbers) == 9  # {cpu fp32, cuda fp32, cuda bf16} x {eager, sdpa, flash}
+    sdpa = numbers["cpu float32 sdpa"]["numbers"]
+    assert 0 < sdpa["capture_vs_own_eager_max_abs"] < 1e-4 and sdpa["kept_overlap_vs_cpu_fp32_eager"] > 0.9
+    assert sdpa["sparse_every_key_vs_dense_max_abs"] < 1e-3 and sdpa["sparse_layers"] == 9
+    assert numbers["cpu float32 eager"]["numbers"]["capture_vs_own_eager_max_abs"] == 0  # the same kernel
+    if not torch.cuda.is_available():
+        assert numbers["cuda bfloat16 sdpa"]["note"] == "not run: no CUDA device (torch.cuda.is_available() is False)"
+    assert numbers["cpu float32 flash_attention_2"]["note"] == "not run: flash-attention-2 runs only on CUDA"
 
 
 def test_a_failing_step_is_a_row_not_a_crash(gpu_check, tmp_path):

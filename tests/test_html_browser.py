@@ -1,6 +1,7 @@
 """The "what was kept" page in a real headless browser (Debian's chromium): screenshot pixels + DOM.
 
-Skipped when chromium is not installed (``apt-get install -y chromium``).
+Needs chromium (``scripts/setup.sh --test`` installs it): missing, these fail unless ``DRAFT_RAG_NO_CHROMIUM``
+says why they may skip.
 """
 
 from __future__ import annotations
@@ -13,12 +14,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import needs_setup
 
 from draft_rag.html import BAR_COLOUR, DROPPED_COLOUR, KEPT_COLOURS, PROTECTED_COLOUR, write_html
 from draft_rag.specpc import ChunkResult, CompressedPrompt
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium)")
+
+
+@pytest.fixture(autouse=True)
+def _chromium_installed():
+    needs_setup("chromium", CHROMIUM is not None, "`apt-get install -y chromium` (scripts/setup.sh --test does)")
+
+
 FLAGS = [
     "--headless",
     "--no-sandbox",

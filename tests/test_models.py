@@ -24,12 +24,16 @@ def test_loaded_models_and_pairs_pass_through():
     assert pair.model is lm.model and pair.tokenizer is lm.tokenizer
 
 
-def test_cuda_is_never_assumed():
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
-    assert models.default_device() == "cpu"
-    with pytest.raises(ValueError, match="CUDA is not available"):
-        load_model("anything", device="cuda")
+def test_cuda_is_used_where_it_exists_and_never_assumed(tiny_dir):
+    if not torch.cuda.is_available():
+        assert models.default_device() == "cpu"
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            load_model("anything", device="cuda")
+        return
+    assert models.default_device() == "cuda"
+    lm = load_model(tiny_dir)  # the defaults on a GPU: CUDA, bf16
+    param = next(lm.model.parameters())
+    assert param.is_cuda and param.dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize(

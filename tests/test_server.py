@@ -174,35 +174,27 @@ def test_llama_index_openai_like(local):
     )
 
 
-def test_access_log_has_counts_not_text(client, caplog):
+def test_access_log_has_counts_not_text(client, caplog, access_log):
     with caplog.at_level(logging.INFO, logger="draft_rag.access"):
         client.chat.completions.create(model="m", messages=LONG, max_tokens=4)
-        time.sleep(0.05)
-    records = [json.loads(r.getMessage()) for r in caplog.records if r.name == "draft_rag.access"]
-    rec = records[-1]
+        rec = access_log.wait()[-1]
     assert rec["path"] == "/v1/chat/completions" and rec["status"] == 200 and rec["completion_tokens"] == 4
     assert rec["prompt_tokens"] > 0 and rec["ms"] > 0 and rec["finished"] is True
     assert not any("sky" in r.getMessage() for r in caplog.records)
 
 
-def test_disconnect_cancels_generation_and_frees_engine(caplog):
+def test_disconnect_cancels_generation_and_frees_engine(access_log):
     engine = tiny_engine()
-    with (
-        serving(create_app(engine, ServeConfig(max_tokens=4000, max_queue=0))) as (url, _),
-        caplog.at_level(logging.INFO, logger="draft_rag.access"),
-    ):
+    with serving(create_app(engine, ServeConfig(max_tokens=4000, max_queue=0))) as (url, _):
         c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
         stream = c.chat.completions.create(model="m", messages=LONG, max_tokens=3000, stream=True)
         next(iter(stream)), next(iter(stream))
         with pytest.raises(openai.RateLimitError):  # the one engine slot is taken, no queue
             c.chat.completions.create(model="m", messages=LONG, max_tokens=4)
         stream.close()
-        deadline = time.time() + 10
-        while httpx.get(url + "/health").json()["queued"] and time.time() < deadline:
-            time.sleep(0.02)
-        assert not engine._lock.locked()
+        logged = access_log.wait(lambda lines: any(r.get("finished") is False for r in lines))  # slot freed by then
+        assert httpx.get(url + "/health").json()["queued"] == 0 and not engine._lock.locked()
         assert c.chat.completions.create(model="m", messages=LONG, max_tokens=4).usage.completion_tokens == 4
-    logged = [json.loads(r.getMessage()) for r in caplog.records if r.name == "draft_rag.access"]
     cut = [r for r in logged if r.get("finished") is False]
     assert len(cut) == 1 and cut[0]["completion_tokens"] < 3000
 
@@ -234,6 +226,7 @@ def test_graceful_shutdown_finishes_the_stream_in_flight():
 
 
 def _refused(url: str, seconds: float = 3.0) -> bool:
+    """Whether connections to ``url`` are refused within ``seconds``: polled, as only the socket can tell."""
     deadline = time.time() + seconds
     while time.time() < deadline:
         try:
@@ -244,7 +237,7 @@ def _refused(url: str, seconds: float = 3.0) -> bool:
     return False
 
 
-def test_proxy_compresses_in_front_of_an_openai_server(caplog):
+def test_proxy_compresses_in_front_of_an_openai_server(access_log):
     """A proxy (compression-only engine) in front of a second local instance standing in for vLLM."""
     upstream_engine = tiny_engine()
     upstream_app = create_app(upstream_engine, ServeConfig(api_key="upstream-key", method="full", model_name="vllm"))
@@ -289,17 +282,44 @@ def test_proxy_compresses_in_front_of_an_openai_server(caplog):
             with pytest.raises(openai.BadRequestError) as err:  # the upstream's 400 comes back as is
                 c.chat.completions.create(model="vllm", messages=LONG, max_tokens=4, n=2)
             assert err.value.body["param"] == "n"
-            with caplog.at_level(logging.INFO, logger="draft_rag.access"):  # a client that goes away stops vLLM too
-                stream = c.chat.completions.create(model="vllm", messages=LONG, max_tokens=2000, stream=True)
-                next(iter(stream))
-                stream.close()
-                deadline = time.time() + 10
-                while httpx.get(up + "/health").json()["queued"] and time.time() < deadline:
-                    time.sleep(0.02)
-            assert not upstream_engine._lock.locked()
-    cut = [json.loads(r.getMessage()) for r in caplog.records if r.name == "draft_rag.access"]
+            stream = c.chat.completions.create(model="vllm", messages=LONG, max_tokens=2000, stream=True)
+            next(iter(stream))  # a client that goes away stops vLLM too
+            stream.close()
+            cut = access_log.wait(lambda lines: any(r.get("finished") is False for r in lines))
+            assert httpx.get(up + "/health").json()["queued"] == 0 and not upstream_engine._lock.locked()
     cut = [r for r in cut if r.get("mode") == "local" and r.get("finished") is False]
     assert len(cut) == 1 and cut[0]["completion_tokens"] < 2000
+
+
+def test_proxy_passes_upstream_headers_but_not_hop_by_hop(access_log):
+    """Every upstream header comes back (repeats too) except hop-by-hop ones and those its Connection names."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    sent = [("x-upstream", "1"), ("set-cookie", "a=1"), ("set-cookie", "b=2"), ("keep-alive", "timeout=5")]
+    sent += [("x-conn-only", "1"), ("connection", "x-conn-only"), ("x-request-id", "up-123")]
+    stub = FastAPI()
+
+    @stub.post("/v1/chat/completions")
+    async def chat(body: dict):
+        if body.get("stream"):
+            out = StreamingResponse(iter([b"data: {}\n\n", b"data: [DONE]\n\n"]), media_type="text/event-stream")
+        else:
+            out = JSONResponse({"choices": []})
+        out.raw_headers.extend((k.encode(), v.encode()) for k, v in sent)
+        return out
+
+    with serving(stub) as (up, _):
+        proxy = create_app(tiny_engine(target=False), ServeConfig(upstream=up + "/v1", method="full"))
+        with serving(proxy) as (url, _):
+            for stream in (False, True):
+                r = httpx.post(url + "/v1/chat/completions", json={"messages": LONG, "stream": stream})
+                assert r.status_code == 200 and r.headers["x-upstream"] == "1"
+                assert r.headers.get_list("set-cookie") == ["a=1", "b=2"]
+                assert "keep-alive" not in r.headers and "x-conn-only" not in r.headers
+                assert r.headers.get_list("x-request-id") == ["up-123"] and "x-draft-rag-stats" in r.headers
+    logged = access_log.wait(lambda lines: len(lines) == 2)
+    assert [r["request_id"] for r in logged] == ["up-123", "up-123"]  # the upstream's id, in the proxy's log too
 
 
 def test_proxy_upstream_down_is_502():
@@ -394,7 +414,7 @@ def test_cli_serve_starts_answers_and_stops_on_sigterm(tiny_dir):
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(url + "/health", timeout=1).status_code == 200:
                     break
-            time.sleep(0.2)
+            time.sleep(0.2)  # polling another process for readiness
         assert httpx.post(url + "/v1/completions", json={"prompt": "hi"}).status_code == 401
         c = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
         r = c.chat.completions.create(model="m", messages=LONG, max_tokens=4)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import socket
 import threading
 import time
@@ -139,19 +138,14 @@ def test_a_failure_at_any_stage_frees_the_slot(client, engine, monkeypatch, stag
     healthy(client, engine)
 
 
-def test_a_500_leaves_the_connection_usable_and_is_logged_with_its_bytes(engine, monkeypatch, caplog):
+def test_a_500_leaves_the_connection_usable_and_is_logged_with_its_bytes(engine, monkeypatch, access_log):
     app = create_app(engine, ServeConfig(max_tokens=8))
-    with (
-        serving(app) as (url, _),
-        httpx.Client(base_url=url) as http,
-        caplog.at_level(logging.INFO, "draft_rag.access"),
-    ):
+    with serving(app) as (url, _), httpx.Client(base_url=url) as http:
         monkeypatch.setattr(engine, "stream", Failing(engine, "prefill"))
         assert http.post("/v1/chat/completions", json=GOOD).status_code == 500
         monkeypatch.undo()
         assert http.post("/v1/chat/completions", json=GOOD).status_code == 200  # same keep-alive connection
-        time.sleep(0.05)
-    logged = [json.loads(r.getMessage()) for r in caplog.records if r.name == "draft_rag.access"]
+        logged = access_log.wait(lambda lines: len(lines) == 2)
     assert logged[0]["status"] == 500 and logged[0]["bytes_out"] > 0
 
 
@@ -166,13 +160,11 @@ def busy(engine, **cfg):
         yield url
 
 
-def test_queued_client_that_gives_up_leaves_at_once(engine):
+def test_queued_client_that_gives_up_leaves_at_once(engine, access_log):
     with busy(engine, max_queue=2, queue_timeout=60) as url:
         with pytest.raises(httpx.ReadTimeout):  # waits behind the stream, then gives up
             httpx.post(url + "/v1/chat/completions", json=GOOD, timeout=0.5)
-        deadline = time.time() + 5
-        while httpx.get(url + "/health").json()["queued"] != 1 and time.time() < deadline:
-            time.sleep(0.05)
+        access_log.wait(seconds=5)  # its line is written once it has left the queue
         assert httpx.get(url + "/health").json()["queued"] == 1  # only the stream, long before 60 s
 
 
@@ -183,23 +175,17 @@ def test_busy_answers_carry_retry_after(engine, max_queue, status):
         assert r.status_code == status and r.headers["retry-after"] == "1"
 
 
-def test_disconnected_stream_logs_the_tokens_it_sent(engine, caplog):
-    with (
-        serving(create_app(engine, ServeConfig(max_tokens=4000))) as (url, _),
-        caplog.at_level(logging.INFO, "draft_rag.access"),
-    ):
+def test_disconnected_stream_logs_the_tokens_it_sent(engine, access_log):
+    with serving(create_app(engine, ServeConfig(max_tokens=4000))) as (url, _):
         with httpx.stream(
             "POST", url + "/v1/chat/completions", json={**GOOD, "max_tokens": 3000, "stream": True}, timeout=30
         ) as r:
             lines = r.iter_lines()
             for _ in range(6):
                 next(lines)
-        deadline = time.time() + 10
-        while httpx.get(url + "/health").json()["queued"] and time.time() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.05)
-    cut = [json.loads(r.getMessage()) for r in caplog.records if r.name == "draft_rag.access"]
-    cut = [r for r in cut if r.get("finished") is False]
+        logged = access_log.wait(lambda lines: any(r.get("finished") is False for r in lines))
+        assert httpx.get(url + "/health").json()["queued"] == 0  # the slot is freed before the line is written
+    cut = [r for r in logged if r.get("finished") is False]
     assert len(cut) == 1 and 3 <= cut[0]["completion_tokens"] < 3000
 
 

@@ -6,7 +6,7 @@ import functools
 
 import pytest
 import torch
-from conftest import ARCHS, needle_prompt, tiny_config, tiny_model, tiny_tokenizer
+from conftest import ARCHS, needle_prompt, on_device, tiny_config, tiny_model, tiny_tokenizer
 from transformers import AutoModelForCausalLM, DynamicCache
 
 from draft_rag import DraftEngine, SpecPCConfig
@@ -37,10 +37,10 @@ def _greedy(lm, ids, n=12, prefill=None):
     return "".join(stream(lm.model, lm.tokenizer, ids, s, **kw))
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_cache_holds_budget_per_layer_and_kv_head(arch, attn):
-    lm = tiny_model(arch, attn)
+def test_cache_holds_budget_per_layer_and_kv_head(arch, attn_kernel, device_dtype):
+    tiny = tiny_model(arch)
+    lm = LoadedModel(on_device(tiny.model, device_dtype, attn_kernel), tiny.tokenizer, tiny.name)
     ids = _ids(lm)
     state, kv = compressed_prefill(lm.model, ids, _look(lm), 40, SCORE, window=8, horizon=16)
     cfg = lm.model.config

@@ -87,13 +87,13 @@ class AccessLog:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        t0, rid, seen = time.perf_counter(), uuid.uuid4().hex[:16], {"status": 0, "bytes": 0}
+        t0, seen = time.perf_counter(), {"status": 0, "bytes": 0, "rid": uuid.uuid4().hex[:16]}
         scope.setdefault("state", {})
 
         async def send_logged(message):
             if message["type"] == "http.response.start":
                 seen["status"] = message["status"]
-                message["headers"] = list(message.get("headers", [])) + [(b"x-request-id", rid.encode())]
+                message["headers"] = with_request_id(list(message.get("headers", [])), seen)
             elif message["type"] == "http.response.body":
                 seen["bytes"] += len(message.get("body", b""))
             await send(message)
@@ -101,13 +101,13 @@ class AccessLog:
         try:
             await self.app(scope, receive, send_logged)
         except Exception:  # noqa: BLE001 - the last line of defence: log it, answer 500, keep the server up
-            logger.exception("request %s failed", rid)
+            logger.exception("request %s failed", seen["rid"])
             if not seen["status"]:
                 await ApiError(500, "internal server error").response()(scope, receive, send_logged)
         finally:
             client = scope.get("client") or ("", 0)
             record = {
-                "request_id": rid,
+                "request_id": seen["rid"],
                 "client": client[0],
                 "method": scope["method"],
                 "path": scope["path"],
@@ -117,6 +117,15 @@ class AccessLog:
                 **scope["state"].get("access", {}),
             }
             access_log.info(json.dumps(record))
+
+
+def with_request_id(headers: list, seen: dict) -> list:
+    """``headers`` with one ``x-request-id``: a proxied upstream's own (then logged as the request's id) or ours."""
+    theirs = [v for k, v in headers if k.lower() == b"x-request-id"]
+    if theirs:
+        seen["rid"] = theirs[0].decode("latin-1")
+        return headers
+    return headers + [(b"x-request-id", seen["rid"].encode())]
 
 
 async def authorize(request: Request) -> None:

@@ -1,7 +1,8 @@
 """Proxy mode: SpecPC on each chat request's retrieved context, then an OpenAI-compatible upstream answers.
 
-The upstream's answer comes back unchanged (JSON answers get ``draft_rag`` stats added). Its failures are named
-by host only, never by URL, so credentials in ``upstream`` never reach a client.
+The upstream's answer comes back unchanged (JSON answers get ``draft_rag`` stats added), with its headers less the
+hop-by-hop ones. Its failures are named by host only, never by URL, so credentials in ``upstream`` never reach a
+client.
 """
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ from .schema import ChatRequest, CompletionRequest, parse, read_json
 
 PROXY_METHODS = methods.REMOTE_NAMES  # a remote target reads text: KV methods need a local one
 STATS_HEADER = "x-draft-rag-stats"
+# RFC 9110 7.6.1: headers for one connection only, never forwarded
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te", "trailer"}
+    | {"transfer-encoding", "upgrade"}
+)
+# set by this server for the body it sends (httpx has decoded any content-encoding) and its own connection
+OWN_HEADERS = frozenset({"content-length", "content-encoding", "content-type", "date", "server", STATS_HEADER})
 router = APIRouter()
 
 
@@ -93,13 +101,13 @@ async def forward(request: Request, path: str, body: dict | None, stats: dict):
     except httpx.HTTPError as exc:
         raise upstream_error(exc, host) from None
     headers = {STATS_HEADER: json.dumps(stats, separators=(",", ":"))} if stats else {}
-    if "retry-after" in resp.headers:
-        headers["retry-after"] = resp.headers["retry-after"]
     media = resp.headers.get("content-type", "application/json")
     if media.startswith("text/event-stream"):
-        return ClosingStream(
+        out = ClosingStream(
             relay(resp, host), on_close=resp.aclose, status_code=resp.status_code, media_type=media, headers=headers
         )
+        out.raw_headers.extend(passed_headers(resp.headers))
+        return out
     try:
         content = await resp.aread()
     except httpx.HTTPError as exc:
@@ -113,7 +121,17 @@ async def forward(request: Request, path: str, body: dict | None, stats: dict):
             data = None
         if isinstance(data, dict):
             content = json.dumps({**data, "draft_rag": stats}).encode()
-    return Response(content, status_code=resp.status_code, media_type=media, headers=headers)
+    out = Response(content, status_code=resp.status_code, media_type=media, headers=headers)
+    out.raw_headers.extend(passed_headers(resp.headers))
+    return out
+
+
+def passed_headers(headers: httpx.Headers) -> list[tuple[bytes, bytes]]:
+    """The upstream's headers to send on (repeats kept): all but hop-by-hop ones, those its ``Connection`` names,
+    and those this server sets itself."""
+    named = {h.strip().lower() for h in headers.get("connection", "").split(",")}
+    drop = HOP_BY_HOP | OWN_HEADERS | named
+    return [(k, v) for k, v in headers.raw if k.decode("latin-1").lower() not in drop]
 
 
 async def relay(resp: httpx.Response, host: str):
