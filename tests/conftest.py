@@ -283,11 +283,18 @@ def serving(app, shutdown_timeout: float = 5, **config):
 
     class Server(uvicorn.Server):
         ready = threading.Event()
+        closed = threading.Event()  # set once the listening sockets are closed (shutdown's first step)
 
         async def startup(self, sockets=None):
             await super().startup(sockets=sockets)
             if self.started:
                 self.ready.set()
+
+        async def shutdown(self, sockets=None):
+            for listening in self.servers:
+                listening.close()
+            self.closed.set()
+            await super().shutdown(sockets=sockets)
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
