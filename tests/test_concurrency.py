@@ -28,8 +28,8 @@ def _requests(n: int = 32):
 async def test_32_concurrent_requests_finish_or_cancel_cleanly():
     from langchain_core.messages import HumanMessage
 
+    from draft_rag.engine import shared_engine
     from langchain_draft_rag import ChatDraftCompressed
-    from langchain_draft_rag._common import shared_engine
     from llama_index.llms.draft_rag import DraftCompressedLLM
 
     tiny = tiny_model("llama")

@@ -1,5 +1,7 @@
 """Vertical-slash sparse prefill: the pattern it computes, exactness with every column, and the engine paths."""
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import on_device, tiny_model
@@ -183,13 +185,15 @@ def test_engine_default_and_the_paper_threshold(engine):
 
 
 def _recording(engine, monkeypatch) -> list[dict]:
-    """The keyword arguments of every ``engine.stream`` call from now on; ``sparse_prefill=True`` means a config
-    that is sparse from 64 tokens (the default starts above the tiny model's 4,096 positions)."""
+    """The settings of every ``engine.stream`` call from now on (its keyword arguments over its ``options``'
+    fields); ``sparse_prefill=True`` means a config that is sparse from 64 tokens (the default starts above the tiny
+    model's 4,096 positions)."""
     calls, stream, parse = [], engine.stream, SparsePrefillConfig.parse
     small = SparsePrefillConfig(prefill_vertical_size=16, prefill_window_size=16, query_block=16, min_tokens=64)
 
     def record(*args, **kwargs):
-        calls.append(kwargs)
+        options = kwargs.get("options")
+        calls.append({**(dataclasses.asdict(options) if options else {}), **kwargs})
         return stream(*args, **kwargs)
 
     monkeypatch.setattr(engine, "stream", record)
