@@ -16,7 +16,7 @@ from typing import Any
 from . import messages as chat
 from . import methods
 from .blocks import block_size_for, score_blocks
-from .budgets import auto_config, capped, fit_budget, specpc_for
+from .budgets import specpc_for
 from .builtins import DEFAULT_MODEL
 from .chunk_cache import ChunkCache
 from .config import Budget, SparsePrefillConfig, SpecKVConfig, SpecPCConfig, check_int
@@ -26,7 +26,7 @@ from .inputs import INPUT_NAMES, ChatInput, PromptInput, from_call
 from .models import LoadedModel, context_window, load_model, load_options
 from .options import GenerationOptions, Plan
 from .payoff import Costs
-from .pipeline import Prepared, compress_conversation, prepare, run_specpc, without_reread
+from .pipeline import Drafted, Prepared, compress_conversation, compress_prompt, prepare
 from .prompt import has_chat_template, tokenize, wrap
 from .scoring import chunk_scores
 from .selection import PrunedChunks, prune_chunks
@@ -156,18 +156,8 @@ class DraftEngine:
             prompt = PromptInput(prompt, chunks, instruction, question, answer_prefix)
         elif any(v is not None for v in (chunks, instruction, question, answer_prefix)):
             raise ValueError("give the parts inside the PromptInput, or a prompt string with chunks/question/...")
-        request, parsed = prompt, Budget.parse(budget, ratio)
-        cfg, why = specpc_for(self.specpc, parsed), ""
-        if parsed.adaptive and (context_window or self.target_window):
-            cfg = capped(cfg, fit_budget(self, request.segments, template, context_window, 0))
         with self._lock:
-            if parsed.auto:
-                cfg, why = auto_config(self, cfg, request.segments, template, context_window, 0)
-            result = run_specpc(self, request.draft_segments(), request.chunk_list, cfg, template,
-                                self.target.tokenizer if self.target else None)  # fmt: skip
-        result = without_reread(result, request, self)
-        result.left_whole = why
-        return result
+            return compress_prompt(self, prompt, Budget.parse(budget, ratio), template, context_window)
 
     def score_chunks(
         self,
@@ -245,11 +235,21 @@ class DraftEngine:
         return prune_chunks(self, chunks, question, **settings)
 
     # -- generation ----------------------------------------------------------------------------
-    def prepare(self, request: PromptInput | ChatInput, plan: Plan, stats: GenerationStats | None = None) -> Prepared:
-        """The target's prompt ids, its prefill and SpecPC's result for one request (``pipeline.prepare``), under
-        the engine lock. For callers that decode themselves or time the stages (the bench)."""
+    def plan(self, options: GenerationOptions | None = None, **kwargs) -> Plan:
+        """``options`` (keywords of its field names override it) resolved against this engine's method, template
+        and sparse prefill: what ``prepare`` takes."""
+        options = (options or GenerationOptions()).replace(**kwargs)
+        return Plan.of(options, self.method, self._template(), self.sparse_prefill)
+
+    def prepare(self, request: PromptInput | ChatInput, plan: Plan, stats: GenerationStats | None = None,
+                drafted: Drafted | None = None) -> Prepared:  # fmt: skip
+        """One request's draft stage, under the engine lock: the target's prompt ids, its prefill (call
+        ``prefill(engine.target.model, ids)``), SpecPC's result and what the draft produced (``pipeline.prepare``;
+        ``plan``: ``engine.plan(...)``). ``drafted``: a ``Prepared.drafted`` from another engine with the same
+        draft, for the same request and plan, reused instead of running the draft. For callers that decode
+        themselves or time the stages (the cost bench)."""
         with self._lock:
-            return prepare(self, request, plan, stats)
+            return prepare(self, request, plan, stats, drafted)
 
     def target_ids(self, request: PromptInput, template: str | None = None) -> list[int]:
         """A prompt's token ids in the target's template, uncompressed."""
@@ -279,8 +279,7 @@ class DraftEngine:
         if self.target is None:
             raise ValueError("this engine has no target model: pass target=... to DraftEngine to generate")
         parts = {k: kwargs.pop(k) for k in INPUT_NAMES if k in kwargs}
-        plan = Plan.of((options or GenerationOptions()).replace(**kwargs), self.method, self._template(),
-                       self.sparse_prefill)  # fmt: skip
+        plan = self.plan(options, **kwargs)
         if isinstance(prompt, (PromptInput, ChatInput)):
             if parts:
                 raise ValueError(f"give the parts inside the {type(prompt).__name__}, not also {sorted(parts)}")

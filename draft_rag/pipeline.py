@@ -25,10 +25,9 @@ from .budgets import (
     is_adaptive,
     lookahead_count,
     request_specpc,
+    specpc_for,
 )
-from .config import (
-    SpecPCConfig,
-)
+from .config import Budget, SpecPCConfig
 from .generation import Prefill, eos_ids
 from .inputs import ChatInput, PromptInput
 from .options import Plan
@@ -41,22 +40,44 @@ from .stats import CompressionStats, GenerationStats, MessageStats
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Drafted:
+    """What the draft produced for one request under one plan: SpecPC's result (a ``CompressedPrompt``, or
+    ``CompressedMessages`` for a conversation), the lookahead it drafted apart (draft token ids) and its seconds.
+    ``prepare(..., drafted=)`` reuses it to prepare the same request for another target with the same draft."""
+
+    method: str
+    draft: object  # the draft model that produced it
+    shortened: CompressedPrompt | chat.CompressedMessages | None = None
+    lookahead: tuple[int, ...] = ()
+    lookahead_seconds: float = 0.0
+
+
 @dataclass
 class Prepared:
-    """A request ready to decode: the target's prompt ids, its prefill, SpecPC's result and the stats so far."""
+    """A request ready to decode: the target's prompt ids, its prefill, SpecPC's result, the stats so far and
+    what the draft produced (``drafted``)."""
 
     ids: list[int]
     prefill: Prefill
     compressed: CompressedPrompt | None
     stats: GenerationStats
+    drafted: Drafted
 
 
 def prepare(
-    engine: EngineState, request: PromptInput | ChatInput, plan: Plan, stats: GenerationStats | None = None
+    engine: EngineState,
+    request: PromptInput | ChatInput,
+    plan: Plan,
+    stats: GenerationStats | None = None,
+    drafted: Drafted | None = None,
 ) -> Prepared:
     """Compress (SpecPC methods), tokenise for the target, and plan the prefill (KV methods evict); ``stats``
-    (a new one by default) is filled as the steps run. Call with the engine lock held."""
+    (a new one by default) is filled as the steps run. ``drafted``: another ``Prepared``'s ``drafted`` for the same
+    request and plan with the same draft, reused instead of running the draft again (the stats read as if it ran).
+    Call with the engine lock held."""
     method, sampling = plan.method, plan.sampling
+    _check_drafted(engine, plan, drafted)
     kind = _PromptText if isinstance(request, PromptInput) else _Conversation
     text = kind(engine, request, plan)
     stats = stats if stats is not None else GenerationStats(method.name)
@@ -68,14 +89,29 @@ def prepare(
     compressed = None
     n_look = lookahead_count(engine, plan) if method.drafts_lookahead else 0
     if method.shortens_prompt:
-        compressed = text.compress(request_specpc(engine, plan, n_look), stats)
+        reuse = drafted.shortened if drafted else None
+        compressed = text.compress(request_specpc(engine, plan, n_look), stats, reuse)
         ids = text.target_ids()
     prefill = functools.partial(_with_stats, functools.partial(speckv.plain_prefill_stats, sparse=plan.sparse), stats)
+    product = Drafted(method.name, engine.draft.model, text.shortened)
     if method.evicts_kv:
-        prefill = _kv_prefill(engine, plan, text, ids, compressed, n_look, stats)
+        prefill, product = _kv_prefill(engine, plan, text, ids, compressed, n_look, stats, drafted or product)
     check_fits(engine, len(ids), sampling.max_new_tokens, stats.lookahead_tokens)
     stats.prompt_tokens = len(ids)
-    return Prepared(ids, prefill, compressed, stats)
+    return Prepared(ids, prefill, compressed, stats, product)
+
+
+def _check_drafted(engine: EngineState, plan: Plan, drafted: Drafted | None) -> None:
+    """Refuse a ``drafted`` from another method or draft model."""
+    if drafted is None:
+        return
+    if not isinstance(drafted, Drafted):
+        raise TypeError(f"drafted must be a Prepared's .drafted (pipeline.Drafted), got {type(drafted).__name__}")
+    if drafted.method != plan.method.name or drafted.draft is not engine.draft.model:
+        raise ValueError(
+            f"drafted= came from method {drafted.method!r} with another draft model or method than this request's "
+            f"{plan.method.name!r}: reuse it only for the same request and plan on an engine with the same draft"
+        )
 
 
 def _ids_and_context_end(tokenizer, layout: list[Segment]) -> tuple[list[int], int]:
@@ -91,6 +127,7 @@ class _PromptText:
     def __init__(self, engine: EngineState, request: PromptInput, plan: Plan):
         self.engine, self.plan, self.system, self.request = engine, plan, request.system, request
         self.segments, self.chunks = request.segments, request.chunk_list
+        self.shortened: CompressedPrompt | None = None
 
     def target_ids(self) -> list[int]:
         target = self.engine.target.tokenizer
@@ -100,7 +137,18 @@ class _PromptText:
         draft = self.engine.draft.tokenizer
         return _ids_and_context_end(draft, wrap(self.segments, draft, self.plan.template, self.system))
 
-    def compress(self, cfg: SpecPCConfig, stats: GenerationStats) -> CompressedPrompt:
+    def compress(self, cfg: SpecPCConfig, stats: GenerationStats, reuse: CompressedPrompt | None = None):
+        """SpecPC on the context (``reuse``: its result from another target's preparation); the kept text
+        replaces it."""
+        shortened = reuse or self._draft(cfg, stats)
+        stats.draft_blocks, stats.draft_cached_tokens = shortened.draft_blocks, shortened.draft_cached_tokens
+        stats.unsupported = shortened.unsupported
+        stats.seconds.update(draft=shortened.seconds["draft"], select=shortened.seconds["select"])
+        self.segments = compressed_segments(shortened, self.segments)
+        self.shortened = shortened
+        return shortened
+
+    def _draft(self, cfg: SpecPCConfig, stats: GenerationStats) -> CompressedPrompt:
         engine, plan = self.engine, self.plan
         fit = (self.segments, plan.template, engine.target_window, plan.sampling.max_new_tokens, self.system)
         if fills_window(engine, plan):
@@ -110,12 +158,7 @@ class _PromptText:
         shortened = run_specpc(
             engine, self.request.draft_segments(), self.chunks, cfg, plan.template, engine.target.tokenizer
         )
-        shortened = without_reread(shortened, self.request, engine)
-        stats.draft_blocks, stats.draft_cached_tokens = shortened.draft_blocks, shortened.draft_cached_tokens
-        stats.unsupported = shortened.unsupported
-        stats.seconds.update(draft=shortened.seconds["draft"], select=shortened.seconds["select"])
-        self.segments = compressed_segments(shortened, self.segments)
-        return shortened
+        return without_reread(shortened, self.request, engine)
 
 
 class _Conversation:
@@ -125,6 +168,7 @@ class _Conversation:
         chat.check_text_only(request.messages, request.layout)
         self.engine, self.plan = engine, plan
         self.messages, self.layout = request.messages, request.layout
+        self.shortened: chat.CompressedMessages | None = None
 
     def target_ids(self) -> list[int]:
         target = self.engine.target.tokenizer
@@ -136,23 +180,24 @@ class _Conversation:
         segments = drop_lead(chat.render(self.messages, self.layout, draft, template), draft)
         return _ids_and_context_end(draft, wrap(segments, draft, "raw"))
 
-    def compress(self, cfg: SpecPCConfig, stats: GenerationStats) -> CompressedPrompt | None:
+    def compress(self, cfg: SpecPCConfig, stats: GenerationStats, reuse: chat.CompressedMessages | None = None):
+        """SpecPC on the retrieved context in the messages (``reuse``: its result from another target's
+        preparation); the compressed messages replace them."""
         engine, plan = self.engine, self.plan
-        window = engine.target_window
-        fits = fills_window(engine, plan) or is_adaptive(engine, plan)
-        fit = window - plan.sampling.max_new_tokens if window and fits else None
-        compressed_chat = compress_conversation(
-            engine, self.messages, self.layout, cfg, fit, auto=fills_window(engine, plan)
-        )
-        stats.compression = compressed_chat.stats
-        stats.left_whole = compressed_chat.stats.left_whole
-        stats.draft_blocks = compressed_chat.stats.draft_blocks or 0
-        stats.draft_cached_tokens = compressed_chat.stats.draft_cached_tokens or 0
-        stats.unsupported = compressed_chat.stats.unsupported or 0
-        stats.seconds.update(compressed_chat.stats.seconds)
-        self.messages = compressed_chat.messages
+        if reuse is None:
+            window = engine.target_window
+            fits = fills_window(engine, plan) or is_adaptive(engine, plan)
+            fit = window - plan.sampling.max_new_tokens if window and fits else None
+            reuse = compress_conversation(engine, self.messages, self.layout, cfg, fit, auto=fills_window(engine, plan))
+        compression = stats.compression = reuse.stats
+        stats.left_whole = compression.left_whole
+        stats.draft_blocks = compression.draft_blocks or 0
+        stats.draft_cached_tokens = compression.draft_cached_tokens or 0
+        stats.unsupported = compression.unsupported or 0
+        stats.seconds.update(compression.seconds)
+        self.messages, self.shortened = reuse.messages, reuse
         self.layout = chat.layout(self.messages)
-        return compressed_chat.compressed
+        return reuse.compressed
 
 
 def run_specpc(engine: EngineState, segments, chunks, cfg: SpecPCConfig, template: str, count_tokenizer=None):
@@ -162,6 +207,21 @@ def run_specpc(engine: EngineState, segments, chunks, cfg: SpecPCConfig, templat
     return compress(draft.model, draft.tokenizer, segments, chunks, cfg, template=template,
                     target_tokenizer=count_tokenizer, block_size=engine.block_size,
                     context_cache=engine.context_cache, chunk_cache=engine.chunk_cache)  # fmt: skip
+
+
+def compress_prompt(engine: EngineState, request: PromptInput, budget: Budget, template: str, window: int | None):
+    """SpecPC on a prompt at a call's ``budget`` (``DraftEngine.compress``): ``auto`` and ``adaptive`` fit ``window``
+    (default: the target's). Call with the engine lock held."""
+    cfg, why = specpc_for(engine.specpc, budget), ""
+    if budget.adaptive and (window or engine.target_window):
+        cfg = capped(cfg, fit_budget(engine, request.segments, template, window, 0))
+    if budget.auto:
+        cfg, why = auto_config(engine, cfg, request.segments, template, window, 0)
+    result = run_specpc(engine, request.draft_segments(), request.chunk_list, cfg, template,
+                        engine.target.tokenizer if engine.target else None)  # fmt: skip
+    result = without_reread(result, request, engine)
+    result.left_whole = why
+    return result
 
 
 def compress_conversation(
@@ -228,8 +288,10 @@ def _nothing_to_compress(engine: EngineState, messages, segments, cfg: SpecPCCon
     return chat.CompressedMessages([dict(m) for m in messages], stats, None)
 
 
-def _kv_prefill(engine: EngineState, plan: Plan, text, ids, compressed, n_look: int, stats: GenerationStats):
-    """The evicting prefill of a KV method: SpecKV's lookahead (SpecPC's, or drafted now) joins the window."""
+def _kv_prefill(engine: EngineState, plan: Plan, text, ids, compressed, n_look: int, stats: GenerationStats,
+                drafted: Drafted) -> tuple[Prefill, Drafted]:  # fmt: skip
+    """The evicting prefill of a KV method: SpecKV's lookahead (SpecPC's, ``drafted``'s, or drafted now) joins the
+    window; and what the draft produced, with that lookahead."""
     method = plan.method
     cfg = engine.speckv
     if not plan.budget.is_unset:
@@ -237,24 +299,15 @@ def _kv_prefill(engine: EngineState, plan: Plan, text, ids, compressed, n_look: 
     budget_n = cfg.budget_for(len(ids))
     look = list(compressed.lookahead_ids) if compressed is not None else []
     if method.drafts_lookahead and n_look and budget_n < len(ids):
-        draft = engine.draft
-        eos = eos_ids(draft.model, draft.tokenizer)
         if not look:  # SpecPC did not run the draft (prompt within its budget), or plain speckv
-            t0 = time.perf_counter()
-            draft_ids, context_end = text.draft_prompt()
-            if engine.draft_window and len(draft_ids) + n_look > engine.draft_window:
-                raise ValueError(
-                    f"{method}: the draft would read {len(draft_ids)} prompt tokens + {n_look} lookahead tokens, "
-                    f"more than its context window of {engine.draft_window}; use method='speckv-pc' (SpecPC "
-                    "shortens the prompt first) or a draft with a longer window"
-                )
-            # the context's KV up to SpecPC's window before its end is shared with SpecPC's passes and follow-ups
-            prefix = max(0, context_end - engine.specpc.for_draft(draft.model).window_size)
-            store = engine.context_cache
-            cache, start, stats.draft_cached_tokens = cached_prefix(draft.model, draft_ids, prefix, store)
-            look = speckv.draft_lookahead(draft.model, draft_ids, n_look, eos, cache=cache, start=start)
-            stats.seconds["draft"] = stats.seconds.get("draft", 0.0) + time.perf_counter() - t0
-        look = speckv.lookahead_for_target(draft.tokenizer, engine.target.tokenizer, look, eos)
+            if not drafted.lookahead:
+                drafted = _draft_lookahead(engine, method, text, n_look, drafted, stats)
+            look = list(drafted.lookahead)
+            stats.seconds["draft"] = stats.seconds.get("draft", 0.0) + drafted.lookahead_seconds
+        draft = engine.draft
+        look = speckv.lookahead_for_target(
+            draft.tokenizer, engine.target.tokenizer, look, eos_ids(draft.model, draft.tokenizer)
+        )
     else:
         look = []
     stats.lookahead_tokens = len(look)
@@ -267,7 +320,26 @@ def _kv_prefill(engine: EngineState, plan: Plan, text, ids, compressed, n_look: 
         horizon=plan.sampling.max_new_tokens,
         sparse=plan.sparse,
     )
-    return functools.partial(_with_stats, run, stats)
+    return functools.partial(_with_stats, run, stats), drafted
+
+
+def _draft_lookahead(engine: EngineState, method, text, n_look: int, drafted: Drafted, stats) -> Drafted:
+    """SpecKV's lookahead, drafted over the (compressed) prompt; ``drafted`` with it and its seconds."""
+    draft = engine.draft
+    t0 = time.perf_counter()
+    draft_ids, context_end = text.draft_prompt()
+    if engine.draft_window and len(draft_ids) + n_look > engine.draft_window:
+        raise ValueError(
+            f"{method}: the draft would read {len(draft_ids)} prompt tokens + {n_look} lookahead tokens, "
+            f"more than its context window of {engine.draft_window}; use method='speckv-pc' (SpecPC "
+            "shortens the prompt first) or a draft with a longer window"
+        )
+    # the context's KV up to SpecPC's window before its end is shared with SpecPC's passes and follow-ups
+    prefix = max(0, context_end - engine.specpc.for_draft(draft.model).window_size)
+    cache, start, stats.draft_cached_tokens = cached_prefix(draft.model, draft_ids, prefix, engine.context_cache)
+    eos = eos_ids(draft.model, draft.tokenizer)
+    look = speckv.draft_lookahead(draft.model, draft_ids, n_look, eos, cache=cache, start=start)
+    return dataclasses.replace(drafted, lookahead=tuple(look), lookahead_seconds=time.perf_counter() - t0)
 
 
 def without_reread(result: CompressedPrompt, request: PromptInput, engine: EngineState) -> CompressedPrompt:

@@ -30,7 +30,7 @@ from draft_rag.models import load_model
 def _prompt_ids(lm, length: int) -> list[int]:
     from draft_rag.prompt import tokenize, wrap
 
-    segments, _ = cost.prompt(lm.tokenizer, length)
+    segments = cost.prompt(lm.tokenizer, length).segments
     return tokenize(lm.tokenizer, wrap(segments, lm.tokenizer, "chat")).ids
 
 

@@ -78,14 +78,15 @@ def test_no_stage_records_autograd(monkeypatch):
     draft = tiny_model("llama")
     grad_on = []
     hook = draft.model.register_forward_pre_hook(lambda *_: grad_on.append(torch.is_grad_enabled()))
-    segments, chunks = cost.prompt(draft.tokenizer, 300)
+    request = cost.prompt(draft.tokenizer, 300)
     budgets = [cost.BudgetLevel(0.5, 32)]
     cfg = SpecPCConfig(starting_layer_index=1, window_size=8, kernel_size=5)
-    stages = cost.draft_stages(draft, segments, chunks, budgets, 3, cfg)
     target = cost.build_target("tiny", draft, 2)
+    reader, by_shape = cost.engines(draft, {"tiny": target}, cfg)
+    stages = cost.draft_stages(reader, request, budgets, 3)
     target.model.register_forward_pre_hook(lambda *_: grad_on.append(torch.is_grad_enabled()))
     for method, budget, _ in cost.cells_for(budgets):
-        cost.target_run(target, method, budget, segments, stages, 3)
+        cost.target_run(by_shape["tiny"], request, method, budget, stages, 3)
     hook.remove()
     assert grad_on and not any(grad_on)
 

@@ -49,6 +49,19 @@ def test_qa_is_scored_with_rulers_metric_in_the_results():
     assert all(c["budget"] is not None for c in cells if c["method"] == "speckv-pc")
 
 
+def test_cost_bench_through_the_engine_keeps_every_cell():
+    """RESULTS.md: the 2k cost cells before and after the bench ran through DraftEngine.prepare hold the same
+    target prompt tokens and KV bytes."""
+    folder = ROOT / "docs/bench/cost_engine_check"
+    before, after = (json.loads((folder / f).read_text())["rows"] for f in ("before.json", "after.json"))
+
+    def cells(rows):
+        return {(r["shape"], r["method"], str(r["budget"])): (r["target_tokens"], r["kv_bytes"]) for r in rows}
+
+    assert len(cells(before)) == 7 and cells(before) == cells(after)
+    assert "same target prompt tokens and KV bytes in all 7 cells" in " ".join(_read("docs/RESULTS.md").split())
+
+
 def test_speckv_pc_keeps_fewer_kv_bytes_than_specpc_where_its_kv_budget_binds():
     cells = json.loads((ROOT / "docs/bench/results.json").read_text())["results"]
     pc = {(c["pair"], c["task"], c["length"], c["ratio"]): c["kv_bytes"] for c in cells if c["method"] == "specpc"}

@@ -291,27 +291,25 @@ def _full_tokens(engine, rec: Record, instruction, question, template) -> int:
 
 
 def draft_overhead(engine: DraftEngine, records: list[Record], ratio: float = 0.25, repeats: int = 2) -> dict:
-    """SpecPC's draft pass (attention capture + lookahead) against a plain draft forward of the same prompt.
+    """SpecPC's draft pass (attention capture + lookahead) against a plain draft forward of the same prompt, both
+    through an engine on ``engine``'s draft without caches (``cost.reader``: each run reads cold); each record
+    takes the faster of ``repeats`` runs of each."""
+    from .cost.runs import reader
 
-    Both are timed on the draft-tokenized prompt; each record takes the faster of ``repeats`` runs of each.
-    """
-    from ..generation import plain_prefill
-    from ..prompt import build_segments, tokenize, wrap
-
+    cold = reader(engine.draft, engine.specpc)
+    full = cold.plan(method="full", max_new_tokens=1)
     plain, spec = [], []
     for rec in records:
         instruction, context, question = split_input(rec.input)
-        kwargs = dict(
-            instruction=instruction or None, question=question or None, answer_prefix=rec.answer_prefix or None
-        )
-        segments, _ = build_segments(context, **kwargs)
-        ids = tokenize(engine.draft.tokenizer, wrap(segments, engine.draft.tokenizer, "chat")).ids
+        request = PromptInput(context, instruction=instruction or None, question=question or None,
+                              answer_prefix=rec.answer_prefix or None)  # fmt: skip
         p, s = [], []
         for _ in range(repeats):
+            prepared = cold.prepare(request, full)
             t0 = time.perf_counter()
-            plain_prefill(engine.draft.model, ids)
+            prepared.prefill(cold.target.model, prepared.ids)
             p.append(time.perf_counter() - t0)
-            s.append(engine.compress(context, ratio=ratio, **kwargs).seconds["draft"])
+            s.append(cold.compress(request, ratio=ratio).seconds["draft"])
         plain.append(min(p))
         spec.append(min(s))
     n = len(records)

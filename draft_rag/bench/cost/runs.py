@@ -12,18 +12,14 @@ from pathlib import Path
 
 import torch
 
-from ... import speckv
 from ...attention import use_kernel
-from ...budgets import speckv_pc_stage
-from ...config import Budget, SparsePrefillConfig, SpecKVConfig, SpecPCConfig
-from ...generation import plain_prefill
-from ...methods import Method
+from ...config import SparsePrefillConfig, SpecPCConfig
+from ...engine import DraftEngine
+from ...inputs import PromptInput
 from ...methods import get as get_method
-from ...models import LoadedModel, load_model
-from ...pipeline import compressed_segments
-from ...prompt import build_segments, tokenize, wrap
+from ...models import LoadedModel, context_window, load_model
+from ...options import GenerationOptions
 from ...sparse_prefill import SPARSE_METHODS
-from ...specpc import compress
 from ..data import split_input
 from ..tasks import generate
 from .shapes import DEFAULT_BUDGETS, METHODS, SHAPES, BudgetLevel, build_target, target_params
@@ -33,109 +29,85 @@ from .timing import AttentionClock, LayerClock, PeakMemory, decode, scale, timed
 logger = logging.getLogger(__name__)
 
 
-def prompt(tokenizer, length: int, seed: int = 0):
-    """A needle-in-a-haystack prompt of about ``length`` draft tokens: (segments, chunks)."""
+def prompt(tokenizer, length: int, seed: int = 0) -> PromptInput:
+    """A needle-in-a-haystack prompt of about ``length`` draft tokens, its instruction and question protected."""
     rec = generate("niah_single", tokenizer, length, 1, seed)[0]
     instruction, context, question = split_input(rec["input"])
-    return build_segments(context, instruction=instruction or None, question=question or None)
+    return PromptInput(context, instruction=instruction or None, question=question or None)
 
 
-def draft_stages(
-    draft: LoadedModel,
-    segments,
-    chunks,
-    budgets,
-    new_tokens: int,
-    specpc: SpecPCConfig | None = None,
-    methods=METHODS,
-) -> dict:
-    """The draft-side stages of ``methods`` for one prompt: {stage: (result, seconds)}; stage names are
-    method@budget ("plain": the prompt's draft tokens and, with specpc, a plain draft forward's seconds)."""
-    model, tok, device = draft.model, draft.tokenizer, draft.model.device
-    specpc = specpc or SpecPCConfig()
-    ids = tokenize(tok, wrap(segments, tok, "chat")).ids
-    eos = {tok.eos_token_id}
-    out = {"plain": (len(ids), None)}  # timed for SpecPC's overhead table only; no autograd, as every stage
-    for name in (m for m in METHODS if m in methods):
-        m = get_method(name)
-        if m.reference:
-            continue
-        if not m.shortens_prompt:  # SpecKV: one lookahead, whatever the budget
-            out[name] = timed(lambda: speckv.draft_lookahead(model, ids, new_tokens, eos), device)
-            continue
-        if not m.evicts_kv:
-            out["plain"] = (len(ids), timed(lambda: plain_prefill(model, ids), device)[1])
-        for b in budgets:
-            stage = _shortening(m, specpc, b, eos)
-            out[_draft_key(name, b)] = timed(functools.partial(stage, model, tok, segments, chunks), device)
+def reader(draft: LoadedModel, specpc: SpecPCConfig | None = None) -> DraftEngine:
+    """The engine that runs and times draft stages: the draft as its own target (its plain forward is method full),
+    without caches (every repetition reads cold). Its windows are lifted: a draft reading past its window stands in
+    for one of the same size with a longer window (cost does not depend on the weights); cost rows say so
+    (``past_draft_window``)."""
+    engine = DraftEngine(draft, draft, specpc=specpc, context_cache_mb=0)
+    engine.draft_window = engine.target_window = None
+    return engine
+
+
+def engines(draft: LoadedModel, targets: dict, specpc: SpecPCConfig | None = None) -> tuple[DraftEngine, dict]:
+    """The engines the cells run through: a ``reader`` that runs each draft stage once per prompt, and one engine
+    per target (no caches) that reuses them."""
+    by_target = {k: DraftEngine(t, draft, specpc=specpc, context_cache_mb=0) for k, t in targets.items()}
+    return reader(draft, specpc), by_target
+
+
+def options(method: str, budget: BudgetLevel | None, new_tokens: int, sparse=None) -> GenerationOptions:
+    """A cell's generation options: ``method`` at its budget level (a prompt ratio, KV entries, or both for a
+    method that does both), ``new_tokens`` decoded, the prefill dense unless ``sparse``."""
+    m = get_method(method)
+    ratio = budget.ratio if budget and m.shortens_prompt else None
+    kv = budget.kv if budget and m.evicts_kv else None
+    both = dict(budget=kv, pc_ratio=ratio) if m.evicts_kv else dict(ratio=ratio)
+    return GenerationOptions(method, **both, max_new_tokens=new_tokens, sparse_prefill=sparse or False)
+
+
+def draft_stages(reader: DraftEngine, request: PromptInput, budgets, new_tokens: int, methods=METHODS) -> dict:
+    """The draft stage of every cell for one prompt, each run once through ``reader.prepare``: {stage: (Prepared,
+    seconds)}, stage names as ``_draft_key``; "plain": (the prompt's draft tokens, a plain draft forward's seconds,
+    timed when a method only shortens the prompt, for SpecPC's overhead table)."""
+    device = reader.draft.model.device
+    out = {}
+    for method, budget, _ in cells_for(budgets, methods):
+        key = _draft_key(method, budget)
+        if key is not None and key not in out:
+            plan = reader.plan(options(method, budget, new_tokens))
+            out[key] = timed(lambda: reader.prepare(request, plan), device)  # noqa: B023 (called at once)
+    plain = reader.prepare(request, reader.plan(options("full", None, new_tokens)))
+    overhead = any(get_method(m).shortens_prompt and not get_method(m).evicts_kv for m in methods)
+    seconds = timed(lambda: plain.prefill(reader.target.model, plain.ids), device)[1] if overhead else None
+    out["plain"] = (len(plain.ids), seconds)
     return out
 
 
-def _shortening(m: Method, specpc: SpecPCConfig, budget: BudgetLevel, eos: set[int]):
-    """The draft stage of a method that shortens the prompt at ``budget``: ``stage(model, tok, segments, chunks)``."""
-    if m.evicts_kv:  # SpecKV-PC, with the engine's settings for it
-        return functools.partial(_speckv_pc, cfg=speckv_pc_stage(specpc, Budget(ratio=budget.ratio)), eos=eos)
-    return functools.partial(compress, cfg=specpc.replace(ratio=budget.ratio))
-
-
-def _speckv_pc(model, tok, segments, chunks, cfg: SpecPCConfig, eos: set[int]):
-    """SpecKV-PC's draft side as the engine runs it: SpecPC, and when SpecPC drafted no lookahead (block mode),
-    the lookahead drafted from the compressed prompt."""
-    shortened = compress(model, tok, segments, chunks, cfg)
-    if not shortened.lookahead_ids and cfg.lookahead_tokens:
-        ids = tokenize(tok, wrap(compressed_segments(shortened, segments), tok, "chat")).ids
-        look = speckv.draft_lookahead(model, ids, cfg.lookahead_tokens, eos)
-        shortened = dataclasses.replace(shortened, lookahead_ids=look)
-    return shortened
-
-
-def target_run(
-    target: LoadedModel,
-    method: str,
-    budget: BudgetLevel | None,
-    segments,
-    stages: dict,
-    new_tokens: int,
-    sparse: SparsePrefillConfig | None = None,
-) -> dict:
-    """Target side of one cell: prefill seconds (and, dense, its attention kernel's), decode s/token, peak memory
-    and KV bytes; ``sparse``: the prefill is vertical-slash sparse."""
-    model, tok, device = target.model, target.tokenizer, target.model.device
-    m, key = get_method(method), _draft_key(method, budget)
-    if m.shortens_prompt:
-        segments = compressed_segments(stages[key][0], segments)
-    ids = tokenize(tok, wrap(segments, tok, "chat")).ids
-    if not m.evicts_kv:
-        prefill = functools.partial(speckv.plain_prefill_stats, sparse=sparse)
-    else:
-        drafted = stages[key][0]
-        cfg = SpecKVConfig(budget=budget.kv)
-        prefill = functools.partial(
-            speckv.compressed_prefill,
-            lookahead_ids=drafted.lookahead_ids if m.shortens_prompt else drafted,
-            budget=budget.kv,
-            scorer=m.make_scorer(cfg),
-            window=cfg.window_size,
-            horizon=new_tokens,
-            sparse=sparse,
-        )
+def target_run(engine: DraftEngine, request: PromptInput, method: str, budget: BudgetLevel | None, stages: dict,
+               new_tokens: int, sparse: SparsePrefillConfig | None = None) -> dict:  # fmt: skip
+    """Target side of one cell through ``engine.prepare``, reusing the cell's draft stage: prefill seconds (and,
+    dense, its attention kernel's), decode s/token, peak memory and KV bytes; ``sparse``: the prefill is
+    vertical-slash sparse."""
+    model, device = engine.target.model, engine.target.model.device
+    key = _draft_key(method, budget)
+    drafted = stages[key][0].drafted if key else None
+    prepared = engine.prepare(request, engine.plan(options(method, budget, new_tokens, sparse)), drafted=drafted)
     attention = AttentionClock(device)
     with PeakMemory(device) as mem:
         with LayerClock(model) as in_prefill, use_kernel(model, attention):  # a sparse prefill sets its own kernel
-            (state, kv), seconds = timed(lambda: prefill(model, ids), device)
+            state, seconds = timed(lambda: prepared.prefill(model, prepared.ids), device)
         with LayerClock(model) as in_decode:
             step = decode(model, state, new_tokens)
+    stats = prepared.stats
     return {
         "layers": len(model.model.layers),
-        "target_tokens": len(ids),
+        "target_tokens": len(prepared.ids),
         "prefill_s": seconds,
         "prefill_layers_s": in_prefill.seconds,
-        "attention_s": None if kv.sparse_layers else attention.seconds,
-        "sparse_layers": kv.sparse_layers,
+        "attention_s": None if stats.sparse_layers else attention.seconds,
+        "sparse_layers": stats.sparse_layers,
         "decode_s_per_token": step,
         "decode_layers_s_per_token": in_decode.seconds / max(1, new_tokens - 1),
         "peak_bytes": mem.peak,
-        "kv_bytes": kv.kv_bytes,
+        "kv_bytes": stats.kv_bytes,
     }
 
 
@@ -147,11 +119,19 @@ def cells_for(budgets, methods=METHODS, sparse: bool = False) -> list[tuple[str,
 
 
 def _scoring_seconds(stages: dict, key: str | None) -> float:
-    """The draft forward alone: SpecPC's scoring pass (without selection), SpecKV's lookahead drafting."""
-    if key is None:
-        return 0.0
-    result, seconds = stages[key]
-    return result.seconds["draft"] if hasattr(result, "seconds") else seconds
+    """The draft's forwards alone (its stats' ``draft`` seconds): SpecPC's scoring pass without selection, and any
+    lookahead drafted."""
+    return stages[key][0].stats.seconds.get("draft", 0.0) if key else 0.0
+
+
+def _past_window(stages: dict, key: str | None, window: int | None) -> bool:
+    """Whether the cell's draft read more tokens in one pass than its window: a lookahead drafted over the whole
+    (not shortened) prompt past it; SpecPC reads in blocks."""
+    if key is None or window is None:
+        return False
+    prepared = stages[key][0]
+    whole = prepared.compressed is None and prepared.drafted.lookahead
+    return bool(whole) and prepared.stats.original_tokens + len(prepared.drafted.lookahead) > window
 
 
 def _draft_key(method: str, budget: BudgetLevel | None) -> str | None:
@@ -192,42 +172,46 @@ def run_cost(
         )
         for shape in shapes
     }
-    segments, chunks = prompt(draft.tokenizer, min(512, min(lengths) // 2))  # warm-up on a short prompt, not recorded
-    stages = draft_stages(draft, segments, chunks, budgets, new_tokens, specpc, methods)
+    reader, by_shape = engines(draft, targets, specpc)
     cells = cells_for(budgets, methods, sparse is not None)
-    for target in targets.values():
-        for method, budget, sparsely in cells:
-            target_run(target, method, budget, segments, stages, new_tokens, sparse if sparsely else None)
+    run = functools.partial(_repetition, reader, by_shape, cells, budgets, new_tokens, methods, sparse)
+    run(prompt(draft.tokenizer, min(512, min(lengths) // 2)))  # warm-up on a short prompt, not recorded
     raw: dict = {}
     for length in lengths:
-        segments, chunks = prompt(draft.tokenizer, length)
+        request = prompt(draft.tokenizer, length)
         for rep in range(repeats):
             t0 = time.perf_counter()
-            stages = draft_stages(draft, segments, chunks, budgets, new_tokens, specpc, methods)
-            logger.info(
-                "cost: %d tokens, draft stages %s",
-                length,
-                {k: round(v[1], 1) for k, v in stages.items() if v[1] is not None},
-            )
-            for shape, target in targets.items():
-                for method, budget, sparsely in cells:
-                    run = target_run(target, method, budget, segments, stages, new_tokens, sparse if sparsely else None)
-                    sample = _sample(stages, _draft_key(method, budget), run)
-                    raw.setdefault((shape, length, method, budget, sparsely), []).append(sample)
+            for cell, sample in run(request).items():
+                raw.setdefault((cell[0], length, *cell[1:]), []).append(sample)
             logger.info("cost: %d tokens, repetition %d done in %.0f s", length, rep + 1, time.perf_counter() - t0)
-            rows = summarize(raw, draft, new_tokens)
             if out is not None:
-                save(rows, out, meta(draft_ref, repeats, new_tokens, slice_layers, device, sparse))
+                save(summarize(raw, draft, new_tokens), out, meta(draft_ref, repeats, new_tokens, slice_layers, device,
+                                                                  sparse, context_window(draft.model)))  # fmt: skip
     return summarize(raw, draft, new_tokens)
 
 
-def _sample(stages: dict, key: str | None, run: dict) -> dict:
+def _repetition(reader, by_shape: dict, cells, budgets, new_tokens, methods, sparse, request) -> dict:
+    """One repetition of every cell on ``request``: the draft stages once, then each target's cells;
+    {(shape, method, budget, sparse): sample}."""
+    stages = draft_stages(reader, request, budgets, new_tokens, methods)
+    logger.info("cost: draft stages %s", {k: round(v[1], 1) for k, v in stages.items() if v[1] is not None})
+    window = context_window(reader.draft.model)
+    samples = {}
+    for shape, engine in by_shape.items():
+        for method, budget, sparsely in cells:
+            run = target_run(engine, request, method, budget, stages, new_tokens, sparse if sparsely else None)
+            samples[(shape, method, budget, sparsely)] = _sample(stages, _draft_key(method, budget), run, window)
+    return samples
+
+
+def _sample(stages: dict, key: str | None, run: dict, window: int | None) -> dict:
     """One repetition of one cell: its draft stage's figures beside the target's (``target_run``)."""
     return {
         "draft_s": stages[key][1] if key else 0.0,
         "scoring_s": _scoring_seconds(stages, key),
         "plain_draft_s": stages["plain"][1],
         "draft_tokens": stages["plain"][0],
+        "past_draft_window": _past_window(stages, key, window),
         **run,
     }
 
@@ -278,6 +262,7 @@ def summarize(raw: dict, draft: LoadedModel, new_tokens: int) -> list[dict]:
             "repeats": len(samples),
             "new_tokens": new_tokens,
             "draft_tokens": samples[0]["draft_tokens"],
+            "past_draft_window": samples[0].get("past_draft_window", False),
             "size_ratio": target_params(shape, draft) / draft_params,
             **_row(samples, shape, layers, new_tokens),
         }
@@ -300,9 +285,12 @@ def _budget_value(method: str, budget: BudgetLevel | None):
     return budget.ratio if m.shortens_prompt else budget.kv
 
 
-def meta(draft_ref, repeats, new_tokens, slice_layers, device, sparse: SparsePrefillConfig | None = None) -> dict:
-    """cost.json's ``meta``: how the rows were measured."""
+def meta(draft_ref, repeats, new_tokens, slice_layers, device, sparse: SparsePrefillConfig | None = None,
+         draft_window: int | None = None) -> dict:  # fmt: skip
+    """cost.json's ``meta``: how the rows were measured (``draft_window``: the draft's own, which cells marked
+    ``past_draft_window`` read past)."""
     return {
+        "draft_window": draft_window,
         "sparse_prefill": dataclasses.asdict(sparse) if sparse else None,
         "draft": getattr(draft_ref, "name", str(draft_ref)),
         "repeats": repeats,
