@@ -62,6 +62,18 @@ def test_cost_bench_through_the_engine_keeps_every_cell():
     assert "same target prompt tokens and KV bytes in all 7 cells" in " ".join(_read("docs/RESULTS.md").split())
 
 
+def test_chunk_cache_qa_2_reading_matches_its_output():
+    """chunk-cache.md's qa_2 sentence: records and gold names kept, from kept_qa_2.json."""
+    data = json.loads(_read("docs/bench/chunk_cache/kept_qa_2.json"))
+    rows, counts = data["rows"], data["counts"]
+    names = [sum(len(r[k]) for r in rows) for k in ("exact", "chunk_cache")]
+    said = (
+        f"at least one gold name in {counts['exact']} with the exact pass and in {counts['chunk_cache']} with the "
+        f"cache, {names[0]} gold names against {names[1]}"
+    )
+    assert len(rows) == 8 and said in " ".join(_read("docs/chunk-cache.md").split())
+
+
 def test_speckv_pc_keeps_fewer_kv_bytes_than_specpc_where_its_kv_budget_binds():
     cells = json.loads((ROOT / "docs/bench/results.json").read_text())["results"]
     pc = {(c["pair"], c["task"], c["length"], c["ratio"]): c["kv_bytes"] for c in cells if c["method"] == "specpc"}

@@ -80,3 +80,19 @@ def test_serve_load(deep_dir, tmp_path):
         out["answered"] > 0 and out["lost"] == 0 and out["queued_after"] == 0 and out["sigterm_exit_code"] in (0, -15)
     )
     assert out["requests"] == out["answered"] + out["refused_429"] + out["refused_503"] + out["lost"]
+
+
+def test_chunk_cache_kept(deep_dir, tmp_path):
+    from conftest import tiny_tokenizer
+
+    from draft_rag.bench.tasks import generate
+
+    (tmp_path / "b" / "data").mkdir(parents=True)
+    records = generate("niah_single", tiny_tokenizer(), 400, 2, 0)
+    (tmp_path / "b/data/niah_single_400_tiny.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = run_script("chunk_cache_kept.py", "--folder", "b", "--task", "niah_single", "--draft", deep_dir,
+                     "--chunk-tokens", "64", "--ratio", "0.5", "--json", "k.json", cwd=tmp_path)  # fmt: skip
+    data = json.loads((tmp_path / "k.json").read_text())
+    assert [r["record"] for r in data["rows"]] == [0, 1] and set(data["counts"]) == {"exact", "chunk_cache"}
+    assert data["counts"]["exact"] == sum(bool(r["exact"]) for r in data["rows"])
+    assert out.startswith("| record | gold |") and "records keeping at least one gold answer: exact" in out
