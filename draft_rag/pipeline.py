@@ -107,11 +107,13 @@ def _check_drafted(engine: EngineState, plan: Plan, drafted: Drafted | None) -> 
         return
     if not isinstance(drafted, Drafted):
         raise TypeError(f"drafted must be a Prepared's .drafted (pipeline.Drafted), got {type(drafted).__name__}")
-    if drafted.method != plan.method.name or drafted.draft is not engine.draft.model:
+    if drafted.method != plan.method.name:
         raise ValueError(
-            f"drafted= came from method {drafted.method!r} with another draft model or method than this request's "
-            f"{plan.method.name!r}: reuse it only for the same request and plan on an engine with the same draft"
+            f"drafted= was drafted for method {drafted.method!r}, but this plan runs {plan.method.name!r}: "
+            "reuse it only for the same request and plan"
         )
+    if drafted.draft is not engine.draft.model:
+        raise ValueError("drafted= came from another draft model than this engine's: reuse it with the same draft")
 
 
 def _ids_and_context_end(tokenizer, layout: list[Segment]) -> tuple[list[int], int]:
