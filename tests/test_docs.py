@@ -38,9 +38,13 @@ def test_load_test_row_is_its_committed_output():
     readme = _read("docs/serving.md")
     row = next(line for line in readme.splitlines() if line.startswith(f"| {out['requests']} |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[:5] == [str(out[k]) for k in ("requests", "answered", "refused_429", "refused_503", "lost")]
+    keys = ("requests", "answered", "refused_429", "refused_503", "lost", "median_kept_share")
+    assert cells[:6] == [str(out[k]) for k in keys] and out["median_kept_share"] < 0.5  # SpecPC compressed
+    assert cells[6:8] == [str(out["median_engine_s"]), str(out["median_latency_s"])]
     assert f"{out['rss_baseline_mib']} before" in row and f"{out['rss_peak_mib']} peak" in row
-    assert cells[8] == str(out["queued_after"]) and str(out["sigterm_exit_code"]) in cells[9]
+    assert cells[9] == str(out["queued_after"]) and str(out["sigterm_exit_code"]) in cells[10]
+    after = out["rss_after_each_round_mib"][-1]
+    assert f"RSS is {abs(after / out['rss_baseline_mib'] - 1):.1%} below its baseline" in " ".join(readme.split())
 
 
 def test_qa_is_scored_with_rulers_metric_in_the_results():
