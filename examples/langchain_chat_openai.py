@@ -6,7 +6,8 @@
 The retriever is the MiniLM one of ``langchain_rag.py`` over ``pydoc`` text (swap in yours). Only the retrieved
 context in the system prompt is compressed, by the local SmolLM2 draft; the instructions and the question reach the
 remote model word for word. Give ``--context-window`` (the served model's window): a model name LangChain has no
-profile for has no known window. ``tests/test_examples.py`` runs this against a live ``draft-rag serve``.
+profile for has no known window. ``tests/test_examples.py`` runs this against llama.cpp's server
+(``scripts/llama_cpp_upstream.py``).
 Needs, from a clone, ``pip install -e ".[embeddings]" -e integrations/langchain-draft-rag langchain-openai``.
 """
 

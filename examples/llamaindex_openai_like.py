@@ -6,7 +6,7 @@
 Retrieval is MiniLM over ``pydoc`` text (swap in your index). ``SimilarityPostprocessor`` drops weak nodes by the
 retriever's score first, so the draft reads fewer; then ``DraftNodePostprocessor`` keeps the nodes the draft attends
 to; then ``DraftCompressedLLM(llm=OpenAILike(...))`` compresses the context in the prompt and calls the server.
-``tests/test_examples.py`` runs this against a live ``draft-rag serve``.
+``tests/test_examples.py`` runs this against llama.cpp's server (``scripts/llama_cpp_upstream.py``).
 Needs, from a clone, ``pip install -e ".[embeddings]" -e integrations/llama-index-llms-draft-rag
 -e integrations/llama-index-postprocessor-draft-rag llama-index-embeddings-huggingface llama-index-llms-openai-like``.
 """

@@ -8,7 +8,7 @@ Start the proxy in front of your model server (vLLM, TGI, llama.cpp, ...), then 
 The proxy compresses each chat request's retrieved context with its draft (SmolLM2 by default), forwards the
 request, and streams the upstream's answer back; ``"draft_rag"`` in the request body overrides its settings per
 request, and its stats come back in ``reply.draft_rag``. ``tests/test_examples.py`` runs this through a proxy in
-front of a local ``draft-rag serve``. Needs ``pip install openai`` on the client side only.
+front of llama.cpp's server (``scripts/llama_cpp_upstream.py``). Needs ``pip install openai`` on the client side only.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ FOLLOW_UPS = (
 )
 
 
-class Drafted:
+class SpecKVRun:
     """What the table needs of one SpecKV generation, named as a ``CompressedPrompt``'s fields; ``kept_kv`` holds
     the KV positions its prefill kept per layer and KV head (as lists), where a compression keeps ``kept_spans``."""
 
@@ -61,19 +61,19 @@ def record_kept_kv() -> None:
 
 def same_as_cold(warm, cold) -> bool:
     """Same text, and the same kept spans (SpecPC) or the same kept KV positions per layer and head (SpecKV)."""
-    kept = ("kept_kv",) if isinstance(cold, Drafted) else ("kept_spans",)
+    kept = ("kept_kv",) if isinstance(cold, SpecKVRun) else ("kept_spans",)
     return warm.text == cold.text and all(getattr(warm, k) == getattr(cold, k) for k in kept)
 
 
 def timed(engine, text: str, question: str, budget: int, method: str):
     """(result, draft seconds, CPU seconds): SpecPC's compression (wall seconds), or SpecKV's lookahead drafting
-    (``Drafted``; its draft stage's seconds)."""
+    (``SpecKVRun``; its draft stage's seconds)."""
     t0, c0 = time.perf_counter(), time.process_time()
     if methods.get(method).shortens_prompt:
         result = engine.compress(text, question=question, budget=budget)
         return result, time.perf_counter() - t0, time.process_time() - c0
     run = engine.generate(text, question=question, method=method, budget=budget, max_new_tokens=8)
-    result = Drafted(run, KEPT_KV[-1])
+    result = SpecKVRun(run, KEPT_KV[-1])
     return result, result.draft_seconds, time.process_time() - c0
 
 

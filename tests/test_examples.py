@@ -1,7 +1,8 @@
 """The production recipes in examples/ against a live OpenAI-compatible server on localhost.
 
-``draft-rag serve --target smollm2-135m-instruct --method full`` stands in for vLLM (it answers what it is sent,
-uncompressed); a second process, ``draft-rag serve --upstream``, is the compressing proxy. The GPU recipe is compiled,
+The remote model is llama.cpp's OpenAI-compatible server (llama-cpp-python, from ``scripts/setup.sh --test``) on
+the built-in SmolLM2 GGUF, standing in for vLLM; a second process, ``draft-rag serve --upstream``, is the
+compressing proxy. The GPU recipe is compiled,
 its imports and call parameters checked, and its method settings run on the built-in SmolLM2 on CPU.
 """
 
@@ -23,6 +24,7 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("openai")
 
 import httpx  # noqa: E402
+from llama_cpp_server import llama_cpp_server, require_llama_cpp  # noqa: E402
 from test_doc_blocks import bad_keywords  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,10 +78,11 @@ def _serve(tmp_path: Path, *args: str):
 
 
 @pytest.fixture(scope="module")
-def upstream(tmp_path_factory):
-    """A local OpenAI-compatible server on the built-in SmolLM2 that answers uncompressed (like vLLM)."""
-    with _serve(tmp_path_factory.mktemp("upstream"), "--target", "smollm2-135m-instruct", "--method", "full") as url:
-        yield url
+def upstream():
+    """llama.cpp's server on the built-in SmolLM2 GGUF, answering what it is sent (like vLLM); its base URL."""
+    require_llama_cpp()
+    with llama_cpp_server(n_ctx=8192) as server:
+        yield server.url
 
 
 @pytest.mark.slow
