@@ -1,5 +1,7 @@
 """Cost benchmark harness on a tiny random draft: every field present, medians, per-layer scaling."""
 
+import json
+
 import pytest
 import torch
 from conftest import tiny_model
@@ -159,3 +161,26 @@ def test_sparse_prefill_cells_beside_dense_ones(tmp_path):
     md = cost.sparse_table(rows)
     assert "| tiny (scaled) |" in md and "speckv@64 e2e dense / +sparse" in md
     assert cost.sparse_table([r for r in rows if not r["sparse_prefill"]]) == ""
+
+
+def test_cells_past_the_drafts_window_run_and_say_so(tmp_path):
+    """SpecKV's lookahead over a prompt longer than the draft's window: the engine refuses it to users, the cost
+    bench's reader runs it as a stand-in for a longer-window draft and marks the row."""
+    from conftest import tiny_config, tiny_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    from draft_rag import DraftEngine
+    from draft_rag.models import LoadedModel
+
+    torch.manual_seed(0)
+    short = AutoModelForCausalLM.from_config(tiny_config("llama", max_position_embeddings=512)).eval()
+    draft = LoadedModel(short, tiny_tokenizer(), "tiny-512")
+    cfg = SpecPCConfig(starting_layer_index=1, window_size=8, kernel_size=5)
+    rows = cost.run_cost(draft, ["tiny"], [800], budgets=[cost.BudgetLevel(0.5, 64)], repeats=1, new_tokens=3,
+                         methods=["specpc", "speckv"], specpc=cfg, out=tmp_path)  # fmt: skip
+    past = {r["method"]: r["past_draft_window"] for r in rows}
+    assert rows[0]["draft_tokens"] > 512 and past == {"full": False, "specpc": False, "speckv": True}
+    assert json.loads((tmp_path / "cost.json").read_text())["meta"]["draft_window"] == 512
+    target = cost.build_target("tiny", draft, 2)
+    with pytest.raises(ValueError, match="more than its context window of 512"):
+        DraftEngine(target, draft, specpc=cfg).generate(cost.prompt(draft.tokenizer, 800), method="speckv", budget=64)
