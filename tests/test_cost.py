@@ -181,6 +181,7 @@ def test_cells_past_the_drafts_window_run_and_say_so(tmp_path):
     past = {r["method"]: r["past_draft_window"] for r in rows}
     assert rows[0]["draft_tokens"] > 512 and past == {"full": False, "specpc": False, "speckv": True}
     assert json.loads((tmp_path / "cost.json").read_text())["meta"]["draft_window"] == 512
+    assert "| speckv@64 (past the draft's window) |" in cost.table(rows) and "specpc@50% (past" not in cost.table(rows)
     target = cost.build_target("tiny", draft, 2)
     with pytest.raises(ValueError, match="more than its context window of 512"):
         DraftEngine(target, draft, specpc=cfg).generate(cost.prompt(draft.tokenizer, 800), method="speckv", budget=64)

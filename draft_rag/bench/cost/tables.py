@@ -55,9 +55,10 @@ def table(rows: list[dict]) -> str:
     )
     for r in rows:  # stable: budgets as run
         name = r["shape"] + (" (scaled)" if r["scaled"] else "")
+        label = budget_label(r) + (" (past the draft's window)" if r.get("past_draft_window") else "")
         plain = "" if r["plain_draft_s"] is None else f"{r['plain_draft_s']:.1f}"  # timed with specpc only
         lines.append(
-            f"| {name} | {r['draft_tokens']} | {budget_label(r)} | {r['ttft_s']:.1f} | {r['e2e_s']:.1f} | "
+            f"| {name} | {r['draft_tokens']} | {label} | {r['ttft_s']:.1f} | {r['e2e_s']:.1f} | "
             f"{r['speedup_e2e']:.2f}x | {r['decode_s_per_token']:.3f} | {r['draft_s']:.1f} | "
             f"{plain} | {r['prefill_s']:.1f} | {r['peak_bytes'] / 2**20:.0f} | {r['kv_bytes'] / 2**20:.1f} |"
         )
