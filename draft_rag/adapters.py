@@ -1,9 +1,11 @@
 """What the framework adapters share, framework-neutral: their settings' help texts and checks, the
 ``GenerationOptions`` a request runs with, SpecPC in front of a wrapped model (with its stats), the chunk
-pruners' settings, and the local stream's helpers. The LangChain and LlamaIndex packages build on it."""
+pruners' settings, the local stream's helpers, and an engine's settings as a dict and back. The LangChain and
+LlamaIndex packages build on it."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -11,9 +13,10 @@ from typing import Any
 
 from . import methods
 from .aio import iterate_in_thread
-from .config import ASSUMED_WINDOW, Budget, chunk_budget, wrapped_budget
+from .config import ASSUMED_WINDOW, Budget, SpecKVConfig, SpecPCConfig, chunk_budget, wrapped_budget
 from .engine import DEFAULT_CONTEXT_CACHE_MB, DraftEngine, shared_engine
 from .inputs import PromptInput
+from .models import LoadedModel
 from .options import NAMES, GenerationOptions
 from .prompt import has_chat_template
 from .selection import KeptChunk, PrunedChunks, check_pruning
@@ -21,8 +24,9 @@ from .stats import GenerationStats
 
 __all__ = [  # with what the adapters use from other modules, so that they import from here and draft_rag only
     "ASSUMED_WINDOW", "DEFAULT_CONTEXT_CACHE_MB", "HELP", "SENT_WHOLE", "ChunkPruning", "GenerationOptions",
-    "KeptChunk", "PrunedChunks", "check_settings", "front_messages", "front_prompt", "has_chat_template", "hold_last",
-    "iterate_in_thread", "options_of", "prompt_input", "rebuild", "setting", "shared_engine", "usage", "with_deadline",
+    "KeptChunk", "PrunedChunks", "check_settings", "configs_from_dict", "engine_dict", "front_messages",
+    "front_prompt", "has_chat_template", "hold_last", "iterate_in_thread", "options_of", "prompt_input", "rebuild",
+    "setting", "shared_engine", "stop_list", "usage", "with_deadline",
 ]  # fmt: skip
 
 SENT_WHOLE = "method='full': the prompt is sent whole"
@@ -221,8 +225,42 @@ class ChunkPruning:
         }
         return pruned, stats
 
+    def warm(self, engine: DraftEngine, texts: list[str]) -> int:
+        """Read ``texts`` into ``engine``'s chunk cache as ``prune`` will read them (``DraftEngine.warm_chunks``)."""
+        return engine.warm_chunks([t for t in texts if t.strip()], instruction=self.instruction)
+
 
 # -- the local stream --------------------------------------------------------------------------------
+def model_ref(loaded: LoadedModel) -> str:
+    """The string ``load_model`` reloads ``loaded`` from: what was asked for, else the checkpoint's name_or_path."""
+    if loaded.name != LoadedModel._field_defaults["name"]:
+        return loaded.name
+    return getattr(loaded.model.config, "name_or_path", "") or loaded.name
+
+
+def engine_dict(engine: DraftEngine, *keys: str) -> dict:
+    """``keys`` among target, draft, specpc, speckv: models as reference strings, configs as plain dicts (what an
+    adapter's ``to_dict`` holds of its engine)."""
+    values = {"target": engine.target, "draft": engine.draft, "specpc": engine.specpc, "speckv": engine.speckv}
+    return {k: model_ref(values[k]) if k in ("target", "draft") else dataclasses.asdict(values[k]) for k in keys}
+
+
+def configs_from_dict(data: dict) -> dict:
+    """A copy of ``data`` whose ``specpc``/``speckv`` dicts are config objects again (an adapter's ``from_dict``)."""
+    configs = {"specpc": SpecPCConfig, "speckv": SpecKVConfig}
+    return {k: configs[k](**v) if k in configs and isinstance(v, dict) else v for k, v in data.items()}
+
+
+def stop_list(stop: Any) -> list[str]:
+    """Normalise a framework's ``stop`` (None, a string or a list of strings)."""
+    if stop is None:
+        return []
+    stop = [stop] if isinstance(stop, str) else list(stop)
+    if any(not isinstance(s, str) or not s for s in stop):
+        raise ValueError(f"stop must be a list of non-empty strings, got {stop!r}")
+    return stop
+
+
 def hold_last(pieces: Iterator[str]) -> Iterator[tuple[str, bool]]:
     """``(piece, is_last)`` pairs, one piece held back so the last can carry the stats; ``("", True)`` for none."""
     held = None

@@ -192,6 +192,8 @@ class DraftEngine:
     def warm_chunks(self, chunks, *, instruction: str | None = None, template: str = "chat") -> int:
         """Read ``chunks`` into the chunk cache ahead of the questions (e.g. when an index is built), as prompts with
         this ``instruction`` and ``template`` will read them; returns how many chunks were read now (not cached)."""
+        if not self.chunk_cache.enabled:
+            raise ValueError("warm_chunks fills the chunk cache, which is off: give the engine chunk_cache_mb > 0")
         _, tok, context = _read(PromptInput(None, chunks, instruction), self.draft.tokenizer, template)
         with self._lock:
             bound = self.chunk_cache.bind(self.draft.model, tok.ids, context, tok.segment)

@@ -185,3 +185,38 @@ def test_the_adapters_switch_it_on_and_leave_it_off_by_default():
     li.postprocess_nodes(nodes, query_str=ASK["question"])
     li.postprocess_nodes(nodes[::-1], query_str=ASK["question"])
     assert li.engine.chunk_cache.hits >= len(CHUNKS)
+
+
+def test_the_frameworks_warm_it_while_indexing():
+    """LlamaIndex's ingestion pipeline and LangChain's document transformers read the chunks into the pruners'
+    chunk cache; a later query over some of them in another order reads no chunk again."""
+    from langchain_core.documents import Document as LCDocument
+    from llama_index.core import Document
+    from llama_index.core.ingestion import IngestionPipeline
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    from langchain_draft_rag import DraftChunkWarmer as LCWarmer
+    from langchain_draft_rag import DraftDocumentCompressor
+    from llama_index.postprocessor.draft_rag import DraftChunkWarmer, DraftNodePostprocessor
+
+    settings = dict(draft=tiny_model("llama"), specpc=CFG, top_n=2, instruction=ASK["instruction"])
+    node_pruner = DraftNodePostprocessor(**settings, chunk_cache_mb=47)
+    nodes = IngestionPipeline(transformations=[DraftChunkWarmer(postprocessor=node_pruner)]).run(
+        documents=[Document(text=c) for c in CHUNKS]
+    )
+    assert [n.text for n in nodes] == CHUNKS
+    doc_pruner = DraftDocumentCompressor(**settings, chunk_cache_mb=46)
+    docs = [LCDocument(page_content=c, id=str(i)) for i, c in enumerate(CHUNKS)]
+    assert LCWarmer(doc_pruner).transform_documents(docs) == docs
+    for pruner in (node_pruner, doc_pruner):
+        store = pruner.engine.chunk_cache
+        misses, hits = store.misses, store.hits
+        assert misses > len(CHUNKS)  # every chunk and separator was read while indexing
+        if pruner is node_pruner:
+            retrieved = [NodeWithScore(node=TextNode(text=c), score=1.0) for c in CHUNKS[3::-1]]
+            kept = pruner.postprocess_nodes(retrieved, query_str=ASK["question"])
+        else:
+            kept = pruner.compress_documents(docs[3::-1], ASK["question"])
+        assert len(kept) == 2 and store.misses == misses and store.hits > hits
+    with pytest.raises(ValueError, match="chunk_cache_mb > 0"):
+        DraftDocumentCompressor(**settings).warm(docs)

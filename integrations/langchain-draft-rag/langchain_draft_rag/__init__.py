@@ -1,10 +1,11 @@
 """LangChain integration for draft-rag: draft-guided prompt compression in chat models, LLMs and retrievers."""
 
 from .chat_models import ChatDraftCompressed
-from .document_compressors import DraftDocumentCompressor
+from .document_compressors import DraftChunkWarmer, DraftDocumentCompressor
 from .llms import DraftCompressedLLM
 
-__all__ = ["ChatDraftCompressed", "DraftCompressedLLM", "DraftCompressionMiddleware", "DraftDocumentCompressor"]
+__all__ = ["ChatDraftCompressed", "DraftChunkWarmer", "DraftCompressedLLM", "DraftDocumentCompressor"]
+__all__ += ["DraftCompressionMiddleware"]  # imported on use (below)
 
 
 def __getattr__(name: str):

@@ -22,6 +22,7 @@ from draft_rag.adapters import (
     iterate_in_thread,
     options_of,
     setting,
+    stop_list,
     with_deadline,
 )
 
@@ -186,16 +187,6 @@ def child_config(run_manager) -> dict | None:
         **inherited, **{f"inheritable_{k}": v for k, v in inherited.items()}, parent_run_id=run_manager.run_id
     )
     return {"callbacks": manager}
-
-
-def stop_list(stop: Any) -> list[str]:
-    """Normalise LangChain's ``stop`` (None, a string or a list of strings)."""
-    if stop is None:
-        return []
-    stop = [stop] if isinstance(stop, str) else list(stop)
-    if any(not isinstance(s, str) or not s for s in stop):
-        raise ValueError(f"stop must be a list of non-empty strings, got {stop!r}")
-    return stop
 
 
 async def astream_in_thread(make_iter: Callable[[], Iterator], run_manager) -> AsyncIterator:

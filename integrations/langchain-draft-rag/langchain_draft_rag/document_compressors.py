@@ -1,4 +1,5 @@
-"""DraftDocumentCompressor: prune retrieved documents by the draft's attention to them while reading the query."""
+"""DraftDocumentCompressor: prune retrieved documents by the draft's attention to them while reading the query;
+DraftChunkWarmer: read documents into its chunk cache while indexing."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Optional, Union
 
 from langchain_core.callbacks import CallbackManager, Callbacks
-from langchain_core.documents import BaseDocumentCompressor, Document
+from langchain_core.documents import BaseDocumentCompressor, BaseDocumentTransformer, Document
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from draft_rag import DraftEngine
@@ -84,10 +85,27 @@ class DraftDocumentCompressor(BaseDocumentCompressor):
             raise
         return out
 
+    def warm(self, documents: Sequence[Document]) -> int:
+        """Read ``documents`` into the chunk cache (``chunk_cache_mb`` > 0) as queries will read them, e.g. while
+        indexing (``DraftChunkWarmer``); how many pieces the draft read now."""
+        return self._pruning.warm(self._engine, [d.page_content for d in _check_documents(documents)])
+
     def _compress(self, docs: list[Document], query: str) -> tuple[list[Document], dict]:
         pruned, stats = self._pruning.prune(self._engine, [d.page_content for d in docs], query)
         logger.debug("kept %d of %d documents", len(pruned.kept), len(docs))
         return [_annotate(docs[k.index], k) for k in pruned.kept], stats
+
+
+class DraftChunkWarmer(BaseDocumentTransformer):
+    """An indexing step (after the splitter): reads the documents into ``compressor``'s chunk cache
+    (``DraftDocumentCompressor.warm``) and returns them unchanged, so the draft finds them read when retrieved."""
+
+    def __init__(self, compressor: DraftDocumentCompressor):
+        self.compressor = compressor
+
+    def transform_documents(self, documents: Sequence[Document], **kwargs: Any) -> Sequence[Document]:
+        self.compressor.warm(documents)
+        return documents
 
 
 def _check_documents(documents) -> list[Document]:

@@ -43,6 +43,8 @@ from llama_index.core.types import TokenAsyncGen, TokenGen
 from draft_rag import DraftEngine
 from draft_rag.adapters import (
     check_settings,
+    configs_from_dict,
+    engine_dict,
     engine_of,
     front_messages,
     front_prompt,
@@ -57,7 +59,6 @@ from draft_rag.adapters import (
 )
 from llama_index.llms.draft_rag.events import DraftCompressionEvent, dispatcher
 from llama_index.llms.draft_rag.templates import log_template, render_messages, render_prompt
-from llama_index.llms.draft_rag.utils import configs_from_dict, engine_dict
 
 logger = logging.getLogger(__name__)
 _CONTEXT = "\u2063DRAFTRAG-CONTEXT\u2063"
@@ -151,7 +152,7 @@ class DraftCompressedLLM(LLM):
             )
         target = self._engine.target
         return LLMMetadata(
-            context_window=self.context_window or _window(target),
+            context_window=self.context_window or self._engine.target_window or DEFAULT_CONTEXT_WINDOW,
             num_output=self.max_new_tokens,
             is_chat_model=has_chat_template(target.tokenizer),
             model_name=f"{target.name} ({self.method}, draft {draft.name})",
@@ -393,12 +394,6 @@ def _prompt_args(prompt: str, parts: dict | None) -> dict:
     """``complete``'s input for the engine: the template's ``parts``, else the prompt laid out by
     ``draft_rag.messages``'s rule (its ``Question:`` and instructions protected, as in ``chat``)."""
     return parts or {"prompt": prompt_input(prompt)}
-
-
-def _window(loaded) -> int:
-    cfg = loaded.model.config
-    cfg = getattr(cfg, "text_config", None) or cfg
-    return getattr(cfg, "max_position_embeddings", None) or DEFAULT_CONTEXT_WINDOW
 
 
 _ROLES = {"chatbot": "assistant", "model": "assistant"}

@@ -1,5 +1,5 @@
-"""LlamaIndex node postprocessor of draft-rag: ``DraftNodePostprocessor``."""
+"""LlamaIndex node postprocessor of draft-rag: ``DraftNodePostprocessor``, and ``DraftChunkWarmer`` for ingestion."""
 
-from llama_index.postprocessor.draft_rag.base import DraftNodePostprocessor
+from llama_index.postprocessor.draft_rag.base import DraftChunkWarmer, DraftNodePostprocessor
 
-__all__ = ["DraftNodePostprocessor"]
+__all__ = ["DraftChunkWarmer", "DraftNodePostprocessor"]

@@ -1,20 +1,21 @@
-"""DraftNodePostprocessor: prune retrieved nodes by the draft model's query-conditioned attention."""
+"""DraftNodePostprocessor: prune retrieved nodes by the draft model's query-conditioned attention; DraftChunkWarmer:
+read nodes into its chunk cache while indexing."""
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Optional, Union
 
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
-from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle, TransformComponent
 
 from draft_rag import DraftEngine
-from draft_rag.adapters import ChunkPruning, engine_of, setting
+from draft_rag.adapters import ChunkPruning, configs_from_dict, engine_dict, engine_of, setting
 from llama_index.llms.draft_rag.events import DraftCompressionEvent, dispatcher
-from llama_index.llms.draft_rag.utils import configs_from_dict, engine_dict
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,12 @@ class DraftNodePostprocessor(BaseNodePostprocessor):
     def engine(self) -> DraftEngine:
         return self._engine
 
+    def warm(self, nodes: Sequence[BaseNode | NodeWithScore]) -> int:
+        """Read ``nodes`` into the chunk cache (``chunk_cache_mb`` > 0) as queries will read them, e.g. while indexing
+        (``DraftChunkWarmer``); how many pieces the draft read now."""
+        nodes = [n.node if isinstance(n, NodeWithScore) else n for n in nodes]
+        return self._pruning.warm(self._engine, [n.get_content(metadata_mode=self.metadata_mode) for n in nodes])
+
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: Optional[QueryBundle] = None
     ) -> list[NodeWithScore]:
@@ -120,6 +127,17 @@ class DraftNodePostprocessor(BaseNodePostprocessor):
         if self.sort_by_score:
             out.sort(key=lambda n: -n.node.metadata[DRAFT_SCORE_KEY])
         return out, stats
+
+
+class DraftChunkWarmer(TransformComponent):
+    """An ingestion step: reads the nodes into ``postprocessor``'s chunk cache (``DraftNodePostprocessor.warm``) and
+    passes them on unchanged, so the draft finds them read when they are retrieved."""
+
+    postprocessor: DraftNodePostprocessor
+
+    def __call__(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
+        self.postprocessor.warm(nodes)
+        return nodes
 
 
 def _rescore(nws: NodeWithScore, score: float) -> NodeWithScore:
