@@ -4,6 +4,8 @@ reason in words that the stats report."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .config import (
     AUTO_MARGIN,
     AUTO_PAY_RATIO,
@@ -108,25 +110,35 @@ def capped(cfg: SpecPCConfig, room: int) -> SpecPCConfig:
     )
 
 
-def auto_config(
-    engine: EngineState,
-    cfg: SpecPCConfig,
-    segments,
-    template: str,
-    window: int | None,
-    reserve: int,
-    system: str | None = None,
-    full_ids: list[int] | None = None,
-) -> tuple[SpecPCConfig, str]:
+@dataclass(frozen=True)
+class Fit:
+    """What a compressed prompt must fit: its ``segments`` in ``template`` (with ``system``), into ``window`` target
+    tokens (None: the target's) less ``reserve`` (the new tokens); ``full_ids``: its target ids, when known."""
+
+    segments: list
+    template: str
+    window: int | None
+    reserve: int = 0
+    system: str | None = None
+    full_ids: list[int] | None = None
+
+
+def fitted(engine: EngineState, cfg: SpecPCConfig, fit: Fit, auto: bool) -> tuple[SpecPCConfig, str]:
+    """``cfg`` fitted to ``fit``: ``budget="auto"`` (``auto_config``, with why a prompt is left whole), else capped
+    at what fits (``budget="adaptive"`` within a window)."""
+    return auto_config(engine, cfg, fit) if auto else (capped(cfg, fit_budget(engine, fit)), "")
+
+
+def auto_config(engine: EngineState, cfg: SpecPCConfig, fit: Fit) -> tuple[SpecPCConfig, str]:
     """``budget="auto"``: SpecPC's settings and, for a prompt left whole, why (else "").
 
     A prompt past the window is compressed to fit it (``fit_budget``). One that fits is compressed to ``cfg``'s own
     budget (``AUTO_PAY_RATIO`` of its context when it has none) only when that pays (``payoff.why_whole``).
     """
-    room, n_draft, n_target = _window_room(engine, segments, template, window, reserve, system, full_ids)
+    room, n_draft, n_target = _window_room(engine, fit)
     if n_draft > room:
         return capped(cfg, room), ""
-    n_context = len(tokenize(engine.draft.tokenizer, [s for s in segments if s.role == "context"]).ids)
+    n_context = len(tokenize(engine.draft.tokenizer, [s for s in fit.segments if s.role == "context"]).ids)
     unset = cfg.budget is None and cfg.ratio is None and cfg.coverage is None
     paying = cfg.replace(ratio=AUTO_PAY_RATIO) if unset else cfg
     protected = n_draft - n_context
@@ -142,41 +154,34 @@ def auto_config(
     return (capped(paying, room) if paying.coverage is not None else cfg.replace(budget=min(room, fewest))), ""
 
 
-def fit_budget(
-    engine: EngineState,
-    segments,
-    template: str,
-    window: int | None,
-    reserve: int,
-    system: str | None = None,
-    full_ids: list[int] | None = None,
-) -> int:
-    """Draft-token budget whose compressed text fits ``window - reserve`` tokens of the target (or, with no
-    target, of the model behind ``window``), template included, with a margin for re-tokenisation."""
-    return _window_room(engine, segments, template, window, reserve, system, full_ids)[0]
+def fit_budget(engine: EngineState, fit: Fit) -> int:
+    """Draft-token budget whose compressed text fits ``fit.window - fit.reserve`` tokens of the target (or, with no
+    target, of the model behind the window), template included, with a margin for re-tokenisation."""
+    return _window_room(engine, fit)[0]
 
 
-def _window_room(engine, segments, template, window, reserve, system=None, full_ids=None) -> tuple[int, int, int]:
+def _window_room(engine: EngineState, fit: Fit) -> tuple[int, int, int]:
     """``fit_budget``'s budget, with the prompt's draft tokens (its text) and target tokens (template included)."""
-    window = window or engine.target_window
+    window = fit.window or engine.target_window
     if window is None:
         raise ValueError(
             "budget='auto' needs a context window: pass context_window=... (tokens the compressed "
             "prompt must fit) or give the engine a target"
         )
     count_tokenizer = engine.count_tokenizer
-    body = [s for s in segments if s.in_output]
+    body = [s for s in fit.segments if s.in_output]
     text_tokens = len(tokenize(count_tokenizer, body).ids)
+    full_ids = fit.full_ids
     if full_ids is None:
-        full_ids = tokenize(count_tokenizer, wrap(segments, count_tokenizer, template, system)).ids
+        full_ids = tokenize(count_tokenizer, wrap(fit.segments, count_tokenizer, fit.template, fit.system)).ids
     wrapped = len(full_ids)
-    room = window - reserve - (wrapped - text_tokens)
+    room = window - fit.reserve - (wrapped - text_tokens)
     draft_tokens = len(tokenize(engine.draft.tokenizer, body).ids)
     budget = int(room * draft_tokens / max(1, text_tokens) * AUTO_MARGIN)
     if budget < 1:
         raise ValueError(
             f"budget='auto': a context window of {window} tokens leaves no room for the prompt "
-            f"after {reserve} new tokens and {wrapped - text_tokens} template tokens"
+            f"after {fit.reserve} new tokens and {wrapped - text_tokens} template tokens"
         )
     return budget, draft_tokens, wrapped
 

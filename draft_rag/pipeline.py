@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from . import messages as chat
 from . import speckv
 from .budgets import (
-    auto_config,
+    Fit,
     budget_reason,
-    capped,
     check_fits,
     fills_window,
-    fit_budget,
+    fitted,
     is_adaptive,
     lookahead_count,
     request_specpc,
@@ -152,11 +151,11 @@ class _PromptText:
 
     def _draft(self, cfg: SpecPCConfig, stats: GenerationStats) -> CompressedPrompt:
         engine, plan = self.engine, self.plan
-        fit = (self.segments, plan.template, engine.target_window, plan.sampling.max_new_tokens, self.system)
-        if fills_window(engine, plan):
-            cfg, stats.left_whole = auto_config(engine, cfg, *fit, self.target_ids())
-        elif is_adaptive(engine, plan) and engine.target_window:
-            cfg = capped(cfg, fit_budget(engine, *fit, self.target_ids()))
+        auto = fills_window(engine, plan)
+        if auto or (is_adaptive(engine, plan) and engine.target_window):
+            fit = Fit(self.segments, plan.template, engine.target_window, plan.sampling.max_new_tokens, self.system,
+                      self.target_ids())  # fmt: skip
+            cfg, stats.left_whole = fitted(engine, cfg, fit, auto)
         shortened = run_specpc(
             engine, self.request.draft_segments(), self.chunks, cfg, plan.template, engine.target.tokenizer
         )
@@ -215,10 +214,8 @@ def compress_prompt(engine: EngineState, request: PromptInput, budget: Budget, t
     """SpecPC on a prompt at a call's ``budget`` (``DraftEngine.compress``): ``auto`` and ``adaptive`` fit ``window``
     (default: the target's). Call with the engine lock held."""
     cfg, why = specpc_for(engine.specpc, budget), ""
-    if budget.adaptive and (window or engine.target_window):
-        cfg = capped(cfg, fit_budget(engine, request.segments, template, window, 0))
-    if budget.auto:
-        cfg, why = auto_config(engine, cfg, request.segments, template, window, 0)
+    if budget.auto or (budget.adaptive and (window or engine.target_window)):
+        cfg, why = fitted(engine, cfg, Fit(request.segments, template, window), budget.auto)
     result = run_specpc(engine, request.draft_segments(), request.chunk_list, cfg, template,
                         engine.target.tokenizer if engine.target else None)  # fmt: skip
     result = without_reread(result, request, engine)
@@ -231,11 +228,11 @@ def compress_conversation(
     messages: list[dict],
     lay: chat.Layout,
     cfg: SpecPCConfig,
-    fit: int | None = None,
+    window: int | None = None,
     auto: bool = False,
 ) -> chat.CompressedMessages:
     """SpecPC on a conversation's context, read by the draft in its own template (call with the engine lock
-    held); ``fit``: the window the compressed conversation must fit; ``auto``: ``budget="auto"`` (``auto_config``)."""
+    held); ``window``: what the compressed conversation must fit; ``auto``: ``budget="auto"`` (``auto_config``)."""
     draft = engine.draft
     count_tokenizer = engine.count_tokenizer
     template = "chat" if has_chat_template(draft.tokenizer) else "raw"
@@ -244,12 +241,10 @@ def compress_conversation(
     if question:  # the draft's window should read the question: once more, at the end, for the draft only
         segments = segments + [Segment("\n\n", "separator"), Segment(question, "question")]
     why = ""
-    if fit is not None:
-        full_ids = tokenize(count_tokenizer, segments).ids
-        if auto:
-            cfg, why = auto_config(engine, cfg, segments, "raw", fit, 0, full_ids=full_ids)
-        else:
-            cfg = capped(cfg, fit_budget(engine, segments, "raw", fit, 0, full_ids=full_ids))
+    if window is not None:
+        cfg, why = fitted(
+            engine, cfg, Fit(segments, "raw", window, full_ids=tokenize(count_tokenizer, segments).ids), auto
+        )
     indices = chat.rendered_indices(segments, lay)
     counts = "target tokenizer" if engine.target else "draft tokenizer"
     if not indices:
