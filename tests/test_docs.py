@@ -78,6 +78,28 @@ def test_chunk_cache_qa_2_reading_matches_its_output():
     assert len(rows) == 8 and said in " ".join(_read("docs/chunk-cache.md").split())
 
 
+def test_chunk_cache_qa_2_at_24_records_matches_its_output():
+    """chunk-cache.md's n=24 qa_2 sentence: scores, records answered overall and on the 16 added records; the first
+    8 records are the n=8 run's, answered the same."""
+    folder = ROOT / "docs/bench/chunk_cache/qa_2_n24"
+    records = [json.loads(line) for line in (folder / "data/qa_2_4096_smollm2-135m-instruct.jsonl").open()]
+    n8 = {bool(c.get("chunk_cache")): c for c in json.loads(_read("docs/bench/chunk_cache/results.json"))["results"]
+          if c["task"] == "qa_2"}  # fmt: skip
+    cells, hits = [], []
+    for arm, cached in (("exact", False), ("chunk_cache", True)):
+        cell = json.loads((folder / f"{arm}.json").read_text())["results"][0]
+        assert cell["predictions"][:8] == n8[cached]["predictions"]
+        got = [any(o.lower() in p.lower() for o in r["outputs"]) for p, r in zip(cell["predictions"], records)]
+        cells.append(cell)
+        hits.append(got)
+    said = (
+        f"qa_2 scores {cells[0]['score']:.1f} exact against {cells[1]['score']:.1f} with the cache, {sum(hits[0])} "
+        f"records against {sum(hits[1])}: on the 16 added records both answer {sum(hits[0][8:])}"
+    )
+    assert len(records) == 24 and sum(hits[0][8:]) == sum(hits[1][8:])
+    assert said in " ".join(_read("docs/chunk-cache.md").split())
+
+
 def test_speckv_pc_keeps_fewer_kv_bytes_than_specpc_where_its_kv_budget_binds():
     cells = json.loads((ROOT / "docs/bench/results.json").read_text())["results"]
     pc = {(c["pair"], c["task"], c["length"], c["ratio"]): c["kv_bytes"] for c in cells if c["method"] == "specpc"}
