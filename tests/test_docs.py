@@ -97,7 +97,12 @@ def test_chunk_cache_qa_2_at_24_records_matches_its_output():
         f"records against {sum(hits[1])}: on the 16 added records both answer {sum(hits[0][8:])}"
     )
     assert len(records) == 24 and sum(hits[0][8:]) == sum(hits[1][8:])
-    assert said in " ".join(_read("docs/chunk-cache.md").split())
+    rows = json.loads((folder / "kept.json").read_text())["rows"][8:]
+    kept = [sum(bool(r[k]) for r in rows) for k in ("exact", "chunk_cache")]
+    names = [sum(len(r[k]) for r in rows) for k in ("exact", "chunk_cache")]
+    said += f", and the kept text holds a gold name in {kept[0]} of them both ways ({names[0]} gold names exact, "
+    said += f"{names[1]} with the cache"
+    assert kept[0] == kept[1] and said in " ".join(_read("docs/chunk-cache.md").split())
 
 
 def test_speckv_pc_keeps_fewer_kv_bytes_than_specpc_where_its_kv_budget_binds():
