@@ -230,7 +230,7 @@ class ChunkPruning:
         return engine.warm_chunks([t for t in texts if t.strip()], instruction=self.instruction)
 
 
-# -- the local stream --------------------------------------------------------------------------------
+# -- an engine's settings as a dict, and a framework's stop strings --------------------------------
 def model_ref(loaded: LoadedModel) -> str:
     """The string ``load_model`` reloads ``loaded`` from: what was asked for, else the checkpoint's name_or_path."""
     if loaded.name != LoadedModel._field_defaults["name"]:
@@ -261,6 +261,7 @@ def stop_list(stop: Any) -> list[str]:
     return stop
 
 
+# -- the local stream ------------------------------------------------------------------------------
 def hold_last(pieces: Iterator[str]) -> Iterator[tuple[str, bool]]:
     """``(piece, is_last)`` pairs, one piece held back so the last can carry the stats; ``("", True)`` for none."""
     held = None

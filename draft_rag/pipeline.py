@@ -81,7 +81,7 @@ def prepare(
     text = kind(engine, request, plan)
     stats = stats if stats is not None else GenerationStats(method.name)
     stats.budget_reason = budget_reason(engine, plan)
-    ids = text.target_ids()
+    ids = text.original_ids
     stats.original_tokens = len(ids)
     if not method.shortens_prompt:  # nothing will shorten the prompt: refuse it before any draft work
         check_fits(engine, len(ids), sampling.max_new_tokens, plan.lookahead)
@@ -129,6 +129,7 @@ class _PromptText:
         self.engine, self.plan, self.system, self.request = engine, plan, request.system, request
         self.segments, self.chunks = request.segments, request.chunk_list
         self.shortened: CompressedPrompt | None = None
+        self.original_ids = self.target_ids()  # before compression; the budget fit reads them too
 
     def target_ids(self) -> list[int]:
         target = self.engine.target.tokenizer
@@ -154,7 +155,7 @@ class _PromptText:
         auto = fills_window(engine, plan)
         if auto or (is_adaptive(engine, plan) and engine.target_window):
             fit = Fit(self.segments, plan.template, engine.target_window, plan.sampling.max_new_tokens, self.system,
-                      self.target_ids())  # fmt: skip
+                      self.original_ids)  # fmt: skip
             cfg, stats.left_whole = fitted(engine, cfg, fit, auto)
         shortened = run_specpc(
             engine, self.request.draft_segments(), self.chunks, cfg, plan.template, engine.target.tokenizer
@@ -170,6 +171,7 @@ class _Conversation:
         self.engine, self.plan = engine, plan
         self.messages, self.layout = request.messages, request.layout
         self.shortened: chat.CompressedMessages | None = None
+        self.original_ids = self.target_ids()  # before compression
 
     def target_ids(self) -> list[int]:
         target = self.engine.target.tokenizer
