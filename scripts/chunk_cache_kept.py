@@ -18,17 +18,17 @@ from pathlib import Path
 import torch
 
 from draft_rag import DraftEngine, load_model
-from draft_rag.bench.data import chunked, load_jsonl, split_input
+from draft_rag.bench.data import load_jsonl, split_input
+from draft_rag.bench.runner import record_chunks
 from draft_rag.builtins import DEFAULT_MODEL
 
 
 def kept(engine: DraftEngine, rec, chunk_tokens: int, ratio: float, warm: bool) -> str:
     """SpecPC's kept text for one record's context as chunks (``warm``: read into the chunk cache first)."""
     instruction, context, question = split_input(rec.input)
-    chunks = chunked(context, engine.draft.tokenizer, chunk_tokens)
     if warm:
         engine.chunk_cache.clear()
-        engine.warm_chunks(chunks, instruction=instruction or None)
+    chunks, _ = record_chunks(engine, context, instruction, None, chunk_tokens, warm)
     return engine.compress(chunks=chunks, instruction=instruction or None, question=question or None,
                            answer_prefix=rec.answer_prefix or None, ratio=ratio).text  # fmt: skip
 

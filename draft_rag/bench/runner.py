@@ -223,7 +223,7 @@ def _coverage(engine: DraftEngine, coverage: float | None):
 def _ask(engine, rec: Record, *, method, budget, ratio, template, max_new_tokens, llmlingua, sparse, **chunks) -> dict:
     """Ask one record; its answer, scores, token counts and seconds per stage."""
     instruction, context, question = split_input(rec.input)
-    context, warm_s = _chunks(engine, context, instruction, template, **chunks)
+    context, warm_s = record_chunks(engine, context, instruction, template, **chunks)
     args = dict(
         instruction=instruction or None,
         question=question or None,
@@ -269,7 +269,7 @@ def _ask(engine, rec: Record, *, method, budget, ratio, template, max_new_tokens
     }
 
 
-def _chunks(engine, context: str, instruction: str, template, chunk_tokens=None, warm=False) -> tuple:
+def record_chunks(engine, context: str, instruction: str, template, chunk_tokens=None, warm=False) -> tuple:
     """The context as chunks of about ``chunk_tokens`` draft tokens (else as it is) and, with ``warm``, the seconds
     of reading them into the chunk cache, as a prompt with this instruction will."""
     if not chunk_tokens:
